@@ -1,0 +1,410 @@
+//! The durable topic log on sled.
+//!
+//! # On-disk format
+//!
+//! One sled database in the data directory holds:
+//!
+//! | tree                     | key                                             | value |
+//! |--------------------------|-------------------------------------------------|-------|
+//! | `meta`                   | `format`                                        | `sluice-store/1` |
+//! | `meta`                   | `topic/<topic>`                                 | JSON `{"partitions": N, "service": "name"}` |
+//! | `meta`                   | `start/<topic>/<partition u32 BE>`              | u64 BE: first offset not deleted by retention or eviction |
+//! | `log/<topic>/<partition>`| offset u64 BE (so keys sort by offset)          | encoded [`Record`](crate::Record), see [`crate::record`] |
+//! | `groups`                 | `<group> 0x00 <topic> 0x00 <partition u32 BE>`  | u64 BE committed offset (next to read) |
+//!
+//! Names cannot contain `0x00` or `/` ambiguity matters only for `log/`
+//! trees, whose names are never parsed back.
+//!
+//! Offsets are never reused: on open, a partition's next offset is the
+//! larger of its last stored offset + 1 and its recorded start offset, and
+//! the start offset is written before records are deleted.
+//!
+//! # Durability
+//!
+//! Appends land in sled's in-memory log; [`Store::flush`] writes and syncs
+//! them. sled recovers a prefix of its log after a crash, so a flushed
+//! record implies every earlier write is there too. The gateway calls
+//! `flush` in group commits for `sync` services and on a timer for
+//! `buffered` ones; sled's own background flusher is turned off so those are
+//! the only disk writes (SD cards wear out).
+
+mod partition;
+mod retention;
+
+pub use retention::{EvictionPolicy, RetentionReport};
+
+use crate::error::StoreError;
+use crate::record::{Offset, PartitionId, Record, StoredRecord};
+use partition::Partition;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+const FORMAT: &str = "sluice-store/1";
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Directory of the sled database (created if missing).
+    pub path: PathBuf,
+    /// sled page cache size in bytes; RSS grows to a few times this.
+    pub cache_capacity: u64,
+}
+
+/// Retention of one topic; `None` keeps forever (within the disk budget).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Records older than this are deleted.
+    pub max_age: Option<Duration>,
+    /// The topic keeps at most this many bytes, split evenly over its
+    /// partitions; the oldest records go first.
+    pub max_bytes: Option<u64>,
+}
+
+/// What a topic is: shape, owning service and retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name (validated by the caller).
+    pub name: String,
+    /// Partition count (at least 1).
+    pub partitions: u32,
+    /// Name of the service that owns the topic.
+    pub service: String,
+    /// Retention limits.
+    pub retention: Retention,
+}
+
+/// Watermarks and size of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// The partition.
+    pub partition: PartitionId,
+    /// First offset still stored.
+    pub log_start: Offset,
+    /// Next offset to be written.
+    pub high_watermark: Offset,
+    /// Records stored.
+    pub records: u64,
+    /// Encoded bytes stored.
+    pub bytes: u64,
+}
+
+/// A topic and the state of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Its definition.
+    pub spec: TopicSpec,
+    /// One entry per partition, in order.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// Result of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Records from the requested offset on (or from the log start when the
+    /// requested offset was already deleted).
+    pub records: Vec<StoredRecord>,
+    /// Next offset to be written.
+    pub high_watermark: Offset,
+    /// First offset still stored.
+    pub log_start: Offset,
+}
+
+pub(crate) struct Topic {
+    spec: RwLock<TopicSpec>,
+    partitions: Vec<Arc<Partition>>,
+}
+
+struct Inner {
+    path: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    groups: sled::Tree,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    total_bytes: AtomicU64,
+}
+
+/// The topic log. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store, loading every topic it holds.
+    pub fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open { path: opts.path.clone(), source };
+        let db = sled::Config::new()
+            .path(&opts.path)
+            .cache_capacity(opts.cache_capacity)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(open_err)?;
+        let meta = db.open_tree("meta").map_err(open_err)?;
+        let groups = db.open_tree("groups").map_err(open_err)?;
+        match meta.get("format").map_err(open_err)? {
+            None => {
+                meta.insert("format", FORMAT).map_err(open_err)?;
+            }
+            Some(v) if v.as_ref() == FORMAT.as_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Format {
+                    path: opts.path.clone(),
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                    expected: FORMAT,
+                })
+            }
+        }
+        let store = Store {
+            inner: Arc::new(Inner {
+                path: opts.path.clone(),
+                db,
+                meta,
+                groups,
+                topics: RwLock::new(BTreeMap::new()),
+                total_bytes: AtomicU64::new(0),
+            }),
+        };
+        store.load_topics()?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn load_topics(&self) -> Result<(), StoreError> {
+        for item in self.inner.meta.scan_prefix("topic/") {
+            let (k, v) = item.map_err(StoreError::io("loading topics"))?;
+            let name = String::from_utf8_lossy(&k["topic/".len()..]).into_owned();
+            let stored: partition::TopicMeta =
+                serde_json::from_slice(&v).map_err(|e| StoreError::Metadata {
+                    what: format!("topic {name:?}"),
+                    detail: e.to_string(),
+                })?;
+            let spec = TopicSpec {
+                name: name.clone(),
+                partitions: stored.partitions,
+                service: stored.service,
+                retention: Retention::default(),
+            };
+            self.load_topic(spec)?;
+        }
+        Ok(())
+    }
+
+    fn load_topic(&self, spec: TopicSpec) -> Result<Arc<Topic>, StoreError> {
+        let mut partitions = Vec::with_capacity(spec.partitions as usize);
+        for p in 0..spec.partitions {
+            let part = Partition::open(&self.inner.db, &self.inner.meta, &spec.name, PartitionId(p))?;
+            self.inner.total_bytes.fetch_add(part.bytes(), Ordering::Relaxed);
+            partitions.push(Arc::new(part));
+        }
+        let topic = Arc::new(Topic { spec: RwLock::new(spec.clone()), partitions });
+        write(&self.inner.topics).insert(spec.name, topic.clone());
+        Ok(topic)
+    }
+
+    /// Creates the topic, or updates an existing one: the service and
+    /// retention follow `spec`, partitions may grow but never shrink.
+    pub fn ensure_topic(&self, spec: &TopicSpec) -> Result<TopicInfo, StoreError> {
+        let existing = read(&self.inner.topics).get(&spec.name).cloned();
+        let partitions = spec.partitions.max(1);
+        if let Some(topic) = &existing {
+            let have = topic.partitions.len() as u32;
+            if partitions < have {
+                return Err(StoreError::PartitionShrink {
+                    topic: spec.name.clone(),
+                    existing: have,
+                    requested: partitions,
+                });
+            }
+            if partitions == have {
+                *write(&topic.spec) = TopicSpec { partitions, ..spec.clone() };
+                self.persist_topic_meta(spec.name.as_str(), partitions, &spec.service)?;
+                return Ok(self.info_of(topic));
+            }
+        }
+        self.persist_topic_meta(&spec.name, partitions, &spec.service)?;
+        if let Some(old) = existing {
+            self.inner.total_bytes.fetch_sub(
+                old.partitions.iter().map(|p| p.bytes()).sum::<u64>(),
+                Ordering::Relaxed,
+            );
+        }
+        let topic = self.load_topic(TopicSpec { partitions, ..spec.clone() })?;
+        Ok(self.info_of(&topic))
+    }
+
+    fn persist_topic_meta(&self, name: &str, partitions: u32, service: &str) -> Result<(), StoreError> {
+        let meta = partition::TopicMeta { partitions, service: service.to_owned() };
+        let json = serde_json::to_vec(&meta).map_err(|e| StoreError::Metadata {
+            what: format!("topic {name:?}"),
+            detail: e.to_string(),
+        })?;
+        self.inner
+            .meta
+            .insert(format!("topic/{name}"), json)
+            .map_err(StoreError::io("writing topic metadata"))?;
+        Ok(())
+    }
+
+    fn info_of(&self, topic: &Topic) -> TopicInfo {
+        TopicInfo {
+            spec: read(&topic.spec).clone(),
+            partitions: topic.partitions.iter().map(|p| p.info()).collect(),
+        }
+    }
+
+    pub(crate) fn topic_handle(&self, name: &str) -> Result<Arc<Topic>, StoreError> {
+        read(&self.inner.topics)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownTopic(name.to_owned()))
+    }
+
+    fn partition(&self, topic: &str, partition: PartitionId) -> Result<Arc<Partition>, StoreError> {
+        let t = self.topic_handle(topic)?;
+        t.partitions.get(partition.0 as usize).cloned().ok_or(StoreError::UnknownPartition {
+            topic: topic.to_owned(),
+            partition: partition.0,
+            partitions: t.partitions.len() as u32,
+        })
+    }
+
+    /// One topic's definition and watermarks.
+    pub fn topic(&self, name: &str) -> Option<TopicInfo> {
+        let t = read(&self.inner.topics).get(name).cloned()?;
+        Some(self.info_of(&t))
+    }
+
+    /// Every topic, sorted by name.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let all: Vec<Arc<Topic>> = read(&self.inner.topics).values().cloned().collect();
+        all.iter().map(|t| self.info_of(t)).collect()
+    }
+
+    /// Appends records to one partition; they get consecutive offsets and
+    /// the first one is returned. Not durable until the next [`flush`](Self::flush).
+    pub fn append(&self, topic: &str, partition: PartitionId, records: &[Record]) -> Result<Offset, StoreError> {
+        let part = self.partition(topic, partition)?;
+        let (first, added) = part.append(records)?;
+        self.inner.total_bytes.fetch_add(added, Ordering::Relaxed);
+        Ok(first)
+    }
+
+    /// Reads up to `max_records` records and about `max_bytes` bytes (at
+    /// least one record when any is there) starting at `from`.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        from: Offset,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult, StoreError> {
+        self.partition(topic, partition)?.read(from, max_records, max_bytes)
+    }
+
+    /// Log start and high watermark of one partition.
+    pub fn watermarks(&self, topic: &str, partition: PartitionId) -> Result<(Offset, Offset), StoreError> {
+        let p = self.partition(topic, partition)?;
+        let info = p.info();
+        Ok((info.log_start, info.high_watermark))
+    }
+
+    /// Makes every write so far durable (sled flush + fsync). Blocking; call
+    /// it from a thread that may block. Returns bytes written.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        self.inner.db.flush().map_err(StoreError::io("flush"))
+    }
+
+    /// Encoded bytes of all stored records (what the disk budget counts).
+    pub fn total_bytes(&self) -> u64 {
+        self.inner.total_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes sled occupies on disk (includes its space amplification).
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.inner.db.size_on_disk().map_err(StoreError::io("size_on_disk"))
+    }
+
+    /// Stores a consumer group's position: `offset` is the next offset the
+    /// group will read. A position past the high watermark is refused, so
+    /// committed offsets are never ahead of the data. Not durable until the
+    /// next flush.
+    pub fn commit(&self, group: &str, topic: &str, partition: PartitionId, offset: Offset) -> Result<(), StoreError> {
+        let (_, hw) = self.watermarks(topic, partition)?;
+        if offset > hw {
+            return Err(StoreError::CommitPastEnd {
+                topic: topic.to_owned(),
+                partition: partition.0,
+                offset: offset.0,
+                high_watermark: hw.0,
+            });
+        }
+        self.inner
+            .groups
+            .insert(group_key(group, topic, partition), &offset.0.to_be_bytes())
+            .map_err(StoreError::io("commit"))?;
+        Ok(())
+    }
+
+    /// A group's committed position in one partition, if any.
+    pub fn committed(&self, group: &str, topic: &str, partition: PartitionId) -> Result<Option<Offset>, StoreError> {
+        let v = self
+            .inner
+            .groups
+            .get(group_key(group, topic, partition))
+            .map_err(StoreError::io("reading group offset"))?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(|b| Offset(u64::from_be_bytes(b))))
+    }
+
+    pub(crate) fn topics_snapshot(&self) -> Vec<Arc<Topic>> {
+        read(&self.inner.topics).values().cloned().collect()
+    }
+
+    pub(crate) fn sub_bytes(&self, n: u64) {
+        self.inner.total_bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Topic {
+    pub(crate) fn spec(&self) -> TopicSpec {
+        read(&self.spec).clone()
+    }
+
+    pub(crate) fn partitions(&self) -> &[Arc<Partition>] {
+        &self.partitions
+    }
+}
+
+fn group_key(group: &str, topic: &str, partition: PartitionId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + topic.len() + 6);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.0.to_be_bytes());
+    k
+}
+
+/// Lock helpers: a poisoned lock only means another thread panicked while
+/// holding it; the maps stay structurally valid, so keep going.
+pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
