@@ -1,1 +1,150 @@
+//! sluice's configuration: one TOML file, typed, with defaults for every
+//! field and validation that names the exact field that is wrong.
+//!
+//! ```
+//! let cfg = sluice_config::Config::from_toml_str(r#"
+//!     [store]
+//!     max_bytes = "2GiB"
+//!
+//!     [[service]]
+//!     name = "alarms"
+//!     express = true
+//!     durability = "sync"
+//! "#)?;
+//! assert_eq!(cfg.store.max_bytes.to_string(), "2GiB");
+//! // The default service is always there, appended when not configured.
+//! assert!(cfg.service(sluice_config::DEFAULT_SERVICE).is_some());
+//! # Ok::<(), sluice_config::ConfigError>(())
+//! ```
+//!
+//! Loading is three steps: parse (serde + `toml`, unknown fields refused),
+//! [normalize](Config::normalize) (add the implicit `default` service), and
+//! [validate](Config::validate) (ranges, names, references between
+//! sections). [`Config::from_toml_str`] and [`Config::load`] do all three;
+//! `Config::default()` is the result for an empty file.
+//!
+//! # Modules
+//!
+//! - `model`: `[node]`, `[mqtt]`, `[http]`, `[store]`, `[scheduler]` and
+//!   [`Config`] itself.
+//! - `items`: `[[service]]`, `[[topic]]`, `[[route]]`, `[[uplink]]`.
+//! - `size`, `duration`: human sizes (`"8MiB"`) and durations (`"50ms"`).
+//! - `names`: syntax of topic names, MQTT filters, route keys, brokers.
+//! - `validate`: cross-field rules; `error` and `locate`: messages.
+//!
+//! # Units
+//!
+//! Sizes are strings such as `"256KiB"`, `"100MB"`, `"10 kB"` or plain
+//! integers of bytes; see [`parse_size`]. Durations are strings with a unit,
+//! such as `"2ms"`, `"1.5s"`, `"1h30m"`, `"7d"`; a bare number (`30` or
+//! `"30"`) is refused because its unit would be a guess, except `0`; see
+//! [`parse_duration`].
+//!
+//! # Error messages
+//!
+//! Field paths look like `store.max_bytes`, `service["alarms"].weight` or
+//! `route[0].mqtt`: a `[[table]]` entry is named by its `name` when that is
+//! valid and unique, else by its 0-based position in the file.
 
+mod duration;
+mod error;
+mod items;
+mod locate;
+mod model;
+mod names;
+mod number;
+mod size;
+mod validate;
+
+use std::path::Path;
+
+pub use duration::{format_duration, parse_duration};
+pub use error::{ConfigError, FieldError};
+pub use items::{
+    Compression, Durability, OnFull, RetentionConfig, RouteConfig, ServiceConfig, TopicConfig,
+    UplinkConfig, UplinkKind,
+};
+pub use model::{
+    Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig,
+};
+pub use names::{
+    check_mqtt_filter, check_topic_name, mqtt_filter_matches, RouteKey, MAX_TOPIC_NAME_LEN,
+};
+pub use size::{parse_size, ByteSize};
+
+/// Name of the service that always exists: topics without a `service`, and
+/// auto-created topics, belong to it.
+pub const DEFAULT_SERVICE: &str = "default";
+
+impl Config {
+    /// Parses, normalizes and validates a configuration from TOML text.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(s).map_err(|e| ConfigError::from_toml(&e, s))?;
+        cfg.normalize();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads the file at `path` and loads it as [`Config::from_toml_str`]
+    /// does. A read error names the path.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Adds the implicit [`DEFAULT_SERVICE`] (weight 1, buffered, other
+    /// fields at their defaults) at the end of `services` unless a service
+    /// of that name is configured. Idempotent.
+    pub fn normalize(&mut self) {
+        if self.service(DEFAULT_SERVICE).is_none() {
+            self.services.push(ServiceConfig::new(DEFAULT_SERVICE));
+        }
+    }
+
+    /// Checks every rule and reports all problems found, each naming its
+    /// field; see [`ConfigError::Invalid`]. Call after changing a loaded
+    /// configuration (e.g. command-line overrides).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::validate(self)
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The configured topic named `name` (auto-created topics are not
+    /// listed here).
+    pub fn topic(&self, name: &str) -> Option<&TopicConfig> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+
+    /// The service a topic belongs to: its configured `service`, or
+    /// [`DEFAULT_SERVICE`] for topics that are not configured.
+    pub fn service_of_topic(&self, topic: &str) -> &str {
+        self.topic(topic).map_or(DEFAULT_SERVICE, |t| &t.service)
+    }
+}
+
+impl Default for Config {
+    /// The embedded defaults: what an empty file gives. One service,
+    /// `default`; no topics, routes or uplinks.
+    fn default() -> Config {
+        let mut cfg = Config {
+            node: NodeConfig::default(),
+            mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            services: Vec::new(),
+            topics: Vec::new(),
+            routes: Vec::new(),
+            uplinks: Vec::new(),
+        };
+        cfg.normalize();
+        cfg
+    }
+}

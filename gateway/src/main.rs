@@ -1,1 +1,231 @@
-fn main(){}
+//! The `sluice` command: `run`, `check-config`.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sluice_config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// sluice: an edge-node priority message gateway.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (embedded defaults when no --config is given).
+    Run {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides node.data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Overrides http.listen (port 0 picks a free port; see DATA_DIR/listen.json).
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Overrides mqtt.listen.
+        #[arg(long)]
+        mqtt_listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration file; exits non-zero naming the bad field.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Load tool against a running sluice.
+    Bench {
+        #[command(subcommand)]
+        scenario: Bench,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// sluice's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Produce throughput and latency with concurrent clients.
+    Http {
+        #[command(flatten)]
+        common: LoadArgs,
+        /// Topic to produce to.
+        #[arg(long, default_value = "bench")]
+        topic: String,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Records per request.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Requests per second per client (0 = as fast as acknowledged).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
+    /// Express latency idle vs while a low-priority service floods.
+    Isolation {
+        #[command(flatten)]
+        common: LoadArgs,
+        /// Topic of the express service.
+        #[arg(long, default_value = "alarms")]
+        express_topic: String,
+        /// Express requests per second (one connection).
+        #[arg(long, default_value_t = 50.0)]
+        express_rate: f64,
+        /// Topic of the flooding service.
+        #[arg(long, default_value = "logs")]
+        flood_topic: String,
+        /// Flooding connections.
+        #[arg(long, default_value_t = 32)]
+        flood_clients: usize,
+        /// Records per flood request.
+        #[arg(long, default_value_t = 64)]
+        flood_batch: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Run { config, data_dir, http_listen, mqtt_listen } => {
+            run(config, data_dir, http_listen, mqtt_listen)
+        }
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Bench { scenario } => bench(scenario),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Under systemd, journald adds its own timestamps and colours mean noise.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if journald {
+        builder.with_ansi(false).without_time().init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    eprintln!(
+        "{}: ok ({} services, {} topics, {} routes, {} uplinks)",
+        file.display(),
+        config.services.len(),
+        config.topics.len(),
+        config.routes.len(),
+        config.uplinks.len()
+    );
+    Ok(())
+}
+
+fn run(
+    config_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    http_listen: Option<SocketAddr>,
+    mqtt_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut config = match &config_file {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = data_dir {
+        config.node.data_dir = d;
+    }
+    if let Some(a) = http_listen {
+        config.http.listen = a;
+    }
+    if let Some(a) = mqtt_listen {
+        config.mqtt.listen = a;
+    }
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(8)
+        .thread_name("sluice-rt")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(sluice_gateway::run::run(config, stop_signal()))
+}
+
+fn bench(scenario: Bench) -> anyhow::Result<()> {
+    use sluice_gateway::bench::{self, Load};
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(async move {
+        match scenario {
+            Bench::Http { common, topic, clients, batch, payload, rate } => {
+                let load = Load { addr: common.addr, topic, clients, batch, payload, rate };
+                bench::http(load, std::time::Duration::from_secs_f64(common.duration)).await
+            }
+            Bench::Isolation {
+                common,
+                express_topic,
+                express_rate,
+                flood_topic,
+                flood_clients,
+                flood_batch,
+                payload,
+            } => {
+                let express =
+                    Load { addr: common.addr, topic: express_topic, clients: 1, batch: 1, payload, rate: express_rate };
+                let flood = Load {
+                    addr: common.addr,
+                    topic: flood_topic,
+                    clients: flood_clients,
+                    batch: flood_batch,
+                    payload,
+                    rate: 0.0,
+                };
+                bench::isolation(express, flood, std::time::Duration::from_secs_f64(common.duration)).await
+            }
+        }
+    })?;
+    // The report is the command's output.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

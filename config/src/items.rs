@@ -1,0 +1,300 @@
+//! The repeated entries of the file: `[[service]]`, `[[topic]]`,
+//! `[[route]]` and `[[uplink]]`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::size::ByteSize;
+use crate::DEFAULT_SERVICE;
+
+/// When an ingest request is answered relative to the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// `"sync"`: answered after a group commit has flushed the records.
+    Sync,
+    /// `"buffered"`: answered after the append; flushed within
+    /// `store.flush_interval`.
+    #[default]
+    Buffered,
+}
+
+/// What MQTT ingest does when a service's queue is at `max_pending`.
+/// (HTTP answers 429 with Retry-After instead.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// `"drop_newest"`: drop the arriving message.
+    #[default]
+    DropNewest,
+    /// `"drop_oldest"`: drop queued messages, oldest first, to make room.
+    DropOldest,
+}
+
+/// `[[service]]`: a local edge service and its share of the box.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Required. Same characters as topic names.
+    pub name: String,
+    /// Share of contended capacity relative to other services, 1..=1000.
+    /// Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Served before weighted services (up to
+    /// `scheduler.express_max_share`). Default false.
+    #[serde(default)]
+    pub express: bool,
+    /// `"sync"` or `"buffered"` (default).
+    #[serde(default)]
+    pub durability: Durability,
+    /// Records older than this are skipped (and counted) where they would be
+    /// delivered or forwarded. Default none (keep forever).
+    #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
+    pub ttl: Option<Duration>,
+    /// Bound on bytes queued for persisting. Default 8MiB, at least 1KiB.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: ByteSize,
+    /// MQTT policy when `max_pending` is reached. Default `"drop_newest"`.
+    #[serde(default)]
+    pub on_full: OnFull,
+    /// Disk bytes eviction never takes from this service. The sum over all
+    /// services must fit in `store.max_bytes`. Default 0.
+    #[serde(default)]
+    pub reserved_bytes: ByteSize,
+}
+
+impl ServiceConfig {
+    /// A service with the given name and every other field at its default.
+    pub fn new(name: impl Into<String>) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            weight: default_weight(),
+            express: false,
+            durability: Durability::Buffered,
+            ttl: None,
+            max_pending: default_max_pending(),
+            on_full: OnFull::DropNewest,
+            reserved_bytes: ByteSize(0),
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_max_pending() -> ByteSize {
+    ByteSize::mib(8)
+}
+
+/// `[[topic]]`: a topic created at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Required. 1..=249 characters of `[A-Za-z0-9._-]`, as in Kafka.
+    pub name: String,
+    /// The `[[service]]` this topic belongs to. Default `"default"`.
+    #[serde(default = "default_service")]
+    pub service: String,
+    /// Number of partitions, 1..=256. Default 1.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Retention by age and size; both unlimited by default (the global
+    /// `store.max_bytes` still applies).
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+impl TopicConfig {
+    /// A topic with the given name under the default service, 1 partition.
+    pub fn new(name: impl Into<String>) -> TopicConfig {
+        TopicConfig {
+            name: name.into(),
+            service: default_service(),
+            partitions: default_partitions(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+fn default_service() -> String {
+    DEFAULT_SERVICE.to_owned()
+}
+
+fn default_partitions() -> u32 {
+    1
+}
+
+/// `retention = { max_age = "7d", max_bytes = "1GiB" }` of a topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Records older than this are deleted. Default none.
+    #[serde(deserialize_with = "crate::duration::deserialize_opt")]
+    pub max_age: Option<Duration>,
+    /// Oldest records are deleted when the topic is larger than this
+    /// (over all its partitions). Default none.
+    pub max_bytes: Option<ByteSize>,
+}
+
+/// `[[route]]`: MQTT publishes matching a filter go to a log topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Required. An MQTT topic filter (`+` and `#` wildcards).
+    pub mqtt: String,
+    /// Required. The log topic the messages are appended to.
+    pub topic: String,
+    /// Where the record key comes from: `"level:N"` (the N-th level of the
+    /// MQTT topic, counted from 1) or `"json:/pointer"` (an RFC 6901 JSON
+    /// pointer into the payload). Default none (keyless). See
+    /// [`RouteKey`](crate::RouteKey).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// The protocol an uplink speaks to the central side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UplinkKind {
+    /// `"kafka"`: `brokers` are bootstrap `host:port` addresses.
+    Kafka,
+    /// `"mqtt"`: `brokers` are `host:port` of central MQTT brokers.
+    Mqtt,
+    /// `"http"`: `brokers` are `http://` or `https://` URLs batches are
+    /// POSTed to.
+    Http,
+}
+
+impl UplinkKind {
+    /// The configuration spelling, e.g. `"kafka"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UplinkKind::Kafka => "kafka",
+            UplinkKind::Mqtt => "mqtt",
+            UplinkKind::Http => "http",
+        }
+    }
+}
+
+/// Batch compression of an uplink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// `"none"` (default).
+    #[default]
+    None,
+    /// `"gzip"`.
+    Gzip,
+    /// `"lz4"`.
+    Lz4,
+    /// `"zstd"`.
+    Zstd,
+    /// `"snappy"`.
+    Snappy,
+}
+
+impl Compression {
+    /// The configuration spelling, e.g. `"lz4"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::Snappy => "snappy",
+        }
+    }
+}
+
+/// `[[uplink]]`: forwarding of local topics to the central cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Required. Same characters as topic names; names the sink's cursors.
+    pub name: String,
+    /// Required. `"kafka"`, `"mqtt"` or `"http"`.
+    pub kind: UplinkKind,
+    /// Required, non-empty. `host:port` for kafka and mqtt; URLs for http.
+    #[serde(default)]
+    pub brokers: Vec<String>,
+    /// Local topics to forward. Empty (the default) forwards every topic,
+    /// including auto-created ones.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Name of the remote topic; `{node}`, `{topic}` and `{service}` are
+    /// replaced. Default `"edge.{node}.{topic}"`.
+    #[serde(default = "default_remote_topic")]
+    pub remote_topic: String,
+    /// How long a batch waits for more records before it is sent.
+    /// Default 5ms, at most 1m.
+    #[serde(
+        default = "default_linger",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub linger: Duration,
+    /// A batch is sent once it holds this many (uncompressed) bytes.
+    /// Default 256KiB, at least 1KiB.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: ByteSize,
+    /// `"none"` (default), `"gzip"`, `"lz4"`, `"zstd"` or `"snappy"`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Bandwidth cap in bytes per second, shared among services by weight.
+    /// Default none (unlimited).
+    #[serde(default)]
+    pub max_bytes_per_sec: Option<ByteSize>,
+    /// While a backlog drains, the share of sending capacity given to fresh
+    /// records, in [0, 1]. Default 0.3.
+    #[serde(default = "default_live_share")]
+    pub live_share: f64,
+}
+
+impl UplinkConfig {
+    /// An uplink with the given name, kind and brokers; other fields at
+    /// their defaults.
+    pub fn new(name: impl Into<String>, kind: UplinkKind, brokers: Vec<String>) -> UplinkConfig {
+        UplinkConfig {
+            name: name.into(),
+            kind,
+            brokers,
+            topics: Vec::new(),
+            remote_topic: default_remote_topic(),
+            linger: default_linger(),
+            batch_max_bytes: default_batch_max_bytes(),
+            compression: Compression::None,
+            max_bytes_per_sec: None,
+            live_share: default_live_share(),
+        }
+    }
+
+    /// Whether this uplink forwards `topic` (an empty `topics` list forwards
+    /// every topic).
+    pub fn forwards(&self, topic: &str) -> bool {
+        self.topics.is_empty() || self.topics.iter().any(|t| t == topic)
+    }
+
+    /// The remote topic for a local topic: `remote_topic` with `{node}`,
+    /// `{topic}` and `{service}` replaced.
+    pub fn remote_topic_for(&self, node: &str, topic: &str, service: &str) -> String {
+        crate::names::render_template(&self.remote_topic, node, topic, service)
+    }
+}
+
+fn default_remote_topic() -> String {
+    "edge.{node}.{topic}".to_owned()
+}
+
+fn default_linger() -> Duration {
+    Duration::from_millis(5)
+}
+
+fn default_batch_max_bytes() -> ByteSize {
+    ByteSize::kib(256)
+}
+
+fn default_live_share() -> f64 {
+    0.3
+}

@@ -1,0 +1,228 @@
+//! The single-instance sections of the file: `[node]`, `[mqtt]`, `[http]`,
+//! `[store]` and `[scheduler]`, and the [`Config`] that holds everything.
+//!
+//! Every field has a default, so an empty file is a valid configuration.
+//! The `[[service]]`, `[[topic]]`, `[[route]]` and `[[uplink]]` entries
+//! live in [`crate::items`].
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::items::{RouteConfig, ServiceConfig, TopicConfig, UplinkConfig};
+use crate::size::ByteSize;
+
+/// The whole configuration file. Build it with
+/// [`Config::from_toml_str`](crate::Config::from_toml_str) or
+/// [`Config::load`](crate::Config::load), which also normalize and
+/// validate it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`: identity and data directory of this edge node.
+    #[serde(default)]
+    pub node: NodeConfig,
+    /// `[mqtt]`: the embedded MQTT broker.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// `[http]`: the HTTP API.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// `[store]`: the on-disk topic log.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[scheduler]`: how contended capacity is shared between services.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    /// `[[service]]` entries. After loading, always contains a service named
+    /// [`DEFAULT_SERVICE`](crate::DEFAULT_SERVICE) (appended if missing).
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+    /// `[[topic]]` entries: topics created at start-up.
+    #[serde(default, rename = "topic")]
+    pub topics: Vec<TopicConfig>,
+    /// `[[route]]` entries: MQTT topic filters mapped to log topics.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// `[[uplink]]` entries: sinks that forward to the central cluster.
+    #[serde(default, rename = "uplink")]
+    pub uplinks: Vec<UplinkConfig>,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name of this edge node, sent upstream in the `{node}` part of
+    /// `remote_topic` and in a record header. Same characters as topic
+    /// names. Default `"sluice"`.
+    pub id: String,
+    /// Directory of the log database and `listen.json`. A relative path is
+    /// relative to the working directory. Default `"sluice-data"`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: "sluice".to_owned(),
+            data_dir: PathBuf::from("sluice-data"),
+        }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address the embedded broker listens on; port 0 picks a free port.
+    /// Default `0.0.0.0:1883`.
+    pub listen: SocketAddr,
+    /// Largest accepted PUBLISH payload. Default 256KiB, at most 256MiB - 1
+    /// (MQTT's own packet limit).
+    pub max_payload: ByteSize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: any_addr(1883),
+            max_payload: ByteSize::kib(256),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the HTTP API listens on; port 0 picks a free port.
+    /// Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Largest accepted request body. Default 4MiB.
+    pub max_body: ByteSize,
+    /// Longest long-poll `wait_ms` a fetch may ask for; longer requests are
+    /// clamped or refused by the API. Default 30s, at most 1h.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub max_wait: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: any_addr(8080),
+            max_body: ByteSize::mib(4),
+            max_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Disk budget of stored records. Beyond it, records are evicted by
+    /// priority (lowest priority and oldest first, never below a service's
+    /// `reserved_bytes`). Default 1GiB, at least 1MiB.
+    pub max_bytes: ByteSize,
+    /// Group-commit window for `durability = "sync"`: appends arriving
+    /// within it share one flush. Default 2ms, at most 1s (0 = flush each
+    /// append on its own).
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub sync_window: Duration,
+    /// Background flush period for `durability = "buffered"`; also the
+    /// bound on what a crash can lose from MQTT. Default 50ms, 1ms..=10s.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub flush_interval: Duration,
+    /// sled page cache. RSS can grow to several times this, so keep it small
+    /// on a Pi. Default 16MiB, at least 1MiB.
+    pub cache_capacity: ByteSize,
+    /// Create unknown topics on first use (under the default service, with
+    /// `default_partitions` partitions). Default true.
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics. Default 1, 1..=256.
+    pub default_partitions: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_bytes: ByteSize::gib(1),
+            sync_window: Duration::from_millis(2),
+            flush_interval: Duration::from_millis(50),
+            cache_capacity: ByteSize::mib(16),
+            auto_create_topics: true,
+            default_partitions: 1,
+        }
+    }
+}
+
+/// How the scheduler orders work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerMode {
+    /// `"weighted"`: deficit round robin by service weight, express first
+    /// (capped by `express_max_share`).
+    #[default]
+    Weighted,
+    /// `"fifo"`: first in, first out, ignoring weights; exists only to
+    /// measure the difference.
+    Fifo,
+}
+
+impl SchedulerMode {
+    /// The configuration spelling, e.g. `"weighted"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SchedulerMode::Weighted => "weighted",
+            SchedulerMode::Fifo => "fifo",
+        }
+    }
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// `"weighted"` (default) or `"fifo"`.
+    pub mode: SchedulerMode,
+    /// Most of the capacity express services may take together while others
+    /// are backlogged, in (0, 1]. Default 0.5.
+    pub express_max_share: f64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            mode: SchedulerMode::Weighted,
+            express_max_share: 0.5,
+        }
+    }
+}
+
+fn any_addr(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+}
+
+/// The built-in limits that validation enforces, in one place so the
+/// messages and the docs agree.
+pub(crate) mod limits {
+    use super::ByteSize;
+    use std::time::Duration;
+
+    pub(crate) const WEIGHT: (u32, u32) = (1, 1000);
+    pub(crate) const PARTITIONS: (u32, u32) = (1, 256);
+    pub(crate) const MIN_MAX_PENDING: ByteSize = ByteSize::kib(1);
+    pub(crate) const MIN_STORE_BYTES: ByteSize = ByteSize::mib(1);
+    pub(crate) const MIN_CACHE: ByteSize = ByteSize::mib(1);
+    /// MQTT's remaining-length limit: 256MiB - 1.
+    pub(crate) const MAX_MQTT_PAYLOAD: ByteSize = ByteSize((1 << 28) - 1);
+    pub(crate) const MIN_BATCH: ByteSize = ByteSize::kib(1);
+    pub(crate) const MAX_SYNC_WINDOW: Duration = Duration::from_secs(1);
+    pub(crate) const FLUSH_INTERVAL: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(10));
+    pub(crate) const MAX_HTTP_WAIT: Duration = Duration::from_secs(3600);
+    pub(crate) const MAX_LINGER: Duration = Duration::from_secs(60);
+}

@@ -1,0 +1,339 @@
+//! Cross-field validation of a parsed, normalized [`Config`].
+//!
+//! Every rule reports into one list, so `sluice check-config` shows all
+//! problems at once. Field paths follow the rule in [`crate::error`]: an
+//! entry is `kind["name"]` when its name is valid and unique, else
+//! `kind[index]`.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::time::Duration;
+
+use crate::duration::format_duration;
+use crate::error::{entry_labels, ConfigError, FieldError};
+use crate::items::UplinkKind;
+use crate::model::limits;
+use crate::names::{self, check_mqtt_filter, check_topic_name, RouteKey};
+use crate::size::ByteSize;
+use crate::Config;
+
+/// Checks every rule; `Err` lists all problems found.
+pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let mut v = Problems::default();
+    v.sections(cfg);
+    v.services(cfg);
+    v.topics(cfg);
+    v.routes(cfg);
+    v.uplinks(cfg);
+    if v.0.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid { problems: v.0 })
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, field: impl Display, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Records `check`'s error, if any, under `field`.
+    fn check(&mut self, field: impl Display, check: Result<(), String>) {
+        if let Err(message) = check {
+            self.add(field, message);
+        }
+    }
+
+    fn sections(&mut self, cfg: &Config) {
+        self.check("node.id", name_rule(&cfg.node.id));
+        if cfg.node.data_dir.as_os_str().is_empty() {
+            self.add("node.data_dir", "is empty; give a directory path");
+        }
+        let max_payload = (ByteSize(1), limits::MAX_MQTT_PAYLOAD);
+        self.check("mqtt.max_payload", range(cfg.mqtt.max_payload, max_payload));
+        self.check("http.max_body", at_least(cfg.http.max_body, ByteSize(1)));
+        self.check(
+            "http.max_wait",
+            dur_range(cfg.http.max_wait, (Duration::ZERO, limits::MAX_HTTP_WAIT)),
+        );
+        let store = &cfg.store;
+        self.check(
+            "store.max_bytes",
+            at_least(store.max_bytes, limits::MIN_STORE_BYTES),
+        );
+        let sync_window = (Duration::ZERO, limits::MAX_SYNC_WINDOW);
+        self.check("store.sync_window", dur_range(store.sync_window, sync_window));
+        self.check(
+            "store.flush_interval",
+            dur_range(store.flush_interval, limits::FLUSH_INTERVAL),
+        );
+        self.check(
+            "store.cache_capacity",
+            at_least(store.cache_capacity, limits::MIN_CACHE),
+        );
+        self.check(
+            "store.default_partitions",
+            range(store.default_partitions, limits::PARTITIONS),
+        );
+        let share = cfg.scheduler.express_max_share;
+        if !(share > 0.0 && share <= 1.0) {
+            self.add(
+                "scheduler.express_max_share",
+                format!("{share} is out of range (0, 1]; e.g. 0.5 lets express services take at most half"),
+            );
+        }
+    }
+
+    fn services(&mut self, cfg: &Config) {
+        let labels = entry_labels("service", cfg.services.iter().map(|s| Some(s.name.as_str())));
+        self.names("service", &labels, cfg.services.iter().map(|s| s.name.as_str()));
+        let mut reserved_total: u128 = 0;
+        for (s, label) in cfg.services.iter().zip(&labels) {
+            self.check(format!("{label}.weight"), range(s.weight, limits::WEIGHT));
+            self.check(
+                format!("{label}.max_pending"),
+                at_least(s.max_pending, limits::MIN_MAX_PENDING),
+            );
+            if s.ttl == Some(Duration::ZERO) {
+                self.add(
+                    format!("{label}.ttl"),
+                    "0s would expire every record; leave ttl out for no limit",
+                );
+            }
+            reserved_total += u128::from(s.reserved_bytes.as_u64());
+        }
+        if reserved_total > u128::from(cfg.store.max_bytes.as_u64()) {
+            let parts: Vec<String> = cfg
+                .services
+                .iter()
+                .filter(|s| s.reserved_bytes.as_u64() > 0)
+                .map(|s| format!("{} {}", s.name, s.reserved_bytes))
+                .collect();
+            let total = u64::try_from(reserved_total).map_or_else(
+                |_| format!("{reserved_total}B"),
+                |t| ByteSize(t).to_string(),
+            );
+            self.add(
+                "service[*].reserved_bytes",
+                format!(
+                    "reserved bytes sum to {total} ({}), more than store.max_bytes {}",
+                    parts.join(", "),
+                    cfg.store.max_bytes
+                ),
+            );
+        }
+    }
+
+    fn topics(&mut self, cfg: &Config) {
+        let labels = entry_labels("topic", cfg.topics.iter().map(|t| Some(t.name.as_str())));
+        self.names("topic", &labels, cfg.topics.iter().map(|t| t.name.as_str()));
+        for (t, label) in cfg.topics.iter().zip(&labels) {
+            if cfg.service(&t.service).is_none() {
+                let defined: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
+                self.add(
+                    format!("{label}.service"),
+                    format!(
+                        "service {:?} is not defined (defined: {})",
+                        t.service,
+                        defined.join(", ")
+                    ),
+                );
+            }
+            self.check(
+                format!("{label}.partitions"),
+                range(t.partitions, limits::PARTITIONS),
+            );
+            if t.retention.max_age == Some(Duration::ZERO) {
+                self.add(
+                    format!("{label}.retention.max_age"),
+                    "0s would delete every record; leave it out for no age limit",
+                );
+            }
+            if t.retention.max_bytes == Some(ByteSize(0)) {
+                self.add(
+                    format!("{label}.retention.max_bytes"),
+                    "0B would delete every record; leave it out for no size limit",
+                );
+            }
+        }
+    }
+
+    fn routes(&mut self, cfg: &Config) {
+        for (i, r) in cfg.routes.iter().enumerate() {
+            let label = format!("route[{i}]");
+            let filter_ok = check_mqtt_filter(&r.mqtt);
+            let filter_valid = filter_ok.is_ok();
+            self.check(format!("{label}.mqtt"), value_rule(&r.mqtt, filter_ok));
+            self.check(format!("{label}.topic"), topic_ref(cfg, &r.topic));
+            let Some(spec) = &r.key else { continue };
+            match RouteKey::parse(spec) {
+                Err(e) => self.add(format!("{label}.key"), format!("{spec:?}: {e}")),
+                Ok(RouteKey::Level(n)) if filter_valid => {
+                    let levels = r.mqtt.split('/').count();
+                    if n > levels && !r.mqtt.ends_with('#') {
+                        self.add(
+                            format!("{label}.key"),
+                            format!(
+                                "{spec:?} is past the last level of {:?}, which has {levels}",
+                                r.mqtt
+                            ),
+                        );
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn uplinks(&mut self, cfg: &Config) {
+        let labels = entry_labels("uplink", cfg.uplinks.iter().map(|u| Some(u.name.as_str())));
+        self.names("uplink", &labels, cfg.uplinks.iter().map(|u| u.name.as_str()));
+        for (u, label) in cfg.uplinks.iter().zip(&labels) {
+            let kind = u.kind.as_str();
+            if u.brokers.is_empty() {
+                let what = match u.kind {
+                    UplinkKind::Http => "http:// or https:// URL",
+                    UplinkKind::Kafka | UplinkKind::Mqtt => "host:port address",
+                };
+                self.add(
+                    format!("{label}.brokers"),
+                    format!("is empty; a {kind} uplink needs at least one {what}"),
+                );
+            }
+            for (j, b) in u.brokers.iter().enumerate() {
+                let check = match u.kind {
+                    UplinkKind::Http => names::check_http_url(b),
+                    UplinkKind::Kafka | UplinkKind::Mqtt => names::check_host_port(b),
+                };
+                self.check(format!("{label}.brokers[{j}]"), value_rule(b, check));
+            }
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for (j, t) in u.topics.iter().enumerate() {
+                let field = format!("{label}.topics[{j}]");
+                if let Some(first) = seen.insert(t.as_str(), j) {
+                    self.add(field, format!("{t:?} is listed twice (also topics[{first}])"));
+                } else {
+                    self.check(field, topic_ref(cfg, t));
+                }
+            }
+            self.check(format!("{label}.remote_topic"), remote_topic(cfg, u));
+            let linger = (Duration::ZERO, limits::MAX_LINGER);
+            self.check(format!("{label}.linger"), dur_range(u.linger, linger));
+            self.check(
+                format!("{label}.batch_max_bytes"),
+                at_least(u.batch_max_bytes, limits::MIN_BATCH),
+            );
+            if let Some(cap) = u.max_bytes_per_sec {
+                self.check(
+                    format!("{label}.max_bytes_per_sec"),
+                    at_least(cap, ByteSize(1)),
+                );
+            }
+            if !(0.0..=1.0).contains(&u.live_share) {
+                self.add(
+                    format!("{label}.live_share"),
+                    format!("{} is out of range [0, 1]", u.live_share),
+                );
+            }
+        }
+    }
+
+    /// Name syntax and uniqueness of one kind of `[[table]]`.
+    fn names<'a>(&mut self, kind: &str, labels: &[String], names: impl Iterator<Item = &'a str>) {
+        let mut first_seen: HashMap<&str, usize> = HashMap::new();
+        for (i, (name, label)) in names.zip(labels).enumerate() {
+            match first_seen.get(name) {
+                Some(first) => self.add(
+                    format!("{label}.name"),
+                    format!("{name:?} is defined twice (also {kind}[{first}])"),
+                ),
+                None => {
+                    first_seen.insert(name, i);
+                    self.check(format!("{label}.name"), name_rule(name));
+                }
+            }
+        }
+    }
+}
+
+fn value_rule(value: &str, check: Result<(), String>) -> Result<(), String> {
+    check.map_err(|e| format!("{value:?} {e}"))
+}
+
+fn name_rule(name: &str) -> Result<(), String> {
+    value_rule(name, check_topic_name(name))
+}
+
+/// A topic referred to by a route or uplink: configured, or auto-creatable.
+fn topic_ref(cfg: &Config, topic: &str) -> Result<(), String> {
+    if cfg.topic(topic).is_some() {
+        return Ok(());
+    }
+    if cfg.store.auto_create_topics {
+        return name_rule(topic);
+    }
+    let defined: Vec<&str> = cfg.topics.iter().map(|t| t.name.as_str()).collect();
+    Err(format!(
+        "topic {topic:?} is not defined and store.auto_create_topics is false (defined: {})",
+        if defined.is_empty() { "none".to_owned() } else { defined.join(", ") }
+    ))
+}
+
+/// The template's placeholders, and for Kafka and MQTT that the names it
+/// produces are valid there.
+fn remote_topic(cfg: &Config, u: &crate::UplinkConfig) -> Result<(), String> {
+    let template = &u.remote_topic;
+    value_rule(template, names::check_template(template))?;
+    let samples: Vec<(&str, &str)> = if u.topics.is_empty() {
+        vec![("t", crate::DEFAULT_SERVICE)]
+    } else {
+        u.topics
+            .iter()
+            .map(|t| (t.as_str(), cfg.topic(t).map_or(crate::DEFAULT_SERVICE, |c| &c.service)))
+            .collect()
+    };
+    for (topic, service) in samples {
+        let remote = u.remote_topic_for(&cfg.node.id, topic, service);
+        let check = match u.kind {
+            UplinkKind::Kafka => check_topic_name(&remote),
+            UplinkKind::Mqtt if remote.is_empty() || remote.contains(['+', '#', '\0']) => {
+                Err("is not a valid MQTT topic name (empty, or has '+', '#' or NUL)".to_owned())
+            }
+            UplinkKind::Mqtt | UplinkKind::Http => Ok(()),
+        };
+        check.map_err(|e| format!("{template:?} gives {remote:?} for topic {topic:?}, which {e}"))?;
+    }
+    Ok(())
+}
+
+fn range<T: PartialOrd + Display>(value: T, (lo, hi): (T, T)) -> Result<(), String> {
+    if value < lo || value > hi {
+        return Err(format!("{value} is out of range {lo}..={hi}"));
+    }
+    Ok(())
+}
+
+fn at_least(value: ByteSize, min: ByteSize) -> Result<(), String> {
+    if value < min {
+        return Err(format!("{value} is too small; the minimum is {min}"));
+    }
+    Ok(())
+}
+
+fn dur_range(value: Duration, (lo, hi): (Duration, Duration)) -> Result<(), String> {
+    if value < lo || value > hi {
+        return Err(format!(
+            "{} is out of range {}..={}",
+            format_duration(value),
+            format_duration(lo),
+            format_duration(hi)
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Operations endpoints: `/healthz`, `/readyz`, `/metrics`,
+//! `GET /v1/services`, `PUT /v1/services/{name}` (run-time weight change).
+
+use super::codec::parse_json;
+use super::{read_body, ApiError};
+use crate::state::Shared;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+
+pub(super) async fn healthz(State(shared): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    if !shared.ingest.writer_alive.load(Ordering::Relaxed) && !*shared.shutdown.borrow() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the ingest writer has stopped"));
+    }
+    Ok(Json(serde_json::json!({ "status": "ok" })))
+}
+
+pub(super) async fn readyz(State(shared): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    if !shared.ready.load(Ordering::Relaxed) {
+        return Err(ApiError::unavailable("not ready (starting or draining)"));
+    }
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+pub(super) async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&shared))
+}
+
+pub(super) async fn services(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    let queues = shared.ingest.queue_stats();
+    let stored = shared.store.service_bytes();
+    let list: Vec<_> = shared
+        .services
+        .iter()
+        .zip(queues)
+        .map(|(s, q)| {
+            let class = s.class();
+            let c = &s.counters;
+            serde_json::json!({
+                "name": s.name,
+                "weight": class.weight,
+                "express": class.express,
+                "durability": match s.durability { sluice_config::Durability::Sync => "sync", sluice_config::Durability::Buffered => "buffered" },
+                "ttl_ms": s.ttl.map(|t| t.as_millis() as u64),
+                "max_pending": s.max_pending,
+                "pending_bytes": s.pending_bytes.load(Ordering::Relaxed),
+                "queued_jobs": q.jobs,
+                "oldest_pending_ms": q.oldest.map(|d| d.as_millis() as u64),
+                "stored_bytes": stored.get(&s.name).copied().unwrap_or(0),
+                "reserved_bytes": s.reserved_bytes,
+                "records_in": c.records_in.load(Ordering::Relaxed),
+                "rejected_full": c.rejected_full.load(Ordering::Relaxed),
+                "ttl_expired": c.ttl_expired.load(Ordering::Relaxed),
+                "evicted": c.evicted.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "services": list }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceUpdate {
+    weight: Option<u32>,
+    express: Option<bool>,
+}
+
+pub(super) async fn update_service(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let update: ServiceUpdate = parse_json(&read_body(&shared, body).await?)?;
+    let service = shared
+        .services
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("service {name:?} is not configured")))?;
+    let mut class = service.class();
+    if let Some(w) = update.weight {
+        if !(1..=1000).contains(&w) {
+            return Err(ApiError::bad_request(format!("weight: {w} is out of range 1..=1000")));
+        }
+        class.weight = w;
+    }
+    if let Some(e) = update.express {
+        class.express = e;
+    }
+    shared.ingest.set_class(service.id, class);
+    tracing::info!(service = %name, weight = class.weight, express = class.express, "service class changed");
+    Ok(Json(serde_json::json!({ "name": name, "weight": class.weight, "express": class.express })))
+}
+
+pub(super) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+}

@@ -1,0 +1,141 @@
+//! Consumer groups: `POST /v1/groups/{group}/fetch` (priority order across
+//! topics, from committed positions), `POST .../commit`, `GET .../offsets`.
+
+use super::codec::{parse_json, OutRecord};
+use super::read::MAX_RECORDS;
+use super::{query_params, read_body, ApiError, QueryMap};
+use crate::delivery::fetch_group;
+use crate::state::Shared;
+use crate::topics::Topic;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use sluice_store::{Offset, PartitionId};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchBody {
+    topics: Vec<String>,
+    #[serde(default = "default_max_records")]
+    max_records: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+fn default_max_records() -> u64 {
+    100
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitBody {
+    offsets: Vec<CommitEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitEntry {
+    topic: String,
+    partition: u32,
+    offset: u64,
+}
+
+fn check_group(group: &str) -> Result<(), ApiError> {
+    sluice_config::check_topic_name(group)
+        .map_err(|reason| ApiError::bad_request(format!("invalid group name {group:?}: {reason}")))
+}
+
+fn lookup_topics(shared: &Shared, names: &[String]) -> Result<Vec<Arc<Topic>>, ApiError> {
+    if names.is_empty() {
+        return Err(ApiError::bad_request("topics: give at least one topic"));
+    }
+    names.iter().map(|n| shared.topics.lookup(n).map_err(ApiError::from)).collect()
+}
+
+pub(super) async fn fetch(
+    State(shared): State<Shared>,
+    Path(group): Path<String>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_group(&group)?;
+    let req: FetchBody = parse_json(&read_body(&shared, body).await?)?;
+    if req.max_records == 0 || req.max_records > MAX_RECORDS {
+        return Err(ApiError::bad_request(format!("max_records: {} is outside 1..={MAX_RECORDS}", req.max_records)));
+    }
+    let max_wait = shared.config.http.max_wait.as_millis() as u64;
+    if req.wait_ms > max_wait {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms: {} is larger than http.max_wait ({max_wait} ms)",
+            req.wait_ms
+        )));
+    }
+    let topics = lookup_topics(&shared, &req.topics)?;
+    let records =
+        fetch_group(&shared, &group, &topics, req.max_records as usize, Duration::from_millis(req.wait_ms)).await?;
+    let out: Vec<_> = records
+        .iter()
+        .map(|r| OutRecord::new(&r.record, Some(&r.topic.name), Some(r.partition.0)))
+        .collect();
+    Ok(Json(serde_json::json!({ "records": out })))
+}
+
+pub(super) async fn commit(
+    State(shared): State<Shared>,
+    Path(group): Path<String>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_group(&group)?;
+    let req: CommitBody = parse_json(&read_body(&shared, body).await?)?;
+    if req.offsets.is_empty() {
+        return Err(ApiError::bad_request("offsets: give at least one offset"));
+    }
+    for (i, e) in req.offsets.iter().enumerate() {
+        let topic = shared.topics.lookup(&e.topic)?;
+        if e.partition >= topic.partitions {
+            return Err(ApiError::not_found(format!(
+                "offsets[{i}].partition: topic {:?} has {} partition(s); partition {} does not exist",
+                topic.name, topic.partitions, e.partition
+            )));
+        }
+        shared
+            .store
+            .commit(&group, &topic.name, PartitionId(e.partition), Offset(e.offset))
+            .map_err(|err| ApiError::from(&err).with_prefix(&format!("offsets[{i}]")))?;
+    }
+    shared.ingest.flush_soon().await.map_err(|_| ApiError::unavailable("sluice is shutting down"))??;
+    Ok(Json(serde_json::json!({ "committed": req.offsets.len() })))
+}
+
+pub(super) async fn offsets(
+    State(shared): State<Shared>,
+    Path(group): Path<String>,
+    query: QueryMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_group(&group)?;
+    let params = query_params(query, &["topics"])?;
+    let names: Vec<String> = match params.get("topics") {
+        Some(list) => list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        None => shared.topics.all().iter().map(|t| t.name.to_string()).collect(),
+    };
+    let topics = lookup_topics(&shared, &names)?;
+    let mut out = Vec::new();
+    for t in &topics {
+        for p in 0..t.partitions {
+            let partition = PartitionId(p);
+            let committed = shared.store.committed(&group, &t.name, partition)?;
+            let (start, hw) = shared.store.watermarks(&t.name, partition)?;
+            let pos = committed.unwrap_or(start).max(start);
+            out.push(serde_json::json!({
+                "topic": &*t.name,
+                "partition": p,
+                "committed": committed.map(|o| o.0),
+                "high_watermark": hw.0,
+                "lag": hw.0.saturating_sub(pos.0),
+            }));
+        }
+    }
+    Ok(Json(serde_json::json!({ "group": group, "offsets": out })))
+}

@@ -1,0 +1,90 @@
+//! The HTTP API (axum), versioned under `/v1`; see the README for the
+//! contract. One file per area; all errors are [`ApiError`].
+
+mod admin;
+pub mod codec;
+pub mod error;
+mod groups;
+mod produce;
+mod read;
+
+pub use error::ApiError;
+
+use crate::state::Shared;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query};
+use axum::routing::{get, post};
+use axum::Router;
+use std::collections::HashMap;
+
+/// The whole API as a router, so tests can call it without a socket.
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/topics", get(read::list_topics))
+        .route("/v1/topics/{topic}/records", post(produce::produce))
+        .route("/v1/topics/{topic}/partitions/{partition}/records", get(read::fetch))
+        .route("/v1/groups/{group}/fetch", post(groups::fetch))
+        .route("/v1/groups/{group}/commit", post(groups::commit))
+        .route("/v1/groups/{group}/offsets", get(groups::offsets))
+        .route("/v1/services", get(admin::services))
+        .route("/v1/services/{service}", axum::routing::put(admin::update_service))
+        .route("/metrics", get(admin::metrics))
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .fallback(admin::not_found)
+        // Bodies are read with our own limit so the 413 is JSON and names
+        // the setting.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(shared)
+}
+
+/// Reads a body up to `http.max_body`.
+pub(crate) async fn read_body(shared: &Shared, body: Body) -> Result<Bytes, ApiError> {
+    let limit = shared.config.http.max_body;
+    axum::body::to_bytes(body, limit.as_u64() as usize).await.map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds http.max_body ({limit}) or could not be read: {e}"),
+        )
+    })
+}
+
+/// Query parameters as a map, with a JSON error when malformed.
+pub(crate) type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+/// Checks query parameters against the allowed names.
+pub(crate) fn query_params(q: QueryMap, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let Query(map) = q.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+    if let Some(bad) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter {bad:?} (allowed: {})",
+            allowed.join(", ")
+        )));
+    }
+    Ok(map)
+}
+
+/// A non-negative integer parameter with a default and an upper bound.
+pub(crate) fn uint_param(
+    map: &HashMap<String, String>,
+    name: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
+    match map.get(name) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= max => Ok(n),
+            Ok(n) => Err(ApiError::bad_request(format!("{name}: {n} is larger than the maximum {max}"))),
+            Err(_) => Err(ApiError::bad_request(format!("{name}: expected a non-negative integer, got {v:?}"))),
+        },
+    }
+}
+
+/// Parses a partition path segment.
+pub(crate) fn partition_param(raw: &str) -> Result<sluice_store::PartitionId, ApiError> {
+    raw.parse::<u32>().map(sluice_store::PartitionId).map_err(|_| {
+        ApiError::bad_request(format!("partition: expected a non-negative integer, got {raw:?}"))
+    })
+}

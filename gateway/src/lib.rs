@@ -1,0 +1,33 @@
+//! sluice-gateway: the `sluice` binary's library half.
+//!
+//! Module map:
+//! - [`run`]: starts everything (store, ingest pipeline, HTTP), writes
+//!   `listen.json`, waits for a signal and drains.
+//! - [`services`]: per-service runtime state (weights, limits, counters).
+//! - [`topics`]: topic -> service/partition resolution and auto-creation.
+//! - [`ingest`]: the bounded per-service queues, the writer thread that
+//!   persists in scheduler order, and the group-commit flusher.
+//! - [`delivery`]: reads for consumers: partition fetch, group fetch in
+//!   priority order, long-poll notifications.
+//! - [`http`]: the axum API (`/v1/...`, `/metrics`, health).
+//! - [`metrics`]: Prometheus text rendering.
+//! - [`maintenance`]: retention and disk-budget eviction on a timer.
+//! - [`bench`]: the `sluice bench` load tool.
+
+pub mod bench;
+pub mod delivery;
+pub mod http;
+pub mod ingest;
+pub mod maintenance;
+pub mod metrics;
+pub mod run;
+pub mod services;
+pub mod state;
+pub mod topics;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

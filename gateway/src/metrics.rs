@@ -1,0 +1,115 @@
+//! `/metrics` in the Prometheus text format, rendered from the gateway's own
+//! counters on each scrape (no registry, no background work).
+
+use crate::state::Shared;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let _ = write!(self.0, "{k}=\"{v}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// Renders every metric.
+pub fn render(shared: &Shared) -> String {
+    let mut out = Out(String::with_capacity(4096));
+    let queues = shared.ingest.queue_stats();
+    let stored = shared.store.service_bytes();
+    let services: Vec<_> = shared.services.iter().collect();
+
+    type Getter = fn(&crate::services::Service, &crate::ingest::QueueStats, u64) -> f64;
+    let per_service: [(&str, &str, &str, Getter); 11] = [
+        ("sluice_service_queue_depth", "gauge", "Ingest jobs queued", |_, q, _| q.jobs as f64),
+        ("sluice_service_queue_bytes", "gauge", "Bytes queued for persisting", |s, _, _| {
+            s.pending_bytes.load(Ordering::Relaxed) as f64
+        }),
+        ("sluice_service_oldest_pending_seconds", "gauge", "Age of the oldest queued job", |_, q, _| {
+            q.oldest.map_or(0.0, |d| d.as_secs_f64())
+        }),
+        ("sluice_service_weight", "gauge", "Current scheduler weight", |s, _, _| f64::from(s.class().weight)),
+        ("sluice_service_stored_bytes", "gauge", "Record bytes stored in the log", |_, _, b| b as f64),
+        ("sluice_service_records_in_total", "counter", "Records persisted", |s, _, _| {
+            s.counters.records_in.load(Ordering::Relaxed) as f64
+        }),
+        ("sluice_service_bytes_in_total", "counter", "Record bytes persisted", |s, _, _| {
+            s.counters.bytes_in.load(Ordering::Relaxed) as f64
+        }),
+        ("sluice_service_rejected_total", "counter", "Ingest requests refused because the queue was full", |s, _, _| {
+            s.counters.rejected_full.load(Ordering::Relaxed) as f64
+        }),
+        ("sluice_service_ttl_expired_total", "counter", "Records skipped at delivery past their TTL", |s, _, _| {
+            s.counters.ttl_expired.load(Ordering::Relaxed) as f64
+        }),
+        ("sluice_service_retention_deleted_total", "counter", "Records deleted by topic retention", |s, _, _| {
+            s.counters.retention_deleted.load(Ordering::Relaxed) as f64
+        }),
+        ("sluice_service_evicted_total", "counter", "Records evicted to keep the disk budget", |s, _, _| {
+            s.counters.evicted.load(Ordering::Relaxed) as f64
+        }),
+    ];
+    for (name, kind, help, get) in per_service {
+        out.family(name, kind, help);
+        for (s, q) in services.iter().zip(&queues) {
+            let b = stored.get(&s.name).copied().unwrap_or(0);
+            out.sample(name, &[("service", &s.name)], get(s, q, b));
+        }
+    }
+    out.family("sluice_service_storage_errors_total", "counter", "Records that failed to persist");
+    for s in &services {
+        out.sample(
+            "sluice_service_storage_errors_total",
+            &[("service", &s.name)],
+            s.counters.rejected_error.load(Ordering::Relaxed),
+        );
+    }
+
+    let topics = shared.store.topics();
+    out.family("sluice_topic_high_watermark", "gauge", "Next offset to be written");
+    for t in &topics {
+        for p in &t.partitions {
+            let part = p.partition.0.to_string();
+            out.sample("sluice_topic_high_watermark", &[("topic", &t.spec.name), ("partition", &part)], p.high_watermark.0);
+        }
+    }
+    out.family("sluice_topic_log_start", "gauge", "First offset still stored");
+    for t in &topics {
+        for p in &t.partitions {
+            let part = p.partition.0.to_string();
+            out.sample("sluice_topic_log_start", &[("topic", &t.spec.name), ("partition", &part)], p.log_start.0);
+        }
+    }
+
+    out.family("sluice_store_bytes", "gauge", "Record bytes stored (what store.max_bytes limits)");
+    out.sample("sluice_store_bytes", &[], shared.store.total_bytes());
+    out.family("sluice_store_max_bytes", "gauge", "Disk budget (store.max_bytes)");
+    out.sample("sluice_store_max_bytes", &[], shared.config.store.max_bytes.as_u64());
+    let fs = &shared.ingest.flush_stats;
+    out.family("sluice_store_flushes_total", "counter", "Flushes to disk (group commits and background)");
+    out.sample("sluice_store_flushes_total", &[], fs.flushes.load(Ordering::Relaxed));
+    out.family("sluice_store_flush_seconds_total", "counter", "Time spent flushing");
+    out.sample("sluice_store_flush_seconds_total", &[], fs.flush_micros.load(Ordering::Relaxed) as f64 / 1e6);
+    out.family("sluice_store_flush_failures_total", "counter", "Failed flushes");
+    out.sample("sluice_store_flush_failures_total", &[], fs.failures.load(Ordering::Relaxed));
+    out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
+    out.sample("sluice_uptime_seconds", &[], shared.started.elapsed().as_secs());
+    out.0
+}

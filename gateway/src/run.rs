@@ -1,0 +1,108 @@
+//! `sluice run`: open the store, start the pipeline and the listeners,
+//! announce the addresses, wait for a signal, drain.
+
+use crate::ingest::{Ingest, IngestOptions};
+use crate::maintenance::Maintenance;
+use crate::services::Services;
+use crate::state::{Inner, Shared};
+use crate::topics::Topics;
+use anyhow::Context as _;
+use sluice_config::Config;
+use sluice_store::{Store, StoreOptions};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long in-flight requests get to finish after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the gateway until `stop` resolves (a signal in the binary).
+pub async fn run(config: Config, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let data_dir = config.node.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let opened = Instant::now();
+    let store = Store::open(&StoreOptions {
+        path: data_dir.join("log"),
+        cache_capacity: config.store.cache_capacity.as_u64(),
+    })?;
+    tracing::info!(path = %data_dir.display(), topics = store.topics().len(), bytes = store.total_bytes(),
+        elapsed_ms = opened.elapsed().as_millis() as u64, "store opened");
+
+    let services = Arc::new(Services::from_config(&config));
+    let topics = Topics::open(&config, &store, &services)?;
+    let (ingest, threads) = Ingest::start(
+        store.clone(),
+        services.clone(),
+        IngestOptions {
+            mode: crate::ingest::scheduler_mode(&config),
+            express_max_share: config.scheduler.express_max_share,
+            sync_window: config.store.sync_window,
+            flush_interval: config.store.flush_interval,
+        },
+    )
+    .context("cannot start the ingest threads")?;
+    let maintenance =
+        Maintenance::start(store.clone(), services.clone(), config.store.max_bytes.as_u64(), Duration::from_secs(1))
+            .context("cannot start the maintenance thread")?;
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {} (http.listen)", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    write_listen_json(&data_dir, http_addr).context("cannot write listen.json")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Shared(Arc::new(Inner {
+        config,
+        store: store.clone(),
+        services,
+        topics,
+        ingest: ingest.clone(),
+        shutdown: shutdown_rx.clone(),
+        ready: AtomicBool::new(false),
+        started: Instant::now(),
+    }));
+    let app = crate::http::router(shared.clone());
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    shared.ready.store(true, Ordering::Relaxed);
+    tracing::info!(http = %http_addr, data_dir = %data_dir.display(), "sluice is ready");
+
+    stop.await;
+    tracing::info!("stop requested: draining");
+    shared.ready.store(false, Ordering::Relaxed);
+    let _ = shutdown_tx.send(true);
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "in-flight requests did not finish in time"),
+    }
+    ingest.close();
+    tokio::task::spawn_blocking(move || {
+        threads.join();
+        maintenance.stop();
+    })
+    .await?;
+    store.flush()?;
+    tracing::info!("sluice stopped; everything accepted is on disk");
+    Ok(())
+}
+
+/// Writes `DATA_DIR/listen.json` atomically (temp file + rename).
+fn write_listen_json(data_dir: &Path, http: SocketAddr) -> std::io::Result<()> {
+    let body = serde_json::json!({ "http": http.to_string(), "mqtt": serde_json::Value::Null });
+    let tmp = data_dir.join("listen.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;
+    std::fs::rename(&tmp, data_dir.join("listen.json"))
+}

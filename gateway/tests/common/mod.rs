@@ -1,0 +1,150 @@
+//! Test harness: runs the real `sluice` binary on 127.0.0.1 port 0 in a
+//! temporary data directory and talks to it over HTTP.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `sluice run` child process.
+pub struct Gateway {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub base: String,
+    pub http: reqwest::Client,
+    config: Option<PathBuf>,
+}
+
+impl Gateway {
+    /// Starts a gateway in `data_dir` with an optional TOML config text.
+    pub async fn start(data_dir: &Path, config: Option<&str>) -> Gateway {
+        let config = config.map(|text| {
+            let path = data_dir.with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        Self::start_with(data_dir, config).await
+    }
+
+    async fn start_with(data_dir: &Path, config: Option<PathBuf>) -> Gateway {
+        let _ = std::fs::remove_file(data_dir.join("listen.json"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--http-listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+            .env("SLUICE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(c) = &config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.spawn().expect("spawn sluice");
+        let listen = data_dir.join("listen.json");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(text) = std::fs::read_to_string(&listen) {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    break v["http"].as_str().unwrap().to_owned();
+                }
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("sluice exited during start: {status}");
+            }
+            assert!(Instant::now() < deadline, "sluice did not write listen.json");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(addr.starts_with("127.0.0.1:"), "listening on {addr}");
+        let gw = Gateway {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            config,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = gw.http.get(gw.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "sluice never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gw
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Restarts on the same data directory and config.
+    pub async fn restart(mut self) -> Gateway {
+        self.terminate();
+        let config = self.config.take();
+        Self::start_with(&self.data_dir.clone(), config).await
+    }
+
+    /// SIGKILL, then a fresh start on the same data.
+    pub async fn crash_and_restart(mut self) -> Gateway {
+        self.kill9();
+        let config = self.config.take();
+        Self::start_with(&self.data_dir.clone(), config).await
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let status = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+            assert!(status.success());
+            let status = c.wait().unwrap();
+            assert!(status.success(), "sluice exited with {status} after SIGTERM");
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Produces JSON values; returns (partition, offset) per record.
+    pub async fn produce(&self, topic: &str, values: &[Value]) -> Vec<(u64, u64)> {
+        let records: Vec<Value> = values.iter().map(|v| json!({ "value": v })).collect();
+        let (status, body) = self.post_json(&format!("/v1/topics/{topic}/records"), &json!({ "records": records })).await;
+        assert_eq!(status, 200, "{body}");
+        offsets(&body)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn offsets(body: &Value) -> Vec<(u64, u64)> {
+    body["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()))
+        .collect()
+}
