@@ -59,31 +59,21 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let (number, after) = Decimal::split(rest).map_err(|e| fail(&e))?;
         let after = after.trim_start();
-        let unit_len = after
-            .char_indices()
-            .find(|&(_, c)| !(c.is_alphabetic()))
-            .map_or(after.len(), |(i, _)| i);
+        let unit_len =
+            after.char_indices().find(|&(_, c)| !(c.is_alphabetic())).map_or(after.len(), |(i, _)| i);
         let unit = &after[..unit_len];
         if unit.is_empty() {
             if total == 0 && after.is_empty() && number.times(1) == Some(0) {
                 return Ok(Duration::ZERO);
             }
-            return Err(fail(
-                "missing unit; write e.g. \"30s\" or \"30ms\" (units: ns, us, ms, s, m, h, d)",
-            ));
+            return Err(fail("missing unit; write e.g. \"30s\" or \"30ms\" (units: ns, us, ms, s, m, h, d)"));
         }
         let nanos_per_unit = UNITS
             .iter()
             .find(|(name, _)| *name == unit)
             .map(|&(_, n)| n)
-            .ok_or_else(|| {
-                fail(&format!(
-                    "unknown unit {unit:?} (use ns, us, ms, s, m, h or d)"
-                ))
-            })?;
-        let nanos = number
-            .times(nanos_per_unit)
-            .ok_or_else(|| fail("finer than one nanosecond"))?;
+            .ok_or_else(|| fail(&format!("unknown unit {unit:?} (use ns, us, ms, s, m, h or d)")))?;
+        let nanos = number.times(nanos_per_unit).ok_or_else(|| fail("finer than one nanosecond"))?;
         total = total.saturating_add(nanos);
         rest = after[unit_len..].trim_start();
     }
@@ -124,9 +114,7 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
 
 /// `deserialize_with` target for `Option<Duration>` fields (used together
 /// with `#[serde(default)]`, so an absent field is `None`).
-pub(crate) fn deserialize_opt<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     d.deserialize_any(DurationVisitor).map(Some)
 }
 

@@ -103,13 +103,8 @@ impl ConfigError {
     /// source text.
     pub(crate) fn from_toml(err: &toml::de::Error, src: &str) -> ConfigError {
         // Some parser messages span several lines; keep the error one line.
-        let message = err
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
+        let message =
+            err.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
         let (field, line, column) = match err.span() {
             Some(span) => {
                 let (line, column) = locate::line_column(src, span.start);
@@ -117,12 +112,7 @@ impl ConfigError {
             }
             None => (None, None, None),
         };
-        ConfigError::Toml {
-            message,
-            field,
-            line,
-            column,
-        }
+        ConfigError::Toml { message, field, line, column }
     }
 }
 

@@ -230,10 +230,7 @@ pub struct UplinkConfig {
     pub remote_topic: String,
     /// How long a batch waits for more records before it is sent.
     /// Default 5ms, at most 1m.
-    #[serde(
-        default = "default_linger",
-        deserialize_with = "crate::duration::deserialize"
-    )]
+    #[serde(default = "default_linger", deserialize_with = "crate::duration::deserialize")]
     pub linger: Duration,
     /// A batch is sent once it holds this many (uncompressed) bytes.
     /// Default 256KiB, at least 1KiB.

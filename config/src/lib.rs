@@ -61,15 +61,11 @@ use std::path::Path;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, FieldError};
 pub use items::{
-    Compression, Durability, OnFull, RetentionConfig, RouteConfig, ServiceConfig, TopicConfig,
-    UplinkConfig, UplinkKind,
+    Compression, Durability, OnFull, RetentionConfig, RouteConfig, ServiceConfig, TopicConfig, UplinkConfig,
+    UplinkKind,
 };
-pub use model::{
-    Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig,
-};
-pub use names::{
-    check_mqtt_filter, check_topic_name, mqtt_filter_matches, RouteKey, MAX_TOPIC_NAME_LEN,
-};
+pub use model::{Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig};
+pub use names::{check_mqtt_filter, check_topic_name, mqtt_filter_matches, RouteKey, MAX_TOPIC_NAME_LEN};
 pub use size::{parse_size, ByteSize};
 
 /// Name of the service that always exists: topics without a `service`, and
@@ -88,10 +84,8 @@ impl Config {
     /// Reads the file at `path` and loads it as [`Config::from_toml_str`]
     /// does. A read error names the path.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Config::from_toml_str(&text)
     }
 

@@ -34,19 +34,13 @@ fn prefix(src: &str, pos: usize) -> &str {
 pub(crate) fn field_path(src: &str, span: Range<usize>) -> Option<String> {
     let before = prefix(src, span.start);
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line_end = src[line_start..]
-        .find('\n')
-        .map_or(src.len(), |i| line_start + i);
+    let line_end = src[line_start..].find('\n').map_or(src.len(), |i| line_start + i);
     let line = &src[line_start..line_end];
 
     let mut parts: Vec<String> = Vec::new();
     // A header line is its own table: `[[service]]` missing a field, or an
     // unknown `[section]`.
-    let header_line = if parse_header(line).is_some() {
-        line_start + line.len()
-    } else {
-        line_start
-    };
+    let header_line = if parse_header(line).is_some() { line_start + line.len() } else { line_start };
     if let Some(table) = table_path(&src[..header_line], src) {
         parts.push(table);
     }
@@ -84,12 +78,7 @@ fn table_path(text: &str, src: &str) -> Option<String> {
         .saturating_sub(1);
     let names = entry_names(src, &name);
     let labels = entry_labels(&name, names.iter().map(Option::as_deref));
-    Some(
-        labels
-            .get(index)
-            .cloned()
-            .unwrap_or_else(|| format!("{name}[{index}]")),
-    )
+    Some(labels.get(index).cloned().unwrap_or_else(|| format!("{name}[{index}]")))
 }
 
 /// The `name = "..."` of every `[[kind]]` entry in `src`, in order.
@@ -131,9 +120,7 @@ fn parse_header(line: &str) -> Option<(String, bool)> {
     };
     let name: String = inner.chars().filter(|c| !c.is_whitespace()).collect();
     let looks_like_key = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'));
     looks_like_key.then(|| (name.replace('"', ""), is_array))
 }
 
@@ -199,9 +186,7 @@ fn keys_at(prefix: &str) -> Option<Vec<String>> {
 }
 
 fn is_bare_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
 }
 
 #[cfg(test)]
@@ -227,18 +212,9 @@ mod tests {
                    [[service]]\nname = \"b\"\nwieght = 3\n[[topic]]\nname = \"t\"\n\
                    retention = { max_age = \"7x\", max_bytes = \"1q\" }\n";
         assert_eq!(path_at(src, "\"2XB\"").as_deref(), Some("store.max_bytes"));
-        assert_eq!(
-            path_at(src, "wieght").as_deref(),
-            Some("service[\"b\"].wieght")
-        );
-        assert_eq!(
-            path_at(src, "\"7x\"").as_deref(),
-            Some("topic[\"t\"].retention.max_age")
-        );
-        assert_eq!(
-            path_at(src, "\"1q\"").as_deref(),
-            Some("topic[\"t\"].retention.max_bytes")
-        );
+        assert_eq!(path_at(src, "wieght").as_deref(), Some("service[\"b\"].wieght"));
+        assert_eq!(path_at(src, "\"7x\"").as_deref(), Some("topic[\"t\"].retention.max_age"));
+        assert_eq!(path_at(src, "\"1q\"").as_deref(), Some("topic[\"t\"].retention.max_bytes"));
         assert_eq!(path_at(src, "[[topic]]").as_deref(), Some("topic[\"t\"]"));
         // Without a (valid, unique) name the position is used.
         let dup = "[[service]]\nname = \"a\"\n[[service]]\nname = \"a\"\nweight = \"x\"\n";

@@ -66,10 +66,7 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig {
-            id: "sluice".to_owned(),
-            data_dir: PathBuf::from("sluice-data"),
-        }
+        NodeConfig { id: "sluice".to_owned(), data_dir: PathBuf::from("sluice-data") }
     }
 }
 
@@ -87,10 +84,7 @@ pub struct MqttConfig {
 
 impl Default for MqttConfig {
     fn default() -> Self {
-        MqttConfig {
-            listen: any_addr(1883),
-            max_payload: ByteSize::kib(256),
-        }
+        MqttConfig { listen: any_addr(1883), max_payload: ByteSize::kib(256) }
     }
 }
 
@@ -111,11 +105,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            listen: any_addr(8080),
-            max_body: ByteSize::mib(4),
-            max_wait: Duration::from_secs(30),
-        }
+        HttpConfig { listen: any_addr(8080), max_body: ByteSize::mib(4), max_wait: Duration::from_secs(30) }
     }
 }
 
@@ -195,10 +185,7 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig {
-            mode: SchedulerMode::Weighted,
-            express_max_share: 0.5,
-        }
+        SchedulerConfig { mode: SchedulerMode::Weighted, express_max_share: 0.5 }
     }
 }
 

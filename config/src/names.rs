@@ -17,22 +17,14 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("is empty; use 1 to 249 characters of A-Z a-z 0-9 . _ -".to_owned());
     }
-    if let Some((i, c)) = name
-        .chars()
-        .enumerate()
-        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    if let Some((i, c)) =
+        name.chars().enumerate().find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "contains {c:?} at character {}; only A-Z a-z 0-9 . _ - are allowed",
-            i + 1
-        ));
+        return Err(format!("contains {c:?} at character {}; only A-Z a-z 0-9 . _ - are allowed", i + 1));
     }
     // Only ASCII is left, so the byte length is the character count.
     if name.len() > MAX_TOPIC_NAME_LEN {
-        return Err(format!(
-            "is {} characters long; at most {MAX_TOPIC_NAME_LEN} are allowed",
-            name.len()
-        ));
+        return Err(format!("is {} characters long; at most {MAX_TOPIC_NAME_LEN} are allowed", name.len()));
     }
     if name == "." || name == ".." {
         return Err("cannot be \".\" or \"..\"".to_owned());
@@ -56,14 +48,10 @@ pub fn check_mqtt_filter(filter: &str) -> Result<(), String> {
     for (i, level) in levels.iter().enumerate() {
         let n = i + 1;
         if level.contains('#') && (*level != "#" || n != levels.len()) {
-            return Err(format!(
-                "has '#' in level {n} ({level:?}); '#' may only be the whole last level"
-            ));
+            return Err(format!("has '#' in level {n} ({level:?}); '#' may only be the whole last level"));
         }
         if level.contains('+') && *level != "+" {
-            return Err(format!(
-                "has '+' in level {n} ({level:?}); '+' must be a whole level"
-            ));
+            return Err(format!("has '+' in level {n} ({level:?}); '+' must be a whole level"));
         }
     }
     Ok(())
@@ -107,9 +95,7 @@ impl RouteKey {
             return match n.parse::<usize>() {
                 Ok(0) => Err("levels are counted from 1; \"level:0\" does not exist".to_owned()),
                 Ok(n) => Ok(RouteKey::Level(n)),
-                Err(_) => Err(format!(
-                    "{n:?} is not a level number; write e.g. \"level:2\""
-                )),
+                Err(_) => Err(format!("{n:?} is not a level number; write e.g. \"level:2\"")),
             };
         }
         if let Some(pointer) = spec.strip_prefix("json:") {
@@ -140,9 +126,7 @@ impl fmt::Display for RouteKey {
 
 fn check_json_pointer(pointer: &str) -> Result<(), String> {
     if !pointer.starts_with('/') {
-        return Err(format!(
-            "JSON pointer {pointer:?} must start with '/', e.g. \"json:/device/id\""
-        ));
+        return Err(format!("JSON pointer {pointer:?} must start with '/', e.g. \"json:/device/id\""));
     }
     let mut chars = pointer.chars();
     while let Some(c) = chars.next() {
@@ -160,14 +144,21 @@ pub(crate) fn check_host_port(addr: &str) -> Result<(), String> {
     if addr.contains("://") {
         return Err("must be host:port without a scheme, e.g. \"central-1:9092\"".to_owned());
     }
-    if addr.chars().any(char::is_whitespace) {
-        return Err("contains whitespace; write one host:port per list entry".to_owned());
+    if addr.contains(',') || addr.chars().any(char::is_whitespace) {
+        return Err("holds several addresses or spaces; write one host:port per list entry".to_owned());
     }
     let Some((host, port)) = addr.rsplit_once(':') else {
         return Err("has no port; write host:port, e.g. \"central-1:9092\"".to_owned());
     };
     if host.is_empty() {
         return Err("has no host; write host:port, e.g. \"central-1:9092\"".to_owned());
+    }
+    let bracketed_ipv6 = host.starts_with('[') && host.ends_with(']');
+    let host_name = host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !bracketed_ipv6 && !host_name {
+        return Err(format!(
+            "host {host:?} is not a host name or IP address (IPv6 goes in brackets: \"[::1]:9092\")"
+        ));
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
@@ -202,9 +193,7 @@ pub(crate) fn check_template(template: &str) -> Result<(), String> {
             return Err("has a '}' without a matching '{'".to_owned());
         }
         let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| "has a '{' without a matching '}'".to_owned())?;
+        let close = after.find('}').ok_or_else(|| "has a '{' without a matching '}'".to_owned())?;
         let name = &after[..close];
         if !PLACEHOLDERS.contains(&name) {
             return Err(format!(
@@ -218,10 +207,7 @@ pub(crate) fn check_template(template: &str) -> Result<(), String> {
 
 /// Replaces `{node}`, `{topic}` and `{service}` in a template.
 pub(crate) fn render_template(template: &str, node: &str, topic: &str, service: &str) -> String {
-    template
-        .replace("{node}", node)
-        .replace("{topic}", topic)
-        .replace("{service}", service)
+    template.replace("{node}", node).replace("{topic}", topic).replace("{service}", service)
 }
 
 #[cfg(test)]
@@ -275,10 +261,7 @@ mod tests {
     #[test]
     fn route_keys() {
         assert_eq!(RouteKey::parse("level:2"), Ok(RouteKey::Level(2)));
-        assert_eq!(
-            RouteKey::parse("json:/dev/id"),
-            Ok(RouteKey::JsonPointer("/dev/id".to_owned()))
-        );
+        assert_eq!(RouteKey::parse("json:/dev/id"), Ok(RouteKey::JsonPointer("/dev/id".to_owned())));
         assert!(RouteKey::parse("level:0").is_err());
         assert!(RouteKey::parse("level:x").is_err());
         assert!(RouteKey::parse("json:dev").is_err());
@@ -299,6 +282,8 @@ mod tests {
         assert!(check_host_port("kafka-1:0").is_err());
         assert!(check_host_port("tcp://kafka-1:9092").is_err());
         assert!(check_host_port("a:1, b:2").is_err());
+        assert!(check_host_port("a:1,b:2").is_err());
+        assert!(check_host_port("::1:9092").is_err());
         assert!(check_http_url("https://central.example/ingest").is_ok());
         assert!(check_http_url("ftp://x").is_err());
         assert!(check_http_url("http://").is_err());
@@ -306,9 +291,6 @@ mod tests {
         assert!(check_template("edge.{nodes}").is_err());
         assert!(check_template("edge.{node").is_err());
         assert!(check_template("edge.node}").is_err());
-        assert_eq!(
-            render_template("edge.{node}.{service}.{topic}", "pi", "t", "s"),
-            "edge.pi.s.t"
-        );
+        assert_eq!(render_template("edge.{node}.{service}.{topic}", "pi", "t", "s"), "edge.pi.s.t");
     }
 }

@@ -25,11 +25,7 @@ impl Decimal {
         let int = digits_value(&s[..int_len])?;
         let rest = &s[int_len..];
         let Some(after_dot) = rest.strip_prefix('.') else {
-            let whole = Decimal {
-                int,
-                frac: 0,
-                frac_digits: 0,
-            };
+            let whole = Decimal { int, frac: 0, frac_digits: 0 };
             return Ok((whole, rest));
         };
         let frac_len = after_dot.bytes().take_while(u8::is_ascii_digit).count();
@@ -39,20 +35,10 @@ impl Decimal {
         let frac_text = after_dot[..frac_len].trim_end_matches('0');
         let frac_digits = u32::try_from(frac_text.len()).unwrap_or(u32::MAX);
         if frac_digits > MAX_FRACTION_DIGITS {
-            return Err(format!(
-                "too many decimal places (at most {MAX_FRACTION_DIGITS})"
-            ));
+            return Err(format!("too many decimal places (at most {MAX_FRACTION_DIGITS})"));
         }
-        let frac = if frac_text.is_empty() {
-            0
-        } else {
-            digits_value(frac_text)?
-        };
-        let number = Decimal {
-            int,
-            frac,
-            frac_digits,
-        };
+        let frac = if frac_text.is_empty() { 0 } else { digits_value(frac_text)? };
+        let number = Decimal { int, frac, frac_digits };
         Ok((number, &after_dot[frac_len..]))
     }
 

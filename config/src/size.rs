@@ -25,13 +25,8 @@ use crate::number::Decimal;
 pub struct ByteSize(pub u64);
 
 /// Units from largest to smallest; `Display` picks the first exact one.
-const BINARY_UNITS: [(&str, u64); 5] = [
-    ("PiB", 1 << 50),
-    ("TiB", 1 << 40),
-    ("GiB", 1 << 30),
-    ("MiB", 1 << 20),
-    ("KiB", 1 << 10),
-];
+const BINARY_UNITS: [(&str, u64); 5] =
+    [("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
 const DECIMAL_UNITS: [(&str, u64); 5] = [
     ("PB", 1_000_000_000_000_000),
     ("TB", 1_000_000_000_000),
@@ -110,13 +105,9 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
     let (number, rest) = Decimal::split(s).map_err(|e| fail(&e))?;
     let unit = rest.trim_start();
     let mult = unit_multiplier(unit).ok_or_else(|| {
-        fail(&format!(
-            "unknown unit {unit:?} (use B, kB, MB, GB, TB, PB, KiB, MiB, GiB, TiB or PiB)"
-        ))
+        fail(&format!("unknown unit {unit:?} (use B, kB, MB, GB, TB, PB, KiB, MiB, GiB, TiB or PiB)"))
     })?;
-    let bytes = number
-        .times(u128::from(mult))
-        .ok_or_else(|| fail("not a whole number of bytes"))?;
+    let bytes = number.times(u128::from(mult)).ok_or_else(|| fail("not a whole number of bytes"))?;
     u64::try_from(bytes).map_err(|_| fail("too large (the maximum is 16EiB - 1)"))
 }
 

@@ -37,10 +37,7 @@ struct Problems(Vec<FieldError>);
 
 impl Problems {
     fn add(&mut self, field: impl Display, message: impl Into<String>) {
-        self.0.push(FieldError {
-            field: field.to_string(),
-            message: message.into(),
-        });
+        self.0.push(FieldError { field: field.to_string(), message: message.into() });
     }
 
     /// Records `check`'s error, if any, under `field`.
@@ -58,29 +55,14 @@ impl Problems {
         let max_payload = (ByteSize(1), limits::MAX_MQTT_PAYLOAD);
         self.check("mqtt.max_payload", range(cfg.mqtt.max_payload, max_payload));
         self.check("http.max_body", at_least(cfg.http.max_body, ByteSize(1)));
-        self.check(
-            "http.max_wait",
-            dur_range(cfg.http.max_wait, (Duration::ZERO, limits::MAX_HTTP_WAIT)),
-        );
+        self.check("http.max_wait", dur_range(cfg.http.max_wait, (Duration::ZERO, limits::MAX_HTTP_WAIT)));
         let store = &cfg.store;
-        self.check(
-            "store.max_bytes",
-            at_least(store.max_bytes, limits::MIN_STORE_BYTES),
-        );
+        self.check("store.max_bytes", at_least(store.max_bytes, limits::MIN_STORE_BYTES));
         let sync_window = (Duration::ZERO, limits::MAX_SYNC_WINDOW);
         self.check("store.sync_window", dur_range(store.sync_window, sync_window));
-        self.check(
-            "store.flush_interval",
-            dur_range(store.flush_interval, limits::FLUSH_INTERVAL),
-        );
-        self.check(
-            "store.cache_capacity",
-            at_least(store.cache_capacity, limits::MIN_CACHE),
-        );
-        self.check(
-            "store.default_partitions",
-            range(store.default_partitions, limits::PARTITIONS),
-        );
+        self.check("store.flush_interval", dur_range(store.flush_interval, limits::FLUSH_INTERVAL));
+        self.check("store.cache_capacity", at_least(store.cache_capacity, limits::MIN_CACHE));
+        self.check("store.default_partitions", range(store.default_partitions, limits::PARTITIONS));
         let share = cfg.scheduler.express_max_share;
         if !(share > 0.0 && share <= 1.0) {
             self.add(
@@ -96,15 +78,9 @@ impl Problems {
         let mut reserved_total: u128 = 0;
         for (s, label) in cfg.services.iter().zip(&labels) {
             self.check(format!("{label}.weight"), range(s.weight, limits::WEIGHT));
-            self.check(
-                format!("{label}.max_pending"),
-                at_least(s.max_pending, limits::MIN_MAX_PENDING),
-            );
+            self.check(format!("{label}.max_pending"), at_least(s.max_pending, limits::MIN_MAX_PENDING));
             if s.ttl == Some(Duration::ZERO) {
-                self.add(
-                    format!("{label}.ttl"),
-                    "0s would expire every record; leave ttl out for no limit",
-                );
+                self.add(format!("{label}.ttl"), "0s would expire every record; leave ttl out for no limit");
             }
             reserved_total += u128::from(s.reserved_bytes.as_u64());
         }
@@ -115,10 +91,8 @@ impl Problems {
                 .filter(|s| s.reserved_bytes.as_u64() > 0)
                 .map(|s| format!("{} {}", s.name, s.reserved_bytes))
                 .collect();
-            let total = u64::try_from(reserved_total).map_or_else(
-                |_| format!("{reserved_total}B"),
-                |t| ByteSize(t).to_string(),
-            );
+            let total = u64::try_from(reserved_total)
+                .map_or_else(|_| format!("{reserved_total}B"), |t| ByteSize(t).to_string());
             self.add(
                 "service[*].reserved_bytes",
                 format!(
@@ -138,17 +112,10 @@ impl Problems {
                 let defined: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
                 self.add(
                     format!("{label}.service"),
-                    format!(
-                        "service {:?} is not defined (defined: {})",
-                        t.service,
-                        defined.join(", ")
-                    ),
+                    format!("service {:?} is not defined (defined: {})", t.service, defined.join(", ")),
                 );
             }
-            self.check(
-                format!("{label}.partitions"),
-                range(t.partitions, limits::PARTITIONS),
-            );
+            self.check(format!("{label}.partitions"), range(t.partitions, limits::PARTITIONS));
             if t.retention.max_age == Some(Duration::ZERO) {
                 self.add(
                     format!("{label}.retention.max_age"),
@@ -179,10 +146,7 @@ impl Problems {
                     if n > levels && !r.mqtt.ends_with('#') {
                         self.add(
                             format!("{label}.key"),
-                            format!(
-                                "{spec:?} is past the last level of {:?}, which has {levels}",
-                                r.mqtt
-                            ),
+                            format!("{spec:?} is past the last level of {:?}, which has {levels}", r.mqtt),
                         );
                     }
                 }
@@ -225,21 +189,12 @@ impl Problems {
             self.check(format!("{label}.remote_topic"), remote_topic(cfg, u));
             let linger = (Duration::ZERO, limits::MAX_LINGER);
             self.check(format!("{label}.linger"), dur_range(u.linger, linger));
-            self.check(
-                format!("{label}.batch_max_bytes"),
-                at_least(u.batch_max_bytes, limits::MIN_BATCH),
-            );
+            self.check(format!("{label}.batch_max_bytes"), at_least(u.batch_max_bytes, limits::MIN_BATCH));
             if let Some(cap) = u.max_bytes_per_sec {
-                self.check(
-                    format!("{label}.max_bytes_per_sec"),
-                    at_least(cap, ByteSize(1)),
-                );
+                self.check(format!("{label}.max_bytes_per_sec"), at_least(cap, ByteSize(1)));
             }
             if !(0.0..=1.0).contains(&u.live_share) {
-                self.add(
-                    format!("{label}.live_share"),
-                    format!("{} is out of range [0, 1]", u.live_share),
-                );
+                self.add(format!("{label}.live_share"), format!("{} is out of range [0, 1]", u.live_share));
             }
         }
     }
@@ -290,6 +245,10 @@ fn topic_ref(cfg: &Config, topic: &str) -> Result<(), String> {
 fn remote_topic(cfg: &Config, u: &crate::UplinkConfig) -> Result<(), String> {
     let template = &u.remote_topic;
     value_rule(template, names::check_template(template))?;
+    if check_topic_name(&cfg.node.id).is_err() {
+        // Already reported at node.id; rendering it would only repeat that.
+        return Ok(());
+    }
     let samples: Vec<(&str, &str)> = if u.topics.is_empty() {
         vec![("t", crate::DEFAULT_SERVICE)]
     } else {

@@ -24,7 +24,9 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: SocketAddr) -> anyhow::Result<Conn> {
-        let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -76,7 +78,9 @@ impl Latencies {
 
 fn batch_body(batch: usize, payload: usize, seq: u64) -> Bytes {
     let value = "x".repeat(payload.saturating_sub(2));
-    let recs: Vec<_> = (0..batch).map(|i| serde_json::json!({ "key": format!("k{}", (seq as usize + i) % 64), "value": value })).collect();
+    let recs: Vec<_> = (0..batch)
+        .map(|i| serde_json::json!({ "key": format!("k{}", (seq as usize + i) % 64), "value": value }))
+        .collect();
     Bytes::from(serde_json::json!({ "records": recs }).to_string())
 }
 

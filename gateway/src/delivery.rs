@@ -90,7 +90,8 @@ fn group_fetch_once(
     let mut per_service: Vec<Vec<VecDeque<GroupRecord>>> = services.iter().map(|_| Vec::new()).collect();
     for topic in topics {
         let service = services.resolve(&topic.service);
-        let cutoff = service.ttl.map(|ttl| now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
+        let cutoff =
+            service.ttl.map(|ttl| now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
         for p in 0..topic.partitions {
             let partition = PartitionId(p);
             let pos = shared.store.committed(group, &topic.name, partition)?.unwrap_or(Offset(0));

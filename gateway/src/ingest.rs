@@ -183,7 +183,10 @@ pub struct Ingest {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("jobs", &self.sched.total_items()).field("closed", &self.closed).finish()
+        f.debug_struct("Queue")
+            .field("jobs", &self.sched.total_items())
+            .field("closed", &self.closed)
+            .finish()
     }
 }
 
@@ -249,7 +252,9 @@ impl Ingest {
         };
         let writer = {
             let ingest = ingest.clone();
-            std::thread::Builder::new().name("sluice-writer".into()).spawn(move || ingest.writer_loop(&store))?
+            std::thread::Builder::new()
+                .name("sluice-writer".into())
+                .spawn(move || ingest.writer_loop(&store))?
         };
         Ok((ingest, IngestThreads { writer, flusher }))
     }
@@ -359,7 +364,8 @@ impl Ingest {
                 }
                 Err(e) => {
                     tracing::error!(topic = %job.topic.name, partition = part.partition.0, error = %e, "append failed");
-                    failure = Some(IngestError::Storage { message: e.to_string(), disk_full: e.is_disk_full() });
+                    failure =
+                        Some(IngestError::Storage { message: e.to_string(), disk_full: e.is_disk_full() });
                     break;
                 }
             }

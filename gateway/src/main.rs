@@ -95,9 +95,12 @@ enum Bench {
         /// Records per flood request.
         #[arg(long, default_value_t = 64)]
         flood_batch: usize,
-        /// Value size in bytes.
+        /// Value size of express records in bytes.
         #[arg(long, default_value_t = 100)]
         payload: usize,
+        /// Value size of flood records in bytes.
+        #[arg(long, default_value_t = 100)]
+        flood_payload: usize,
     },
 }
 
@@ -194,15 +197,22 @@ fn bench(scenario: Bench) -> anyhow::Result<()> {
                 flood_clients,
                 flood_batch,
                 payload,
+                flood_payload,
             } => {
-                let express =
-                    Load { addr: common.addr, topic: express_topic, clients: 1, batch: 1, payload, rate: express_rate };
+                let express = Load {
+                    addr: common.addr,
+                    topic: express_topic,
+                    clients: 1,
+                    batch: 1,
+                    payload,
+                    rate: express_rate,
+                };
                 let flood = Load {
                     addr: common.addr,
                     topic: flood_topic,
                     clients: flood_clients,
                     batch: flood_batch,
-                    payload,
+                    payload: flood_payload,
                     rate: 0.0,
                 };
                 bench::isolation(express, flood, std::time::Duration::from_secs_f64(common.duration)).await
@@ -220,7 +230,8 @@ fn bench(scenario: Bench) -> anyhow::Result<()> {
 /// Resolves on SIGTERM or SIGINT.
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -53,15 +53,24 @@ pub fn render(shared: &Shared) -> String {
         ("sluice_service_bytes_in_total", "counter", "Record bytes persisted", |s, _, _| {
             s.counters.bytes_in.load(Ordering::Relaxed) as f64
         }),
-        ("sluice_service_rejected_total", "counter", "Ingest requests refused because the queue was full", |s, _, _| {
-            s.counters.rejected_full.load(Ordering::Relaxed) as f64
-        }),
-        ("sluice_service_ttl_expired_total", "counter", "Records skipped at delivery past their TTL", |s, _, _| {
-            s.counters.ttl_expired.load(Ordering::Relaxed) as f64
-        }),
-        ("sluice_service_retention_deleted_total", "counter", "Records deleted by topic retention", |s, _, _| {
-            s.counters.retention_deleted.load(Ordering::Relaxed) as f64
-        }),
+        (
+            "sluice_service_rejected_total",
+            "counter",
+            "Ingest requests refused because the queue was full",
+            |s, _, _| s.counters.rejected_full.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "sluice_service_ttl_expired_total",
+            "counter",
+            "Records skipped at delivery past their TTL",
+            |s, _, _| s.counters.ttl_expired.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "sluice_service_retention_deleted_total",
+            "counter",
+            "Records deleted by topic retention",
+            |s, _, _| s.counters.retention_deleted.load(Ordering::Relaxed) as f64,
+        ),
         ("sluice_service_evicted_total", "counter", "Records evicted to keep the disk budget", |s, _, _| {
             s.counters.evicted.load(Ordering::Relaxed) as f64
         }),
@@ -87,14 +96,22 @@ pub fn render(shared: &Shared) -> String {
     for t in &topics {
         for p in &t.partitions {
             let part = p.partition.0.to_string();
-            out.sample("sluice_topic_high_watermark", &[("topic", &t.spec.name), ("partition", &part)], p.high_watermark.0);
+            out.sample(
+                "sluice_topic_high_watermark",
+                &[("topic", &t.spec.name), ("partition", &part)],
+                p.high_watermark.0,
+            );
         }
     }
     out.family("sluice_topic_log_start", "gauge", "First offset still stored");
     for t in &topics {
         for p in &t.partitions {
             let part = p.partition.0.to_string();
-            out.sample("sluice_topic_log_start", &[("topic", &t.spec.name), ("partition", &part)], p.log_start.0);
+            out.sample(
+                "sluice_topic_log_start",
+                &[("topic", &t.spec.name), ("partition", &part)],
+                p.log_start.0,
+            );
         }
     }
 

@@ -20,7 +20,10 @@ use tokio::sync::watch;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the gateway until `stop` resolves (a signal in the binary).
-pub async fn run(config: Config, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let data_dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -45,9 +48,13 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()> + S
         },
     )
     .context("cannot start the ingest threads")?;
-    let maintenance =
-        Maintenance::start(store.clone(), services.clone(), config.store.max_bytes.as_u64(), Duration::from_secs(1))
-            .context("cannot start the maintenance thread")?;
+    let maintenance = Maintenance::start(
+        store.clone(),
+        services.clone(),
+        config.store.max_bytes.as_u64(),
+        Duration::from_secs(1),
+    )
+    .context("cannot start the maintenance thread")?;
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -86,7 +93,9 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()> + S
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
-        Err(_) => tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "in-flight requests did not finish in time"),
+        Err(_) => {
+            tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "in-flight requests did not finish in time")
+        }
     }
     ingest.close();
     tokio::task::spawn_blocking(move || {

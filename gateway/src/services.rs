@@ -77,7 +77,12 @@ impl Service {
             if cur > 0 && cur + cost > self.max_pending {
                 return false;
             }
-            match self.pending_bytes.compare_exchange_weak(cur, cur + cost, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.pending_bytes.compare_exchange_weak(
+                cur,
+                cur + cost,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(now) => cur = now,
             }

@@ -127,7 +127,12 @@ impl Topics {
     }
 
     /// A topic for producing: validated, created on first use when allowed.
-    pub fn get_or_create(&self, name: &str, store: &Store, services: &Services) -> Result<Arc<Topic>, TopicError> {
+    pub fn get_or_create(
+        &self,
+        name: &str,
+        store: &Store,
+        services: &Services,
+    ) -> Result<Arc<Topic>, TopicError> {
         if let Some(t) = self.get(name) {
             return Ok(t);
         }

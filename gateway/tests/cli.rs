@@ -4,7 +4,8 @@
 use std::process::Command;
 
 fn sluice(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).env("SLUICE_LOG", "off").output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).env("SLUICE_LOG", "off").output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

@@ -27,9 +27,14 @@ type Acked = Arc<Mutex<BTreeMap<(u64, u64), String>>>;
 
 async fn producer(gw_url: String, client: reqwest::Client, id: usize, acked: Acked) {
     for seq in 0u64.. {
-        let values: Vec<Value> =
-            (0..3).map(|i| json!({ "key": format!("k{id}-{i}"), "value": format!("p{id}-s{seq}-r{i}") })).collect();
-        let resp = client.post(format!("{gw_url}/v1/topics/events/records")).json(&json!({ "records": values })).send().await;
+        let values: Vec<Value> = (0..3)
+            .map(|i| json!({ "key": format!("k{id}-{i}"), "value": format!("p{id}-s{seq}-r{i}") }))
+            .collect();
+        let resp = client
+            .post(format!("{gw_url}/v1/topics/events/records"))
+            .json(&json!({ "records": values }))
+            .send()
+            .await;
         let Ok(resp) = resp else { return };
         if resp.status() != 200 {
             return;
@@ -75,8 +80,11 @@ async fn sigkill_under_sync_load_loses_nothing_acknowledged() {
             let mut stored = BTreeMap::new();
             let mut from = 0;
             while from <= max {
-                let (s, body) =
-                    gw.get_json(&format!("/v1/topics/events/partitions/{p}/records?offset={from}&max_records=10000")).await;
+                let (s, body) = gw
+                    .get_json(&format!(
+                        "/v1/topics/events/partitions/{p}/records?offset={from}&max_records=10000"
+                    ))
+                    .await;
                 assert_eq!(s, 200);
                 let recs = body["records"].as_array().unwrap();
                 assert!(!recs.is_empty(), "partition {p} ends before acknowledged offset {max}");
@@ -86,7 +94,11 @@ async fn sigkill_under_sync_load_loses_nothing_acknowledged() {
                 from = recs.last().unwrap()["offset"].as_u64().unwrap() + 1;
             }
             for (o, v) in recs {
-                assert_eq!(stored.get(o), Some(*v), "cycle {cycle}: acknowledged record {p}/{o} lost or changed");
+                assert_eq!(
+                    stored.get(o),
+                    Some(*v),
+                    "cycle {cycle}: acknowledged record {p}/{o} lost or changed"
+                );
             }
         }
         // New offsets continue after every acknowledged one.

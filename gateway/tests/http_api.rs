@@ -62,7 +62,8 @@ async fn produce_and_fetch_round_trip() {
 
     let (status, body) = gw.get_json("/v1/topics").await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = body["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        body["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["raw", "sensors"]);
     assert_eq!(body["topics"][1]["service"], "default");
     assert_eq!(body["topics"][1]["partitions"][0]["high_watermark"], 4);
@@ -116,17 +117,55 @@ partitions = 2
         gw.http.post(gw.url(path)).header("content-type", "application/json").body(body.to_owned()).send()
     };
     expect_error(post("/v1/topics/known/records", "{not json").await.unwrap(), 400, "invalid JSON").await;
-    expect_error(post("/v1/topics/known/records", r#"{"records":[{"key":"a"}]}"#).await.unwrap(), 400, "records[0]: missing value").await;
-    expect_error(post("/v1/topics/known/records", r#"{"records":[{"value_b64":"!!"}]}"#).await.unwrap(), 400, "records[0].value_b64").await;
-    expect_error(post("/v1/topics/known/records", r#"{"records":[{"vlaue":1}]}"#).await.unwrap(), 400, "vlaue").await;
-    expect_error(post("/v1/topics/known/records", r#"{"records":[]}"#).await.unwrap(), 400, "at least one").await;
-    expect_error(post("/v1/topics/bad%20name/records", r#"{"records":[{"value":1}]}"#).await.unwrap(), 400, "invalid topic name").await;
+    expect_error(
+        post("/v1/topics/known/records", r#"{"records":[{"key":"a"}]}"#).await.unwrap(),
+        400,
+        "records[0]: missing value",
+    )
+    .await;
+    expect_error(
+        post("/v1/topics/known/records", r#"{"records":[{"value_b64":"!!"}]}"#).await.unwrap(),
+        400,
+        "records[0].value_b64",
+    )
+    .await;
+    expect_error(
+        post("/v1/topics/known/records", r#"{"records":[{"vlaue":1}]}"#).await.unwrap(),
+        400,
+        "vlaue",
+    )
+    .await;
+    expect_error(post("/v1/topics/known/records", r#"{"records":[]}"#).await.unwrap(), 400, "at least one")
+        .await;
+    expect_error(
+        post("/v1/topics/bad%20name/records", r#"{"records":[{"value":1}]}"#).await.unwrap(),
+        400,
+        "invalid topic name",
+    )
+    .await;
     let long = "x".repeat(250);
-    expect_error(post(&format!("/v1/topics/{long}/records"), r#"{"records":[{"value":1}]}"#).await.unwrap(), 400, "249").await;
-    expect_error(post("/v1/topics/unknown/records", r#"{"records":[{"value":1}]}"#).await.unwrap(), 404, "auto_create_topics").await;
+    expect_error(
+        post(&format!("/v1/topics/{long}/records"), r#"{"records":[{"value":1}]}"#).await.unwrap(),
+        400,
+        "249",
+    )
+    .await;
+    expect_error(
+        post("/v1/topics/unknown/records", r#"{"records":[{"value":1}]}"#).await.unwrap(),
+        404,
+        "auto_create_topics",
+    )
+    .await;
     let big = format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "a".repeat(100 * 1024));
     expect_error(post("/v1/topics/known/records", &big).await.unwrap(), 413, "http.max_body").await;
-    let r = gw.http.post(gw.url("/v1/topics/known/records")).header("content-type", "text/plain").body("x").send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/topics/known/records"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 415, "Content-Type").await;
 
     let get = |path: &str| gw.http.get(gw.url(path)).send();
@@ -138,12 +177,19 @@ partitions = 2
     expect_error(get("/v1/topics/nope/partitions/0/records").await.unwrap(), 404, "nope").await;
     expect_error(get("/v1/nothing-here").await.unwrap(), 404, "no such endpoint").await;
     expect_error(
-        post("/v1/groups/g/commit", r#"{"offsets":[{"topic":"known","partition":0,"offset":99}]}"#).await.unwrap(),
+        post("/v1/groups/g/commit", r#"{"offsets":[{"topic":"known","partition":0,"offset":99}]}"#)
+            .await
+            .unwrap(),
         400,
         "high watermark",
     )
     .await;
-    expect_error(post("/v1/groups/g/fetch", r#"{"topics":["known"],"max_records":0}"#).await.unwrap(), 400, "max_records").await;
+    expect_error(
+        post("/v1/groups/g/fetch", r#"{"topics":["known"],"max_records":0}"#).await.unwrap(),
+        400,
+        "max_records",
+    )
+    .await;
 
     // The record accepted before all of that is still there.
     let (_, body) = gw.get_json("/v1/topics/known/partitions/0/records").await;
@@ -159,7 +205,8 @@ async fn long_poll_returns_when_data_arrives() {
     gw.produce("lp", &[json!(0)]).await;
     let url = gw.url("/v1/topics/lp/partitions/0/records?offset=1&wait_ms=20000");
     let client = gw.http.clone();
-    let waiter = tokio::spawn(async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap() });
+    let waiter =
+        tokio::spawn(async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap() });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     gw.produce("lp", &[json!("late")]).await;
     let body = waiter.await.unwrap();
@@ -214,7 +261,11 @@ async fn group_fetch_orders_by_priority_and_resumes_from_commits() {
     assert_eq!(recs.len(), 20);
     let topics: Vec<&str> = recs.iter().map(|r| r["topic"].as_str().unwrap()).collect();
     assert_eq!(topics[0], "alarms", "express first: {topics:?}");
-    assert_eq!(topics.iter().filter(|t| **t == "alarms").count(), 4, "every alarm in the first page: {topics:?}");
+    assert_eq!(
+        topics.iter().filter(|t| **t == "alarms").count(),
+        4,
+        "every alarm in the first page: {topics:?}"
+    );
     let tel = topics.iter().filter(|t| **t == "telemetry").count();
     let log = topics.iter().filter(|t| **t == "logs").count();
     assert!(tel >= 3 * log, "weight 4 vs 1 among the rest: {tel} telemetry, {log} logs");
@@ -235,7 +286,12 @@ async fn group_fetch_orders_by_priority_and_resumes_from_commits() {
     assert_eq!(status, 200, "{body}");
 
     let gw = gw.restart().await;
-    let (_, body) = gw.post_json("/v1/groups/edge/fetch", &json!({ "topics": ["logs", "telemetry", "alarms"], "max_records": 1000 })).await;
+    let (_, body) = gw
+        .post_json(
+            "/v1/groups/edge/fetch",
+            &json!({ "topics": ["logs", "telemetry", "alarms"], "max_records": 1000 }),
+        )
+        .await;
     let rest = body["records"].as_array().unwrap();
     assert_eq!(rest.len(), 84 - 20, "resumes after the committed positions across a restart");
     assert!(rest.iter().all(|r| r["topic"] != "alarms"));
@@ -297,7 +353,8 @@ service = "other"
         let r = gw.http.get(gw.url("/metrics")).send().await.unwrap();
         (r.status(), r.text().await.unwrap())
     };
-    let line = metrics.lines().find(|l| l.starts_with("sluice_service_rejected_total{service=\"tiny\"}")).unwrap();
+    let line =
+        metrics.lines().find(|l| l.starts_with("sluice_service_rejected_total{service=\"tiny\"}")).unwrap();
     let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 1.0, "{line}");
 }
@@ -322,7 +379,8 @@ async fn health_metrics_and_services() {
         assert!(text.contains(family), "missing {family} in\n{text}");
     }
     let (_, body) = gw.get_json("/v1/services").await;
-    let names: Vec<&str> = body["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        body["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["alarms", "telemetry", "logs", "default"]);
     // Run-time weight change.
     let r = gw.http.put(gw.url("/v1/services/logs")).json(&json!({ "weight": 7 })).send().await.unwrap();

@@ -46,11 +46,8 @@ fn decisions(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     // Items of 64 B..64 KiB, and of 64 B..1 MiB where the lightest services
     // wait many rounds for an item and fast-forwarding kicks in.
-    let cases = [
-        ("weighted", Mode::Weighted, 10),
-        ("weighted_1MiB", Mode::Weighted, 14),
-        ("fifo", Mode::Fifo, 10),
-    ];
+    let cases =
+        [("weighted", Mode::Weighted, 10), ("weighted_1MiB", Mode::Weighted, 14), ("fifo", Mode::Fifo, 10)];
     for (name, mode, max_shift) in cases {
         for services in [3usize, 30, 300] {
             let mut rng = Rng(0x2545_f491_4f6c_dd1d, max_shift);

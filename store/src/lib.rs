@@ -2,15 +2,16 @@
 //! sled) and the weighted priority scheduler that orders work everywhere it
 //! queues up.
 
-pub mod scheduler;
 pub mod error;
 pub mod log;
 pub mod partitioner;
 pub mod record;
+pub mod scheduler;
 
 pub use error::{CorruptRecord, StoreError};
 pub use log::{
-    EvictionPolicy, PartitionInfo, ReadResult, Retention, RetentionReport, Store, StoreOptions, TopicInfo, TopicSpec,
+    EvictionPolicy, PartitionInfo, ReadResult, Retention, RetentionReport, Store, StoreOptions, TopicInfo,
+    TopicSpec,
 };
 pub use partitioner::partition_for_key;
 pub use record::{Offset, PartitionId, Record, StoredRecord};

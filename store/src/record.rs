@@ -74,11 +74,7 @@ impl Record {
             + 4
             + self.key.as_ref().map_or(0, Vec::len)
             + 2
-            + self
-                .headers
-                .iter()
-                .map(|(n, v)| 2 + n.len() + 4 + v.len())
-                .sum::<usize>()
+            + self.headers.iter().map(|(n, v)| 2 + n.len() + 4 + v.len()).sum::<usize>()
             + self.value.len()
     }
 

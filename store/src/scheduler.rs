@@ -9,22 +9,27 @@
 //!
 //! Services live in one of two tiers: *express* and *weighted*. Inside a tier
 //! the backlogged services share bytes by **deficit round robin** (Shreedhar
-//! and Varghese): a ring of backlogged services; when a service reaches the
-//! head of the ring it is credited a quantum proportional to its weight and
-//! sends items while its deficit covers the head item's cost in bytes, then
-//! goes to the back keeping what is left. Cost is bytes, not items, so large
-//! payloads do not cheat, and each decision is O(1).
+//! and Varghese): in each round every backlogged service takes one turn, is
+//! credited a quantum proportional to its weight, and sends items while its
+//! deficit covers the head item's cost in bytes, keeping the rest for its
+//! next turn. Cost is bytes, not items, so large payloads do not cheat.
 //!
 //! * **Quantum.** A service's quantum is [`BASE_QUANTUM`] × weight / the
 //!   smallest weight backlogged in its tier. Only the ratios matter for the
 //!   long-run shares, so normalising by the smallest weight keeps a round
 //!   (the sum of quanta) as short as the ratios allow: weights 100:200:300
 //!   give 4:8:12 KiB rounds, not 400:800:1200 KiB, which keeps the shares
-//!   accurate over short windows. A service whose items are larger than its
-//!   quantum simply waits a few rounds, and when a whole pass of the ring
-//!   finds nobody able to send, the scheduler *fast-forwards*: it credits the
-//!   number of empty rounds needed in one step instead of spinning, so a pop
-//!   stays bounded with items from 1 B to 1 MiB.
+//!   accurate over short windows.
+//! * **Round skipping.** Items run from 1 B to 1 MiB, so a light service
+//!   may need hundreds of quanta for one item. Plain DRR would visit it
+//!   every round for nothing; with many such services a decision costs
+//!   O(services). Instead each tier keeps a calendar (a binary heap) of
+//!   turns keyed by (round, stamp): a service that cannot afford its head
+//!   is parked `k` rounds ahead with the `k - 1` quanta it would have
+//!   collected meanwhile, so every turn sends at least one item. The bytes
+//!   each service gets are those of plain DRR; a decision is O(1) within a
+//!   turn and O(log services) at the end of one. Within a round, turns go
+//!   in the order the previous turns ended (the stamp), like the DRR ring.
 //! * **Express cap.** Express services are served before weighted ones, but
 //!   while both tiers are backlogged the scheduler counts the bytes served to
 //!   each, and serves express only while its count is at most
@@ -36,9 +41,10 @@
 //!   A share of 1.0 is strict priority.
 //! * **Idle services cost nothing.** A service leaves its tier when its queue
 //!   empties and its deficit is reset, so it banks no credit and an idle
-//!   high-weight service holds nothing back. Leaving through
-//!   [`Scheduler::pop_oldest_of`] is lazy: the ring entry is dropped when the
-//!   ring next reaches it.
+//!   high-weight service holds nothing back. A service that comes back joins
+//!   the current round, after those already due in it. Leaving through
+//!   [`Scheduler::pop_oldest_of`] is lazy: the calendar entry goes stale
+//!   and is dropped when reached (or compacted away).
 //! * **Fifo mode** serves one global arrival order, for comparison; the
 //!   per-service accounting still works.
 //!
@@ -46,7 +52,9 @@
 //! change applies to items already queued, since the scheduler orders
 //! services, not items.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::binary_heap::PeekMut;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt;
 
 /// The quantum, in bytes, of the lightest backlogged service in a tier each
@@ -99,10 +107,7 @@ impl ServiceClass {
 
     /// A class with `weight` clamped to the allowed range.
     pub fn new(weight: u32, express: bool) -> Self {
-        Self {
-            weight: weight.clamp(Self::MIN_WEIGHT, Self::MAX_WEIGHT),
-            express,
-        }
+        Self { weight: weight.clamp(Self::MIN_WEIGHT, Self::MAX_WEIGHT), express }
     }
 
     fn tier(self) -> usize {
@@ -127,16 +132,23 @@ struct Service<T> {
     queue: VecDeque<Entry<T>>,
     bytes: u64,
     deficit: u64,
-    /// Already credited its quantum for the current visit of the ring head.
+    /// Already credited its quantum for the turn it is taking.
     credited: bool,
-    /// Has an entry in its tier's ring (possibly stale, if now idle).
-    listed: bool,
+    /// Stamp of its live calendar entry; `None` when idle or in Fifo mode.
+    stamp: Option<u64>,
 }
+
+/// A turn in a tier's calendar: (round, stamp, service), earliest first.
+type Turn = Reverse<(u64, u64, ServiceId)>;
 
 /// The backlogged services of one tier.
 #[derive(Debug, Default)]
 struct Tier {
-    ring: VecDeque<ServiceId>,
+    /// Weighted mode only: one live turn per backlogged service, plus stale
+    /// ones of services that left through `pop_oldest_of` or a class change.
+    calendar: BinaryHeap<Turn>,
+    /// The round being served.
+    round: u64,
     backlogged: usize,
     /// Weight -> number of backlogged services with it, for the minimum.
     weights: BTreeMap<u32, usize>,
@@ -176,6 +188,7 @@ pub struct Scheduler<T> {
     tiers: [Tier; 2],
     /// Bytes served to each tier while both were backlogged.
     contended: [u64; 2],
+    next_stamp: u64,
     /// Fifo mode only: (service, seq) in arrival order; entries whose item
     /// was removed by `pop_oldest_of` are skipped and compacted away.
     arrivals: VecDeque<(ServiceId, u64)>,
@@ -205,6 +218,7 @@ impl<T> Scheduler<T> {
             services: Vec::new(),
             tiers: [Tier::default(), Tier::default()],
             contended: [0; 2],
+            next_stamp: 0,
             arrivals: VecDeque::new(),
             next_seq: 0,
             total_items: 0,
@@ -238,14 +252,15 @@ impl<T> Scheduler<T> {
             bytes: 0,
             deficit: 0,
             credited: false,
-            listed: false,
+            stamp: None,
         });
         ServiceId(id)
     }
 
     /// Change a service's class at run time (weight clamped); it applies to
     /// the items already queued. Moving between tiers resets the service's
-    /// deficit and is O(services). Unknown ids are ignored.
+    /// deficit and puts it at the end of the new tier's current round.
+    /// Unknown ids are ignored.
     pub fn set_class(&mut self, id: ServiceId, class: ServiceClass) {
         let class = ServiceClass::new(class.weight, class.express);
         let Some(s) = self.services.get_mut(id.index()) else {
@@ -257,10 +272,7 @@ impl<T> Scheduler<T> {
         }
         let backlogged = !s.queue.is_empty();
         if old.tier() != class.tier() {
-            if s.listed {
-                self.tiers[old.tier()].ring.retain(|&other| other != id);
-                s.listed = false;
-            }
+            s.stamp = None;
             s.deficit = 0;
             s.credited = false;
         }
@@ -298,11 +310,24 @@ impl<T> Scheduler<T> {
         self.mode = mode;
         self.contended = [0; 2];
         self.arrivals.clear();
+        for tier in &mut self.tiers {
+            tier.calendar.clear();
+        }
         for s in &mut self.services {
             s.deficit = 0;
             s.credited = false;
+            s.stamp = None;
         }
-        if mode == Mode::Fifo {
+        if mode == Mode::Weighted {
+            let backlogged: Vec<ServiceId> = (0u16..)
+                .zip(&self.services)
+                .filter(|(_, s)| !s.queue.is_empty())
+                .map(|(index, _)| ServiceId(index))
+                .collect();
+            for id in backlogged {
+                self.schedule(id);
+            }
+        } else {
             let mut all: Vec<(u64, u16)> = Vec::with_capacity(self.total_items);
             for (index, s) in (0u16..).zip(&self.services) {
                 all.extend(s.queue.iter().map(|e| (e.seq, index)));
@@ -349,12 +374,8 @@ impl<T> Scheduler<T> {
         let entry = self.take_front(id)?;
         if self.mode == Mode::Fifo && self.arrivals.len() > 2 * self.total_items + 64 {
             let services = &self.services;
-            self.arrivals.retain(|&(id, seq)| {
-                services[id.index()]
-                    .queue
-                    .front()
-                    .is_some_and(|e| e.seq <= seq)
-            });
+            self.arrivals
+                .retain(|&(id, seq)| services[id.index()].queue.front().is_some_and(|e| e.seq <= seq));
         }
         Some((entry.cost, entry.item))
     }
@@ -384,15 +405,28 @@ impl<T> Scheduler<T> {
         self.total_items == 0
     }
 
-    /// A service got its first queued item: enter its tier (and its ring,
-    /// unless a stale entry from an earlier busy period is still there).
+    /// A service got its first queued item (or a new tier): count it, and
+    /// in Weighted mode give it a turn at the end of the current round.
     fn join_tier(&mut self, id: ServiceId) {
+        let s = &self.services[id.index()];
+        self.tiers[s.class.tier()].join(s.class.weight);
+        if self.mode == Mode::Weighted && s.stamp.is_none() {
+            self.schedule(id);
+        }
+    }
+
+    /// Put a backlogged service in its tier's calendar, at the end of the
+    /// current round; drops stale turns when they outnumber live ones.
+    fn schedule(&mut self, id: ServiceId) {
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
         let s = &mut self.services[id.index()];
+        s.stamp = Some(stamp);
         let tier = &mut self.tiers[s.class.tier()];
-        tier.join(s.class.weight);
-        if !s.listed {
-            s.listed = true;
-            tier.ring.push_back(id);
+        tier.calendar.push(Reverse((tier.round, stamp, id)));
+        if tier.calendar.len() > 2 * tier.backlogged + 64 {
+            let services = &self.services;
+            tier.calendar.retain(|&Reverse((_, stamp, id))| services[id.index()].stamp == Some(stamp));
         }
     }
 
@@ -406,6 +440,7 @@ impl<T> Scheduler<T> {
         if s.queue.is_empty() {
             s.deficit = 0;
             s.credited = false;
+            s.stamp = None;
             self.tiers[s.class.tier()].leave(s.class.weight);
         }
         Some(entry)
@@ -413,10 +448,7 @@ impl<T> Scheduler<T> {
 
     fn pop_fifo(&mut self) -> Option<(ServiceId, T)> {
         while let Some((id, seq)) = self.arrivals.pop_front() {
-            let live = self.services[id.index()]
-                .queue
-                .front()
-                .is_some_and(|e| e.seq == seq);
+            let live = self.services[id.index()].queue.front().is_some_and(|e| e.seq == seq);
             if live {
                 return self.take_front(id).map(|e| (id, e.item));
             }
@@ -458,66 +490,44 @@ impl<T> Scheduler<T> {
     /// One deficit-round-robin decision in a tier with backlogged services.
     fn drr_pop(&mut self, t: usize) -> Option<(ServiceId, Entry<T>)> {
         let min_weight = self.tiers[t].min_weight();
-        let mut skipped = 0;
         loop {
-            let id = *self.tiers[t].ring.front()?;
+            let tier = &mut self.tiers[t];
+            let mut turn = tier.calendar.peek_mut()?;
+            let Reverse((round, stamp, id)) = *turn;
             let s = &mut self.services[id.index()];
-            let Some(head) = s.queue.front().map(|e| e.cost) else {
-                // Stale entry of a service emptied by `pop_oldest_of`.
-                s.listed = false;
-                self.tiers[t].ring.pop_front();
-                continue;
+            let head = match s.queue.front() {
+                Some(entry) if s.stamp == Some(stamp) => entry.cost,
+                _ => {
+                    // Stale: the service left, or left and came back.
+                    PeekMut::pop(turn);
+                    continue;
+                }
             };
+            tier.round = round;
+            let q = quantum(s.class.weight, min_weight);
             if !s.credited {
                 s.credited = true;
-                s.deficit = s
-                    .deficit
-                    .saturating_add(quantum(s.class.weight, min_weight));
+                s.deficit = s.deficit.saturating_add(q);
             }
             if s.deficit >= head {
                 s.deficit -= head;
                 if s.queue.len() == 1 {
-                    s.listed = false;
-                    self.tiers[t].ring.pop_front();
+                    PeekMut::pop(turn);
+                } else {
+                    drop(turn);
                 }
                 return self.take_front(id).map(|e| (id, e));
             }
+            // Turn over. Park it for the `k` rounds its deficit needs to
+            // cover the head, crediting now what those rounds would bring
+            // but the last, which its next turn credits.
+            let k = (head - s.deficit).div_ceil(q);
+            s.deficit = s.deficit.saturating_add((k - 1).saturating_mul(q));
             s.credited = false;
-            self.tiers[t].ring.rotate_left(1);
-            skipped += 1;
-            if skipped >= self.tiers[t].backlogged {
-                self.fast_forward(t, min_weight);
-                skipped = 0;
-            }
-        }
-    }
-
-    /// A full pass found nobody able to send: credit everyone the empty
-    /// rounds that would pass before the first can, in one step. Same
-    /// outcome as spinning, O(services) instead of O(services × rounds).
-    fn fast_forward(&mut self, t: usize, min_weight: u32) {
-        let services = &mut self.services;
-        let ring = &self.tiers[t].ring;
-        let rounds_needed = |s: &Service<T>| {
-            let head = s.queue.front()?.cost;
-            let q = quantum(s.class.weight, min_weight);
-            Some(head.saturating_sub(s.deficit).div_ceil(q))
-        };
-        let min_rounds = ring
-            .iter()
-            .filter_map(|id| rounds_needed(&services[id.index()]))
-            .min();
-        // The next pass credits one more round itself.
-        let extra = min_rounds.unwrap_or(0).saturating_sub(1);
-        if extra == 0 {
-            return;
-        }
-        for id in ring {
-            let s = &mut services[id.index()];
-            if !s.queue.is_empty() {
-                let q = quantum(s.class.weight, min_weight);
-                s.deficit = s.deficit.saturating_add(extra.saturating_mul(q));
-            }
+            let stamp = self.next_stamp;
+            self.next_stamp += 1;
+            s.stamp = Some(stamp);
+            *turn = Reverse((round.saturating_add(k), stamp, id));
         }
     }
 }
@@ -671,13 +681,15 @@ mod tests {
             total += svc.queue.len();
             assert_eq!(svc.bytes, svc.queue.iter().map(|e| e.cost).sum::<u64>());
             let tier = svc.class.tier();
-            let here = s.tiers[tier].ring.iter().filter(|&&x| x == id).count();
-            let there = s.tiers[1 - tier].ring.iter().filter(|&&x| x == id).count();
-            assert_eq!((here, there), (usize::from(svc.listed), 0), "{id:?} ring entries");
+            let live = |t: usize| {
+                let turns = s.tiers[t].calendar.iter();
+                turns.filter(|Reverse((_, stamp, x))| *x == id && svc.stamp == Some(*stamp)).count()
+            };
+            let scheduled = s.mode == Mode::Weighted && !svc.queue.is_empty();
+            assert_eq!((live(tier), live(1 - tier)), (usize::from(scheduled), 0));
+            assert_eq!(svc.stamp.is_some(), scheduled, "{id:?} stamp");
             if svc.queue.is_empty() {
                 assert_eq!((svc.deficit, svc.credited), (0, false));
-            } else {
-                assert!(svc.listed, "backlogged {id:?} not in its ring");
             }
         }
         assert_eq!(s.total_items, total);
@@ -698,6 +710,12 @@ mod tests {
         match s.mode {
             Mode::Fifo => assert_eq!(live.count(), total),
             Mode::Weighted => assert!(s.arrivals.is_empty()),
+        }
+        for tier in &s.tiers {
+            // Compaction runs when a turn is added, so idle services may
+            // have left since: bound by the service count, not the backlog.
+            assert!(tier.calendar.len() <= 2 * s.services.len() + 65);
+            assert!(tier.calendar.iter().all(|Reverse((round, ..))| *round >= tier.round));
         }
     }
 
@@ -724,6 +742,28 @@ mod tests {
                 _ if next(20) == 0 => s.set_mode(if next(2) == 0 { Mode::Fifo } else { Mode::Weighted }),
                 _ => {}
             }
+            check_invariants(&s);
+        }
+    }
+
+    #[test]
+    fn stale_turns_are_compacted() {
+        let mut s = Scheduler::new(Mode::Weighted, 0.5);
+        let a = s.add_service(weighted(1000));
+        let b = s.add_service(weighted(1));
+        for _ in 0..4 {
+            s.push(a, 1 << 20, 'a');
+        }
+        for _ in 0..500 {
+            // b takes a turn, cannot afford 1 MiB, is parked 256 rounds
+            // ahead, then loses its item: a stale turn far in the future.
+            s.push(b, 1 << 20, 'b');
+            for _ in 0..6 {
+                if let Some((id, c)) = s.pop() {
+                    s.push(id, 1 << 20, c);
+                }
+            }
+            assert!(s.pop_oldest_of(b).is_some());
             check_invariants(&s);
         }
     }

@@ -6,9 +6,7 @@
 use std::collections::VecDeque;
 
 use proptest::prelude::*;
-use sluice_store::scheduler::{
-    Mode, Scheduler, ServiceClass, ServiceId, BASE_QUANTUM, CONTENTION_WINDOW,
-};
+use sluice_store::scheduler::{Mode, Scheduler, ServiceClass, ServiceId, BASE_QUANTUM, CONTENTION_WINDOW};
 
 /// Largest item in these tests (the brief's 64 KiB).
 const MAX_ITEM: u64 = 64 * 1024;
@@ -42,10 +40,7 @@ impl Sizes {
 /// The scheduler's quanta for services backlogged together in one tier.
 fn quanta(weights: &[u32]) -> Vec<u64> {
     let min = u64::from(*weights.iter().min().unwrap());
-    weights
-        .iter()
-        .map(|&w| BASE_QUANTUM * u64::from(w) / min)
-        .collect()
+    weights.iter().map(|&w| BASE_QUANTUM * u64::from(w) / min).collect()
 }
 
 /// Services with the given classes; items are their own cost, so a pop tells
@@ -68,7 +63,7 @@ fn saturated(
 }
 
 proptest! {
-    #![proptest_config(config(48))]
+    #![proptest_config(config(128))]
 
     /// (1) Under saturation each service's byte share is within 5% (relative)
     /// of weight / sum of weights, over a window long enough that one round,
@@ -112,7 +107,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(32))]
+    #![proptest_config(config(64))]
 
     /// (2) No starvation: between two serves of any backlogged service, the
     /// bytes (and so pops) served to the others stay under the DRR bound,
@@ -247,7 +242,7 @@ fn class() -> impl Strategy<Value = ServiceClass> {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(128))]
 
     /// (4) Services that are idle (never used, or used and emptied by
     /// `pop_oldest_of`) change nothing in the order of pops among the others.
@@ -337,7 +332,7 @@ impl Model {
 }
 
 proptest! {
-    #![proptest_config(config(128))]
+    #![proptest_config(config(256))]
 
     /// (5) Any interleaving of push, pop, pop_oldest_of, set_class and
     /// set_mode keeps each service's FIFO order, the counts and bytes, and
@@ -411,7 +406,7 @@ proptest! {
         let mut s = Scheduler::new(Mode::Fifo, 0.5);
         let ids: Vec<_> = classes.iter().map(|&c| s.add_service(c)).collect();
         let mut model: VecDeque<(ServiceId, u64)> = VecDeque::new();
-        let mut drop_oldest = |s: &mut Scheduler<u64>, model: &mut VecDeque<(ServiceId, u64)>, id| {
+        let drop_oldest = |s: &mut Scheduler<u64>, model: &mut VecDeque<(ServiceId, u64)>, id| {
             let at = model.iter().position(|&(owner, _)| owner == id);
             let expected = at.and_then(|at| model.remove(at)).map(|(_, item)| item);
             prop_assert_eq!(s.pop_oldest_of(id).map(|(_, item)| item), expected);

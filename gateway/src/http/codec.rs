@@ -71,16 +71,19 @@ pub fn parse_produce(body: &[u8], timestamp_ms: i64) -> Result<Vec<Record>, ApiE
 
 impl InRecord {
     fn into_record(self, i: usize, timestamp_ms: i64) -> Result<Record, ApiError> {
-        let key = match (self.key, self.key_b64) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request(format!("records[{i}]: give either key or key_b64, not both")))
-            }
-            (Some(k), None) => Some(k.into_bytes()),
-            (None, Some(b)) => Some(B64.decode(b.as_bytes()).map_err(|e| {
-                ApiError::bad_request(format!("records[{i}].key_b64: invalid base64: {e}"))
-            })?),
-            (None, None) => None,
-        };
+        let key =
+            match (self.key, self.key_b64) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::bad_request(format!(
+                        "records[{i}]: give either key or key_b64, not both"
+                    )))
+                }
+                (Some(k), None) => Some(k.into_bytes()),
+                (None, Some(b)) => Some(B64.decode(b.as_bytes()).map_err(|e| {
+                    ApiError::bad_request(format!("records[{i}].key_b64: invalid base64: {e}"))
+                })?),
+                (None, None) => None,
+            };
         let value = match (self.value, self.value_b64) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad_request(format!(
@@ -88,11 +91,13 @@ impl InRecord {
                 )))
             }
             (Some(raw), None) => raw.get().as_bytes().to_vec(),
-            (None, Some(b)) => B64.decode(b.as_bytes()).map_err(|e| {
-                ApiError::bad_request(format!("records[{i}].value_b64: invalid base64: {e}"))
-            })?,
+            (None, Some(b)) => B64
+                .decode(b.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("records[{i}].value_b64: invalid base64: {e}")))?,
             (None, None) => {
-                return Err(ApiError::bad_request(format!("records[{i}]: missing value (give value or value_b64)")))
+                return Err(ApiError::bad_request(format!(
+                    "records[{i}]: missing value (give value or value_b64)"
+                )))
             }
         };
         let headers = self.headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();

@@ -30,7 +30,10 @@ impl ApiError {
 
     /// 429 with `Retry-After`.
     pub fn too_many(message: impl Into<String>, retry_after_secs: u64) -> ApiError {
-        ApiError { retry_after: Some(retry_after_secs), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message) }
+        ApiError {
+            retry_after: Some(retry_after_secs),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+        }
     }
 
     /// 503 with `Retry-After`.
@@ -103,7 +106,9 @@ impl From<crate::ingest::IngestError> for ApiError {
     fn from(e: crate::ingest::IngestError) -> ApiError {
         use crate::ingest::IngestError as I;
         match &e {
-            I::Storage { disk_full: true, .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+            I::Storage { disk_full: true, .. } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+            }
             I::Storage { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             I::ShuttingDown => ApiError::unavailable(e.to_string()),
         }

@@ -63,7 +63,10 @@ pub(super) async fn fetch(
     check_group(&group)?;
     let req: FetchBody = parse_json(&read_body(&shared, body).await?)?;
     if req.max_records == 0 || req.max_records > MAX_RECORDS {
-        return Err(ApiError::bad_request(format!("max_records: {} is outside 1..={MAX_RECORDS}", req.max_records)));
+        return Err(ApiError::bad_request(format!(
+            "max_records: {} is outside 1..={MAX_RECORDS}",
+            req.max_records
+        )));
     }
     let max_wait = shared.config.http.max_wait.as_millis() as u64;
     if req.wait_ms > max_wait {
@@ -74,11 +77,10 @@ pub(super) async fn fetch(
     }
     let topics = lookup_topics(&shared, &req.topics)?;
     let records =
-        fetch_group(&shared, &group, &topics, req.max_records as usize, Duration::from_millis(req.wait_ms)).await?;
-    let out: Vec<_> = records
-        .iter()
-        .map(|r| OutRecord::new(&r.record, Some(&r.topic.name), Some(r.partition.0)))
-        .collect();
+        fetch_group(&shared, &group, &topics, req.max_records as usize, Duration::from_millis(req.wait_ms))
+            .await?;
+    let out: Vec<_> =
+        records.iter().map(|r| OutRecord::new(&r.record, Some(&r.topic.name), Some(r.partition.0))).collect();
     Ok(Json(serde_json::json!({ "records": out })))
 }
 

@@ -77,7 +77,9 @@ pub(crate) fn uint_param(
         Some(v) => match v.parse::<u64>() {
             Ok(n) if n <= max => Ok(n),
             Ok(n) => Err(ApiError::bad_request(format!("{name}: {n} is larger than the maximum {max}"))),
-            Err(_) => Err(ApiError::bad_request(format!("{name}: expected a non-negative integer, got {v:?}"))),
+            Err(_) => {
+                Err(ApiError::bad_request(format!("{name}: expected a non-negative integer, got {v:?}")))
+            }
         },
     }
 }

@@ -128,7 +128,8 @@ impl Gateway {
     /// Produces JSON values; returns (partition, offset) per record.
     pub async fn produce(&self, topic: &str, values: &[Value]) -> Vec<(u64, u64)> {
         let records: Vec<Value> = values.iter().map(|v| json!({ "value": v })).collect();
-        let (status, body) = self.post_json(&format!("/v1/topics/{topic}/records"), &json!({ "records": records })).await;
+        let (status, body) =
+            self.post_json(&format!("/v1/topics/{topic}/records"), &json!({ "records": records })).await;
         assert_eq!(status, 200, "{body}");
         offsets(&body)
     }

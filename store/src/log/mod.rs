@@ -187,11 +187,9 @@ impl Store {
         for item in self.inner.meta.scan_prefix("topic/") {
             let (k, v) = item.map_err(StoreError::io("loading topics"))?;
             let name = String::from_utf8_lossy(&k["topic/".len()..]).into_owned();
-            let stored: partition::TopicMeta =
-                serde_json::from_slice(&v).map_err(|e| StoreError::Metadata {
-                    what: format!("topic {name:?}"),
-                    detail: e.to_string(),
-                })?;
+            let stored: partition::TopicMeta = serde_json::from_slice(&v).map_err(|e| {
+                StoreError::Metadata { what: format!("topic {name:?}"), detail: e.to_string() }
+            })?;
             let spec = TopicSpec {
                 name: name.clone(),
                 partitions: stored.partitions,
@@ -237,10 +235,9 @@ impl Store {
         }
         self.persist_topic_meta(&spec.name, partitions, &spec.service)?;
         if let Some(old) = existing {
-            self.inner.total_bytes.fetch_sub(
-                old.partitions.iter().map(|p| p.bytes()).sum::<u64>(),
-                Ordering::Relaxed,
-            );
+            self.inner
+                .total_bytes
+                .fetch_sub(old.partitions.iter().map(|p| p.bytes()).sum::<u64>(), Ordering::Relaxed);
         }
         let topic = self.load_topic(TopicSpec { partitions, ..spec.clone() })?;
         Ok(self.info_of(&topic))
@@ -248,10 +245,8 @@ impl Store {
 
     fn persist_topic_meta(&self, name: &str, partitions: u32, service: &str) -> Result<(), StoreError> {
         let meta = partition::TopicMeta { partitions, service: service.to_owned() };
-        let json = serde_json::to_vec(&meta).map_err(|e| StoreError::Metadata {
-            what: format!("topic {name:?}"),
-            detail: e.to_string(),
-        })?;
+        let json = serde_json::to_vec(&meta)
+            .map_err(|e| StoreError::Metadata { what: format!("topic {name:?}"), detail: e.to_string() })?;
         self.inner
             .meta
             .insert(format!("topic/{name}"), json)
@@ -267,10 +262,7 @@ impl Store {
     }
 
     pub(crate) fn topic_handle(&self, name: &str) -> Result<Arc<Topic>, StoreError> {
-        read(&self.inner.topics)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| StoreError::UnknownTopic(name.to_owned()))
+        read(&self.inner.topics).get(name).cloned().ok_or_else(|| StoreError::UnknownTopic(name.to_owned()))
     }
 
     fn partition(&self, topic: &str, partition: PartitionId) -> Result<Arc<Partition>, StoreError> {
@@ -296,7 +288,12 @@ impl Store {
 
     /// Appends records to one partition; they get consecutive offsets and
     /// the first one is returned. Not durable until the next [`flush`](Self::flush).
-    pub fn append(&self, topic: &str, partition: PartitionId, records: &[Record]) -> Result<Offset, StoreError> {
+    pub fn append(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        records: &[Record],
+    ) -> Result<Offset, StoreError> {
         let part = self.partition(topic, partition)?;
         let (first, added) = part.append(records)?;
         self.inner.total_bytes.fetch_add(added, Ordering::Relaxed);
@@ -343,7 +340,13 @@ impl Store {
     /// group will read. A position past the high watermark is refused, so
     /// committed offsets are never ahead of the data. Not durable until the
     /// next flush.
-    pub fn commit(&self, group: &str, topic: &str, partition: PartitionId, offset: Offset) -> Result<(), StoreError> {
+    pub fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<(), StoreError> {
         let (_, hw) = self.watermarks(topic, partition)?;
         if offset > hw {
             return Err(StoreError::CommitPastEnd {
@@ -361,7 +364,12 @@ impl Store {
     }
 
     /// A group's committed position in one partition, if any.
-    pub fn committed(&self, group: &str, topic: &str, partition: PartitionId) -> Result<Option<Offset>, StoreError> {
+    pub fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Option<Offset>, StoreError> {
         let v = self
             .inner
             .groups

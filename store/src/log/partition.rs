@@ -33,14 +33,21 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
-    pub(super) fn open(db: &sled::Db, meta: &sled::Tree, topic: &str, id: PartitionId) -> Result<Partition, StoreError> {
-        let tree = db
-            .open_tree(format!("log/{topic}/{}", id.0))
-            .map_err(StoreError::io("opening partition"))?;
+    pub(super) fn open(
+        db: &sled::Db,
+        meta: &sled::Tree,
+        topic: &str,
+        id: PartitionId,
+    ) -> Result<Partition, StoreError> {
+        let tree =
+            db.open_tree(format!("log/{topic}/{}", id.0)).map_err(StoreError::io("opening partition"))?;
         let start_key = start_key(topic, id);
         let log_start = match meta.get(&start_key).map_err(StoreError::io("reading log start"))? {
             Some(v) => Offset(u64::from_be_bytes(<[u8; 8]>::try_from(v.as_ref()).map_err(|_| {
-                StoreError::Metadata { what: format!("log start of {topic}/{}", id.0), detail: "not 8 bytes".into() }
+                StoreError::Metadata {
+                    what: format!("log start of {topic}/{}", id.0),
+                    detail: "not 8 bytes".into(),
+                }
             })?)),
             None => Offset(0),
         };
@@ -79,7 +86,13 @@ impl Partition {
 
     pub(crate) fn info(&self) -> PartitionInfo {
         let s = *self.state();
-        PartitionInfo { partition: self.id, log_start: s.log_start, high_watermark: s.next, records: s.records, bytes: s.bytes }
+        PartitionInfo {
+            partition: self.id,
+            log_start: s.log_start,
+            high_watermark: s.next,
+            records: s.records,
+            bytes: s.bytes,
+        }
     }
 
     pub(crate) fn bytes(&self) -> u64 {
@@ -107,7 +120,12 @@ impl Partition {
         Ok((first, added))
     }
 
-    pub(super) fn read(&self, from: Offset, max_records: usize, max_bytes: usize) -> Result<ReadResult, StoreError> {
+    pub(super) fn read(
+        &self,
+        from: Offset,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult, StoreError> {
         let State { log_start, next, .. } = *self.state();
         let from = from.max(log_start);
         let mut records = Vec::new();

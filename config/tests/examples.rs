@@ -1,0 +1,173 @@
+//! The example files shipped with the crate, the example from DESIGN.md,
+//! and `Config::load`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice_config::{
+    ByteSize, Compression, Config, ConfigError, Durability, HttpConfig, MqttConfig, OnFull, SchedulerConfig,
+    StoreConfig, UplinkKind,
+};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+}
+
+fn load(path: &Path) -> Config {
+    match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => panic!("{} should load: {e}", path.display()),
+    }
+}
+
+const DESIGN_EXAMPLE: &str = r#"
+[node]
+id = "pi-01"
+data_dir = "/var/lib/sluice"
+[mqtt]
+listen = "0.0.0.0:1883"
+[http]
+listen = "0.0.0.0:8080"
+[store]
+max_bytes = "2GiB"            # disk budget; eviction by priority beyond it
+sync_window = "2ms"           # group-commit window for durability = "sync"
+flush_interval = "50ms"       # background flush for durability = "buffered"
+[scheduler]
+mode = "weighted"             # "fifo" exists only to measure the difference
+express_max_share = 0.5
+
+[[service]]
+name = "alarms"
+express = true
+durability = "sync"
+ttl = "1h"
+[[service]]
+name = "telemetry"
+weight = 4
+max_pending = "8MiB"
+on_full = "drop_oldest"
+[[service]]
+name = "logs"
+weight = 1
+reserved_bytes = "100MiB"
+
+[[topic]]
+name = "telemetry"
+service = "telemetry"
+partitions = 4
+retention = { max_age = "7d", max_bytes = "1GiB" }
+
+[[route]]                     # MQTT filter -> log topic, key from a topic level
+mqtt = "plant/+/alarm"
+topic = "alarms"
+key = "level:2"
+
+[[uplink]]
+name = "central"
+kind = "kafka"                # or "mqtt", "http"
+brokers = ["kafka-1:9092"]
+topics = ["alarms", "telemetry"]
+remote_topic = "edge.{node}.{topic}"
+linger = "5ms"
+batch_max_bytes = "256KiB"
+compression = "lz4"
+max_bytes_per_sec = "1MiB"
+live_share = 0.3
+"#;
+
+#[test]
+fn design_example_parses() {
+    let cfg = match Config::from_toml_str(DESIGN_EXAMPLE) {
+        Ok(cfg) => cfg,
+        Err(e) => panic!("DESIGN.md example should load: {e}"),
+    };
+    assert_eq!(cfg.node.id, "pi-01");
+    assert_eq!(cfg.store.max_bytes, ByteSize::gib(2));
+    let names: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["alarms", "telemetry", "logs", "default"]);
+    let alarms = cfg.service("alarms").expect("alarms");
+    assert!(alarms.express);
+    assert_eq!(alarms.durability, Durability::Sync);
+    assert_eq!(alarms.ttl, Some(Duration::from_secs(3600)));
+    let telemetry = cfg.service("telemetry").expect("telemetry");
+    assert_eq!(telemetry.weight, 4);
+    assert_eq!(telemetry.on_full, OnFull::DropOldest);
+    assert_eq!(cfg.service("logs").map(|s| s.reserved_bytes), Some(ByteSize::mib(100)));
+    let topic = cfg.topic("telemetry").expect("topic");
+    assert_eq!(topic.partitions, 4);
+    assert_eq!(topic.retention.max_age, Some(Duration::from_secs(7 * 86_400)));
+    assert_eq!(topic.retention.max_bytes, Some(ByteSize::gib(1)));
+    // "alarms" is not a configured topic: allowed because auto_create_topics
+    // defaults to true.
+    assert_eq!(cfg.routes[0].topic, "alarms");
+    assert_eq!(cfg.routes[0].key.as_deref(), Some("level:2"));
+    let up = &cfg.uplinks[0];
+    assert_eq!(up.kind, UplinkKind::Kafka);
+    assert_eq!(up.compression, Compression::Lz4);
+    assert_eq!(up.max_bytes_per_sec, Some(ByteSize::mib(1)));
+    assert_eq!(up.remote_topic_for("pi-01", "alarms", "alarms"), "edge.pi-01.alarms");
+}
+
+#[test]
+fn design_example_needs_auto_create_for_unconfigured_topics() {
+    let strict = DESIGN_EXAMPLE.replace("[scheduler]", "auto_create_topics = false\n[scheduler]");
+    let err = Config::from_toml_str(&strict).expect_err("alarms topic is not configured");
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["route[0].topic", "uplink[\"central\"].topics[0]"]);
+}
+
+#[test]
+fn full_example_loads_and_shows_the_defaults() {
+    let cfg = load(&example("sluice.toml"));
+    // The single sections are written out with their default values, so
+    // the comments in the file document the real defaults.
+    assert_eq!(cfg.node, sluice_config::NodeConfig::default());
+    assert_eq!(cfg.mqtt, MqttConfig::default());
+    assert_eq!(cfg.http, HttpConfig::default());
+    assert_eq!(cfg.store, StoreConfig::default());
+    assert_eq!(cfg.scheduler, SchedulerConfig::default());
+    assert_eq!(cfg.services.len(), 4);
+    assert_eq!(cfg.topics.len(), 3);
+    assert_eq!(cfg.routes.len(), 2);
+    assert_eq!(cfg.uplinks.len(), 1);
+}
+
+#[test]
+fn minimal_example_loads() {
+    let cfg = load(&example("minimal.toml"));
+    assert_eq!(cfg.node.id, "pi-01");
+    assert_eq!(cfg.topic("alarms").map(|t| t.service.as_str()), Some("alarms"));
+}
+
+/// Every field documented in FIELDS.md appears in the full example, so the
+/// example really shows every field.
+#[test]
+fn full_example_shows_every_documented_field() {
+    let fields_md =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("FIELDS.md")).expect("FIELDS.md");
+    let example = std::fs::read_to_string(example("sluice.toml")).expect("sluice.toml");
+    let mut checked = 0;
+    for line in fields_md.lines().filter(|l| l.starts_with("| `")) {
+        let path = line.split('`').nth(1).expect("field path in backticks");
+        let key = path.rsplit('.').next().expect("last path segment");
+        let as_key = format!("{key} =");
+        assert!(
+            example.lines().any(|l| l.trim_start().starts_with(&as_key)
+                || l.contains(&format!("{{ {as_key}"))
+                || l.contains(&format!(", {as_key}"))),
+            "{path} is documented in FIELDS.md but not shown in examples/sluice.toml"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 41, "number of documented fields changed");
+}
+
+#[test]
+fn load_names_the_missing_file() {
+    let path = Path::new("/nonexistent/sluice/x.toml");
+    let err = Config::load(path).expect_err("missing file");
+    assert!(matches!(err, ConfigError::Read { .. }));
+    let msg = err.to_string();
+    assert!(msg.starts_with("cannot read config file /nonexistent/sluice/x.toml: "), "{msg}");
+    assert!(msg.contains("os error 2"), "{msg}");
+}
