@@ -147,6 +147,9 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         config.routes.len(),
         config.uplinks.len()
     );
+    if let Err(e) = sluice_gateway::run::refuse_unbuilt(&config) {
+        eprintln!("note: the file is valid, but `sluice run` will refuse it: {e}");
+    }
     Ok(())
 }
 

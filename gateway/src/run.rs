@@ -108,6 +108,24 @@ pub async fn run(
     Ok(())
 }
 
+/// Sections the configuration format knows but this build cannot act on
+/// yet: starting anyway would silently not forward or not route, so refuse.
+pub fn refuse_unbuilt(config: &Config) -> anyhow::Result<()> {
+    if let Some(u) = config.uplinks.first() {
+        anyhow::bail!(
+            "uplink[{:?}]: forwarding to a central cluster is not available in this version of sluice; \
+             remove the [[uplink]] sections to run",
+            u.name
+        );
+    }
+    if !config.routes.is_empty() {
+        anyhow::bail!(
+            "route[0]: MQTT ingest is not available in this version of sluice; remove the [[route]] sections to run"
+        );
+    }
+    Ok(())
+}
+
 /// Writes `DATA_DIR/listen.json` atomically (temp file + rename).
 fn write_listen_json(data_dir: &Path, http: SocketAddr) -> std::io::Result<()> {
     let body = serde_json::json!({ "http": http.to_string(), "mqtt": serde_json::Value::Null });
