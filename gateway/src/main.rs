@@ -180,7 +180,7 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(sluice_gateway::run::run(config, stop_signal()))
+    runtime.block_on(sluice_gateway::run::run(config, config_file, stop_signal()))
 }
 
 fn bench(scenario: Bench) -> anyhow::Result<()> {

@@ -8,9 +8,10 @@ use crate::state::{Inner, Shared};
 use crate::topics::Topics;
 use anyhow::Context as _;
 use sluice_config::Config;
+use sluice_store::scheduler::ServiceClass;
 use sluice_store::{Store, StoreOptions};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +20,14 @@ use tokio::sync::watch;
 /// How long in-flight requests get to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs the gateway until `stop` resolves (a signal in the binary).
+/// Runs the gateway until `stop` resolves (a signal in the binary). With a
+/// `config_path`, SIGHUP re-reads it and applies new weights.
 pub async fn run(
     config: Config,
+    config_path: Option<PathBuf>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    refuse_unbuilt(&config)?;
     let data_dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -82,6 +86,9 @@ pub async fn run(
             })
             .await
     });
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_sighup(shared.clone(), path));
+    }
     shared.ready.store(true, Ordering::Relaxed);
     tracing::info!(http = %http_addr, data_dir = %data_dir.display(), "sluice is ready");
 
@@ -106,6 +113,52 @@ pub async fn run(
     store.flush()?;
     tracing::info!("sluice stopped; everything accepted is on disk");
     Ok(())
+}
+
+/// Re-reads the configuration on every SIGHUP and applies what can change
+/// at run time (service weights and express flags).
+async fn reload_on_sighup(shared: Shared, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; weights change through PUT /v1/services only");
+        return;
+    };
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match reload(&shared, &path) {
+            Ok(changed) => tracing::info!(path = %path.display(), changed, "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(path = %path.display(), "reload refused, keeping the running configuration: {e:#}")
+            }
+        }
+    }
+}
+
+/// Applies the weights and express flags of a re-read configuration;
+/// returns how many services changed. Other changes need a restart.
+pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
+    let new = Config::load(path)?;
+    let mut changed = 0;
+    for s in &new.services {
+        match shared.services.get(&s.name) {
+            Some(service) => {
+                let class = ServiceClass::new(s.weight, s.express);
+                if class != service.class() {
+                    shared.ingest.set_class(service.id, class);
+                    tracing::info!(service = %s.name, weight = class.weight, express = class.express, "service class changed");
+                    changed += 1;
+                }
+            }
+            None => {
+                tracing::warn!(service = %s.name, "service added to the configuration: restart sluice to use it")
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// Sections the configuration format knows but this build cannot act on

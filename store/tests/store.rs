@@ -1,40 +1,594 @@
+//! Behaviour of the store through its public API: restart, corrupt or
+//! foreign data directories, retention by age and size, eviction by
+//! priority, error cases, partition growth and the key partitioner.
 #![allow(clippy::unwrap_used)]
-use sluice_store::*;
+
+use sluice_store::{
+    partition_for_key, EvictionPolicy, Offset, PartitionId, Record, Retention, Store, StoreError,
+    StoreOptions, TopicSpec,
+};
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
-use std::io::{Seek, Write};
+use std::time::Duration;
 
-fn opts(p: &Path) -> StoreOptions { StoreOptions { path: p.to_path_buf(), cache_capacity: 1 << 20 } }
+const P0: PartitionId = PartitionId(0);
+const P1: PartitionId = PartitionId(1);
 
-fn try_open(p: &Path, what: &str) {
-    let r = std::panic::catch_unwind(|| Store::open(&opts(p)).map(|s| s.topic("t").map(|t| t.partitions[0].high_watermark)));
-    eprintln!("{what}: {:?}", r.map(|r| r.map_err(|e| e.to_string())));
+fn open(path: &Path) -> Result<Store, StoreError> {
+    Store::open(&StoreOptions { path: path.to_path_buf(), cache_capacity: 1 << 20 })
 }
 
-fn make(p: &Path) {
-    let s = Store::open(&opts(p)).unwrap();
-    s.ensure_topic(&TopicSpec { name: "t".into(), partitions: 2, service: "s".into(), retention: Retention::default() }).unwrap();
-    for i in 0..3000u64 { s.append("t", PartitionId(0), &[Record { value: vec![i as u8; 500], ..Record::default() }]).unwrap(); if i % 100 == 0 { s.flush().unwrap(); } }
-    s.flush().unwrap();
+fn spec(name: &str, partitions: u32, service: &str) -> TopicSpec {
+    TopicSpec { name: name.into(), partitions, service: service.into(), retention: Retention::default() }
+}
+
+/// A record with `len` value bytes and timestamp `ts`; its size does not
+/// depend on `ts`.
+fn rec(ts: i64, len: usize) -> Record {
+    Record {
+        key: Some(b"device-1".to_vec()),
+        value: vec![(ts % 251) as u8; len],
+        headers: vec![("h".into(), b"v".to_vec())],
+        timestamp_ms: ts,
+    }
+}
+
+/// Bytes a record counts for in partition sizes and the disk budget
+/// (encoded record plus the 8-byte offset key).
+fn stored_len(r: &Record) -> u64 {
+    r.encoded_len() as u64 + 8
+}
+
+fn all(store: &Store, topic: &str, p: PartitionId) -> Vec<(u64, Record)> {
+    let r = store.read(topic, p, Offset(0), usize::MAX, usize::MAX).unwrap();
+    r.records.into_iter().map(|s| (s.offset.0, s.record)).collect()
+}
+
+fn timestamps(store: &Store, topic: &str, p: PartitionId) -> Vec<i64> {
+    all(store, topic, p).into_iter().map(|(_, r)| r.timestamp_ms).collect()
+}
+
+fn assert_names_path(err: &StoreError, path: &Path) {
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "error does not name {}: {msg}", path.display());
+}
+
+/// A store with one topic and `records` flushed records of 500 bytes, then
+/// closed. 3000 records span several of sled's 512 KiB segments.
+fn populated(path: &Path, records: u32) {
+    let store = open(path).unwrap();
+    store.ensure_topic(&spec("t", 2, "s")).unwrap();
+    for i in 0..records {
+        store.append("t", PartitionId(i % 2), &[rec(i64::from(i), 500)]).unwrap();
+        if i % 100 == 0 {
+            store.flush().unwrap();
+        }
+    }
+    store.flush().unwrap();
+}
+
+fn overwrite(file: &Path, at: u64, len: usize) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
+    f.write_all(&garbage).unwrap();
 }
 
 #[test]
-fn exp() {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("x");
-    make(&p);
-    for e in std::fs::read_dir(&p).unwrap() { let e = e.unwrap(); eprintln!("{:?} {}", e.path(), e.metadata().unwrap().len()); }
-    for off in [0u64, 20, 100, 4096, 200_000, 524_288, 524_300, 1_000_000, 1_048_600] {
-        let p = d.path().join(format!("db{off}"));
-        make(&p);
-        let mut f = std::fs::OpenOptions::new().write(true).open(p.join("db")).unwrap();
-        f.seek(std::io::SeekFrom::Start(off)).unwrap();
-        let garbage: Vec<u8> = (0..64).map(|i| (i * 7919 % 251) as u8).collect();
-        f.write_all(&garbage).unwrap();
-        drop(f);
-        try_open(&p, &format!("db garbage at {off}"));
+fn restart_keeps_topics_data_and_committed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    let (written, bytes) = {
+        let store = open(&path).unwrap();
+        store.ensure_topic(&spec("alarms", 1, "alarms")).unwrap();
+        store.ensure_topic(&spec("telemetry", 2, "telemetry")).unwrap();
+        let mut written = Vec::new();
+        for i in 0..10 {
+            let r = rec(1000 + i, 10 * i as usize);
+            assert_eq!(store.append("telemetry", P1, std::slice::from_ref(&r)).unwrap(), Offset(i as u64));
+            written.push(r);
+        }
+        store.append("alarms", P0, &[rec(5, 1), rec(6, 2)]).unwrap();
+        store.commit("g", "telemetry", P1, Offset(7)).unwrap();
+        store.commit("g", "alarms", P0, Offset(2)).unwrap();
+        store.commit("other", "telemetry", P1, Offset(0)).unwrap();
+        store.flush().unwrap();
+        (written, store.total_bytes())
+    };
+    let store = open(&path).unwrap();
+    let names: Vec<String> = store.topics().into_iter().map(|t| t.spec.name).collect();
+    assert_eq!(names, ["alarms", "telemetry"]);
+    let t = store.topic("telemetry").unwrap();
+    assert_eq!((t.spec.partitions, t.spec.service.as_str()), (2, "telemetry"));
+    assert_eq!(t.partitions[1].high_watermark, Offset(10));
+    assert_eq!(t.partitions[1].records, 10);
+    assert_eq!(all(&store, "telemetry", P1).into_iter().map(|(_, r)| r).collect::<Vec<_>>(), written);
+    assert_eq!(store.total_bytes(), bytes);
+    assert_eq!(store.committed("g", "telemetry", P1).unwrap(), Some(Offset(7)));
+    assert_eq!(store.committed("g", "alarms", P0).unwrap(), Some(Offset(2)));
+    assert_eq!(store.committed("other", "telemetry", P1).unwrap(), Some(Offset(0)));
+    assert_eq!(store.committed("g", "telemetry", P0).unwrap(), None);
+    // Offsets continue.
+    assert_eq!(store.append("telemetry", P1, &[rec(1, 1)]).unwrap(), Offset(10));
+    assert_eq!(store.append("alarms", P0, &[rec(1, 1)]).unwrap(), Offset(2));
+}
+
+#[test]
+fn data_dir_that_is_a_regular_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-a-dir");
+    std::fs::write(&path, b"hello").unwrap();
+    let err = open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(err.is_io());
+    assert_names_path(&err, &path);
+}
+
+#[test]
+fn garbage_sled_conf_is_an_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 100);
+    std::fs::write(path.join("conf"), vec![0xa5; 100]).unwrap();
+    let err = open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert_names_path(&err, &path);
+}
+
+/// sled 0.34.7 panics ("tried to serialize Uninitialized", spacejam/sled#1387)
+/// when recovery meets some damaged `db` files; the store must turn that
+/// into an error naming the directory.
+#[test]
+fn garbage_in_sled_db_file_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine");
+    populated(&pristine, 3000);
+    for at in [0u64, 4096, 200_000] {
+        let path = dir.path().join(format!("garbage-at-{at}"));
+        std::fs::create_dir(&path).unwrap();
+        for entry in std::fs::read_dir(&pristine).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), path.join(entry.file_name())).unwrap();
+            }
+        }
+        overwrite(&path.join("db"), at, 64);
+        match std::panic::catch_unwind(|| open(&path).map(|_| ())) {
+            Err(_) => panic!("Store::open panicked on a db file with garbage at byte {at}"),
+            Ok(Ok(())) => panic!("Store::open accepted a db file with garbage at byte {at}"),
+            Ok(Err(err)) => {
+                assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+                assert_names_path(&err, &path);
+            }
+        }
     }
-    let p = d.path().join("snap");
-    make(&p);
-    for e in std::fs::read_dir(&p).unwrap() { let e = e.unwrap(); if e.file_name().to_string_lossy().starts_with("snap") { std::fs::write(e.path(), b"garbagegarbagegarbage").unwrap(); } }
-    try_open(&p, "snap garbage");
+}
+
+/// Known gap: when the damage hits the only segment of a small database,
+/// sled recovers an empty database and the store starts empty, silently.
+/// Detecting that needs a marker outside sled (see the test report).
+#[test]
+#[ignore = "sled treats a damaged first segment as a new, empty database"]
+fn garbage_over_a_small_db_is_not_silently_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 100);
+    overwrite(&path.join("db"), 0, 64);
+    assert!(open(&path).is_err(), "a damaged database opened as an empty one");
+}
+
+#[test]
+fn second_open_of_a_locked_directory_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    let _first = open(&path).unwrap();
+    let err = open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert_names_path(&err, &path);
+}
+
+#[test]
+fn format_marker_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 100);
+    {
+        let db = sled::open(&path).unwrap();
+        db.open_tree("meta").unwrap().insert("format", "sluice-store/999").unwrap();
+        db.flush().unwrap();
+    }
+    let err = open(&path).unwrap_err();
+    match &err {
+        StoreError::Format { found, expected, .. } => {
+            assert_eq!(found, "sluice-store/999");
+            assert_eq!(*expected, "sluice-store/1");
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    assert_names_path(&err, &path);
+    // The refusal did not rewrite the marker.
+    let db = sled::open(&path).unwrap();
+    assert_eq!(db.open_tree("meta").unwrap().get("format").unwrap().unwrap().as_ref(), b"sluice-store/999");
+}
+
+#[test]
+fn corrupt_topic_metadata_is_an_error_naming_the_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 100);
+    {
+        let db = sled::open(&path).unwrap();
+        db.open_tree("meta").unwrap().insert("topic/t", "{not json").unwrap();
+        db.flush().unwrap();
+    }
+    let err = open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Metadata { .. }), "{err:?}");
+    assert!(err.to_string().contains("\"t\""), "{err}");
+}
+
+#[test]
+fn retention_by_age_deletes_old_records_and_advances_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let mut s = spec("t", 2, "s");
+    s.retention.max_age = Some(Duration::from_secs(60));
+    store.ensure_topic(&s).unwrap();
+    store.ensure_topic(&spec("forever", 1, "s")).unwrap();
+    let now = 1_000_000_000;
+    // Partition 0: five old, three new. Partition 1: all new.
+    for age_s in [600, 300, 120, 61, 60, 59, 10, 0] {
+        store.append("t", P0, &[rec(now - age_s * 1000, 20)]).unwrap();
+    }
+    store.append("t", P1, &[rec(now - 1000, 20), rec(now, 20)]).unwrap();
+    store.append("forever", P0, &[rec(0, 20)]).unwrap();
+    let before = store.total_bytes();
+
+    let report = store.enforce_retention(now).unwrap();
+
+    // Strictly older than the cutoff goes; exactly 60 s old stays.
+    assert_eq!(report.records(), 4);
+    let freed: u64 = (0..4).map(|_| stored_len(&rec(0, 20))).sum();
+    assert_eq!(report.deleted.get("s"), Some(&(4, freed)));
+    assert_eq!(store.total_bytes(), before - freed);
+    assert_eq!(timestamps(&store, "t", P0), [now - 60_000, now - 59_000, now - 10_000, now]);
+    assert_eq!(store.watermarks("t", P0).unwrap(), (Offset(4), Offset(8)));
+    assert_eq!(store.watermarks("t", P1).unwrap(), (Offset(0), Offset(2)));
+    assert_eq!(all(&store, "forever", P0).len(), 1);
+    // A read from a deleted offset starts at the log start.
+    let r = store.read("t", P0, Offset(0), 1, usize::MAX).unwrap();
+    assert_eq!((r.log_start, r.records[0].offset), (Offset(4), Offset(4)));
+    // Idempotent.
+    assert_eq!(store.enforce_retention(now).unwrap().records(), 0);
+}
+
+#[test]
+fn retention_by_bytes_keeps_the_newest_within_the_per_partition_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let one = stored_len(&rec(0, 100));
+    let mut s = spec("t", 2, "s");
+    // 2 partitions share 7 records' worth: 3.5 each, so 3 stay per partition.
+    s.retention.max_bytes = Some(7 * one);
+    store.ensure_topic(&s).unwrap();
+    for i in 0..10 {
+        store.append("t", P0, &[rec(100 + i, 100)]).unwrap();
+    }
+    store.append("t", P1, &[rec(1, 100), rec(2, 100)]).unwrap();
+    let report = store.enforce_retention(0).unwrap();
+    assert_eq!(report.deleted.get("s"), Some(&(7, 7 * one)));
+    assert_eq!(timestamps(&store, "t", P0), [107, 108, 109]);
+    assert_eq!(timestamps(&store, "t", P1), [1, 2]);
+    let info = store.topic("t").unwrap();
+    assert_eq!((info.partitions[0].log_start, info.partitions[0].bytes), (Offset(7), 3 * one));
+    assert_eq!(store.total_bytes(), 5 * one);
+}
+
+#[test]
+fn offsets_are_not_reused_after_everything_is_deleted_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    let mut s = spec("t", 1, "s");
+    s.retention.max_age = Some(Duration::from_millis(1));
+    {
+        let store = open(&path).unwrap();
+        store.ensure_topic(&s).unwrap();
+        store.append("t", P0, &[rec(1, 5), rec(2, 5), rec(3, 5)]).unwrap();
+        store.enforce_retention(1_000).unwrap();
+        assert_eq!(store.watermarks("t", P0).unwrap(), (Offset(3), Offset(3)));
+        assert_eq!(store.total_bytes(), 0);
+        store.flush().unwrap();
+    }
+    let store = open(&path).unwrap();
+    assert_eq!(store.watermarks("t", P0).unwrap(), (Offset(3), Offset(3)));
+    assert_eq!(store.append("t", P0, &[rec(4, 5)]).unwrap(), Offset(3));
+}
+
+fn policy(weight: u32, express: bool, reserved_bytes: u64) -> EvictionPolicy {
+    EvictionPolicy { weight, express, reserved_bytes }
+}
+
+fn service_bytes(store: &Store, service: &str) -> u64 {
+    store.service_bytes().get(service).copied().unwrap_or(0)
+}
+
+#[test]
+fn eviction_takes_lowest_priority_first_and_respects_reservations() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.ensure_topic(&spec("alarms", 1, "alarms")).unwrap();
+    store.ensure_topic(&spec("telemetry", 2, "telemetry")).unwrap();
+    store.ensure_topic(&spec("logs", 1, "logs")).unwrap();
+    let one = stored_len(&rec(0, 100));
+    // The express alarms are the oldest data: age alone must not pick them.
+    for i in 0..10 {
+        store.append("alarms", P0, &[rec(i, 100)]).unwrap();
+        store.append("telemetry", PartitionId((i % 2) as u32), &[rec(100 + i, 100)]).unwrap();
+        store.append("logs", P0, &[rec(200 + i, 100)]).unwrap();
+    }
+    let policies: HashMap<String, EvictionPolicy> = [
+        ("alarms".to_owned(), policy(1, true, 0)),
+        ("telemetry".to_owned(), policy(4, false, 0)),
+        ("logs".to_owned(), policy(1, false, 4 * one)),
+    ]
+    .into();
+    assert_eq!(store.total_bytes(), 30 * one);
+
+    // 3 records over: logs (weight 1) alone pays.
+    let report = store.evict_to_budget(27 * one, &policies).unwrap();
+    assert_eq!(report.deleted.len(), 1, "{report:?}");
+    assert_eq!(report.deleted.get("logs"), Some(&(3, 3 * one)));
+    assert_eq!(timestamps(&store, "logs", P0), (203..210).collect::<Vec<_>>());
+
+    // 10 more over: logs down to its 4 reserved records, then telemetry's
+    // oldest 7, across both partitions in timestamp order.
+    let report = store.evict_to_budget(17 * one, &policies).unwrap();
+    assert_eq!(report.deleted.get("logs"), Some(&(3, 3 * one)));
+    assert_eq!(report.deleted.get("telemetry"), Some(&(7, 7 * one)));
+    assert_eq!(report.deleted.get("alarms"), None);
+    assert_eq!(service_bytes(&store, "logs"), 4 * one);
+    assert_eq!(timestamps(&store, "telemetry", P0), [108]);
+    assert_eq!(timestamps(&store, "telemetry", P1), [107, 109]);
+
+    // Far over: telemetry goes entirely, then express alarms, oldest first;
+    // logs keep their reservation.
+    let report = store.evict_to_budget(6 * one, &policies).unwrap();
+    assert_eq!(report.deleted.get("telemetry"), Some(&(3, 3 * one)));
+    assert_eq!(report.deleted.get("alarms"), Some(&(8, 8 * one)));
+    assert_eq!(timestamps(&store, "alarms", P0), [8, 9]);
+    assert_eq!(service_bytes(&store, "logs"), 4 * one);
+    assert_eq!(store.total_bytes(), 6 * one);
+
+    // Below every reservation nothing more can go: eviction stops.
+    let report = store.evict_to_budget(0, &policies).unwrap();
+    assert_eq!(report.deleted.get("logs"), None);
+    assert_eq!(service_bytes(&store, "logs"), 4 * one);
+    assert_eq!(store.total_bytes(), 4 * one);
+    let sum: u64 = store.topics().iter().flat_map(|t| t.partitions.iter()).map(|p| p.bytes).sum();
+    assert_eq!(store.total_bytes(), sum);
+}
+
+#[test]
+fn eviction_is_oldest_first_across_a_services_partitions_and_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.ensure_topic(&spec("a", 2, "svc")).unwrap();
+    store.ensure_topic(&spec("b", 1, "svc")).unwrap();
+    let one = stored_len(&rec(0, 50));
+    // Timestamps interleave: a/0 gets 0,3,6.., a/1 gets 1,4,7.., b/0 2,5,8..
+    for ts in 0..30 {
+        let (topic, p) = match ts % 3 {
+            0 => ("a", P0),
+            1 => ("a", P1),
+            _ => ("b", P0),
+        };
+        store.append(topic, p, &[rec(ts, 50)]).unwrap();
+    }
+    let report = store.evict_to_budget(20 * one, &HashMap::new()).unwrap();
+    assert_eq!(report.deleted.get("svc"), Some(&(10, 10 * one)));
+    let mut left: Vec<i64> = timestamps(&store, "a", P0);
+    left.extend(timestamps(&store, "a", P1));
+    left.extend(timestamps(&store, "b", P0));
+    left.sort_unstable();
+    assert_eq!(left, (10..30).collect::<Vec<_>>(), "the 10 oldest records should have gone");
+}
+
+#[test]
+fn eviction_never_takes_a_service_below_its_reservation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.ensure_topic(&spec("logs", 1, "logs")).unwrap();
+    store.ensure_topic(&spec("telemetry", 1, "telemetry")).unwrap();
+    let one = stored_len(&rec(0, 100));
+    for i in 0..10 {
+        store.append("logs", P0, &[rec(i, 100)]).unwrap();
+        store.append("telemetry", P0, &[rec(100 + i, 100)]).unwrap();
+    }
+    // Reservation of 4.5 records: logs may drop to 5 records, not to 4.
+    let policies: HashMap<String, EvictionPolicy> = [
+        ("logs".to_owned(), policy(1, false, 4 * one + one / 2)),
+        ("telemetry".to_owned(), policy(5, false, 0)),
+    ]
+    .into();
+    let report = store.evict_to_budget(12 * one, &policies).unwrap();
+    assert!(service_bytes(&store, "logs") >= 4 * one + one / 2, "{report:?}");
+    assert_eq!(report.deleted.get("logs"), Some(&(5, 5 * one)));
+    // The rest came from the next service rather than stopping over budget.
+    assert_eq!(report.deleted.get("telemetry"), Some(&(3, 3 * one)));
+    assert_eq!(store.total_bytes(), 12 * one);
+}
+
+#[test]
+fn eviction_within_budget_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.ensure_topic(&spec("t", 1, "s")).unwrap();
+    store.append("t", P0, &[rec(1, 10), rec(2, 10)]).unwrap();
+    let total = store.total_bytes();
+    assert_eq!(store.evict_to_budget(total, &HashMap::new()).unwrap().records(), 0);
+    // One byte over: exactly one record goes (the oldest).
+    assert_eq!(store.evict_to_budget(total - 1, &HashMap::new()).unwrap().records(), 1);
+    assert_eq!(timestamps(&store, "t", P0), [2]);
+}
+
+#[test]
+fn unknown_topics_and_partitions_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.ensure_topic(&spec("t", 2, "s")).unwrap();
+    let unknown_topic = |e: StoreError| matches!(e, StoreError::UnknownTopic(ref t) if t == "nope");
+    assert!(unknown_topic(store.append("nope", P0, &[rec(0, 1)]).unwrap_err()));
+    assert!(unknown_topic(store.read("nope", P0, Offset(0), 1, 1).unwrap_err()));
+    assert!(unknown_topic(store.watermarks("nope", P0).unwrap_err()));
+    assert!(unknown_topic(store.commit("g", "nope", P0, Offset(0)).unwrap_err()));
+    assert!(store.topic("nope").is_none());
+
+    let p2 = PartitionId(2);
+    for err in [
+        store.append("t", p2, &[rec(0, 1)]).unwrap_err(),
+        store.read("t", p2, Offset(0), 1, 1).unwrap_err(),
+        store.watermarks("t", p2).unwrap_err(),
+        store.commit("g", "t", p2, Offset(0)).unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, StoreError::UnknownPartition { ref topic, partition: 2, partitions: 2 } if topic == "t"),
+            "{err:?}"
+        );
+        assert!(!err.is_io());
+        assert!(err.to_string().contains("partition 2"), "{err}");
+    }
+}
+
+#[test]
+fn commit_past_the_high_watermark_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.ensure_topic(&spec("t", 1, "s")).unwrap();
+    let err = store.commit("g", "t", P0, Offset(1)).unwrap_err();
+    assert!(matches!(err, StoreError::CommitPastEnd { offset: 1, high_watermark: 0, .. }), "{err:?}");
+    store.commit("g", "t", P0, Offset(0)).unwrap();
+    store.append("t", P0, &[rec(0, 1), rec(1, 1)]).unwrap();
+    store.commit("g", "t", P0, Offset(2)).unwrap();
+    assert!(store.commit("g", "t", P0, Offset(3)).is_err());
+    assert_eq!(store.committed("g", "t", P0).unwrap(), Some(Offset(2)));
+    // Moving back is allowed (a consumer may rewind).
+    store.commit("g", "t", P0, Offset(1)).unwrap();
+    assert_eq!(store.committed("g", "t", P0).unwrap(), Some(Offset(1)));
+}
+
+#[test]
+fn reads_respect_limits_but_return_at_least_one_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.ensure_topic(&spec("t", 1, "s")).unwrap();
+    let recs: Vec<Record> = (0..5).map(|i| rec(i, 100)).collect();
+    store.append("t", P0, &recs).unwrap();
+    let len = recs[0].encoded_len();
+    let offsets = |from, max_records, max_bytes| -> Vec<u64> {
+        let r = store.read("t", P0, Offset(from), max_records, max_bytes).unwrap();
+        assert_eq!(r.high_watermark, Offset(5));
+        r.records.iter().map(|s| s.offset.0).collect()
+    };
+    assert_eq!(offsets(0, 10, 1), [0]);
+    assert_eq!(offsets(3, 10, 0), [3]);
+    assert_eq!(offsets(0, 10, 2 * len), [0, 1]);
+    assert_eq!(offsets(0, 10, 3 * len - 1), [0, 1]);
+    assert_eq!(offsets(1, 2, usize::MAX), [1, 2]);
+    assert_eq!(offsets(0, 0, usize::MAX), Vec::<u64>::new());
+    assert_eq!(offsets(5, 10, usize::MAX), Vec::<u64>::new());
+    assert_eq!(offsets(99, 10, usize::MAX), Vec::<u64>::new());
+    let r = store.read("t", P0, Offset(2), 1, usize::MAX).unwrap();
+    assert_eq!(r.records[0].record, recs[2]);
+}
+
+#[test]
+fn partitions_grow_keeping_data_and_never_shrink() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    {
+        let store = open(&path).unwrap();
+        store.ensure_topic(&spec("t", 1, "s")).unwrap();
+        store.append("t", P0, &[rec(1, 10), rec(2, 10)]).unwrap();
+        let bytes = store.total_bytes();
+        let info = store.ensure_topic(&spec("t", 3, "other")).unwrap();
+        assert_eq!(info.partitions.len(), 3);
+        assert_eq!(info.spec.service, "other");
+        assert_eq!(info.partitions[0].high_watermark, Offset(2));
+        assert_eq!(store.total_bytes(), bytes);
+        assert_eq!(store.append("t", P0, &[rec(3, 10)]).unwrap(), Offset(2));
+        assert_eq!(store.append("t", PartitionId(2), &[rec(4, 10)]).unwrap(), Offset(0));
+
+        let err = store.ensure_topic(&spec("t", 2, "s")).unwrap_err();
+        assert!(matches!(err, StoreError::PartitionShrink { existing: 3, requested: 2, .. }), "{err:?}");
+        assert_eq!(store.topic("t").unwrap().partitions.len(), 3);
+        // Zero partitions means one, which is a shrink here too.
+        assert!(store.ensure_topic(&spec("t", 0, "s")).is_err());
+    }
+    let store = open(&path).unwrap();
+    let info = store.topic("t").unwrap();
+    assert_eq!((info.spec.partitions, info.spec.service.as_str()), (3, "other"));
+    assert_eq!(timestamps(&store, "t", P0), [1, 2, 3]);
+    assert_eq!(timestamps(&store, "t", PartitionId(2)), [4]);
+    assert!(store.ensure_topic(&spec("t", 2, "s")).is_err());
+}
+
+/// Growing a topic while another thread appends must neither reuse an offset
+/// nor lose a record or byte count.
+#[test]
+fn growing_a_topic_during_appends_keeps_offsets_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.ensure_topic(&spec("t", 1, "s")).unwrap();
+    let appender = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut offsets = Vec::new();
+            for i in 0..4000 {
+                offsets.push(store.append("t", P0, &[rec(i, 8)]).unwrap().0);
+            }
+            offsets
+        })
+    };
+    for n in 2..=200 {
+        store.ensure_topic(&spec("t", n, "s")).unwrap();
+    }
+    let offsets = appender.join().unwrap();
+    let reused = offsets.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    assert_eq!(reused, 0, "{reused} appends did not get the next offset (last {:?})", offsets.last());
+    let info = store.topic("t").unwrap();
+    assert_eq!((info.partitions[0].high_watermark, info.partitions[0].records), (Offset(4000), 4000));
+    assert_eq!(all(&store, "t", P0).len(), 4000);
+    assert_eq!(store.total_bytes(), 4000 * stored_len(&rec(0, 8)));
+}
+
+#[test]
+fn partition_for_key_is_stable_and_matches_kafka() {
+    // Kafka: Utils.toPositive(Utils.murmur2("foobar")) % n, murmur2 = -790332482.
+    let positive = (-790_332_482i32 as u32) & 0x7fff_ffff;
+    for n in 1..=64 {
+        assert_eq!(partition_for_key(b"foobar", n), positive % n);
+    }
+    assert_eq!(partition_for_key(b"anything", 0), 0);
+    // Keys spread over all partitions.
+    let mut seen = [0u32; 8];
+    for i in 0..800 {
+        seen[partition_for_key(format!("dev-{i}").as_bytes(), 8) as usize] += 1;
+    }
+    assert!(seen.iter().all(|&c| c > 50), "{seen:?}");
+}
+
+#[test]
+fn total_bytes_matches_partitions_and_disk_size_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.ensure_topic(&spec("a", 2, "x")).unwrap();
+    store.ensure_topic(&spec("b", 1, "y")).unwrap();
+    store.append("a", P1, &[rec(1, 1000), rec(2, 0)]).unwrap();
+    store.append("b", P0, &[Record::default()]).unwrap();
+    let sum: u64 = store.topics().iter().flat_map(|t| t.partitions.iter()).map(|p| p.bytes).sum();
+    assert_eq!(store.total_bytes(), sum);
+    assert_eq!(sum, stored_len(&rec(1, 1000)) + stored_len(&rec(2, 0)) + stored_len(&Record::default()));
+    assert_eq!(service_bytes(&store, "y"), stored_len(&Record::default()));
+    store.flush().unwrap();
+    assert!(store.size_on_disk().unwrap() > 0);
 }

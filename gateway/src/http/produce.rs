@@ -28,24 +28,25 @@ pub(super) async fn produce(
     let content_type =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let records =
-        match mime.as_str() {
-            // curl -d sends application/x-www-form-urlencoded unless told
-            // otherwise; a JSON body is what anyone posting here means.
-            "application/json" | "application/x-www-form-urlencoded" | "" => parse_produce(&bytes, now)?,
-            "application/octet-stream" => vec![Record {
-                key: params.get("key").map(|k| k.clone().into_bytes()),
-                value: bytes.to_vec(),
-                headers: Vec::new(),
-                timestamp_ms: now,
-            }],
-            other => return Err(ApiError::new(
+    let records = match mime.as_str() {
+        // curl -d sends application/x-www-form-urlencoded unless told
+        // otherwise; a JSON body is what anyone posting here means.
+        "application/json" | "application/x-www-form-urlencoded" | "" => parse_produce(&bytes, now)?,
+        "application/octet-stream" => vec![Record {
+            key: params.get("key").map(|k| k.clone().into_bytes()),
+            value: bytes.to_vec(),
+            headers: Vec::new(),
+            timestamp_ms: now,
+        }],
+        other => {
+            return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!(
                     "unsupported Content-Type {other:?}: use application/json or application/octet-stream"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     if params.contains_key("key") && mime != "application/octet-stream" {
         return Err(ApiError::bad_request(
             "key: the ?key= parameter applies to application/octet-stream bodies only",

@@ -103,6 +103,18 @@ impl Gateway {
         }
     }
 
+    /// Sends a signal by name (`HUP`, `TERM`, ...) without waiting.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Path of the config file, if any.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {

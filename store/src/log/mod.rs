@@ -174,10 +174,8 @@ impl Store {
                 groups,
                 topics: RwLock::new(BTreeMap::new()),
                 total_bytes: AtomicU64::new(0),
-                durable: durable::FileSync::open(&opts.path).map_err(|e| StoreError::Open {
-                    path: opts.path.clone(),
-                    source: sled::Error::Io(e),
-                })?,
+                durable: durable::FileSync::open(&opts.path)
+                    .map_err(|e| StoreError::Open { path: opts.path.clone(), source: sled::Error::Io(e) })?,
             }),
         };
         store.load_topics()?;

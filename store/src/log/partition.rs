@@ -171,12 +171,12 @@ impl Partition {
     }
 
     /// Deletes the oldest records, at most `limit` of them, while
-    /// `delete(timestamp, bytes_left_in_partition, bytes_freed_so_far)` says
-    /// so. Returns (records, bytes) deleted.
+    /// `delete(timestamp, bytes_left_in_partition, bytes_freed_so_far,
+    /// size_of_this_record)` says so. Returns (records, bytes) deleted.
     pub(crate) fn delete_oldest(
         &self,
         limit: usize,
-        mut delete: impl FnMut(i64, u64, u64) -> bool,
+        mut delete: impl FnMut(i64, u64, u64, u64) -> bool,
     ) -> Result<(u64, u64), StoreError> {
         let mut state = self.state();
         let mut doomed = Vec::new();
@@ -188,10 +188,11 @@ impl Partition {
             }
             let (k, v) = item.map_err(StoreError::io("retention scan"))?;
             let ts = Record::decode_timestamp(&v).unwrap_or(i64::MIN);
-            if !delete(ts, state.bytes - freed, freed) {
+            let size = KEY_LEN + v.len() as u64;
+            if !delete(ts, state.bytes - freed, freed, size) {
                 break;
             }
-            freed += KEY_LEN + v.len() as u64;
+            freed += size;
             new_start = decode_offset(&k).next();
             doomed.push(k);
         }

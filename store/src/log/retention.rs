@@ -5,7 +5,7 @@
 
 use super::{Store, Topic};
 use crate::error::StoreError;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// How eviction treats one service.
@@ -67,7 +67,7 @@ impl Store {
             }
             for part in topic.partitions() {
                 loop {
-                    let (n, bytes) = part.delete_oldest(CHUNK, |ts, left, _| {
+                    let (n, bytes) = part.delete_oldest(CHUNK, |ts, left, _, _| {
                         cutoff.is_some_and(|c| ts < c) || per_partition.is_some_and(|max| left > max)
                     })?;
                     self.sub_bytes(bytes);
@@ -101,22 +101,26 @@ impl Store {
     ) -> Result<RetentionReport, StoreError> {
         const FALLBACK: EvictionPolicy = EvictionPolicy { weight: 1, express: false, reserved_bytes: 0 };
         let mut report = RetentionReport::default();
+        // Services that cannot give up another record without going below
+        // their reservation.
+        let mut exhausted = HashSet::new();
         while self.total_bytes() > max_bytes {
             let topics = self.topics_snapshot();
-            let by_service = self.service_bytes();
+            let mut by_service = self.service_bytes();
+            by_service.retain(|s, _| !exhausted.contains(s));
             let Some((service, victim)) = pick_victim(&topics, &by_service, policies, FALLBACK)? else {
                 break;
             };
             let policy = policies.get(&service).copied().unwrap_or(FALLBACK);
             let service_bytes = by_service.get(&service).copied().unwrap_or(0);
             let over = self.total_bytes() - max_bytes;
-            let (n, bytes) = victim.delete_oldest(CHUNK, |_, _, freed| {
-                freed < over && service_bytes.saturating_sub(freed) > policy.reserved_bytes
+            let (n, bytes) = victim.delete_oldest(CHUNK, |_, _, freed, size| {
+                freed < over && service_bytes.saturating_sub(freed + size) >= policy.reserved_bytes
             })?;
             self.sub_bytes(bytes);
             report.add(&service, n, bytes);
             if n == 0 {
-                break;
+                exhausted.insert(service);
             }
         }
         Ok(report)
