@@ -64,7 +64,9 @@ pub use items::{
     Compression, Durability, OnFull, RetentionConfig, RouteConfig, ServiceConfig, TopicConfig, UplinkConfig,
     UplinkKind,
 };
-pub use model::{Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig};
+pub use model::{
+    Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig, Unrouted,
+};
 pub use names::{check_mqtt_filter, check_topic_name, mqtt_filter_matches, RouteKey, MAX_TOPIC_NAME_LEN};
 pub use size::{parse_size, ByteSize};
 

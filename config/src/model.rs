@@ -80,11 +80,50 @@ pub struct MqttConfig {
     /// Largest accepted PUBLISH payload. Default 256KiB, at most 256MiB - 1
     /// (MQTT's own packet limit).
     pub max_payload: ByteSize,
+    /// Optional second listener speaking MQTT 5 (the embedded broker serves
+    /// one protocol version per listener; `listen` speaks 3.1.1).
+    pub listen_v5: Option<SocketAddr>,
+    /// Most concurrent MQTT connections. Default 1000.
+    pub max_connections: u32,
+    /// Most unacknowledged QoS 1 messages per connection. Default 100.
+    pub max_inflight: u32,
+    /// What happens to a publish that matches no `[[route]]`.
+    pub unrouted: Unrouted,
 }
 
 impl Default for MqttConfig {
     fn default() -> Self {
-        MqttConfig { listen: any_addr(1883), max_payload: ByteSize::kib(256) }
+        MqttConfig {
+            listen: any_addr(1883),
+            max_payload: ByteSize::kib(256),
+            listen_v5: None,
+            max_connections: 1000,
+            max_inflight: 100,
+            unrouted: Unrouted::FirstLevel,
+        }
+    }
+}
+
+/// `mqtt.unrouted`: what to do with a publish no `[[route]]` matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrouted {
+    /// The first topic level names the log topic, the rest is the key
+    /// (`plant/dev-7/temp` -> topic `plant`, key `dev-7/temp`); a first
+    /// level that is not a valid topic name is dropped and counted.
+    #[default]
+    FirstLevel,
+    /// Drop and count.
+    Drop,
+}
+
+impl Unrouted {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unrouted::FirstLevel => "first_level",
+            Unrouted::Drop => "drop",
+        }
     }
 }
 

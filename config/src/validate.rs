@@ -54,6 +54,16 @@ impl Problems {
         }
         let max_payload = (ByteSize(1), limits::MAX_MQTT_PAYLOAD);
         self.check("mqtt.max_payload", range(cfg.mqtt.max_payload, max_payload));
+        self.check("mqtt.max_connections", range(cfg.mqtt.max_connections, (1, 100_000)));
+        self.check("mqtt.max_inflight", range(cfg.mqtt.max_inflight, (1, 65_535)));
+        if let Some(v5) = cfg.mqtt.listen_v5 {
+            if v5 == cfg.mqtt.listen && v5.port() != 0 {
+                self.check(
+                    "mqtt.listen_v5",
+                    Err(format!("{v5} is also mqtt.listen; give the MQTT 5 listener its own port")),
+                );
+            }
+        }
         self.check("http.max_body", at_least(cfg.http.max_body, ByteSize(1)));
         self.check("http.max_wait", dur_range(cfg.http.max_wait, (Duration::ZERO, limits::MAX_HTTP_WAIT)));
         let store = &cfg.store;

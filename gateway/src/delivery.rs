@@ -2,14 +2,19 @@
 //! long-poll. A group fetch orders records across its topics with the same
 //! weighted scheduler that orders ingest, and skips records older than their
 //! service's TTL (counted, and committed past when they lead a partition).
+//!
+//! The ordering itself ([`group_fetch_from`]) reads from explicit
+//! [`Positions`], so a push stream can keep its own cursor in memory while
+//! the request/response fetch ([`fetch_group`]) reads from the committed
+//! offsets every time.
 
 use crate::state::Shared;
 use crate::topics::Topic;
 use sluice_store::scheduler::{Mode, Scheduler, ServiceId};
 use sluice_store::{Offset, PartitionId, ReadResult, StoreError, StoredRecord};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -25,6 +30,49 @@ pub struct GroupRecord {
     pub partition: PartitionId,
     /// The record.
     pub record: StoredRecord,
+}
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition in it.
+    pub partition: PartitionId,
+}
+
+/// The next offset to read per (topic, partition) of a group read.
+#[derive(Debug, Default, Clone)]
+pub struct Positions {
+    next: HashMap<TopicPartition, Offset>,
+}
+
+impl Positions {
+    /// The group's committed positions for every partition of `topics`;
+    /// offset 0 (read as the log start) where it never committed.
+    pub fn committed(shared: &Shared, group: &str, topics: &[Arc<Topic>]) -> Result<Positions, StoreError> {
+        let mut next = HashMap::new();
+        for topic in topics {
+            for p in 0..topic.partitions {
+                let partition = PartitionId(p);
+                let pos = shared.store.committed(group, &topic.name, partition)?.unwrap_or(Offset(0));
+                next.insert(TopicPartition { topic: topic.name.clone(), partition }, pos);
+            }
+        }
+        Ok(Positions { next })
+    }
+
+    /// Where reading `partition` of `topic` continues (0 when unknown).
+    pub fn get(&self, topic: &Arc<str>, partition: PartitionId) -> Offset {
+        let key = TopicPartition { topic: topic.clone(), partition };
+        self.next.get(&key).copied().unwrap_or(Offset(0))
+    }
+
+    /// Moves a position forward to `next`; never moves it back.
+    pub fn advance(&mut self, topic: &Arc<str>, partition: PartitionId, next: Offset) {
+        let pos = self.next.entry(TopicPartition { topic: topic.clone(), partition }).or_insert(next);
+        *pos = (*pos).max(next);
+    }
 }
 
 /// Reads one partition, waiting up to `wait` for data when there is none.
@@ -71,21 +119,60 @@ pub async fn fetch_group(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let rx = shared.topics.subscribe_any();
-        let out = group_fetch_once(shared, group, topics, max_records)?;
-        if !out.is_empty() || !wait_for(shared, rx, deadline).await {
-            return Ok(out);
+        let positions = Positions::committed(shared, group, topics)?;
+        let read = read_ordered(shared, topics, &positions, max_records)?;
+        for (topic, partition, next) in &read.expired_until {
+            // Expired records are never delivered: move the group past them
+            // so they are counted once, not on every fetch.
+            shared.store.commit(group, topic, *partition, *next)?;
+        }
+        if !read.records.is_empty() || !wait_for(shared, rx, deadline).await {
+            return Ok(read.records);
         }
     }
 }
 
-fn group_fetch_once(
+/// Records across `topics` from `positions`, in priority order, at most
+/// `max_records`; `positions` move past what is returned and past skipped
+/// TTL-expired records, so calling again continues without resending.
+/// Nothing is committed: durable progress is the caller's business.
+pub fn group_fetch_from(
     shared: &Shared,
-    group: &str,
     topics: &[Arc<Topic>],
+    positions: &mut Positions,
     max_records: usize,
 ) -> Result<Vec<GroupRecord>, StoreError> {
+    let read = read_ordered(shared, topics, positions, max_records)?;
+    for (topic, partition, next) in &read.expired_until {
+        positions.advance(topic, *partition, *next);
+    }
+    for r in &read.records {
+        positions.advance(&r.topic.name, r.partition, r.record.offset.next());
+    }
+    Ok(read.records)
+}
+
+/// What one ordered read found.
+struct OrderedRead {
+    /// Records in delivery order.
+    records: Vec<GroupRecord>,
+    /// Partitions whose first records read were TTL-expired, and the offset
+    /// after those.
+    expired_until: Vec<(Arc<str>, PartitionId, Offset)>,
+}
+
+/// The ordering logic shared by every group read: per partition from
+/// `positions`, TTL-expired records skipped (counted), then weighted
+/// scheduling across services (or one merge by time in FIFO mode).
+fn read_ordered(
+    shared: &Shared,
+    topics: &[Arc<Topic>],
+    positions: &Positions,
+    max_records: usize,
+) -> Result<OrderedRead, StoreError> {
     let services = &shared.services;
     let now = crate::now_ms();
+    let mut expired_until = Vec::new();
     // Per service: one queue per partition, merged below by timestamp.
     let mut per_service: Vec<Vec<VecDeque<GroupRecord>>> = services.iter().map(|_| Vec::new()).collect();
     for topic in topics {
@@ -94,7 +181,7 @@ fn group_fetch_once(
             service.ttl.map(|ttl| now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
         for p in 0..topic.partitions {
             let partition = PartitionId(p);
-            let pos = shared.store.committed(group, &topic.name, partition)?.unwrap_or(Offset(0));
+            let pos = positions.get(&topic.name, partition);
             let res = shared.store.read(&topic.name, partition, pos, max_records, MAX_FETCH_BYTES)?;
             let mut queue = VecDeque::with_capacity(res.records.len());
             let mut leading_expired = None;
@@ -109,9 +196,7 @@ fn group_fetch_once(
                 queue.push_back(GroupRecord { topic: topic.clone(), partition, record });
             }
             if let Some(next) = leading_expired {
-                // Expired records are never delivered: move the group past them
-                // so they are counted once, not on every fetch.
-                shared.store.commit(group, &topic.name, partition, next)?;
+                expired_until.push((topic.name.clone(), partition, next));
             }
             if !queue.is_empty() {
                 per_service[usize::from(service.id.0)].push(queue);
@@ -138,14 +223,14 @@ fn group_fetch_once(
             merge_oldest_first(parts, |id, r| sched.push(id, r.record.record.encoded_len() as u64, r));
         }
     }
-    let mut out = Vec::with_capacity(max_records.min(sched.total_items()));
-    while out.len() < max_records {
+    let mut records = Vec::with_capacity(max_records.min(sched.total_items()));
+    while records.len() < max_records {
         match sched.pop() {
-            Some((_, r)) => out.push(r),
+            Some((_, r)) => records.push(r),
             None => break,
         }
     }
-    Ok(out)
+    Ok(OrderedRead { records, expired_until })
 }
 
 /// Emits records oldest first across queues, keeping each queue's order.
@@ -172,4 +257,20 @@ impl Shared {
     pub fn ingest_mode(&self) -> Mode {
         crate::ingest::scheduler_mode(&self.config)
     }
+}
+
+/// Changes after every group commit made through this process, so push
+/// streams waiting for their consumer to commit wake up instead of polling
+/// the store. Process-wide: a wake-up for another group only costs a
+/// re-check of committed offsets.
+static COMMITS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
+
+/// Announces that some group committed offsets.
+pub fn notify_committed() {
+    COMMITS.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// A receiver that changes whenever some group commits offsets.
+pub fn subscribe_commits() -> watch::Receiver<u64> {
+    COMMITS.subscribe()
 }

@@ -163,7 +163,12 @@ pub struct QueueStats {
 }
 
 enum FlushRequest {
-    Wait(oneshot::Sender<Result<(), IngestError>>),
+    /// Answer after the next flush. `urgent` (express services) closes the
+    /// group-commit window at once instead of waiting for more company.
+    Wait {
+        tx: oneshot::Sender<Result<(), IngestError>>,
+        urgent: bool,
+    },
     Shutdown,
 }
 
@@ -290,11 +295,16 @@ impl Ingest {
     }
 
     /// A receiver that resolves after the next flush has made every write
-    /// so far durable (used by consumer-group commits).
-    pub fn flush_soon(&self) -> oneshot::Receiver<Result<(), IngestError>> {
+    /// so far durable (sync ingest, consumer-group commits). `urgent` skips
+    /// the rest of the group-commit window.
+    pub fn flush_soon(&self, urgent: bool) -> oneshot::Receiver<Result<(), IngestError>> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.flush_tx.lock().unwrap_or_else(PoisonError::into_inner).send(FlushRequest::Wait(tx));
-        if let Err(mpsc::SendError(FlushRequest::Wait(tx))) = sent {
+        let sent = self
+            .flush_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(FlushRequest::Wait { tx, urgent });
+        if let Err(mpsc::SendError(FlushRequest::Wait { tx, .. })) = sent {
             let _ = tx.send(Err(IngestError::ShuttingDown));
         }
         rx
@@ -381,7 +391,8 @@ impl Ingest {
             None => {
                 service.counters.records_in.fetch_add(total as u64, Ordering::Relaxed);
                 service.counters.bytes_in.fetch_add(job.cost, Ordering::Relaxed);
-                let durable = job.sync.then(|| self.flush_soon());
+                let urgent = service.class().express;
+                let durable = job.sync.then(|| self.flush_soon(urgent));
                 Ok(Appended { offsets, durable })
             }
         };
@@ -407,9 +418,12 @@ fn flusher_loop(
         let now = Instant::now();
         let deadline = if waiters.is_empty() { last_flush + opts.flush_interval } else { window_end };
         match rx.recv_timeout(deadline.saturating_duration_since(now)) {
-            Ok(FlushRequest::Wait(tx)) => {
+            Ok(FlushRequest::Wait { tx, urgent }) => {
                 if waiters.is_empty() {
                     window_end = Instant::now() + opts.sync_window;
+                }
+                if urgent {
+                    window_end = Instant::now();
                 }
                 waiters.push(tx);
                 if Instant::now() < window_end {
@@ -422,7 +436,12 @@ fn flusher_loop(
         // Everything that queued up while we waited joins this group.
         while let Ok(req) = rx.try_recv() {
             match req {
-                FlushRequest::Wait(tx) => waiters.push(tx),
+                FlushRequest::Wait { tx, urgent } => {
+                    if urgent {
+                        window_end = Instant::now();
+                    }
+                    waiters.push(tx);
+                }
                 FlushRequest::Shutdown => shutting_down = true,
             }
         }

@@ -8,8 +8,11 @@
 //! - [`ingest`]: the bounded per-service queues, the writer thread that
 //!   persists in scheduler order, and the group-commit flusher.
 //! - [`delivery`]: reads for consumers: partition fetch, group fetch in
-//!   priority order, long-poll notifications.
-//! - [`http`]: the axum API (`/v1/...`, `/metrics`, health).
+//!   priority order (from committed or explicit positions), long-poll and
+//!   commit notifications.
+//! - [`mqtt`]: the embedded rumqttd broker, routing, MQTT ingest.
+//! - [`http`]: the axum API (`/v1/...`, `/metrics`, health), including the
+//!   group push stream over SSE and WebSocket.
 //! - [`metrics`]: Prometheus text rendering.
 //! - [`maintenance`]: retention and disk-budget eviction on a timer.
 //! - [`bench`]: the `sluice bench` load tool.
@@ -20,6 +23,7 @@ pub mod http;
 pub mod ingest;
 pub mod maintenance;
 pub mod metrics;
+pub mod mqtt;
 pub mod run;
 pub mod services;
 pub mod state;

@@ -126,6 +126,38 @@ pub fn render(shared: &Shared) -> String {
     out.sample("sluice_store_flush_seconds_total", &[], fs.flush_micros.load(Ordering::Relaxed) as f64 / 1e6);
     out.family("sluice_store_flush_failures_total", "counter", "Failed flushes");
     out.sample("sluice_store_flush_failures_total", &[], fs.failures.load(Ordering::Relaxed));
+    let m = &shared.mqtt;
+    out.family("sluice_mqtt_received_total", "counter", "Publishes received from the embedded broker");
+    out.sample("sluice_mqtt_received_total", &[], m.received.load(Ordering::Relaxed));
+    out.family(
+        "sluice_mqtt_key_missing_total",
+        "counter",
+        "Publishes stored without key: the route's key was missing",
+    );
+    out.sample("sluice_mqtt_key_missing_total", &[], m.key_missing.load(Ordering::Relaxed));
+    out.family("sluice_mqtt_dropped_total", "counter", "Publishes dropped, by reason");
+    for (reason, v) in [
+        ("unrouted", &m.dropped_unrouted),
+        ("invalid_topic", &m.dropped_invalid_topic),
+        ("shutting_down", &m.dropped_shutting_down),
+    ] {
+        out.sample("sluice_mqtt_dropped_total", &[("reason", reason)], v.load(Ordering::Relaxed));
+    }
+    for s in &services {
+        out.sample(
+            "sluice_mqtt_dropped_total",
+            &[("reason", "queue_full"), ("service", &s.name)],
+            s.counters.mqtt_dropped_full.load(Ordering::Relaxed),
+        );
+    }
+    out.family("sluice_service_mqtt_in_total", "counter", "MQTT publishes queued for persisting");
+    for s in &services {
+        out.sample(
+            "sluice_service_mqtt_in_total",
+            &[("service", &s.name)],
+            s.counters.mqtt_in.load(Ordering::Relaxed),
+        );
+    }
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
     out.sample("sluice_uptime_seconds", &[], shared.started.elapsed().as_secs());
     out.0

@@ -64,9 +64,9 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen for HTTP on {} (http.listen)", config.http.listen))?;
     let http_addr = listener.local_addr()?;
-    write_listen_json(&data_dir, http_addr).context("cannot write listen.json")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mqtt_stats = Arc::new(crate::mqtt::MqttStats::default());
     let shared = Shared(Arc::new(Inner {
         config,
         store: store.clone(),
@@ -76,7 +76,10 @@ pub async fn run(
         shutdown: shutdown_rx.clone(),
         ready: AtomicBool::new(false),
         started: Instant::now(),
+        mqtt: mqtt_stats.clone(),
     }));
+    let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
+    write_listen_json(&data_dir, http_addr, &mqtt).context("cannot write listen.json")?;
     let app = crate::http::router(shared.clone());
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
@@ -90,7 +93,8 @@ pub async fn run(
         tokio::spawn(reload_on_sighup(shared.clone(), path));
     }
     shared.ready.store(true, Ordering::Relaxed);
-    tracing::info!(http = %http_addr, data_dir = %data_dir.display(), "sluice is ready");
+    tracing::info!(http = %http_addr, mqtt = %mqtt.addr, mqtt_v5 = ?mqtt.addr_v5, data_dir = %data_dir.display(),
+        "sluice is ready");
 
     stop.await;
     tracing::info!("stop requested: draining");
@@ -104,8 +108,11 @@ pub async fn run(
             tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "in-flight requests did not finish in time")
         }
     }
-    ingest.close();
     tokio::task::spawn_blocking(move || {
+        // rumqttd cannot stop accepting; take in what it delivered so far,
+        // then close the pipeline, which persists and flushes all of it.
+        mqtt.stop();
+        ingest.close();
         threads.join();
         maintenance.stop();
     })
@@ -171,17 +178,20 @@ pub fn refuse_unbuilt(config: &Config) -> anyhow::Result<()> {
             u.name
         );
     }
-    if !config.routes.is_empty() {
-        anyhow::bail!(
-            "route[0]: MQTT ingest is not available in this version of sluice; remove the [[route]] sections to run"
-        );
-    }
     Ok(())
 }
 
 /// Writes `DATA_DIR/listen.json` atomically (temp file + rename).
-fn write_listen_json(data_dir: &Path, http: SocketAddr) -> std::io::Result<()> {
-    let body = serde_json::json!({ "http": http.to_string(), "mqtt": serde_json::Value::Null });
+fn write_listen_json(
+    data_dir: &Path,
+    http: SocketAddr,
+    mqtt: &crate::mqtt::MqttHandle,
+) -> std::io::Result<()> {
+    let body = serde_json::json!({
+        "http": http.to_string(),
+        "mqtt": mqtt.addr.to_string(),
+        "mqtt_v5": mqtt.addr_v5.map(|a| a.to_string()),
+    });
     let tmp = data_dir.join("listen.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;
     std::fs::rename(&tmp, data_dir.join("listen.json"))

@@ -26,6 +26,10 @@ pub struct Counters {
     pub retention_deleted: AtomicU64,
     /// Records evicted to keep the disk budget.
     pub evicted: AtomicU64,
+    /// MQTT publishes queued for persisting.
+    pub mqtt_in: AtomicU64,
+    /// MQTT publishes dropped by the `on_full` policy (newest or oldest).
+    pub mqtt_dropped_full: AtomicU64,
 }
 
 /// One service at run time.

@@ -33,6 +33,8 @@ pub struct Inner {
     pub ready: AtomicBool,
     /// Process start, for uptime.
     pub started: Instant,
+    /// MQTT ingest counters.
+    pub mqtt: Arc<crate::mqtt::MqttStats>,
 }
 
 impl std::ops::Deref for Shared {

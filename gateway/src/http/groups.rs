@@ -1,5 +1,6 @@
 //! Consumer groups: `POST /v1/groups/{group}/fetch` (priority order across
-//! topics, from committed positions), `POST .../commit`, `GET .../offsets`.
+//! topics, from committed positions), `POST .../commit`, `GET .../offsets`,
+//! and the commit path and checks shared with the push stream.
 
 use super::codec::{parse_json, OutRecord};
 use super::read::MAX_RECORDS;
@@ -35,20 +36,23 @@ struct CommitBody {
     offsets: Vec<CommitEntry>,
 }
 
+/// One position to commit: the next offset to read, as in Kafka.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CommitEntry {
-    topic: String,
-    partition: u32,
-    offset: u64,
+pub(super) struct CommitEntry {
+    pub(super) topic: String,
+    pub(super) partition: u32,
+    pub(super) offset: u64,
 }
 
-fn check_group(group: &str) -> Result<(), ApiError> {
+/// Checks a group name (same rules as topic names).
+pub(super) fn check_group(group: &str) -> Result<(), ApiError> {
     sluice_config::check_topic_name(group)
         .map_err(|reason| ApiError::bad_request(format!("invalid group name {group:?}: {reason}")))
 }
 
-fn lookup_topics(shared: &Shared, names: &[String]) -> Result<Vec<Arc<Topic>>, ApiError> {
+/// Resolves the topics of a group read; at least one, all existing.
+pub(super) fn lookup_topics(shared: &Shared, names: &[String]) -> Result<Vec<Arc<Topic>>, ApiError> {
     if names.is_empty() {
         return Err(ApiError::bad_request("topics: give at least one topic"));
     }
@@ -91,24 +95,50 @@ pub(super) async fn commit(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_group(&group)?;
     let req: CommitBody = parse_json(&read_body(&shared, body).await?)?;
-    if req.offsets.is_empty() {
-        return Err(ApiError::bad_request("offsets: give at least one offset"));
+    commit_offsets(&shared, &group, &req.offsets, "offsets").await?;
+    Ok(Json(serde_json::json!({ "committed": req.offsets.len() })))
+}
+
+/// Commits `entries` for `group` and waits until they are on disk: the one
+/// commit path of the API (`POST .../commit` and WebSocket acks). `field`
+/// names the list in error messages. Entries before a bad one stay
+/// committed, as each entry is checked when it is written.
+pub(super) async fn commit_offsets(
+    shared: &Shared,
+    group: &str,
+    entries: &[CommitEntry],
+    field: &str,
+) -> Result<(), ApiError> {
+    if entries.is_empty() {
+        return Err(ApiError::bad_request(format!("{field}: give at least one offset")));
     }
-    for (i, e) in req.offsets.iter().enumerate() {
-        let topic = shared.topics.lookup(&e.topic)?;
+    let written = commit_each(shared, group, entries, field);
+    // Wake push streams waiting for their consumer to commit, also after a
+    // partial failure: the entries before it were written.
+    crate::delivery::notify_committed();
+    written?;
+    shared.ingest.flush_soon(false).await.map_err(|_| ApiError::unavailable("sluice is shutting down"))??;
+    Ok(())
+}
+
+fn commit_each(shared: &Shared, group: &str, entries: &[CommitEntry], field: &str) -> Result<(), ApiError> {
+    for (i, e) in entries.iter().enumerate() {
+        let topic = shared
+            .topics
+            .lookup(&e.topic)
+            .map_err(|err| ApiError::from(err).with_prefix(&format!("{field}[{i}]")))?;
         if e.partition >= topic.partitions {
             return Err(ApiError::not_found(format!(
-                "offsets[{i}].partition: topic {:?} has {} partition(s); partition {} does not exist",
+                "{field}[{i}].partition: topic {:?} has {} partition(s); partition {} does not exist",
                 topic.name, topic.partitions, e.partition
             )));
         }
         shared
             .store
-            .commit(&group, &topic.name, PartitionId(e.partition), Offset(e.offset))
-            .map_err(|err| ApiError::from(&err).with_prefix(&format!("offsets[{i}]")))?;
+            .commit(group, &topic.name, PartitionId(e.partition), Offset(e.offset))
+            .map_err(|err| ApiError::from(&err).with_prefix(&format!("{field}[{i}]")))?;
     }
-    shared.ingest.flush_soon().await.map_err(|_| ApiError::unavailable("sluice is shutting down"))??;
-    Ok(Json(serde_json::json!({ "committed": req.offsets.len() })))
+    Ok(())
 }
 
 pub(super) async fn offsets(

@@ -7,6 +7,9 @@ pub mod error;
 mod groups;
 mod produce;
 mod read;
+mod stream;
+mod stream_sse;
+mod stream_ws;
 
 pub use error::ApiError;
 
@@ -27,6 +30,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/groups/{group}/fetch", post(groups::fetch))
         .route("/v1/groups/{group}/commit", post(groups::commit))
         .route("/v1/groups/{group}/offsets", get(groups::offsets))
+        .route("/v1/groups/{group}/stream", get(stream::stream))
         .route("/v1/services", get(admin::services))
         .route("/v1/services/{service}", axum::routing::put(admin::update_service))
         .route("/metrics", get(admin::metrics))

@@ -12,6 +12,8 @@ pub struct Gateway {
     child: Option<Child>,
     pub data_dir: PathBuf,
     pub base: String,
+    /// MQTT 3.1.1 listener address.
+    pub mqtt: Option<String>,
     pub http: reqwest::Client,
     config: Option<PathBuf>,
 }
@@ -44,10 +46,10 @@ impl Gateway {
         let mut child = cmd.spawn().expect("spawn sluice");
         let listen = data_dir.join("listen.json");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
+        let (addr, mqtt) = loop {
             if let Ok(text) = std::fs::read_to_string(&listen) {
                 if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    break v["http"].as_str().unwrap().to_owned();
+                    break (v["http"].as_str().unwrap().to_owned(), v["mqtt"].as_str().map(str::to_owned));
                 }
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -61,6 +63,7 @@ impl Gateway {
             child: Some(child),
             data_dir: data_dir.to_owned(),
             base: format!("http://{addr}"),
+            mqtt,
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
             config,
         };

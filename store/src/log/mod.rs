@@ -144,18 +144,39 @@ impl Store {
     /// Opens (or creates) the store, loading every topic it holds.
     pub fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open { path: opts.path.clone(), source };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&opts.path)
             .cache_capacity(opts.cache_capacity)
             .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
+            .mode(sled::Mode::HighThroughput);
+        // sled recovers a log it cannot read at all as a new, empty database:
+        // a log that held data but yields no format marker is damaged (or
+        // not ours), not a fresh start. The marker is flushed on creation.
+        let had_log = std::fs::metadata(opts.path.join("db")).is_ok_and(|m| m.len() > 0);
+        // sled 0.34.7 panics on some damaged log files instead of returning
+        // an error (spacejam/sled#1387): report that as a corrupt directory.
+        // (Where panics abort, as in the release profile, this cannot help.)
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                Err(damaged(&format!("sled cannot recover its log ({why})")))
+            })
             .map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
         let groups = db.open_tree("groups").map_err(open_err)?;
         match meta.get("format").map_err(open_err)? {
+            None if had_log => {
+                return Err(open_err(damaged(
+                    "sled's log file is not empty but holds no sluice format marker",
+                )))
+            }
             None => {
                 meta.insert("format", FORMAT).map_err(open_err)?;
+                db.flush().map_err(open_err)?;
             }
             Some(v) if v.as_ref() == FORMAT.as_bytes() => {}
             Some(v) => {
@@ -200,14 +221,17 @@ impl Store {
                 service: stored.service,
                 retention: Retention::default(),
             };
-            self.load_topic(spec)?;
+            self.load_topic(spec, &[])?;
         }
         Ok(())
     }
 
-    fn load_topic(&self, spec: TopicSpec) -> Result<Arc<Topic>, StoreError> {
+    /// Opens `spec`'s partitions after those in `keep` (the ones of the
+    /// topic being grown, still in use by appenders) and registers it.
+    fn load_topic(&self, spec: TopicSpec, keep: &[Arc<Partition>]) -> Result<Arc<Topic>, StoreError> {
         let mut partitions = Vec::with_capacity(spec.partitions as usize);
-        for p in 0..spec.partitions {
+        partitions.extend_from_slice(keep);
+        for p in keep.len() as u32..spec.partitions {
             let part = Partition::open(&self.inner.db, &self.inner.meta, &spec.name, PartitionId(p))?;
             self.inner.total_bytes.fetch_add(part.bytes(), Ordering::Relaxed);
             partitions.push(Arc::new(part));
@@ -238,12 +262,8 @@ impl Store {
             }
         }
         self.persist_topic_meta(&spec.name, partitions, &spec.service)?;
-        if let Some(old) = existing {
-            self.inner
-                .total_bytes
-                .fetch_sub(old.partitions.iter().map(|p| p.bytes()).sum::<u64>(), Ordering::Relaxed);
-        }
-        let topic = self.load_topic(TopicSpec { partitions, ..spec.clone() })?;
+        let keep = existing.as_ref().map_or(&[][..], |t| &t.partitions[..]);
+        let topic = self.load_topic(TopicSpec { partitions, ..spec.clone() }, keep)?;
         Ok(self.info_of(&topic))
     }
 
@@ -407,6 +427,14 @@ impl Topic {
     pub(crate) fn partitions(&self) -> &[Arc<Partition>] {
         &self.partitions
     }
+}
+
+/// The error for a data directory whose files cannot be trusted.
+fn damaged(what: &str) -> sled::Error {
+    sled::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{what}: the files are damaged or not a sluice store; restore a backup or move the directory away"),
+    ))
 }
 
 fn group_key(group: &str, topic: &str, partition: PartitionId) -> Vec<u8> {

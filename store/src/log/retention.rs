@@ -108,14 +108,20 @@ impl Store {
             let topics = self.topics_snapshot();
             let mut by_service = self.service_bytes();
             by_service.retain(|s, _| !exhausted.contains(s));
-            let Some((service, victim)) = pick_victim(&topics, &by_service, policies, FALLBACK)? else {
+            let Some(Victim { service, partition: victim, next_oldest }) =
+                pick_victim(&topics, &by_service, policies, FALLBACK)?
+            else {
                 break;
             };
             let policy = policies.get(&service).copied().unwrap_or(FALLBACK);
             let service_bytes = by_service.get(&service).copied().unwrap_or(0);
             let over = self.total_bytes() - max_bytes;
-            let (n, bytes) = victim.delete_oldest(CHUNK, |_, _, freed, size| {
-                freed < over && service_bytes.saturating_sub(freed + size) >= policy.reserved_bytes
+            // Oldest first across the service's partitions: stop where another
+            // partition holds older records (but always make progress).
+            let (n, bytes) = victim.delete_oldest(CHUNK, |ts, _, freed, size| {
+                freed < over
+                    && service_bytes.saturating_sub(freed + size) >= policy.reserved_bytes
+                    && (freed == 0 || next_oldest.is_none_or(|next| ts <= next))
             })?;
             self.sub_bytes(bytes);
             report.add(&service, n, bytes);
@@ -127,6 +133,15 @@ impl Store {
     }
 }
 
+/// Where eviction deletes next.
+struct Victim {
+    service: String,
+    /// The service's partition holding its oldest record.
+    partition: Arc<super::partition::Partition>,
+    /// Oldest record timestamp among the service's other partitions.
+    next_oldest: Option<i64>,
+}
+
 /// The lowest-priority service above its reservation, and its partition
 /// holding the oldest record.
 fn pick_victim(
@@ -134,7 +149,7 @@ fn pick_victim(
     by_service: &BTreeMap<String, u64>,
     policies: &HashMap<String, EvictionPolicy>,
     fallback: EvictionPolicy,
-) -> Result<Option<(String, Arc<super::partition::Partition>)>, StoreError> {
+) -> Result<Option<Victim>, StoreError> {
     let mut candidates: Vec<(&String, EvictionPolicy)> = by_service
         .iter()
         .map(|(s, b)| (s, policies.get(s).copied().unwrap_or(fallback), *b))
@@ -143,18 +158,18 @@ fn pick_victim(
         .collect();
     candidates.sort_by_key(|(s, p)| (p.rank(), (*s).clone()));
     for (service, _) in candidates {
-        let mut best: Option<(i64, Arc<super::partition::Partition>)> = None;
+        let mut heads: Vec<(i64, Arc<super::partition::Partition>)> = Vec::new();
         for topic in topics.iter().filter(|t| &t.spec().service == service) {
             for part in topic.partitions() {
                 if let Some(ts) = part.oldest_timestamp()? {
-                    if best.as_ref().is_none_or(|(b, _)| ts < *b) {
-                        best = Some((ts, part.clone()));
-                    }
+                    heads.push((ts, part.clone()));
                 }
             }
         }
-        if let Some((_, part)) = best {
-            return Ok(Some((service.clone(), part)));
+        heads.sort_by_key(|(ts, _)| *ts);
+        let next_oldest = heads.get(1).map(|(ts, _)| *ts);
+        if let Some((_, partition)) = heads.into_iter().next() {
+            return Ok(Some(Victim { service: service.clone(), partition, next_oldest }));
         }
     }
     Ok(None)

@@ -1,0 +1,147 @@
+//! The WebSocket transport of the group stream. Server to client: one text
+//! message per record (the record as JSON with topic and partition), and
+//! `{"committed": n}` or `{"error": "..."}` answering each client message.
+//! Client to server: acks `{"ack": [{"topic": "a", "partition": 0,
+//! "offset": 42}]}` (offset = the next to read, as in a commit), committed
+//! through the same path as `POST .../commit`. A bad ack gets an error
+//! message and the socket stays open. At shutdown the server sends a close
+//! frame (1001); a store failure sends an error, then closes with 1011.
+
+use super::groups::{commit_offsets, CommitEntry};
+use super::stream::{record_json, GroupStream};
+use super::ApiError;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use serde::Deserialize;
+use sluice_store::{Offset, PartitionId};
+
+/// A client message: positions to commit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckMessage {
+    ack: Vec<CommitEntry>,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The client closed or went away.
+    Client,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// Reading the log failed.
+    Failed(String),
+}
+
+/// Upgrades the connection and serves the stream on it, as one task that
+/// ends with the connection. Client messages are limited to `http.max_body`.
+pub(super) fn respond(ws: WebSocketUpgrade, stream: GroupStream) -> Response {
+    let limit = usize::try_from(stream.shared().config.http.max_body.as_u64()).unwrap_or(usize::MAX);
+    ws.max_message_size(limit).on_upgrade(move |socket| serve(socket, stream))
+}
+
+async fn serve(mut socket: WebSocket, mut stream: GroupStream) {
+    tracing::debug!(group = stream.group(), "WebSocket group stream opened");
+    let end = run(&mut socket, &mut stream).await;
+    let close = match &end {
+        End::Client => None,
+        End::Shutdown => Some((close_code::AWAY, "sluice is shutting down")),
+        End::Failed(message) => {
+            tracing::warn!(group = stream.group(), error = %message, "group stream failed");
+            let _ = socket.send(Message::Text(error_json(message).into())).await;
+            Some((close_code::ERROR, "reading the log failed"))
+        }
+    };
+    if let Some((code, reason)) = close {
+        let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    }
+    tracing::debug!(group = stream.group(), end = ?end, "WebSocket group stream closed");
+}
+
+async fn run(socket: &mut WebSocket, stream: &mut GroupStream) -> End {
+    let mut shutdown = stream.shutdown();
+    loop {
+        tokio::select! {
+            // Acks first: they are what opens the window.
+            biased;
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let reply = on_ack(stream, &text).await;
+                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                        return End::Client;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = error_json("send acks as JSON text messages");
+                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                        return End::Client;
+                    }
+                }
+                // The WebSocket layer answers pings itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return End::Client,
+            },
+            batch = stream.next_batch() => {
+                let batch = match batch {
+                    None => return End::Shutdown,
+                    Some(Err(e)) => return End::Failed(e.to_string()),
+                    Some(Ok(batch)) => batch,
+                };
+                let send_all = async {
+                    for r in &batch {
+                        let text = record_json(r).map_err(|e| End::Failed(format!("cannot encode a record: {e}")))?;
+                        socket.send(Message::Text(text.into())).await.map_err(|_| End::Client)?;
+                    }
+                    Ok(())
+                };
+                // A client that does not read must not hold up shutdown.
+                tokio::select! {
+                    sent = send_all => if let Err(end) = sent { return end },
+                    _ = shutdown.wait_for(|s| *s) => return End::Shutdown,
+                }
+            }
+        }
+    }
+}
+
+/// Commits an ack message; the reply is `{"committed": n}` or an error.
+async fn on_ack(stream: &mut GroupStream, text: &str) -> String {
+    let ack: AckMessage = match serde_json::from_str(text) {
+        Ok(ack) => ack,
+        Err(e) => {
+            return error_json(&format!(
+                "invalid message ({e}); expected {{\"ack\": [{{\"topic\": \"a\", \"partition\": 0, \"offset\": 42}}]}}"
+            ))
+        }
+    };
+    let shared = stream.shared().clone();
+    match commit_offsets(&shared, stream.group(), &ack.ack, "ack").await {
+        Ok(()) => {
+            for e in &ack.ack {
+                stream.committed(&e.topic, PartitionId(e.partition), Offset(e.offset));
+            }
+            serde_json::json!({ "committed": ack.ack.len() }).to_string()
+        }
+        Err(err) => {
+            // Entries before the bad one were committed: take them in.
+            if let Err(e) = stream.sync_commits() {
+                tracing::warn!(group = stream.group(), error = %e, "cannot re-read committed offsets");
+            }
+            error_json(&api_message(&err))
+        }
+    }
+}
+
+/// The message of an API error without its status: ApiError displays as
+/// "<status>: <message>", and a WebSocket message has no status line.
+fn api_message(err: &ApiError) -> String {
+    let full = err.to_string();
+    match full.strip_prefix(&format!("{}: ", err.status())) {
+        Some(message) => message.to_owned(),
+        None => full,
+    }
+}
+
+fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}

@@ -1,0 +1,162 @@
+//! Starting the embedded rumqttd broker from sluice's configuration.
+
+use super::ingest::IngestLoop;
+use super::MqttStats;
+use crate::state::Shared;
+use anyhow::Context as _;
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// rumqttd keeps every publish of a subscription filter in in-memory
+/// segments; sluice's ingest link reads them as they arrive, so a few small
+/// segments suffice. Size: 1 MiB or 4 payloads, whichever is larger.
+pub(super) fn segment_size(max_payload: u64) -> usize {
+    usize::try_from((4 * max_payload).max(1 << 20)).unwrap_or(usize::MAX)
+}
+
+/// Segments kept per filter (memory bound: this x [`segment_size`]).
+const SEGMENT_COUNT: usize = 3;
+
+/// The running MQTT side.
+#[derive(Debug)]
+pub struct MqttHandle {
+    /// Address of the MQTT 3.1.1 listener.
+    pub addr: SocketAddr,
+    /// Address of the MQTT 5 listener, if configured.
+    pub addr_v5: Option<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    ingest: JoinHandle<()>,
+}
+
+impl MqttHandle {
+    /// Stops reading from the broker after draining what it already
+    /// delivered. The broker itself keeps running until the process exits.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        if self.ingest.join().is_err() {
+            tracing::error!("MQTT ingest thread panicked");
+        }
+    }
+}
+
+/// Resolves port 0 to a free port (rumqttd binds inside its own threads
+/// and cannot report the port it got) and checks the address is free.
+fn reserve(addr: SocketAddr, field: &str) -> anyhow::Result<SocketAddr> {
+    let probe =
+        TcpListener::bind(addr).with_context(|| format!("cannot listen for MQTT on {addr} ({field})"))?;
+    Ok(probe.local_addr()?)
+}
+
+fn server(name: &str, listen: SocketAddr, shared: &Shared) -> rumqttd::ServerSettings {
+    let mqtt = &shared.config.mqtt;
+    // Anonymous access: rumqttd's auth hook would refuse clients without a
+    // username, so none is installed.
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: usize::try_from(mqtt.max_payload.as_u64()).unwrap_or(usize::MAX),
+        max_inflight_count: mqtt.max_inflight as usize,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    rumqttd::ServerSettings {
+        name: name.to_owned(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    }
+}
+
+/// Starts rumqttd and the ingest link; returns once the listeners accept
+/// connections.
+pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandle> {
+    let mqtt = &shared.config.mqtt;
+    let addr = reserve(mqtt.listen, "mqtt.listen")?;
+    let addr_v5 = mqtt.listen_v5.map(|a| reserve(a, "mqtt.listen_v5")).transpose()?;
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: mqtt.max_connections as usize + 1,
+            max_outgoing_packet_count: 200,
+            max_segment_size: segment_size(mqtt.max_payload.as_u64()),
+            max_segment_count: SEGMENT_COUNT,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("1".to_owned(), server("mqtt-v4", addr, shared))])),
+        v5: addr_v5.map(|a| HashMap::from([("1".to_owned(), server("mqtt-v5", a, shared))])),
+        ..Default::default()
+    };
+    let mut broker = rumqttd::Broker::new(config);
+    let (mut link_tx, link_rx) =
+        broker.link("sluice-ingest").context("cannot attach to the embedded broker")?;
+    link_tx.subscribe("#").context("cannot subscribe the ingest link")?;
+    std::thread::Builder::new().name("sluice-mqtt".into()).spawn(move || {
+        if let Err(e) = broker.start() {
+            tracing::error!(error = %e, "embedded MQTT broker stopped");
+        }
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingest = {
+        let lp = IngestLoop::new(shared.clone(), stats, link_rx, stop.clone());
+        std::thread::Builder::new().name("sluice-mqtt-in".into()).spawn(move || lp.run())?
+    };
+    wait_listening(addr, false)?;
+    if let Some(a) = addr_v5 {
+        wait_listening(a, true)?;
+    }
+    Ok(MqttHandle { addr, addr_v5, stop, ingest })
+}
+
+/// rumqttd reports a failed bind only in its logs: wait until it answers
+/// an MQTT CONNECT.
+fn wait_listening(addr: SocketAddr, v5: bool) -> anyhow::Result<()> {
+    let target = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if probe(target, v5).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the embedded MQTT broker did not start listening on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One MQTT CONNECT / CONNACK / DISCONNECT exchange (clean session, client
+/// id `sluice-readiness-probe`).
+fn probe(target: SocketAddr, v5: bool) -> std::io::Result<()> {
+    const ID: &[u8] = b"sluice-readiness-probe";
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', if v5 { 5 } else { 4 }, 0x02, 0, 10];
+    if v5 {
+        body.push(0); // no properties
+    }
+    body.extend_from_slice(&(ID.len() as u16).to_be_bytes());
+    body.extend_from_slice(ID);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet)?;
+    let mut ack = [0u8; 2];
+    stream.read_exact(&mut ack)?;
+    if ack[0] != 0x20 {
+        return Err(std::io::Error::other("not a CONNACK"));
+    }
+    let mut rest = vec![0u8; usize::from(ack[1])];
+    stream.read_exact(&mut rest)?;
+    stream.write_all(if v5 { &[0xE0, 0x01, 0x00] } else { &[0xE0, 0x00] })?;
+    Ok(())
+}

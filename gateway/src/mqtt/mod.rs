@@ -1,0 +1,39 @@
+//! MQTT ingest through an embedded rumqttd broker.
+//!
+//! rumqttd runs on threads of its own (`Broker::start` blocks forever and
+//! has no shutdown API). sluice attaches one local link subscribed to `#`,
+//! reads every publish the router accepted, routes it to a log topic and
+//! queues it through the same per-service queues and scheduler as HTTP.
+//!
+//! rumqttd acknowledges a QoS 1 publish when its router receives it, before
+//! sluice sees it; sluice persists it within the service's flush window
+//! (`store.flush_interval`, or the group-commit window for `sync`
+//! services). That window is what a crash can lose of acknowledged MQTT
+//! publishes. rumqttd keeps publishes in in-memory segments per
+//! subscription filter; they are configured small here (3 segments of
+//! 1 MiB or 4 x `mqtt.max_payload`) because its defaults can hold a GiB per
+//! filter.
+
+mod broker;
+mod ingest;
+pub mod route;
+
+pub use broker::{start, MqttHandle};
+
+use std::sync::atomic::AtomicU64;
+
+/// MQTT-wide counters (per-service ones live in the service counters).
+#[derive(Debug, Default)]
+pub struct MqttStats {
+    /// Publishes received from the broker.
+    pub received: AtomicU64,
+    /// Dropped: no route matched and `mqtt.unrouted = "drop"`.
+    pub dropped_unrouted: AtomicU64,
+    /// Dropped: the MQTT topic does not map to a valid log topic name, or
+    /// is not UTF-8, or names an unknown topic while auto-creation is off.
+    pub dropped_invalid_topic: AtomicU64,
+    /// Dropped because sluice was shutting down.
+    pub dropped_shutting_down: AtomicU64,
+    /// Stored without key because the route's key was missing.
+    pub key_missing: AtomicU64,
+}

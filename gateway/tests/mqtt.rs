@@ -1,0 +1,212 @@
+//! MQTT ingest through the embedded broker, with rumqttc clients against
+//! the real binary on 127.0.0.1:0.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::Gateway;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// A connected client whose event loop runs in the background; returns
+/// once the CONNACK arrived.
+async fn client(
+    gw: &Gateway,
+    id: &str,
+) -> (AsyncClient, tokio::task::JoinHandle<()>, tokio::sync::mpsc::UnboundedReceiver<Packet>) {
+    let addr: std::net::SocketAddr = gw.mqtt.as_ref().expect("mqtt listener").parse().unwrap();
+    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
+    let mut conn_tx = Some(conn_tx);
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(t) = conn_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(p)) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("mqtt client error: {e:?}");
+                    return;
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), conn_rx).await.expect("CONNACK in time").unwrap();
+    (client, task, rx)
+}
+
+/// Reads a partition until `n` records are there (persisting is
+/// asynchronous to the PUBACK).
+async fn read_n(gw: &Gateway, topic: &str, partition: u32, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, body) = gw
+            .get_json(&format!(
+                "/v1/topics/{topic}/partitions/{partition}/records?max_records=10000&wait_ms=200"
+            ))
+            .await;
+        if s == 200 {
+            let recs = body["records"].as_array().unwrap().clone();
+            if recs.len() >= n {
+                return recs;
+            }
+        }
+        assert!(Instant::now() < deadline, "{topic}/{partition} never reached {n} records");
+    }
+}
+
+const ROUTES: &str = r#"
+[[service]]
+name = "alarms"
+express = true
+[[topic]]
+name = "alarms"
+service = "alarms"
+[[topic]]
+name = "telemetry"
+partitions = 2
+[[route]]
+mqtt = "plant/+/alarm"
+topic = "alarms"
+key = "level:2"
+[[route]]
+mqtt = "plant/+/telemetry/#"
+topic = "telemetry"
+key = "json:/device/id"
+"#;
+
+#[tokio::test]
+async fn qos0_and_qos1_publishes_land_in_the_routed_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(ROUTES)).await;
+    let (c, _task, mut rx) = client(&gw, "sensor-1").await;
+    c.publish("plant/dev-7/alarm", QoS::AtLeastOnce, false, br#"{"level":"high"}"#.to_vec()).await.unwrap();
+    c.publish("plant/dev-7/alarm", QoS::AtMostOnce, false, b"raw \xff bytes".to_vec()).await.unwrap();
+    c.publish(
+        "plant/dev-8/telemetry/temp",
+        QoS::AtLeastOnce,
+        false,
+        br#"{"device":{"id":"d-8"},"t":20}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    c.publish("plant/dev-9/telemetry/temp", QoS::AtLeastOnce, false, b"no json here".to_vec()).await.unwrap();
+    c.publish("other/thing", QoS::AtLeastOnce, false, b"1".to_vec()).await.unwrap();
+    // Four QoS 1 acknowledgements come back.
+    let mut acks = 0;
+    while acks < 4 {
+        if let Packet::PubAck(_) =
+            tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap()
+        {
+            acks += 1;
+        }
+    }
+    let alarms = read_n(&gw, "alarms", 0, 2).await;
+    assert_eq!(alarms[0]["key"], "dev-7");
+    assert_eq!(alarms[0]["value"], json!({ "level": "high" }));
+    assert_eq!(alarms[0]["headers"]["mqtt.topic"], "plant/dev-7/alarm");
+    assert_eq!(alarms[1]["value_b64"], "cmF3IP8gYnl0ZXM=");
+
+    let mut tele = read_n(&gw, "telemetry", 0, 0).await;
+    tele.extend(read_n(&gw, "telemetry", 1, 0).await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tele.len() < 2 {
+        assert!(Instant::now() < deadline);
+        tele = read_n(&gw, "telemetry", 0, 0).await;
+        tele.extend(read_n(&gw, "telemetry", 1, 0).await);
+    }
+    let keyed: Vec<&Value> = tele.iter().filter(|r| r["key"] == "d-8").collect();
+    assert_eq!(keyed.len(), 1, "{tele:?}");
+    assert!(
+        tele.iter().any(|r| r["key"].is_null() && r["value_b64"].is_string()),
+        "missing JSON key -> keyless"
+    );
+
+    // Unrouted publishes follow mqtt.unrouted (default first_level).
+    let other = read_n(&gw, "other", 0, 1).await;
+    assert_eq!(other[0]["key"], "thing");
+
+    let metrics = gw.http.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sluice_mqtt_key_missing_total 1"), "{metrics}");
+    assert!(metrics.contains("sluice_service_mqtt_in_total{service=\"alarms\"} 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn live_subscribers_still_get_publishes_and_drops_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        &dir.path().join("d"),
+        Some("[mqtt]\nunrouted = \"drop\"\n[[route]]\nmqtt = \"a/#\"\ntopic = \"a\"\n"),
+    )
+    .await;
+    let (sub, _t1, mut rx) = client(&gw, "local-service").await;
+    sub.subscribe("a/#", QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Packet::SubAck(_) =
+            tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap()
+        {
+            break;
+        }
+    }
+    let (publ, _t2, _rx2) = client(&gw, "sensor").await;
+    publ.publish("a/1", QoS::AtLeastOnce, false, b"hello".to_vec()).await.unwrap();
+    publ.publish("b/1", QoS::AtLeastOnce, false, b"nowhere".to_vec()).await.unwrap();
+    let got = loop {
+        if let Packet::Publish(p) =
+            tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap()
+        {
+            break p;
+        }
+    };
+    assert_eq!(&got.topic[..], "a/1");
+    assert_eq!(&got.payload[..], b"hello");
+    read_n(&gw, "a", 0, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = gw.http.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if metrics.contains("sluice_mqtt_dropped_total{reason=\"unrouted\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, _) = gw.get_json("/v1/topics/b/partitions/0/records").await;
+    assert_eq!(s, 404, "unrouted publishes create no topic");
+}
+
+#[tokio::test]
+async fn publishes_survive_a_graceful_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), None).await;
+    let (c, _task, mut rx) = client(&gw, "sensor").await;
+    for i in 0..200 {
+        c.publish(format!("fleet/truck-{}", i % 5), QoS::AtLeastOnce, false, format!("{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let mut acks = 0;
+    while acks < 200 {
+        if let Packet::PubAck(_) =
+            tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap()
+        {
+            acks += 1;
+        }
+    }
+    // Every acknowledged publish is persisted by the drain on SIGTERM.
+    let gw = gw.restart().await;
+    let recs = read_n(&gw, "fleet", 0, 200).await;
+    assert_eq!(recs.len(), 200);
+    let values: Vec<u64> = recs.iter().map(|r| r["value"].as_u64().unwrap()).collect();
+    assert_eq!(values, (0..200).collect::<Vec<_>>(), "one publisher, one topic: order kept");
+}
