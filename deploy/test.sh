@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README): lints, then every test of the workspace.
-# Needs only the Rust toolchain with cargo-nextest; falls back to cargo test.
+# Needs the Rust toolchain (uses cargo-nextest when installed) and installs
+# the test peers from Debian's packages (deploy/install-test-peers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+deploy/install-test-peers.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
