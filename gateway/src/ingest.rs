@@ -149,6 +149,11 @@ pub struct FlushStats {
     pub flush_micros: AtomicU64,
     /// Flush failures.
     pub failures: AtomicU64,
+    /// Jobs appended so far.
+    pub appended_jobs: AtomicU64,
+    /// Jobs known to be on disk (`appended_jobs` as of the start of the
+    /// last successful flush).
+    pub durable_jobs: AtomicU64,
 }
 
 /// Queue state of one service, for metrics.
@@ -381,6 +386,7 @@ impl Ingest {
             }
         }
         service.release(job.cost);
+        self.flush_stats.appended_jobs.fetch_add(1, Ordering::AcqRel);
         self.dirty.store(true, Ordering::Release);
         job.topic.notify_appended();
         let result = match failure {
@@ -455,6 +461,7 @@ fn flusher_loop(
             continue;
         }
         dirty.store(false, Ordering::Release);
+        let appended = stats.appended_jobs.load(Ordering::Acquire);
         let started = Instant::now();
         let result = store.flush().map(|_| ()).map_err(|e| {
             stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -462,6 +469,9 @@ fn flusher_loop(
             tracing::error!(error = %e, "flush failed");
             IngestError::Storage { message: e.to_string(), disk_full: e.is_disk_full() }
         });
+        if result.is_ok() {
+            stats.durable_jobs.fetch_max(appended, Ordering::AcqRel);
+        }
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         last_flush = Instant::now();

@@ -124,6 +124,12 @@ pub fn render(shared: &Shared) -> String {
     out.sample("sluice_store_flushes_total", &[], fs.flushes.load(Ordering::Relaxed));
     out.family("sluice_store_flush_seconds_total", "counter", "Time spent flushing");
     out.sample("sluice_store_flush_seconds_total", &[], fs.flush_micros.load(Ordering::Relaxed) as f64 / 1e6);
+    out.family("sluice_store_unflushed_jobs", "gauge", "Ingest jobs appended but not yet flushed to disk");
+    out.sample(
+        "sluice_store_unflushed_jobs",
+        &[],
+        fs.appended_jobs.load(Ordering::Acquire).saturating_sub(fs.durable_jobs.load(Ordering::Acquire)),
+    );
     out.family("sluice_store_flush_failures_total", "counter", "Failed flushes");
     out.sample("sluice_store_flush_failures_total", &[], fs.failures.load(Ordering::Relaxed));
     let m = &shared.mqtt;

@@ -1,6 +1,6 @@
 //! The Server-Sent Events transport of the group stream: one event per
 //! record (`id: topic/partition/offset`, `data:` the record as JSON), and a
-//! `:keep-alive` comment when nothing was sent for a while, so proxies and
+//! `: keep-alive` comment when nothing was sent for a while, so proxies and
 //! clients see a live connection. The body is pulled by the connection, so
 //! a slow reader is held back by TCP and at most one batch is in memory.
 
@@ -19,7 +19,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub(super) fn respond(stream: GroupStream) -> Response {
     tracing::debug!(group = stream.group(), "SSE group stream opened");
     let events = futures_util::stream::unfold(Some(Pending { stream, events: VecDeque::new() }), next_event);
-    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")).into_response()
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text(" keep-alive")).into_response()
 }
 
 /// A stream and the events of its current batch not yet sent.

@@ -1,0 +1,392 @@
+//! `GET /v1/groups/{group}/stream` over Server-Sent Events and WebSocket,
+//! against the real binary on 127.0.0.1:0. No timing assertions: timeouts
+//! only turn a hang into a failure.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::Gateway;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long to wait for something that must happen before calling it a hang.
+const GUARD: Duration = Duration::from_secs(60);
+
+const PRIORITY_CONFIG: &str = r#"
+[[service]]
+name = "alarms"
+express = true
+durability = "sync"
+[[service]]
+name = "telemetry"
+weight = 4
+[[service]]
+name = "logs"
+weight = 1
+[[topic]]
+name = "alarms"
+service = "alarms"
+[[topic]]
+name = "telemetry"
+service = "telemetry"
+partitions = 2
+[[topic]]
+name = "logs"
+service = "logs"
+[[topic]]
+name = "one"
+service = "logs"
+"#;
+
+/// A record's place: (topic, partition, offset).
+type Place = (String, u64, u64);
+
+fn place(r: &Value) -> Place {
+    (r["topic"].as_str().unwrap().to_owned(), r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap())
+}
+
+/// Commit entries past every record in `records` (offset = next to read).
+fn positions_after(records: &[Value]) -> Vec<Value> {
+    let mut next = BTreeMap::new();
+    for r in records {
+        let (t, p, o) = place(r);
+        let e = next.entry((t, p)).or_insert(0);
+        *e = (o + 1).max(*e);
+    }
+    next.iter().map(|((t, p), o)| json!({ "topic": t, "partition": p, "offset": o })).collect()
+}
+
+/// Low-priority flood first, then telemetry, then alarms (oldest first).
+async fn produce_mixed(gw: &Gateway) {
+    let filler = "x".repeat(100);
+    let logs: Vec<Value> = (0..40).map(|i| json!(format!("log-{i}-{filler}"))).collect();
+    let tele: Vec<Value> = (0..40).map(|i| json!(format!("tel-{i}-{filler}"))).collect();
+    let alarms: Vec<Value> = (0..4).map(|i| json!(format!("alarm-{i}-{filler}"))).collect();
+    gw.produce("logs", &logs).await;
+    gw.produce("telemetry", &tele).await;
+    gw.produce("alarms", &alarms).await;
+}
+
+/// A Server-Sent Events reader over a streaming response.
+struct SseClient {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl SseClient {
+    async fn open(gw: &Gateway, group: &str, query: &str) -> SseClient {
+        // No overall timeout: the harness client's would cut the stream.
+        let client = reqwest::Client::new();
+        let resp = client
+            .get(gw.url(&format!("/v1/groups/{group}/stream?{query}")))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let ctype = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+        SseClient { resp, buf: Vec::new() }
+    }
+
+    /// The next event with data: (id, record); comments are skipped.
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(block).unwrap();
+                let (mut id, mut data) = (String::new(), Vec::new());
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim_start().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    } else {
+                        assert!(line.is_empty() || line.starts_with(':'), "unexpected SSE line {line:?}");
+                    }
+                }
+                if !data.is_empty() {
+                    return (id, serde_json::from_str(&data.join("\n")).unwrap());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(GUARD, self.resp.chunk())
+                .await
+                .expect("no SSE event in time")
+                .unwrap()
+                .expect("SSE stream ended");
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    async fn records(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (id, r) = self.next().await;
+            let (t, p, o) = place(&r);
+            assert_eq!(id, format!("{t}/{p}/{o}"));
+            out.push(r);
+        }
+        out
+    }
+
+    /// True once the server has ended the response.
+    async fn ended(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(GUARD, self.resp.chunk()).await.expect("SSE stream did not end") {
+                Ok(Some(chunk)) => {
+                    let text = String::from_utf8_lossy(&chunk).into_owned();
+                    assert!(text.lines().all(|l| l.is_empty() || l.starts_with(':')), "{text}");
+                }
+                Ok(None) | Err(_) => return true,
+            }
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn ws_url(gw: &Gateway, group: &str, query: &str) -> String {
+    format!("{}/v1/groups/{group}/stream?{query}", gw.base.replacen("http://", "ws://", 1))
+}
+
+async fn ws_open(gw: &Gateway, group: &str, query: &str) -> Ws {
+    let (ws, resp) = tokio_tungstenite::connect_async(ws_url(gw, group, query)).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// The next text message as JSON (pings and pongs skipped).
+async fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("no WebSocket message in time")
+            .expect("WebSocket ended")
+            .unwrap();
+        match msg {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected WebSocket message {other:?}"),
+        }
+    }
+}
+
+async fn ws_records(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = ws_next(ws).await;
+        assert!(r.get("offset").is_some(), "expected a record, got {r}");
+        out.push(r);
+    }
+    out
+}
+
+async fn ws_send(ws: &mut Ws, v: &Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+#[tokio::test]
+async fn sse_streams_in_priority_order_and_resumes_from_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    produce_mixed(&gw).await;
+
+    let query = "topics=logs,telemetry,alarms";
+    let mut sse = SseClient::open(&gw, "edge", query).await;
+    let first = sse.records(20).await;
+    let topics: Vec<&str> = first.iter().map(|r| r["topic"].as_str().unwrap()).collect();
+    assert_eq!(topics[0], "alarms", "express first: {topics:?}");
+    assert_eq!(topics.iter().filter(|t| **t == "alarms").count(), 4, "{topics:?}");
+    let tel = topics.iter().filter(|t| **t == "telemetry").count();
+    let log = topics.iter().filter(|t| **t == "logs").count();
+    assert!(tel >= 3 * log, "weight 4 vs 1 among the rest: {tel} telemetry, {log} logs");
+    assert!(first[0]["value"].as_str().unwrap().starts_with("alarm-0-"));
+    assert!(first[0]["timestamp"].as_i64().unwrap() > 1_600_000_000_000);
+    assert_eq!(first[0]["headers"], json!({}));
+    // The same order as the request/response group fetch.
+    let (status, fetched) = gw
+        .post_json(
+            "/v1/groups/edge/fetch",
+            &json!({ "topics": ["logs", "telemetry", "alarms"], "max_records": 20 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{fetched}");
+    let fetched: Vec<Place> = fetched["records"].as_array().unwrap().iter().map(place).collect();
+    assert_eq!(first.iter().map(place).collect::<Vec<_>>(), fetched);
+
+    // Commit the first 10, disconnect, reconnect: the 10 are not sent again,
+    // the other 10 sent before are.
+    let (status, body) =
+        gw.post_json("/v1/groups/edge/commit", &json!({ "offsets": positions_after(&first[..10]) })).await;
+    assert_eq!(status, 200, "{body}");
+    drop(sse);
+    let mut sse = SseClient::open(&gw, "edge", query).await;
+    let rest = sse.records(84 - 10).await;
+    let rest_places: BTreeSet<Place> = rest.iter().map(place).collect();
+    assert_eq!(rest_places.len(), 74, "no duplicates");
+    assert!(first[..10].iter().all(|r| !rest_places.contains(&place(r))), "committed ones are not resent");
+    assert!(first[10..].iter().all(|r| rest_places.contains(&place(r))), "uncommitted ones are resent");
+
+    // Everything was sent; a new record is pushed as the very next event.
+    gw.produce("telemetry", &[json!("late")]).await;
+    let (_, late) = sse.next().await;
+    assert_eq!(late["value"], "late");
+    assert_eq!(late["topic"], "telemetry");
+}
+
+#[tokio::test]
+async fn sse_window_opens_on_http_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    gw.produce("one", &(0..20).map(|i| json!(i)).collect::<Vec<_>>()).await;
+    let mut sse = SseClient::open(&gw, "g", "topics=one&max_unacked=5").await;
+    let got = sse.records(5).await;
+    assert_eq!(got.iter().map(|r| r["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    // Committing two records lets exactly the next ones through.
+    let (status, body) = gw
+        .post_json(
+            "/v1/groups/g/commit",
+            &json!({ "offsets": [{ "topic": "one", "partition": 0, "offset": 2 }] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let more = sse.records(2).await;
+    assert_eq!(more.iter().map(|r| r["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![5, 6]);
+}
+
+#[tokio::test]
+async fn websocket_acks_commit_bound_the_window_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    gw.produce("one", &(0..20).map(|i| json!(i)).collect::<Vec<_>>()).await;
+
+    let mut ws = ws_open(&gw, "w", "topics=one&max_unacked=5").await;
+    let got = ws_records(&mut ws, 5).await;
+    assert_eq!(got.iter().map(|r| r["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(got[0]["topic"], "one");
+    assert_eq!(got[0]["value"], 0);
+    // The server answers messages in order and sends records in between
+    // only when the window allows: the answer to this empty ack comes
+    // right after the 5, so no 6th record was sent.
+    ws_send(&mut ws, &json!({ "ack": [] })).await;
+    let reply = ws_next(&mut ws).await;
+    assert!(reply["error"].as_str().unwrap().contains("at least one"), "{reply}");
+
+    // An ack past the end is refused; the socket stays open.
+    ws_send(&mut ws, &json!({ "ack": [{ "topic": "one", "partition": 0, "offset": 99 }] })).await;
+    let reply = ws_next(&mut ws).await;
+    assert!(reply["error"].as_str().unwrap().contains("high watermark"), "{reply}");
+    ws_send(&mut ws, &json!({ "nack": 1 })).await;
+    let reply = ws_next(&mut ws).await;
+    assert!(reply["error"].as_str().unwrap().contains("nack"), "{reply}");
+
+    // Acking two opens the window by two.
+    ws_send(&mut ws, &json!({ "ack": [{ "topic": "one", "partition": 0, "offset": 2 }] })).await;
+    assert_eq!(ws_next(&mut ws).await, json!({ "committed": 1 }));
+    let more = ws_records(&mut ws, 2).await;
+    assert_eq!(more.iter().map(|r| r["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![5, 6]);
+    ws_send(&mut ws, &json!({ "ack": [] })).await;
+    assert!(ws_next(&mut ws).await.get("error").is_some(), "still exactly 5 outstanding");
+
+    // The ack is the group's commit.
+    let (_, offsets) = gw.get_json("/v1/groups/w/offsets?topics=one").await;
+    assert_eq!(offsets["offsets"][0]["committed"], 2);
+
+    // Reconnect: resumes after the ack, sends 2..6 again.
+    ws.close(None).await.unwrap();
+    let mut ws = ws_open(&gw, "w", "topics=one&max_unacked=100").await;
+    let again = ws_records(&mut ws, 18).await;
+    assert_eq!(
+        again.iter().map(|r| r["offset"].as_u64().unwrap()).collect::<Vec<_>>(),
+        (2..20).collect::<Vec<_>>()
+    );
+    // New records are pushed.
+    gw.produce("one", &[json!("late")]).await;
+    let late = ws_next(&mut ws).await;
+    assert_eq!((late["offset"].as_u64(), late["value"].as_str()), (Some(20), Some("late")));
+}
+
+#[tokio::test]
+async fn websocket_streams_in_priority_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    produce_mixed(&gw).await;
+    let mut ws = ws_open(&gw, "edge", "topics=logs,telemetry,alarms").await;
+    let all = ws_records(&mut ws, 84).await;
+    assert_eq!(all[0]["topic"], "alarms");
+    assert!(all[..20].iter().filter(|r| r["topic"] == "alarms").count() == 4);
+    ws_send(&mut ws, &json!({ "ack": positions_after(&all) })).await;
+    assert_eq!(ws_next(&mut ws).await, json!({ "committed": 4 }));
+    let (_, lag) = gw.get_json("/v1/groups/edge/offsets?topics=alarms,telemetry,logs").await;
+    assert!(lag["offsets"].as_array().unwrap().iter().all(|o| o["lag"] == 0), "{lag}");
+}
+
+async fn expect_error(resp: reqwest::Response, status: u16, needle: &str) {
+    let got = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    let msg = body["error"].as_str().unwrap_or_else(|| panic!("no JSON error in {body}"));
+    assert_eq!(got, status, "{msg}");
+    assert!(msg.contains(needle), "error {msg:?} should mention {needle:?}");
+}
+
+#[tokio::test]
+async fn bad_stream_requests_get_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    let get = |path: &str| gw.http.get(gw.url(path)).header("accept", "text/event-stream").send();
+    expect_error(get("/v1/groups/g/stream?topics=alarms,nope").await.unwrap(), 404, "\"nope\"").await;
+    expect_error(get("/v1/groups/g/stream").await.unwrap(), 400, "topics").await;
+    expect_error(get("/v1/groups/g/stream?topics=").await.unwrap(), 400, "topics").await;
+    expect_error(get("/v1/groups/g/stream?topics=bad%20name").await.unwrap(), 400, "invalid topic name")
+        .await;
+    expect_error(get("/v1/groups/bad%20group/stream?topics=alarms").await.unwrap(), 400, "group").await;
+    expect_error(get("/v1/groups/g/stream?topics=alarms&max_unacked=0").await.unwrap(), 400, "max_unacked")
+        .await;
+    expect_error(
+        get("/v1/groups/g/stream?topics=alarms&max_unacked=10001").await.unwrap(),
+        400,
+        "max_unacked",
+    )
+    .await;
+    expect_error(get("/v1/groups/g/stream?topics=alarms&topic=x").await.unwrap(), 400, "\"topic\"").await;
+
+    // Before upgrading, too: the handshake gets the JSON error.
+    let err = tokio_tungstenite::connect_async(ws_url(&gw, "g", "topics=nope")).await.unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 404);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert!(body["error"].as_str().unwrap().contains("\"nope\""), "{body}");
+        }
+        other => panic!("expected an HTTP error, got {other:?}"),
+    }
+    let err = tokio_tungstenite::connect_async(ws_url(&gw, "g", "max_unacked=3")).await.unwrap_err();
+    assert!(matches!(&err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 400), "{err:?}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_the_gateway_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    gw.produce("alarms", &[json!("a")]).await;
+    let mut sse = SseClient::open(&gw, "g", "topics=alarms").await;
+    assert_eq!(sse.records(1).await[0]["value"], "a");
+    let mut ws = ws_open(&gw, "g", "topics=alarms").await;
+    assert_eq!(ws_records(&mut ws, 1).await[0]["value"], "a");
+    // A client that went away mid-stream must not hold anything up either.
+    let gone = SseClient::open(&gw, "g2", "topics=alarms").await;
+    drop(gone);
+    // Both streams are now idle, waiting for data.
+    gw.terminate();
+    assert!(sse.ended().await);
+    let end = tokio::time::timeout(GUARD, ws.next()).await.expect("WebSocket did not end");
+    match end {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+        None | Some(Err(_)) | Some(Ok(Message::Close(None))) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}
