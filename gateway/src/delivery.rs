@@ -14,7 +14,7 @@ use sluice_store::scheduler::{Mode, Scheduler, ServiceId};
 use sluice_store::{Offset, PartitionId, ReadResult, StoreError, StoredRecord};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -257,20 +257,16 @@ impl Shared {
     pub fn ingest_mode(&self) -> Mode {
         crate::ingest::scheduler_mode(&self.config)
     }
-}
 
-/// Changes after every group commit made through this process, so push
-/// streams waiting for their consumer to commit wake up instead of polling
-/// the store. Process-wide: a wake-up for another group only costs a
-/// re-check of committed offsets.
-static COMMITS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
+    /// Announces that some group committed offsets (push streams waiting for
+    /// their consumer's commit wake up instead of polling the store).
+    pub fn notify_committed(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
 
-/// Announces that some group committed offsets.
-pub fn notify_committed() {
-    COMMITS.send_modify(|n| *n = n.wrapping_add(1));
-}
-
-/// A receiver that changes whenever some group commits offsets.
-pub fn subscribe_commits() -> watch::Receiver<u64> {
-    COMMITS.subscribe()
+    /// A receiver that changes whenever some group commits offsets. A
+    /// wake-up for another group only costs a re-check of committed offsets.
+    pub fn subscribe_commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
 }

@@ -77,6 +77,7 @@ pub async fn run(
         ready: AtomicBool::new(false),
         started: Instant::now(),
         mqtt: mqtt_stats.clone(),
+        commits: watch::channel(0).0,
     }));
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
     write_listen_json(&data_dir, http_addr, &mqtt).context("cannot write listen.json")?;

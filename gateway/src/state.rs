@@ -35,6 +35,8 @@ pub struct Inner {
     pub started: Instant,
     /// MQTT ingest counters.
     pub mqtt: Arc<crate::mqtt::MqttStats>,
+    /// Bumped after every consumer-group commit.
+    pub commits: watch::Sender<u64>,
 }
 
 impl std::ops::Deref for Shared {

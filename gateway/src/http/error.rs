@@ -47,6 +47,11 @@ impl ApiError {
         self
     }
 
+    /// What was wrong, without the status.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status

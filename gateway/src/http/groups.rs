@@ -56,7 +56,15 @@ pub(super) fn lookup_topics(shared: &Shared, names: &[String]) -> Result<Vec<Arc
     if names.is_empty() {
         return Err(ApiError::bad_request("topics: give at least one topic"));
     }
-    names.iter().map(|n| shared.topics.lookup(n).map_err(ApiError::from)).collect()
+    let mut topics: Vec<Arc<Topic>> = Vec::with_capacity(names.len());
+    for n in names {
+        let t = shared.topics.lookup(n)?;
+        // A topic listed twice is read once.
+        if !topics.iter().any(|have| have.name == t.name) {
+            topics.push(t);
+        }
+    }
+    Ok(topics)
 }
 
 pub(super) async fn fetch(
@@ -115,7 +123,7 @@ pub(super) async fn commit_offsets(
     let written = commit_each(shared, group, entries, field);
     // Wake push streams waiting for their consumer to commit, also after a
     // partial failure: the entries before it were written.
-    crate::delivery::notify_committed();
+    shared.notify_committed();
     written?;
     shared.ingest.flush_soon(false).await.map_err(|_| ApiError::unavailable("sluice is shutting down"))??;
     Ok(())

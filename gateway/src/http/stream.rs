@@ -49,10 +49,7 @@ pub(super) async fn stream(
         .get("topics")
         .map(|list| list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
-    let mut topics = lookup_topics(&shared, &names)?;
-    // A topic named twice would be read twice and its records sent twice.
-    let mut seen = std::collections::HashSet::new();
-    topics.retain(|t| seen.insert(t.name.clone()));
+    let topics = lookup_topics(&shared, &names)?;
     let max_unacked = uint_param(&params, "max_unacked", DEFAULT_MAX_UNACKED, MAX_UNACKED)?;
     if max_unacked == 0 {
         return Err(ApiError::bad_request(format!("max_unacked: 0 is outside 1..={MAX_UNACKED}")));
@@ -104,7 +101,7 @@ impl GroupStream {
         let positions = Positions::committed(&shared, &group, &topics)?;
         Ok(GroupStream {
             appended: shared.topics.subscribe_any(),
-            commits: crate::delivery::subscribe_commits(),
+            commits: shared.subscribe_commits(),
             shutdown: shared.shutdown.clone(),
             shared,
             group,

@@ -9,11 +9,15 @@
 
 use super::groups::{commit_offsets, CommitEntry};
 use super::stream::{record_json, GroupStream};
-use super::ApiError;
+use crate::delivery::GroupRecord;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use serde::Deserialize;
 use sluice_store::{Offset, PartitionId};
+use std::time::Duration;
+
+/// How long the closing messages may take to send.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A client message: positions to commit.
 #[derive(Debug, Deserialize)]
@@ -43,18 +47,22 @@ pub(super) fn respond(ws: WebSocketUpgrade, stream: GroupStream) -> Response {
 async fn serve(mut socket: WebSocket, mut stream: GroupStream) {
     tracing::debug!(group = stream.group(), "WebSocket group stream opened");
     let end = run(&mut socket, &mut stream).await;
-    let close = match &end {
-        End::Client => None,
-        End::Shutdown => Some((close_code::AWAY, "sluice is shutting down")),
-        End::Failed(message) => {
-            tracing::warn!(group = stream.group(), error = %message, "group stream failed");
-            let _ = socket.send(Message::Text(error_json(message).into())).await;
-            Some((close_code::ERROR, "reading the log failed"))
-        }
-    };
-    if let Some((code, reason)) = close {
+    let farewell = async {
+        let close = match &end {
+            End::Client => return,
+            End::Shutdown => (close_code::AWAY, "sluice is shutting down"),
+            End::Failed(message) => {
+                tracing::warn!(group = stream.group(), error = %message, "group stream failed");
+                let _ = socket.send(Message::Text(error_json(message).into())).await;
+                (close_code::ERROR, "reading the log failed")
+            }
+        };
+        let (code, reason) = close;
         let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-    }
+    };
+    // A client that stopped reading cannot hold the task: the last words
+    // get a bounded time.
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
     tracing::debug!(group = stream.group(), end = ?end, "WebSocket group stream closed");
 }
 
@@ -87,21 +95,22 @@ async fn run(socket: &mut WebSocket, stream: &mut GroupStream) -> End {
                     Some(Err(e)) => return End::Failed(e.to_string()),
                     Some(Ok(batch)) => batch,
                 };
-                let send_all = async {
-                    for r in &batch {
-                        let text = record_json(r).map_err(|e| End::Failed(format!("cannot encode a record: {e}")))?;
-                        socket.send(Message::Text(text.into())).await.map_err(|_| End::Client)?;
-                    }
-                    Ok(())
-                };
                 // A client that does not read must not hold up shutdown.
                 tokio::select! {
-                    sent = send_all => if let Err(end) = sent { return end },
+                    sent = send_records(socket, &batch) => if let Err(end) = sent { return end },
                     _ = shutdown.wait_for(|s| *s) => return End::Shutdown,
                 }
             }
         }
     }
+}
+
+async fn send_records(socket: &mut WebSocket, batch: &[GroupRecord]) -> Result<(), End> {
+    for r in batch {
+        let text = record_json(r).map_err(|e| End::Failed(format!("cannot encode a record: {e}")))?;
+        socket.send(Message::Text(text.into())).await.map_err(|_| End::Client)?;
+    }
+    Ok(())
 }
 
 /// Commits an ack message; the reply is `{"committed": n}` or an error.
@@ -110,7 +119,7 @@ async fn on_ack(stream: &mut GroupStream, text: &str) -> String {
         Ok(ack) => ack,
         Err(e) => {
             return error_json(&format!(
-                "invalid message ({e}); expected {{\"ack\": [{{\"topic\": \"a\", \"partition\": 0, \"offset\": 42}}]}}"
+                "invalid message ({e}); expected {{\"ack\": [{{\"topic\", \"partition\", \"offset\"}}]}}"
             ))
         }
     };
@@ -127,18 +136,8 @@ async fn on_ack(stream: &mut GroupStream, text: &str) -> String {
             if let Err(e) = stream.sync_commits() {
                 tracing::warn!(group = stream.group(), error = %e, "cannot re-read committed offsets");
             }
-            error_json(&api_message(&err))
+            error_json(err.message())
         }
-    }
-}
-
-/// The message of an API error without its status: ApiError displays as
-/// "<status>: <message>", and a WebSocket message has no status line.
-fn api_message(err: &ApiError) -> String {
-    let full = err.to_string();
-    match full.strip_prefix(&format!("{}: ", err.status())) {
-        Some(message) => message.to_owned(),
-        None => full,
     }
 }
 
