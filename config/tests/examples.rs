@@ -146,8 +146,8 @@ fn minimal_example_loads() {
 /// example really shows every field.
 #[test]
 fn full_example_shows_every_documented_field() {
-    let fields_md =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).expect("README.md");
+    let fields_md = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+        .expect("README.md");
     let example = std::fs::read_to_string(example("sluice.toml")).expect("sluice.toml");
     let mut checked = 0;
     // Rows of the configuration table: a dotted field path in backticks.

@@ -102,6 +102,114 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         flood_payload: usize,
     },
+    /// MQTT publish throughput (acknowledged QoS 1 msg/s) and publish ->
+    /// PUBACK latency against any MQTT 3.1.1 broker.
+    Mqtt {
+        #[command(flatten)]
+        publish: MqttArgs,
+        /// Concurrent publisher connections.
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Publishes per second per publisher (0 = as fast as acknowledged).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Publisher i publishes to PREFIX/i.
+        #[arg(long, default_value = "bench")]
+        topic_prefix: String,
+        /// Seconds sent before measuring.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// sluice's HTTP address: also report what sluice received,
+        /// persisted and dropped (from /metrics).
+        #[arg(long)]
+        sluice_http: Option<SocketAddr>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-service publish -> consumer latency and delivered shares with
+    /// a consumer draining at a fixed rate: idle vs under a flood.
+    MqttPriority {
+        #[command(flatten)]
+        publish: MqttArgs,
+        /// A publishing service, NAME:MQTT_TOPIC:RATE (rate 0 = max); repeat.
+        #[arg(long = "service", required = true)]
+        services: Vec<sluice_gateway::bench::priority::ServiceSpec>,
+        /// The service measured idle vs loaded (default: the first).
+        #[arg(long)]
+        probe: Option<String>,
+        /// Where the consumer reads: `sluice` (HTTP group fetch + commit) or
+        /// `mqtt` (a subscriber on the broker at --addr).
+        #[arg(long, value_enum, default_value_t = ConsumerKind::Sluice)]
+        consumer: ConsumerKind,
+        /// sluice's HTTP address (consumer `sluice`).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// Consumer group (default: a new one per run).
+        #[arg(long)]
+        group: Option<String>,
+        /// Log topic to read (repeat; default: the first level of each
+        /// service's MQTT topic, as sluice's unrouted policy maps them).
+        #[arg(long = "log-topic")]
+        log_topics: Vec<String>,
+        /// QoS of the MQTT subscription (consumer `mqtt`).
+        #[arg(long, default_value_t = 1)]
+        sub_qos: u8,
+        /// Records per second the consumer takes.
+        #[arg(long, default_value_t = 1000.0)]
+        drain_rate: f64,
+        /// Seconds of load before the loaded window.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        /// Seconds the consumer drains after the publishers stop.
+        #[arg(long, default_value_t = 3.0)]
+        grace: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run stock rumqttd (the version sluice embeds) with sluice's broker
+    /// settings but without persisting; blocks until killed.
+    Rumqttd {
+        /// MQTT 3.1.1 listener (port 0 picks one; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: SocketAddr,
+        /// sluice configuration whose [mqtt] settings to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Attach a local link that subscribes to `#` and discards, like
+        /// sluice's ingest link without the persisting.
+        #[arg(long)]
+        drain_link: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct MqttArgs {
+    /// MQTT broker address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    addr: SocketAddr,
+    /// Unacknowledged QoS 1 publishes per connection.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
+    inflight: u16,
+    /// QoS of the publishes (0 or 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Payload bytes (a JSON timestamp padded to this size).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+}
+
+/// Where `bench mqtt-priority` consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConsumerKind {
+    /// sluice's HTTP consumer-group API (priority order).
+    Sluice,
+    /// An MQTT subscription on the broker (arrival order).
+    Mqtt,
 }
 
 fn main() -> ExitCode {

@@ -4,6 +4,7 @@ use super::ingest::IngestLoop;
 use super::MqttStats;
 use crate::state::Shared;
 use anyhow::Context as _;
+use sluice_config::MqttConfig;
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -46,14 +47,13 @@ impl MqttHandle {
 
 /// Resolves port 0 to a free port (rumqttd binds inside its own threads
 /// and cannot report the port it got) and checks the address is free.
-fn reserve(addr: SocketAddr, field: &str) -> anyhow::Result<SocketAddr> {
+pub fn reserve(addr: SocketAddr, field: &str) -> anyhow::Result<SocketAddr> {
     let probe =
         TcpListener::bind(addr).with_context(|| format!("cannot listen for MQTT on {addr} ({field})"))?;
     Ok(probe.local_addr()?)
 }
 
-fn server(name: &str, listen: SocketAddr, shared: &Shared) -> rumqttd::ServerSettings {
-    let mqtt = &shared.config.mqtt;
+fn server(name: &str, listen: SocketAddr, mqtt: &MqttConfig) -> rumqttd::ServerSettings {
     // Anonymous access: rumqttd's auth hook would refuse clients without a
     // username, so none is installed.
     let connections = rumqttd::ConnectionSettings {
@@ -73,15 +73,15 @@ fn server(name: &str, listen: SocketAddr, shared: &Shared) -> rumqttd::ServerSet
     }
 }
 
-/// Starts rumqttd and the ingest link; returns once the listeners accept
-/// connections.
-pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandle> {
-    let mqtt = &shared.config.mqtt;
-    let addr = reserve(mqtt.listen, "mqtt.listen")?;
-    let addr_v5 = mqtt.listen_v5.map(|a| reserve(a, "mqtt.listen_v5")).transpose()?;
-    let config = rumqttd::Config {
+/// The rumqttd settings sluice runs its embedded broker with, from the
+/// `[mqtt]` section: the MQTT 3.1.1 listener on `addr`, optionally an
+/// MQTT 5 one on `addr_v5`, small in-memory segments. One place, so
+/// `sluice bench rumqttd` runs stock rumqttd with exactly these settings.
+pub fn rumqttd_config(mqtt: &MqttConfig, addr: SocketAddr, addr_v5: Option<SocketAddr>) -> rumqttd::Config {
+    rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
+            // One more than the listeners accept: the ingest link.
             max_connections: mqtt.max_connections as usize + 1,
             max_outgoing_packet_count: 200,
             max_segment_size: segment_size(mqtt.max_payload.as_u64()),
@@ -90,10 +90,19 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
-        v4: Some(HashMap::from([("1".to_owned(), server("mqtt-v4", addr, shared))])),
-        v5: addr_v5.map(|a| HashMap::from([("1".to_owned(), server("mqtt-v5", a, shared))])),
+        v4: Some(HashMap::from([("1".to_owned(), server("mqtt-v4", addr, mqtt))])),
+        v5: addr_v5.map(|a| HashMap::from([("1".to_owned(), server("mqtt-v5", a, mqtt))])),
         ..Default::default()
-    };
+    }
+}
+
+/// Starts rumqttd and the ingest link; returns once the listeners accept
+/// connections.
+pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandle> {
+    let mqtt = &shared.config.mqtt;
+    let addr = reserve(mqtt.listen, "mqtt.listen")?;
+    let addr_v5 = mqtt.listen_v5.map(|a| reserve(a, "mqtt.listen_v5")).transpose()?;
+    let config = rumqttd_config(mqtt, addr, addr_v5);
     let mut broker = rumqttd::Broker::new(config);
     let (mut link_tx, link_rx) =
         broker.link("sluice-ingest").context("cannot attach to the embedded broker")?;
@@ -117,7 +126,7 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
 
 /// rumqttd reports a failed bind only in its logs: wait until it answers
 /// an MQTT CONNECT.
-fn wait_listening(addr: SocketAddr, v5: bool) -> anyhow::Result<()> {
+pub fn wait_listening(addr: SocketAddr, v5: bool) -> anyhow::Result<()> {
     let target = if addr.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
     } else {

@@ -18,7 +18,7 @@ mod broker;
 mod ingest;
 pub mod route;
 
-pub use broker::{start, MqttHandle};
+pub use broker::{reserve, rumqttd_config, start, wait_listening, MqttHandle};
 
 use std::sync::atomic::AtomicU64;
 
