@@ -1,4 +1,4 @@
-//! The `sluice` command: `run`, `check-config`.
+//! The `sluice` command: `run`, `check-config`, `bench`.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -294,12 +294,13 @@ fn run(
 
 fn bench(scenario: Bench) -> anyhow::Result<()> {
     use sluice_gateway::bench::{self, Load};
+    use std::time::Duration;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(async move {
         match scenario {
             Bench::Http { common, topic, clients, batch, payload, rate } => {
                 let load = Load { addr: common.addr, topic, clients, batch, payload, rate };
-                bench::http(load, std::time::Duration::from_secs_f64(common.duration)).await
+                bench::http(load, Duration::from_secs_f64(common.duration)).await
             }
             Bench::Isolation {
                 common,
@@ -327,16 +328,129 @@ fn bench(scenario: Bench) -> anyhow::Result<()> {
                     payload: flood_payload,
                     rate: 0.0,
                 };
-                bench::isolation(express, flood, std::time::Duration::from_secs_f64(common.duration)).await
+                bench::isolation(express, flood, Duration::from_secs_f64(common.duration)).await
+            }
+            Bench::Mqtt { publish, publishers, rate, topic_prefix, warmup, sluice_http, json } => {
+                let run = bench::mqtt::MqttBench {
+                    publishers: bench::mqtt::Publishers {
+                        addr: publish.addr,
+                        count: publishers,
+                        inflight: publish.inflight,
+                        qos: qos(publish.qos),
+                        payload: publish.payload,
+                        rate,
+                        topic: format!("{topic_prefix}/{{i}}"),
+                        service: 0,
+                        client_prefix: format!("sluice-bench-{}", std::process::id()),
+                    },
+                    duration: Duration::from_secs_f64(publish.duration),
+                    warmup: Duration::from_secs_f64(warmup),
+                    sluice_http,
+                };
+                let report = bench::mqtt::run(run).await?;
+                render(&report, json)
+            }
+            Bench::MqttPriority {
+                publish,
+                services,
+                probe,
+                consumer,
+                http,
+                group,
+                log_topics,
+                sub_qos,
+                drain_rate,
+                warmup,
+                grace,
+                json,
+            } => {
+                let probe = match probe {
+                    None => 0,
+                    Some(name) => services
+                        .iter()
+                        .position(|s| s.name == name)
+                        .with_context(|| format!("--probe {name:?} names none of the --service NAMEs"))?,
+                };
+                let source = match consumer {
+                    ConsumerKind::Sluice => bench::consume::Source::Sluice {
+                        http,
+                        group: group.unwrap_or_else(|| format!("bench-{}-{}", std::process::id(), now_secs())),
+                        topics: if log_topics.is_empty() { first_levels(&services) } else { log_topics },
+                    },
+                    ConsumerKind::Mqtt => bench::consume::Source::Mqtt {
+                        addr: publish.addr,
+                        filters: services.iter().map(|s| s.topic.clone()).collect(),
+                        qos: qos(sub_qos),
+                    },
+                };
+                let run = bench::priority::PriorityBench {
+                    mqtt: publish.addr,
+                    services,
+                    probe,
+                    source,
+                    drain_rate,
+                    payload: publish.payload,
+                    qos: qos(publish.qos),
+                    inflight: publish.inflight,
+                    duration: Duration::from_secs_f64(publish.duration),
+                    warmup: Duration::from_secs_f64(warmup),
+                    grace: Duration::from_secs_f64(grace),
+                };
+                let report = bench::priority::run(run).await?;
+                render(&report, json)
+            }
+            Bench::Rumqttd { listen, config, drain_link } => {
+                let config = match &config {
+                    Some(path) => Config::load(path)?,
+                    None => Config::default(),
+                };
+                let addr = bench::rumqttd::start_stock(&config.mqtt, listen, drain_link)?;
+                eprintln!("stock rumqttd listening on {addr} (MQTT 3.1.1); stop it with SIGTERM or SIGINT");
+                stop_signal().await;
+                Ok(String::new())
             }
         }
     })?;
-    // The report is the command's output.
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{report}");
+    if !report.is_empty() {
+        // The report is the command's output.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{report}");
+        }
     }
+    // rumqttd's threads never end: leave without waiting for them.
+    runtime.shutdown_background();
     Ok(())
+}
+
+fn qos(level: u8) -> rumqttc::QoS {
+    if level == 0 {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    }
+}
+
+/// A report as text or as JSON.
+fn render<T: std::fmt::Display + serde::Serialize>(report: &T, json: bool) -> anyhow::Result<String> {
+    Ok(if json { serde_json::to_string(report)? } else { report.to_string() })
+}
+
+/// The log topics sluice's default unrouted policy maps the services'
+/// MQTT topics to: their first levels, each once.
+fn first_levels(services: &[sluice_gateway::bench::priority::ServiceSpec]) -> Vec<String> {
+    let mut topics: Vec<String> = Vec::new();
+    for s in services {
+        let first = s.topic.split('/').next().unwrap_or(&s.topic).to_owned();
+        if !topics.contains(&first) {
+            topics.push(first);
+        }
+    }
+    topics
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,0 +1,299 @@
+//! The consumer side of the priority bench. It drains at a fixed rate
+//! (a token bucket), so a flood faster than the drain builds a backlog,
+//! and records for every message its service, when it was published and
+//! when the consumer got it.
+//!
+//! - [`Source::Sluice`]: sluice's durable consumer API, one consumer group:
+//!   `POST /v1/groups/{group}/fetch` (long-poll; records across the topics
+//!   in priority order) for as many records as the bucket allows, then
+//!   `POST .../commit`, as a careful consumer does. The group first
+//!   commits the high watermarks, so only new records count.
+//! - [`Source::Mqtt`]: a subscriber on a broker (QoS 1 by default); the
+//!   broker queues in arrival order what the consumer has not read yet.
+
+use super::http::Conn;
+use super::payload::{self, Stamp};
+use super::stats::{wall_us, Latencies, TokenBucket};
+use anyhow::Context as _;
+use hyper::body::Bytes;
+use hyper::Method;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long the sluice consumer's fetch waits for records.
+const FETCH_WAIT_MS: u64 = 200;
+/// The token bucket holds at most this much of a second's drain.
+const BURST_SECONDS: f64 = 0.25;
+
+/// Where the consumer reads from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// sluice's HTTP consumer-group API.
+    Sluice {
+        /// sluice's HTTP address.
+        http: SocketAddr,
+        /// Consumer group.
+        group: String,
+        /// Log topics to read.
+        topics: Vec<String>,
+    },
+    /// An MQTT subscription.
+    Mqtt {
+        /// Broker address.
+        addr: SocketAddr,
+        /// Topic filters.
+        filters: Vec<String>,
+        /// Subscription QoS.
+        qos: QoS,
+    },
+}
+
+impl Source {
+    /// A short name for reports.
+    pub fn label(&self) -> String {
+        match self {
+            Source::Sluice { .. } => "sluice-http".to_owned(),
+            Source::Mqtt { qos, .. } => format!("mqtt-qos{}", *qos as u8),
+        }
+    }
+}
+
+/// Every delivery, per service.
+#[derive(Debug)]
+pub struct Deliveries {
+    services: Vec<ServiceLog>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceLog {
+    delivered: Arc<AtomicU64>,
+    /// (published, delivered), microseconds since the epoch.
+    times: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Deliveries {
+    /// Logs for `services` services.
+    pub fn new(services: usize) -> Arc<Deliveries> {
+        Arc::new(Deliveries { services: (0..services).map(|_| ServiceLog::default()).collect() })
+    }
+
+    fn record(&self, stamp: Stamp, delivered_us: u64) {
+        // Messages of other publishers (not ours) are not counted.
+        if let Some(s) = self.services.get(stamp.svc as usize) {
+            s.delivered.fetch_add(1, Ordering::Relaxed);
+            s.times.lock().unwrap_or_else(PoisonError::into_inner).push((stamp.sent_us, delivered_us));
+        }
+    }
+
+    /// The running count of deliveries of a service.
+    pub fn counter(&self, svc: usize) -> Arc<AtomicU64> {
+        self.services[svc].delivered.clone()
+    }
+
+    fn times(&self, svc: usize) -> Vec<(u64, u64)> {
+        self.services[svc].times.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Publish -> delivery latency of the service's messages published in
+    /// `[from, to)` (microseconds since the epoch).
+    pub fn latencies(&self, svc: usize, from: u64, to: u64) -> Latencies {
+        self.times(svc)
+            .into_iter()
+            .filter(|&(sent, _)| sent >= from && sent < to)
+            .map(|(sent, got)| got.saturating_sub(sent))
+            .collect()
+    }
+
+    /// Messages delivered in `[from, to)`.
+    pub fn delivered_between(&self, svc: usize, from: u64, to: u64) -> u64 {
+        self.times(svc).iter().filter(|&&(_, got)| got >= from && got < to).count() as u64
+    }
+
+    /// Messages published in `[from, to)` that were delivered (by now).
+    pub fn delivered_of_published(&self, svc: usize, from: u64, to: u64) -> u64 {
+        self.times(svc).iter().filter(|&&(sent, _)| sent >= from && sent < to).count() as u64
+    }
+}
+
+/// A running consumer.
+#[derive(Debug)]
+pub struct Consumer {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Consumer {
+    /// Connects (and subscribes or positions the group), then drains at
+    /// `drain_rate` records/s into `deliveries`.
+    pub async fn start(
+        source: Source,
+        drain_rate: f64,
+        deliveries: Arc<Deliveries>,
+    ) -> anyhow::Result<Consumer> {
+        let (stop, stop_rx) = watch::channel(false);
+        let bucket = TokenBucket::new(drain_rate, drain_rate * BURST_SECONDS);
+        let task = match source {
+            Source::Sluice { http, group, topics } => {
+                let sluice = SluiceConsumer::open(http, group, topics).await?;
+                tokio::spawn(sluice.run(bucket, deliveries, stop_rx))
+            }
+            Source::Mqtt { addr, filters, qos } => {
+                let eventloop = subscribe(addr, &filters, qos).await?;
+                tokio::spawn(mqtt_loop(eventloop, bucket, deliveries, stop_rx))
+            }
+        };
+        Ok(Consumer { stop, task })
+    }
+
+    /// Stops consuming; fails if the consumer had failed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("the consumer task panicked")?
+    }
+}
+
+struct SluiceConsumer {
+    conn: Conn,
+    group: String,
+    topics: Vec<String>,
+    addr: SocketAddr,
+}
+
+impl SluiceConsumer {
+    /// Connects and commits the group to the current high watermarks.
+    async fn open(addr: SocketAddr, group: String, topics: Vec<String>) -> anyhow::Result<SluiceConsumer> {
+        let mut c = SluiceConsumer { conn: Conn::open(addr).await?, group, topics, addr };
+        let path = format!("/v1/groups/{}/offsets?topics={}", c.group, c.topics.join(","));
+        let body = c.call(Method::GET, &path, None).await?;
+        let offsets: Vec<serde_json::Value> = body["offsets"]
+            .as_array()
+            .context("GET .../offsets: no \"offsets\" list")?
+            .iter()
+            .map(|o| {
+                serde_json::json!({ "topic": o["topic"], "partition": o["partition"], "offset": o["high_watermark"] })
+            })
+            .collect();
+        let commit = format!("/v1/groups/{}/commit", c.group);
+        c.call(Method::POST, &commit, Some(serde_json::json!({ "offsets": offsets }))).await?;
+        Ok(c)
+    }
+
+    /// One API call; anything but 200 is an error naming the call.
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let body = body.map(|b| Bytes::from(b.to_string()));
+        let (status, resp) = self.conn.request(method.clone(), path, body).await?;
+        anyhow::ensure!(
+            status == 200,
+            "{method} http://{}{path} answered {status}: {}",
+            self.addr,
+            String::from_utf8_lossy(&resp)
+        );
+        Ok(serde_json::from_slice(&resp)?)
+    }
+
+    async fn run(
+        mut self,
+        mut bucket: TokenBucket,
+        deliveries: Arc<Deliveries>,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let fetch = format!("/v1/groups/{}/fetch", self.group);
+        let commit = format!("/v1/groups/{}/commit", self.group);
+        while !*stop.borrow() {
+            let n = bucket.ready().await.min(10_000);
+            let req =
+                serde_json::json!({ "topics": self.topics, "max_records": n, "wait_ms": FETCH_WAIT_MS });
+            let body = tokio::select! {
+                b = self.call(Method::POST, &fetch, Some(req)) => b?,
+                _ = stop.changed() => break,
+            };
+            let got = wall_us();
+            let records = body["records"].as_array().context("fetch: no \"records\" list")?;
+            // Next offset to read per (topic, partition).
+            let mut next: BTreeMap<(String, u64), u64> = BTreeMap::new();
+            for r in records {
+                if let Some(stamp) = payload::from_value(&r["value"]) {
+                    deliveries.record(stamp, got);
+                }
+                let (Some(topic), Some(p), Some(o)) =
+                    (r["topic"].as_str(), r["partition"].as_u64(), r["offset"].as_u64())
+                else {
+                    anyhow::bail!("fetch: a record without topic, partition or offset: {r}");
+                };
+                let e = next.entry((topic.to_owned(), p)).or_insert(0);
+                *e = (*e).max(o + 1);
+            }
+            bucket.take(records.len());
+            if !next.is_empty() {
+                let offsets: Vec<_> = next
+                    .into_iter()
+                    .map(|((topic, partition), offset)| {
+                        serde_json::json!({ "topic": topic, "partition": partition, "offset": offset })
+                    })
+                    .collect();
+                self.call(Method::POST, &commit, Some(serde_json::json!({ "offsets": offsets }))).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects a subscriber and waits for the SUBACK of every filter.
+async fn subscribe(addr: SocketAddr, filters: &[String], qos: QoS) -> anyhow::Result<rumqttc::EventLoop> {
+    let id = format!("sluice-bench-consumer-{}", std::process::id());
+    let (client, mut eventloop) = AsyncClient::new(super::mqtt::options(addr, id, 1 << 20), 16);
+    super::mqtt::connect(&mut eventloop, addr).await?;
+    for f in filters {
+        client.subscribe(f.as_str(), qos).await?;
+    }
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while acked < filters.len() {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("subscribing on the MQTT broker {addr} failed: {e}"),
+            Err(_) => anyhow::bail!("the MQTT broker {addr} did not acknowledge the subscriptions in 10 s"),
+        }
+    }
+    // Dropping the client is fine: the event loop holds its own sender.
+    Ok(eventloop)
+}
+
+async fn mqtt_loop(
+    mut eventloop: rumqttc::EventLoop,
+    mut bucket: TokenBucket,
+    deliveries: Arc<Deliveries>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = stop.changed() => return Ok(()),
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // Take the message only when there is capacity: what is not
+                // taken waits at the broker, in arrival order.
+                bucket.ready().await;
+                bucket.take(1);
+                if let Some(stamp) = payload::decode(&p.payload) {
+                    deliveries.record(stamp, wall_us());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("the MQTT consumer lost its connection: {e}"),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! `sluice bench`: a load tool against a running sluice, and for
+//! comparison against any MQTT broker.
+//!
+//! - [`http`]: `bench http` (produce throughput and latency over HTTP) and
+//!   `bench isolation` (express HTTP latency idle vs under a flood); also
+//!   the keep-alive HTTP client the other benches use.
+//! - [`mqtt`]: MQTT publishers and `bench mqtt` (acknowledged QoS 1
+//!   msg/s, publish -> PUBACK latency) against any MQTT 3.1.1 broker.
+//! - [`priority`] with [`consume`]: `bench mqtt-priority`, services with
+//!   their own rates and a consumer draining at a fixed rate, from sluice
+//!   (priority order) or from a broker (arrival order).
+//! - [`rumqttd`]: `bench rumqttd`, stock rumqttd with sluice's settings.
+//! - [`payload`]: the timestamped payload; [`stats`]: percentiles,
+//!   medians, pacing and the progress line.
+//!
+//! Progress goes to stderr once a second; the final report to stdout.
+
+pub mod consume;
+pub mod http;
+pub mod mqtt;
+pub mod payload;
+pub mod priority;
+pub mod rumqttd;
+pub mod stats;
+
+pub use http::{http, isolation, Load};

@@ -1,0 +1,259 @@
+//! `sluice bench mqtt-priority`: several services publish over MQTT, each
+//! on its own topic at its own rate, while one consumer drains at a fixed
+//! rate ([`super::consume`]). First the probe service (the express alarms)
+//! publishes alone: its publish -> consumer latency idle. Then every
+//! service publishes (a flood faster than the drain builds a backlog) and
+//! the same latency is measured loaded, with the share of deliveries each
+//! service got. Against sluice the consumer reads the group API in
+//! priority order; against a plain broker (Mosquitto) it subscribes, and
+//! the same load goes through a first-in-first-out queue.
+
+use super::consume::{Consumer, Deliveries, Source};
+use super::mqtt::{Publishers, Running};
+use super::stats::{sample_each_second, wall_us, Meter, Summary};
+use rumqttc::QoS;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// One publishing service: `NAME:MQTT_TOPIC:RATE` on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    /// Name in reports.
+    pub name: String,
+    /// MQTT topic it publishes to.
+    pub topic: String,
+    /// Publishes per second (0 = as fast as acknowledged).
+    pub rate: f64,
+}
+
+impl std::str::FromStr for ServiceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ServiceSpec, String> {
+        let shape = || format!("{s:?}: expected NAME:MQTT_TOPIC:RATE, e.g. alarms:alarms/dev-1:20");
+        let (name, rest) = s.split_once(':').ok_or_else(shape)?;
+        let (topic, rate) = rest.rsplit_once(':').ok_or_else(shape)?;
+        let rate: f64 = rate.parse().map_err(|_| format!("{s:?}: rate {rate:?} is not a number"))?;
+        if name.is_empty() || topic.is_empty() || !(rate >= 0.0 && rate.is_finite()) {
+            return Err(shape());
+        }
+        Ok(ServiceSpec { name: name.to_owned(), topic: topic.to_owned(), rate })
+    }
+}
+
+/// The whole scenario.
+#[derive(Debug, Clone)]
+pub struct PriorityBench {
+    /// Broker the publishers talk to.
+    pub mqtt: SocketAddr,
+    /// The services.
+    pub services: Vec<ServiceSpec>,
+    /// Index of the service measured idle vs loaded.
+    pub probe: usize,
+    /// Where the consumer reads.
+    pub source: Source,
+    /// Records per second the consumer takes.
+    pub drain_rate: f64,
+    /// Payload bytes.
+    pub payload: usize,
+    /// Publish QoS.
+    pub qos: QoS,
+    /// In flight per publisher.
+    pub inflight: u16,
+    /// Seconds measured, idle and loaded each.
+    pub duration: Duration,
+    /// Seconds of load before measuring (the backlog builds).
+    pub warmup: Duration,
+    /// Seconds the consumer keeps draining after the publishers stop, so
+    /// late deliveries of the window are counted.
+    pub grace: Duration,
+}
+
+/// One service's figures in the loaded window.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceResult {
+    /// Name.
+    pub name: String,
+    /// Configured rate (0 = max).
+    pub rate: f64,
+    /// Acknowledged (QoS 1) or sent (QoS 0) per second.
+    pub published_per_s: f64,
+    /// Delivered to the consumer per second.
+    pub delivered_per_s: f64,
+    /// Fraction of all deliveries in the window.
+    pub share: f64,
+    /// Fraction of what it published in the window that was delivered by
+    /// the end of the grace time.
+    pub delivered_fraction: f64,
+    /// Publish -> consumer latency of what it published in the window.
+    pub latency: Summary,
+}
+
+/// The outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PriorityReport {
+    /// Consumer kind.
+    pub consumer: String,
+    /// Drain rate.
+    pub drain_rate: f64,
+    /// Probe service.
+    pub probe: String,
+    /// Probe latency, publishing alone.
+    pub idle: Summary,
+    /// Fraction of the probe's idle messages delivered.
+    pub idle_delivered_fraction: f64,
+    /// Probe latency under load.
+    pub loaded: Summary,
+    /// loaded p99 / idle p99.
+    pub p99_ratio: f64,
+    /// Per service, loaded window.
+    pub services: Vec<ServiceResult>,
+    /// Publisher connection errors.
+    pub errors: u64,
+}
+
+impl PriorityBench {
+    fn publishers(&self, svc: usize) -> Publishers {
+        let s = &self.services[svc];
+        Publishers {
+            addr: self.mqtt,
+            count: 1,
+            inflight: self.inflight,
+            qos: self.qos,
+            payload: self.payload,
+            rate: s.rate,
+            topic: s.topic.clone(),
+            service: svc as u32,
+            client_prefix: format!("sluice-bench-{}-{}", std::process::id(), s.name),
+        }
+    }
+
+    fn meters(&self, deliveries: &Deliveries) -> Vec<Meter> {
+        self.services.iter().enumerate().map(|(i, s)| Meter::new(&s.name, deliveries.counter(i))).collect()
+    }
+}
+
+fn published(r: &Running, qos: QoS) -> u64 {
+    let c = if qos == QoS::AtMostOnce { &r.counters.sent } else { &r.counters.acked };
+    c.load(Ordering::Relaxed)
+}
+
+/// Runs the scenario: idle phase, then loaded phase.
+pub async fn run(b: PriorityBench) -> anyhow::Result<PriorityReport> {
+    anyhow::ensure!(b.probe < b.services.len(), "the probe service is not among the services");
+    let deliveries = Deliveries::new(b.services.len());
+    let consumer = Consumer::start(b.source.clone(), b.drain_rate, deliveries.clone()).await?;
+    let meters = b.meters(&deliveries);
+    let mut errors = 0;
+
+    eprintln!("idle: {} alone for {:?}", b.services[b.probe].name, b.duration);
+    let probe = b.publishers(b.probe).start().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle_from, idle_sent) = (wall_us(), published(&probe, b.qos));
+    sample_each_second("idle", &meters, b.duration).await;
+    let (idle_to, idle_sent) = (wall_us(), published(&probe, b.qos) - idle_sent);
+    errors += probe.counters.errors.load(Ordering::Relaxed);
+    probe.stop().await;
+    tokio::time::sleep(b.grace).await;
+
+    eprintln!("loaded: every service for {:?} after {:?} of warm-up", b.duration, b.warmup);
+    let mut running = Vec::new();
+    for svc in 0..b.services.len() {
+        running.push(b.publishers(svc).start().await?);
+    }
+    tokio::time::sleep(b.warmup).await;
+    let from = wall_us();
+    let before: Vec<u64> = running.iter().map(|r| published(r, b.qos)).collect();
+    sample_each_second("loaded", &meters, b.duration).await;
+    let to = wall_us();
+    let counts: Vec<u64> = running.iter().zip(&before).map(|(r, n)| published(r, b.qos) - n).collect();
+    for r in running {
+        errors += r.counters.errors.load(Ordering::Relaxed);
+        r.stop().await;
+    }
+    tokio::time::sleep(b.grace).await;
+    consumer.stop().await?;
+
+    let secs = (to - from) as f64 / 1e6;
+    let delivered: Vec<u64> =
+        (0..b.services.len()).map(|i| deliveries.delivered_between(i, from, to)).collect();
+    let total = delivered.iter().sum::<u64>().max(1) as f64;
+    let services: Vec<ServiceResult> = b
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ServiceResult {
+            name: s.name.clone(),
+            rate: s.rate,
+            published_per_s: counts[i] as f64 / secs,
+            delivered_per_s: delivered[i] as f64 / secs,
+            share: delivered[i] as f64 / total,
+            delivered_fraction: fraction(deliveries.delivered_of_published(i, from, to), counts[i]),
+            latency: deliveries.latencies(i, from, to).summary(),
+        })
+        .collect();
+    let idle = deliveries.latencies(b.probe, idle_from, idle_to).summary();
+    let loaded = services[b.probe].latency;
+    Ok(PriorityReport {
+        consumer: b.source.label(),
+        drain_rate: b.drain_rate,
+        probe: b.services[b.probe].name.clone(),
+        idle,
+        idle_delivered_fraction: fraction(
+            deliveries.delivered_of_published(b.probe, idle_from, idle_to),
+            idle_sent,
+        ),
+        loaded,
+        p99_ratio: loaded.p99_ms / idle.p99_ms,
+        services,
+        errors,
+    })
+}
+
+fn fraction(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        f64::NAN
+    } else {
+        (part as f64 / whole as f64).min(1.0)
+    }
+}
+
+impl std::fmt::Display for PriorityReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "consumer {} draining {:.0} records/s; loaded window:", self.consumer, self.drain_rate)?;
+        writeln!(
+            f,
+            "{:<12} {:>9} {:>12} {:>12} {:>7} {:>10} {:>10} {:>10}",
+            "service", "rate", "published/s", "delivered/s", "share", "delivered", "p50 ms", "p99 ms"
+        )?;
+        for s in &self.services {
+            let rate = if s.rate > 0.0 { format!("{:.0}", s.rate) } else { "max".to_owned() };
+            writeln!(
+                f,
+                "{:<12} {:>9} {:>12.0} {:>12.0} {:>6.1}% {:>9.1}% {:>10.2} {:>10.2}",
+                s.name,
+                rate,
+                s.published_per_s,
+                s.delivered_per_s,
+                s.share * 100.0,
+                s.delivered_fraction * 100.0,
+                s.latency.p50_ms,
+                s.latency.p99_ms
+            )?;
+        }
+        write!(
+            f,
+            "{} publish -> consumer: idle p50 {:.2} ms p99 {:.2} ms ({:.1}% delivered); \
+             loaded p50 {:.2} ms p99 {:.2} ms; loaded/idle p99 {:.2}; publisher errors {}",
+            self.probe,
+            self.idle.p50_ms,
+            self.idle.p99_ms,
+            self.idle_delivered_fraction * 100.0,
+            self.loaded.p50_ms,
+            self.loaded.p99_ms,
+            self.p99_ratio,
+            self.errors
+        )
+    }
+}
