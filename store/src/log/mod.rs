@@ -11,6 +11,7 @@
 //! | `meta`                   | `start/<topic>/<partition u32 BE>`              | u64 BE: first offset not deleted by retention or eviction |
 //! | `log/<topic>/<partition>`| offset u64 BE (so keys sort by offset)          | encoded [`Record`](crate::Record), see [`crate::record`] |
 //! | `groups`                 | `<group> 0x00 <topic> 0x00 <partition u32 BE>`  | u64 BE committed offset (next to read) |
+//! | `cursors`                | `<uplink> 0x00 <topic> 0x00 <partition u32 BE>` | u64 BE next offset to forward (set after the central side acknowledged) |
 //!
 //! Names cannot contain `0x00` or `/` ambiguity matters only for `log/`
 //! trees, whose names are never parsed back.
@@ -123,6 +124,7 @@ struct Inner {
     db: sled::Db,
     meta: sled::Tree,
     groups: sled::Tree,
+    cursors: sled::Tree,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     total_bytes: AtomicU64,
     durable: durable::FileSync,
@@ -168,6 +170,7 @@ impl Store {
             .map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
         let groups = db.open_tree("groups").map_err(open_err)?;
+        let cursors = db.open_tree("cursors").map_err(open_err)?;
         match meta.get("format").map_err(open_err)? {
             None if had_log => {
                 return Err(open_err(damaged(
@@ -193,6 +196,7 @@ impl Store {
                 db,
                 meta,
                 groups,
+                cursors,
                 topics: RwLock::new(BTreeMap::new()),
                 total_bytes: AtomicU64::new(0),
                 durable: durable::FileSync::open(&opts.path)
@@ -379,20 +383,7 @@ impl Store {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<(), StoreError> {
-        let (_, hw) = self.watermarks(topic, partition)?;
-        if offset > hw {
-            return Err(StoreError::CommitPastEnd {
-                topic: topic.to_owned(),
-                partition: partition.0,
-                offset: offset.0,
-                high_watermark: hw.0,
-            });
-        }
-        self.inner
-            .groups
-            .insert(group_key(group, topic, partition), &offset.0.to_be_bytes())
-            .map_err(StoreError::io("commit"))?;
-        Ok(())
+        self.set_position(&self.inner.groups, "commit", group, topic, partition, offset)
     }
 
     /// A group's committed position in one partition, if any.
@@ -402,11 +393,60 @@ impl Store {
         topic: &str,
         partition: PartitionId,
     ) -> Result<Option<Offset>, StoreError> {
-        let v = self
-            .inner
-            .groups
-            .get(group_key(group, topic, partition))
-            .map_err(StoreError::io("reading group offset"))?;
+        self.position(&self.inner.groups, "reading group offset", group, topic, partition)
+    }
+
+    /// Stores an uplink's cursor: the next offset it will forward. Call it
+    /// only after the central side acknowledged everything before it. Like
+    /// commits, never past the high watermark; durable with the next flush.
+    pub fn set_cursor(
+        &self,
+        uplink: &str,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<(), StoreError> {
+        self.set_position(&self.inner.cursors, "uplink cursor", uplink, topic, partition, offset)
+    }
+
+    /// An uplink's cursor in one partition, if any.
+    pub fn cursor(&self, uplink: &str, topic: &str, partition: PartitionId) -> Result<Option<Offset>, StoreError> {
+        self.position(&self.inner.cursors, "reading uplink cursor", uplink, topic, partition)
+    }
+
+    /// Positions (consumer groups and uplink cursors) share one layout:
+    /// `<owner> 0x00 <topic> 0x00 <partition u32 BE>` -> u64 BE.
+    fn set_position(
+        &self,
+        tree: &sled::Tree,
+        op: &'static str,
+        owner: &str,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<(), StoreError> {
+        let (_, hw) = self.watermarks(topic, partition)?;
+        if offset > hw {
+            return Err(StoreError::CommitPastEnd {
+                topic: topic.to_owned(),
+                partition: partition.0,
+                offset: offset.0,
+                high_watermark: hw.0,
+            });
+        }
+        tree.insert(position_key(owner, topic, partition), &offset.0.to_be_bytes()).map_err(StoreError::io(op))?;
+        Ok(())
+    }
+
+    fn position(
+        &self,
+        tree: &sled::Tree,
+        op: &'static str,
+        owner: &str,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Option<Offset>, StoreError> {
+        let v = tree.get(position_key(owner, topic, partition)).map_err(StoreError::io(op))?;
         Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(|b| Offset(u64::from_be_bytes(b))))
     }
 
@@ -437,9 +477,9 @@ fn damaged(what: &str) -> sled::Error {
     ))
 }
 
-fn group_key(group: &str, topic: &str, partition: PartitionId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(group.len() + topic.len() + 6);
-    k.extend_from_slice(group.as_bytes());
+fn position_key(owner: &str, topic: &str, partition: PartitionId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(owner.len() + topic.len() + 6);
+    k.extend_from_slice(owner.as_bytes());
     k.push(0);
     k.extend_from_slice(topic.as_bytes());
     k.push(0);
