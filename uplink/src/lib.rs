@@ -1,0 +1,97 @@
+//! sluice-uplink: forwards the log to a central cluster, at least once, in
+//! priority order, holding data while the uplink is down.
+//!
+//! Module map:
+//! - [`sink`]: the `Sink` trait every destination implements and the
+//!   `Batch` it is handed (records with provenance headers).
+//! - `worker`: one loop per uplink: choose the next partition by priority
+//!   (express first, weighted shares, `live_share` for fresh data), read a
+//!   batch from its cursor, send, store the cursor after the ack, back off
+//!   with jitter on errors, cap bandwidth.
+//! - [`backoff`]: exponential backoff with jitter.
+//! - [`status`]: per uplink and service lag, state and throughput.
+//!
+//! The uplink reads the log through `sluice-store` and learns about topics
+//! and service priorities through the [`Host`] trait, which the gateway
+//! implements; it knows nothing of HTTP ingest or MQTT ingest.
+
+pub mod backoff;
+pub mod sink;
+pub mod status;
+mod worker;
+
+pub use sink::{Batch, OutRecord, Sink, SinkError};
+pub use status::{ServiceLag, State, UplinkSnapshot, UplinkStatus};
+pub use worker::LIVE_AGE;
+
+use sluice_store::scheduler::ServiceClass;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// A topic as the uplink sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicView {
+    /// Topic name.
+    pub name: String,
+    /// Owning service.
+    pub service: String,
+    /// Partition count.
+    pub partitions: u32,
+}
+
+/// What the uplink needs from the process that runs it.
+pub trait Host: Send + Sync + 'static {
+    /// Every topic of the log.
+    fn topics(&self) -> Vec<TopicView>;
+    /// A service's current weight and express flag (weights can change at
+    /// run time).
+    fn class(&self, service: &str) -> ServiceClass;
+    /// A service's TTL: older records are skipped, not forwarded.
+    fn ttl(&self, service: &str) -> Option<Duration>;
+    /// `scheduler.express_max_share`.
+    fn express_max_share(&self) -> f64;
+    /// Makes stored cursors durable; resolves to false when the flush failed.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = bool> + Send>>;
+}
+
+/// A running uplink.
+#[derive(Debug)]
+pub struct UplinkHandle {
+    /// Its live status.
+    pub status: std::sync::Arc<UplinkStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UplinkHandle {
+    /// Waits for the worker to stop (after `shutdown` turned true). A batch
+    /// in flight is abandoned: its cursor was not moved, so it is sent again
+    /// after the restart.
+    pub async fn join(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "uplink worker failed");
+        }
+    }
+}
+
+/// Starts forwarding with `sink` on the current tokio runtime.
+/// `appended` changes whenever the log grows; the worker stops when
+/// `shutdown` turns true.
+pub fn spawn<S: Sink>(
+    config: sluice_config::UplinkConfig,
+    node: String,
+    store: sluice_store::Store,
+    host: std::sync::Arc<dyn Host>,
+    sink: S,
+    appended: tokio::sync::watch::Receiver<u64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> UplinkHandle {
+    let status = std::sync::Arc::new(UplinkStatus::default());
+    status.update(|s| {
+        s.name.clone_from(&config.name);
+        s.kind = config.kind.as_str().to_owned();
+    });
+    let worker = worker::Worker::new(config, node, store, host, sink, status.clone());
+    let task = tokio::spawn(worker.run(appended, shutdown));
+    UplinkHandle { status, task }
+}

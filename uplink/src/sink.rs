@@ -1,0 +1,78 @@
+//! What every sink implements, and the batch it is handed.
+
+use std::future::Future;
+
+/// One record as forwarded: the log record plus provenance headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    /// Offset in the local partition.
+    pub offset: u64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub value: Vec<u8>,
+    /// The record's own headers followed by sluice's provenance headers
+    /// (`sluice.node`, `sluice.service`, `sluice.topic`, `sluice.partition`,
+    /// `sluice.offset`), so the central side can de-duplicate.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Milliseconds since the epoch when sluice accepted the record.
+    pub timestamp_ms: i64,
+}
+
+/// Records of one local partition, in offset order, bound for one remote
+/// topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Local topic.
+    pub topic: String,
+    /// Local partition.
+    pub partition: u32,
+    /// Partition count of the local topic (remote topics are created with
+    /// as many, so a key keeps its partition index).
+    pub partitions: u32,
+    /// Remote topic, from the uplink's `remote_topic` template.
+    pub remote_topic: String,
+    /// Owning service.
+    pub service: String,
+    /// The records, consecutive offsets except where TTL-expired ones were
+    /// skipped.
+    pub records: Vec<OutRecord>,
+}
+
+impl Batch {
+    /// Bytes of keys, values and headers (what bandwidth caps count).
+    pub fn bytes(&self) -> u64 {
+        self.records
+            .iter()
+            .map(|r| {
+                (r.key.as_ref().map_or(0, Vec::len)
+                    + r.value.len()
+                    + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
+            })
+            .sum()
+    }
+}
+
+/// Why a batch was not delivered. Every error is retried with backoff; the
+/// message shows in `/v1/uplinks` and the logs.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+impl SinkError {
+    /// An error with context.
+    pub fn new(context: &str, err: impl std::fmt::Display) -> SinkError {
+        SinkError(format!("{context}: {err}"))
+    }
+}
+
+/// A destination on the central side. `send` returns only once the central
+/// side acknowledged every record of the batch (at-least-once: the cursor
+/// moves only after that).
+pub trait Sink: Send + 'static {
+    /// Delivers one batch.
+    fn send(&mut self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Drops connections after an error so the next send reconnects.
+    fn reset(&mut self) {}
+}

@@ -1,0 +1,431 @@
+//! One uplink's forwarding loop: choose the next partition by priority,
+//! read a batch from its cursor, send it, move the cursor after the ack.
+//!
+//! - **Order**: one batch in flight per uplink, so each partition's records
+//!   arrive in offset order.
+//! - **Priority**: partitions are chosen with the weighted scheduler of
+//!   `sluice-store` (express services first within their cap, then weighted
+//!   shares), in two lanes: *live* partitions, whose oldest unsent record is
+//!   younger than [`LIVE_AGE`], and *backlog* partitions. While both lanes
+//!   have work, the live lane gets `live_share` of the bytes sent, so fresh
+//!   alarms are not stuck behind hours of backlog after an outage.
+//! - **At least once**: the cursor is stored and flushed only after the sink
+//!   acknowledged the batch, so a crash re-sends at most the batch in flight
+//!   per partition.
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::sink::{Batch, OutRecord, Sink};
+use crate::status::{State, UplinkStatus};
+use crate::Host;
+use sluice_config::UplinkConfig;
+use sluice_store::scheduler::{Mode, Scheduler, ServiceId};
+use sluice_store::{Offset, PartitionId, Store};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// A partition whose oldest unsent record is younger than this is "live".
+pub const LIVE_AGE: Duration = Duration::from_secs(2);
+
+/// Longest wait for one batch to be acknowledged.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Key = (String, u32);
+
+#[derive(Debug)]
+struct Part {
+    service: String,
+    partitions: u32,
+    cursor: Offset,
+}
+
+/// Byte counters of the two lanes while both have work.
+#[derive(Debug, Default)]
+struct LaneShare {
+    live: u64,
+    backlog: u64,
+}
+
+pub(crate) struct Worker<S> {
+    config: UplinkConfig,
+    node: String,
+    store: Store,
+    host: Arc<dyn Host>,
+    sink: S,
+    status: Arc<UplinkStatus>,
+    parts: BTreeMap<Key, Part>,
+    services: HashMap<String, ServiceId>,
+    lanes: [Scheduler<Key>; 2],
+    queued: [std::collections::HashSet<Key>; 2],
+    share: LaneShare,
+    backoff: Backoff,
+    bucket: Option<TokenBucket>,
+}
+
+const LIVE: usize = 0;
+const BACKLOG: usize = 1;
+
+impl<S: Sink> Worker<S> {
+    pub(crate) fn new(
+        config: UplinkConfig,
+        node: String,
+        store: Store,
+        host: Arc<dyn Host>,
+        sink: S,
+        status: Arc<UplinkStatus>,
+    ) -> Worker<S> {
+        let bucket = config.max_bytes_per_sec.map(|r| TokenBucket::new(r.as_u64()));
+        let share = host.express_max_share();
+        Worker {
+            config,
+            node,
+            store,
+            host,
+            sink,
+            status,
+            parts: BTreeMap::new(),
+            services: HashMap::new(),
+            lanes: [Scheduler::new(Mode::Weighted, share), Scheduler::new(Mode::Weighted, share)],
+            queued: Default::default(),
+            share: LaneShare::default(),
+            backoff: Backoff::new(BackoffConfig::default()),
+            bucket,
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub(crate) async fn run(
+        mut self,
+        mut appended: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let wait = match self.step().await {
+                Step::Sent => continue,
+                Step::Idle(wait) => wait,
+                Step::Failed => self.backoff.next_delay(),
+            };
+            tokio::select! {
+                _ = appended.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One decision: send one batch, or say how long to wait.
+    async fn step(&mut self) -> Step {
+        if let Err(e) = self.refresh() {
+            tracing::error!(uplink = %self.config.name, error = %e, "cannot read the log");
+            return Step::Idle(Duration::from_secs(1));
+        }
+        let Some((key, lane)) = self.pick() else {
+            return Step::Idle(Duration::from_secs(1));
+        };
+        let batch = match self.read_batch(&key) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Step::Sent,
+            Err(e) => {
+                tracing::error!(uplink = %self.config.name, error = %e, "cannot read the log");
+                return Step::Idle(Duration::from_secs(1));
+            }
+        };
+        let bytes = batch.bytes();
+        // Linger: a small batch of fresh records waits a little for company.
+        let age = Duration::from_millis(
+            u64::try_from(now_ms().saturating_sub(batch.records[0].timestamp_ms)).unwrap_or(0),
+        );
+        if bytes < self.config.batch_max_bytes.as_u64() / 2 && age < self.config.linger {
+            let id = self.service_id(&batch.service);
+            if self.queued[lane].insert(key.clone()) {
+                self.lanes[lane].push(id, self.config.batch_max_bytes.as_u64(), key);
+            }
+            return Step::Idle(self.config.linger - age);
+        }
+        if let Some(bucket) = &mut self.bucket {
+            bucket.take(bytes).await;
+        }
+        let started = Instant::now();
+        let result = match tokio::time::timeout(SEND_TIMEOUT, self.sink.send(&batch)).await {
+            Ok(r) => r,
+            Err(_) => Err(crate::SinkError(format!("no acknowledgement within {}s", SEND_TIMEOUT.as_secs()))),
+        };
+        match result {
+            Ok(()) => {
+                self.acknowledged(&key, &batch, bytes, started.elapsed(), lane).await;
+                Step::Sent
+            }
+            Err(e) => {
+                self.sink.reset();
+                let attempts = self.backoff.attempts() + 1;
+                tracing::warn!(uplink = %self.config.name, topic = %key.0, partition = key.1, attempts,
+                    error = %e, "forwarding failed; backing off");
+                self.status.update(|s| {
+                    s.retries += 1;
+                    s.state = State::BackingOff { error: e.0.clone(), attempts };
+                });
+                Step::Failed
+            }
+        }
+    }
+
+    async fn acknowledged(&mut self, key: &Key, batch: &Batch, bytes: u64, took: Duration, lane: usize) {
+        let next = batch.records.last().map_or(Offset(0), |r| Offset(r.offset + 1));
+        let next = next.max(self.parts.get(key).map_or(Offset(0), |p| p.cursor));
+        self.advance(key, next);
+        // Flushed before the next batch, so a crash re-sends at most one
+        // batch per partition.
+        if !self.host.flush().await {
+            tracing::warn!(uplink = %self.config.name, "cursor flush failed; a restart may re-send more");
+        }
+        self.backoff.reset();
+        match lane {
+            LIVE => self.share.live += bytes,
+            _ => self.share.backlog += bytes,
+        }
+        let secs = took.as_secs_f64().max(1e-3);
+        self.status.update(|s| {
+            s.state = State::Connected;
+            s.throughput_bps = if s.throughput_bps == 0.0 {
+                bytes as f64 / secs
+            } else {
+                0.8 * s.throughput_bps + 0.2 * (bytes as f64 / secs)
+            };
+            let svc = s.services.entry(batch.service.clone()).or_default();
+            svc.sent_records += batch.records.len() as u64;
+            svc.sent_bytes += bytes;
+        });
+    }
+
+    fn advance(&mut self, key: &Key, next: Offset) {
+        if let Some(p) = self.parts.get_mut(key) {
+            p.cursor = next;
+            if let Err(e) = self.store.set_cursor(&self.config.name, &key.0, PartitionId(key.1), next) {
+                tracing::error!(uplink = %self.config.name, error = %e, "cannot store the uplink cursor");
+            }
+        }
+    }
+
+    /// Picks up new topics and cursors, lags, and queues partitions with
+    /// unsent records in their lane.
+    fn refresh(&mut self) -> Result<(), sluice_store::StoreError> {
+        let now = now_ms();
+        let mut lags: BTreeMap<String, crate::status::ServiceLag> = BTreeMap::new();
+        let mut lost: BTreeMap<String, u64> = BTreeMap::new();
+        for t in self.host.topics() {
+            if !self.config.forwards(&t.name) {
+                continue;
+            }
+            for p in 0..t.partitions {
+                let key = (t.name.clone(), p);
+                if !self.parts.contains_key(&key) {
+                    let cursor =
+                        self.store.cursor(&self.config.name, &t.name, PartitionId(p))?.unwrap_or(Offset(0));
+                    self.parts.insert(
+                        key.clone(),
+                        Part { service: t.service.clone(), partitions: t.partitions, cursor },
+                    );
+                }
+                let Some(part) = self.parts.get_mut(&key) else { continue };
+                part.service.clone_from(&t.service);
+                part.partitions = t.partitions;
+                let info = match self.store.topic(&t.name).and_then(|i| i.partitions.get(p as usize).copied())
+                {
+                    Some(i) => i,
+                    None => continue,
+                };
+                if part.cursor < info.log_start {
+                    // Retention or eviction deleted records before they
+                    // were forwarded: count them and move on.
+                    *lost.entry(t.service.clone()).or_default() += info.log_start.0 - part.cursor.0;
+                    part.cursor = info.log_start;
+                }
+                let lag = info.high_watermark.0.saturating_sub(part.cursor.0);
+                let lane_entry = lags.entry(t.service.clone()).or_default();
+                if lag == 0 {
+                    continue;
+                }
+                lane_entry.lag_records += lag;
+                lane_entry.lag_bytes += info.bytes.saturating_mul(lag) / info.records.max(1);
+                let oldest = self
+                    .store
+                    .read(&t.name, PartitionId(p), part.cursor, 1, 1)?
+                    .records
+                    .first()
+                    .map(|r| r.record.timestamp_ms);
+                let age = oldest.map(|ts| u64::try_from(now.saturating_sub(ts)).unwrap_or(0));
+                if let Some(a) = age {
+                    lane_entry.oldest_unsent_ms = Some(lane_entry.oldest_unsent_ms.map_or(a, |o| o.max(a)));
+                }
+                let lane = if age.is_some_and(|a| a > LIVE_AGE.as_millis() as u64) { BACKLOG } else { LIVE };
+                let other = 1 - lane;
+                let service = t.service.clone();
+                let id = self.service_id(&service);
+                if self.queued[other].contains(&key) {
+                    // Moved lanes since it was queued; the stale entry is
+                    // ignored when popped.
+                    self.queued[other].remove(&key);
+                }
+                if self.queued[lane].insert(key.clone()) {
+                    self.lanes[lane].push(id, self.config.batch_max_bytes.as_u64(), key);
+                }
+            }
+        }
+        self.status.update(|s| {
+            for (service, lag) in lags {
+                let e = s.services.entry(service).or_default();
+                e.lag_records = lag.lag_records;
+                e.lag_bytes = lag.lag_bytes;
+                e.oldest_unsent_ms = lag.oldest_unsent_ms;
+            }
+            for (service, n) in lost {
+                s.services.entry(service).or_default().lost_before_forward += n;
+            }
+        });
+        Ok(())
+    }
+
+    fn service_id(&mut self, service: &str) -> ServiceId {
+        let class = self.host.class(service);
+        match self.services.get(service) {
+            Some(&id) => {
+                for lane in &mut self.lanes {
+                    if lane.class(id) != class {
+                        lane.set_class(id, class);
+                    }
+                }
+                id
+            }
+            None => {
+                let id = self.lanes[LIVE].add_service(class);
+                let id2 = self.lanes[BACKLOG].add_service(class);
+                debug_assert_eq!(id, id2);
+                self.services.insert(service.to_owned(), id);
+                id
+            }
+        }
+    }
+
+    /// The next partition to send from, and its lane.
+    fn pick(&mut self) -> Option<(Key, usize)> {
+        loop {
+            let live_ready = !self.queued[LIVE].is_empty();
+            let backlog_ready = !self.queued[BACKLOG].is_empty();
+            let lane = match (live_ready, backlog_ready) {
+                (false, false) => return None,
+                (true, false) => {
+                    self.share = LaneShare::default();
+                    LIVE
+                }
+                (false, true) => {
+                    self.share = LaneShare::default();
+                    BACKLOG
+                }
+                (true, true) => {
+                    let total = (self.share.live + self.share.backlog) as f64;
+                    if (self.share.live as f64) <= self.config.live_share * total {
+                        LIVE
+                    } else {
+                        BACKLOG
+                    }
+                }
+            };
+            let (_, key) = self.lanes[lane].pop()?;
+            if self.queued[lane].remove(&key) {
+                return Some((key, lane));
+            }
+        }
+    }
+
+    /// Reads the next batch of a partition from its cursor; skips records
+    /// past their service's TTL (counted, cursor moved past them). None when
+    /// only expired records were read.
+    fn read_batch(&mut self, key: &Key) -> Result<Option<Batch>, sluice_store::StoreError> {
+        let Some(part) = self.parts.get(key) else { return Ok(None) };
+        let (service, partitions, cursor) = (part.service.clone(), part.partitions, part.cursor);
+        let max_bytes = usize::try_from(self.config.batch_max_bytes.as_u64()).unwrap_or(usize::MAX);
+        let read = self.store.read(&key.0, PartitionId(key.1), cursor, 100_000, max_bytes)?;
+        let cutoff = self.host.ttl(&service).map(|ttl| now_ms().saturating_sub(ttl.as_millis() as i64));
+        let mut records = Vec::with_capacity(read.records.len());
+        let mut expired = 0u64;
+        let mut last = None;
+        for r in read.records {
+            last = Some(r.offset);
+            if cutoff.is_some_and(|c| r.record.timestamp_ms < c) {
+                expired += 1;
+                continue;
+            }
+            let mut headers = r.record.headers;
+            headers.extend([
+                ("sluice.node".to_owned(), self.node.as_bytes().to_vec()),
+                ("sluice.service".to_owned(), service.as_bytes().to_vec()),
+                ("sluice.topic".to_owned(), key.0.as_bytes().to_vec()),
+                ("sluice.partition".to_owned(), key.1.to_string().into_bytes()),
+                ("sluice.offset".to_owned(), r.offset.0.to_string().into_bytes()),
+            ]);
+            records.push(OutRecord {
+                offset: r.offset.0,
+                key: r.record.key,
+                value: r.record.value,
+                headers,
+                timestamp_ms: r.record.timestamp_ms,
+            });
+        }
+        if expired > 0 {
+            self.status.update(|s| s.services.entry(service.clone()).or_default().ttl_skipped += expired);
+        }
+        if records.is_empty() {
+            if let Some(last) = last {
+                self.advance(key, last.next());
+            }
+            return Ok(None);
+        }
+        let remote_topic = self.config.remote_topic_for(&self.node, &key.0, &service);
+        Ok(Some(Batch { topic: key.0.clone(), partition: key.1, partitions, remote_topic, service, records }))
+    }
+}
+
+enum Step {
+    Sent,
+    Idle(Duration),
+    Failed,
+}
+
+/// Bytes-per-second cap shared by everything one uplink sends; the
+/// scheduler decides whose bytes go first, so the cap is shared by weight.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u64) -> TokenBucket {
+        TokenBucket { rate: rate as f64, tokens: 0.0, last: Instant::now() }
+    }
+
+    /// Waits until `bytes` may be sent. A batch larger than one second's
+    /// allowance waits proportionally longer; the debt is paid before the
+    /// next one.
+    async fn take(&mut self, bytes: u64) {
+        let now = Instant::now();
+        // At most one second of unused allowance accumulates.
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        self.tokens -= bytes as f64;
+        if self.tokens < 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
