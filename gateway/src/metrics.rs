@@ -164,7 +164,57 @@ pub fn render(shared: &Shared) -> String {
             s.counters.mqtt_in.load(Ordering::Relaxed),
         );
     }
+    render_uplinks(&mut out, &shared.uplink_snapshots());
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
     out.sample("sluice_uptime_seconds", &[], shared.started.elapsed().as_secs());
     out.0
+}
+
+fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {
+    if uplinks.is_empty() {
+        return;
+    }
+    out.family("sluice_uplink_state", "gauge", "1 for the uplink's current state");
+    for u in uplinks {
+        for state in ["starting", "connected", "backing_off", "failing"] {
+            let v = u8::from(u.state.label() == state);
+            out.sample("sluice_uplink_state", &[("uplink", &u.name), ("state", state)], v);
+        }
+    }
+    out.family("sluice_uplink_retries_total", "counter", "Batches retried after an error");
+    for u in uplinks {
+        out.sample("sluice_uplink_retries_total", &[("uplink", &u.name)], u.retries);
+    }
+    out.family("sluice_uplink_throughput_bytes_per_second", "gauge", "Forwarding throughput, smoothed");
+    for u in uplinks {
+        out.sample("sluice_uplink_throughput_bytes_per_second", &[("uplink", &u.name)], u.throughput_bps);
+    }
+    out.family("sluice_uplink_eta_seconds", "gauge", "Estimated time to forward the lag (-1: unknown)");
+    for u in uplinks {
+        out.sample("sluice_uplink_eta_seconds", &[("uplink", &u.name)], u.eta_seconds().unwrap_or(-1.0));
+    }
+    type Get = fn(&sluice_uplink::ServiceLag) -> f64;
+    let per_service: [(&str, &str, &str, Get); 7] = [
+        ("sluice_uplink_lag_records", "gauge", "Records not forwarded yet", |s| s.lag_records as f64),
+        ("sluice_uplink_lag_bytes", "gauge", "Bytes not forwarded yet (estimated)", |s| s.lag_bytes as f64),
+        ("sluice_uplink_oldest_unsent_seconds", "gauge", "Age of the oldest record not forwarded", |s| {
+            s.oldest_unsent_ms.map_or(0.0, |ms| ms as f64 / 1000.0)
+        }),
+        ("sluice_uplink_sent_records_total", "counter", "Records forwarded", |s| s.sent_records as f64),
+        ("sluice_uplink_sent_bytes_total", "counter", "Bytes forwarded", |s| s.sent_bytes as f64),
+        ("sluice_uplink_ttl_skipped_total", "counter", "Records not forwarded: older than the TTL", |s| {
+            s.ttl_skipped as f64
+        }),
+        ("sluice_uplink_lost_before_forward_total", "counter", "Records deleted before they were forwarded", |s| {
+            s.lost_before_forward as f64
+        }),
+    ];
+    for (name, kind, help, get) in per_service {
+        out.family(name, kind, help);
+        for u in uplinks {
+            for (service, s) in &u.services {
+                out.sample(name, &[("uplink", &u.name), ("service", service)], get(s));
+            }
+        }
+    }
 }

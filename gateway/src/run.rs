@@ -78,6 +78,7 @@ pub async fn run(
         started: Instant::now(),
         mqtt: mqtt_stats.clone(),
         commits: watch::channel(0).0,
+        uplinks: std::sync::OnceLock::new(),
     }));
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
     write_listen_json(&data_dir, http_addr, &mqtt).context("cannot write listen.json")?;

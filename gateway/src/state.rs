@@ -37,6 +37,15 @@ pub struct Inner {
     pub mqtt: Arc<crate::mqtt::MqttStats>,
     /// Bumped after every consumer-group commit.
     pub commits: watch::Sender<u64>,
+    /// Status of each running uplink (set once they start).
+    pub uplinks: std::sync::OnceLock<Vec<Arc<sluice_uplink::UplinkStatus>>>,
+}
+
+impl Inner {
+    /// Snapshots of every uplink.
+    pub fn uplink_snapshots(&self) -> Vec<sluice_uplink::UplinkSnapshot> {
+        self.uplinks.get().map(|u| u.iter().map(|s| s.snapshot()).collect()).unwrap_or_default()
+    }
 }
 
 impl std::ops::Deref for Shared {

@@ -97,3 +97,45 @@ pub(super) async fn update_service(
 pub(super) async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no such endpoint: {}", uri.path()))
 }
+
+pub(super) async fn uplinks(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    let list: Vec<_> = shared
+        .uplink_snapshots()
+        .into_iter()
+        .map(|u| {
+            let last_error = match &u.state {
+                sluice_uplink::State::BackingOff { error, .. } => Some(error.clone()),
+                _ => None,
+            };
+            let services: serde_json::Map<String, serde_json::Value> = u
+                .services
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        name.clone(),
+                        serde_json::json!({
+                            "lag_records": s.lag_records,
+                            "lag_bytes": s.lag_bytes,
+                            "oldest_unsent_ms": s.oldest_unsent_ms,
+                            "sent_records": s.sent_records,
+                            "sent_bytes": s.sent_bytes,
+                            "ttl_skipped": s.ttl_skipped,
+                            "lost_before_forward": s.lost_before_forward,
+                        }),
+                    )
+                })
+                .collect();
+            serde_json::json!({
+                "name": u.name,
+                "kind": u.kind,
+                "state": u.state.label(),
+                "last_error": last_error,
+                "retries": u.retries,
+                "throughput_bytes_per_sec": u.throughput_bps,
+                "eta_seconds": u.eta_seconds(),
+                "services": services,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "uplinks": list }))
+}
