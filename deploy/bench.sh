@@ -1,27 +1,43 @@
 #!/usr/bin/env bash
 # Reproduces the README's benchmark figures on this machine.
-#   deploy/bench.sh            everything (about 10 minutes on 2 cores)
+#   deploy/bench.sh            everything (about 25 minutes on 2 cores)
 #   deploy/bench.sh micro      criterion benches only (store, scheduler)
 #   deploy/bench.sh http       end-to-end HTTP figures only
+#   deploy/bench.sh mqtt       MQTT: sluice vs stock rumqttd vs Mosquitto
 # Each end-to-end scenario runs RUNS times (default 3); report the medians.
+# Builds into CARGO_TARGET_DIR when it is set (default target/); with
+# SLUICE_BIN=path, uses that binary and builds nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
+# MQTT section: seconds per measurement, consumer drain rate (records/s).
+MQTT_DURATION=${MQTT_DURATION:-10}
+DRAIN=${DRAIN:-1000}
 
 if [[ $what == all || $what == micro ]]; then
     cargo bench -p sluice-store --bench scheduler -- --quick
     cargo bench -p sluice-store --bench store -- --quick
 fi
-[[ $what == all || $what == http ]] || exit 0
+[[ $what == all || $what == http || $what == mqtt ]] || exit 0
 
-cargo build --release -p sluice-gateway
-bin=target/release/sluice
+if [[ -n ${SLUICE_BIN:-} ]]; then
+    bin=$SLUICE_BIN
+else
+    cargo build --release -p sluice-gateway
+    bin=${CARGO_TARGET_DIR:-target}/release/sluice
+fi
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+cleanup() {
+    local p
+    for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
 
-start() { # start MODE -> sets addr
+start() { # start MODE -> sets pid, addr (HTTP), mqtt
     local mode=$1
     local dir="$work/$mode-$RANDOM"
     sed "s/^mode = .*/mode = \"$mode\"/" deploy/bench/isolation.toml > "$work/$mode.toml"
@@ -30,9 +46,11 @@ start() { # start MODE -> sets addr
     pid=$!
     for _ in $(seq 100); do [[ -f $dir/listen.json ]] && break; sleep 0.1; done
     addr=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['http'])" "$dir/listen.json")
+    mqtt=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['mqtt'])" "$dir/listen.json")
 }
 stop() { kill -TERM "$pid"; wait "$pid" || true; }
 
+if [[ $what == all || $what == http ]]; then
 echo "== end-to-end HTTP ingest (buffered service, 100 B values)"
 for run in $(seq "$RUNS"); do
     start weighted
@@ -60,3 +78,99 @@ for flood_payload in 100 4096; do
         done
     done
 done
+fi
+[[ $what == all || $what == mqtt ]] || exit 0
+
+# == MQTT: sluice, stock rumqttd (same version and settings, not persisting)
+# and Mosquitto side by side on 127.0.0.1, runs interleaved so a busy
+# machine hurts all three alike. sluice is restarted with an empty data
+# directory for every measurement; the two brokers keep running.
+mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+[[ -x $mosquitto_bin ]] || { echo "mosquitto not found: run deploy/install-test-peers.sh" >&2; exit 1; }
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
+
+rumqttd_addr=127.0.0.1:$(free_port)
+SLUICE_LOG=warn "$bin" bench rumqttd --listen "$rumqttd_addr" --config deploy/bench/isolation.toml &
+mosquitto_port=$(free_port)
+# Mosquitto 2 listens only on localhost and refuses anonymous clients
+# unless configured; queue limits stay at their defaults (20 in flight and
+# 1000 queued QoS 1 messages per subscriber, beyond that it drops).
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n' \
+    "$mosquitto_port" > "$work/mosquitto.conf"
+"$mosquitto_bin" -c "$work/mosquitto.conf" &
+wait_port "${rumqttd_addr##*:}"
+wait_port "$mosquitto_port"
+mosquitto_addr=127.0.0.1:$mosquitto_port
+results=$work/results.jsonl
+
+record() { # record SCENARIO TARGET JSON
+    python3 -c 'import json,sys;r=json.loads(sys.argv[3]);r["scenario"]=sys.argv[1];r["target"]=sys.argv[2];print(json.dumps(r))' \
+        "$1" "$2" "$3" >> "$results"
+}
+throughput() { # throughput SCENARIO TARGET ARGS...
+    local scenario=$1 target=$2 out extra=()
+    shift 2
+    case $target in
+        sluice) start weighted; extra=(--addr "$mqtt" --sluice-http "$addr") ;;
+        rumqttd) extra=(--addr "$rumqttd_addr") ;;
+        mosquitto) extra=(--addr "$mosquitto_addr") ;;
+    esac
+    out=$("$bin" bench mqtt "${extra[@]}" "$@" --qos 1 --payload 100 --duration "$MQTT_DURATION" --json)
+    [[ $target == sluice ]] && stop
+    record "$scenario" "$target" "$out"
+    python3 -c 'import json,sys;r=json.loads(sys.argv[1]);s=r.get("sluice");print("  %-9s %8.0f msg/s acked (median/s %8.0f), ack p50 %6.2f ms p99 %7.2f ms%s"%(sys.argv[2],r["msgs_per_s"],r["median_msgs_per_s"],r["ack_latency"]["p50_ms"],r["ack_latency"]["p99_ms"],"" if not s else ", persisted %d of %d received, dropped %d"%(s["persisted"],s["received"],s["dropped"])))' "$out" "$target"
+}
+priority() { # priority TARGET
+    local target=$1 out extra=()
+    local services=(--service "alarms:alarms/dev-1:20" --service "telemetry:telemetry/dev-1:$DRAIN"
+        --service "logs:logs/dev-1:$((10 * DRAIN))")
+    case $target in
+        sluice | sluice-fifo)
+            if [[ $target == sluice ]]; then start weighted; else start fifo; fi
+            extra=(--addr "$mqtt" --consumer sluice --http "$addr") ;;
+        mosquitto) extra=(--addr "$mosquitto_addr" --consumer mqtt) ;;
+    esac
+    out=$("$bin" bench mqtt-priority "${extra[@]}" "${services[@]}" --drain-rate "$DRAIN" \
+        --qos 1 --payload 100 --duration "$MQTT_DURATION" --json)
+    [[ $target == sluice* ]] && stop
+    record priority "$target" "$out"
+    python3 -c 'import json,sys;r=json.loads(sys.argv[1]);print("  %-11s alarms p99 idle %7.2f ms loaded %8.2f ms (x%.1f); shares %s"%(sys.argv[2],r["idle"]["p99_ms"],r["loaded"]["p99_ms"],r["p99_ratio"]," ".join("%s %.1f%%"%(s["name"],100*s["share"]) for s in r["services"])))' "$out" "$target"
+}
+
+for run in $(seq "$RUNS"); do
+    echo "== MQTT run $run of $RUNS"
+    echo " QoS 1 ingest, 100 B, 1 publisher with 100 in flight"
+    for target in sluice rumqttd mosquitto; do throughput one-publisher "$target" --publishers 1 --inflight 100; done
+    echo " QoS 1 ingest, 100 B, 100 publishers with 1 in flight each"
+    for target in sluice rumqttd mosquitto; do throughput many-publishers "$target" --publishers 100 --inflight 1; done
+    echo " priority: alarms (express) 20/s, telemetry (weight 4) ${DRAIN}/s, logs (weight 1) $((10 * DRAIN))/s, consumer drains ${DRAIN}/s"
+    for target in sluice mosquitto sluice-fifo; do priority "$target"; done
+done
+
+echo "== MQTT medians over $RUNS runs"
+python3 - "$results" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(scenario, target, f):
+    v = [f(r) for r in rows if r["scenario"] == scenario and r["target"] == target]
+    v = [x for x in v if x == x]
+    return statistics.median(v) if v else float("nan")
+for scenario, label in [("one-publisher", "1 publisher x 100 in flight"), ("many-publishers", "100 publishers x 1 in flight")]:
+    rate = {t: med(scenario, t, lambda r: r["msgs_per_s"]) for t in ("sluice", "rumqttd", "mosquitto")}
+    p99 = {t: med(scenario, t, lambda r: r["ack_latency"]["p99_ms"]) for t in rate}
+    print(f"QoS 1, 100 B, {label}: acknowledged msg/s (median)")
+    for t in rate:
+        print(f"  {t:<10} {rate[t]:>9.0f} msg/s   ack p99 {p99[t]:7.2f} ms")
+    print(f"  sluice / rumqttd = {rate['sluice'] / rate['rumqttd']:.2f}x, sluice / mosquitto = {rate['sluice'] / rate['mosquitto']:.2f}x")
+print("priority: alarms publish -> consumer p99 (median of runs)")
+for t in ("sluice", "sluice-fifo", "mosquitto"):
+    idle = med("priority", t, lambda r: r["idle"]["p99_ms"])
+    loaded = med("priority", t, lambda r: r["loaded"]["p99_ms"])
+    ratio = med("priority", t, lambda r: r["p99_ratio"])
+    names = [s["name"] for s in next(r for r in rows if r["scenario"] == "priority")["services"]]
+    shares = " ".join(f"{n} {100 * med('priority', t, lambda r, i=i: r['services'][i]['share']):.1f}%" for i, n in enumerate(names))
+    got = " ".join(f"{n} {100 * med('priority', t, lambda r, i=i: r['services'][i]['delivered_fraction']):.0f}%" for i, n in enumerate(names))
+    print(f"  {t:<11} idle {idle:7.2f} ms  loaded {loaded:8.2f} ms  loaded/idle {ratio:7.1f}")
+    print(f"  {'':<11} delivered shares: {shares}; delivered of published: {got}")
+EOF

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real peers the tests talk to, from Debian's packages:
+# Installs the real peers the tests talk to, from Debian's packages
+# (systemd-analyze for the unit file check, and):
 # mosquitto-clients (mosquitto_pub / mosquitto_sub) for the MQTT
 # end-to-end test and mosquitto (the broker) for benchmark comparisons.
 # Idempotent; does nothing when they are already there.
@@ -7,6 +8,7 @@ set -euo pipefail
 need=()
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if ((${#need[@]})); then
     echo "installing ${need[*]}" >&2
     sudo_cmd=()
@@ -17,3 +19,39 @@ if ((${#need[@]})); then
 fi
 # The Debian package starts a mosquitto service where systemd runs; the
 # tests and benchmarks start their own instances on other ports.
+
+# openssl: the Kafka sink's TLS test makes its certificates with it.
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "installing openssl" >&2
+    sudo_cmd=()
+    [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo_cmd[@]}" apt-get update -qq
+    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends openssl >/dev/null
+fi
+
+# Python confluent-kafka (librdkafka 2.16, bundled in the manylinux wheel)
+# in a venv outside the clone: the independent Kafka client the uplink
+# tests read back with (deploy/kafka-check.py), so the Kafka sink is not
+# checked by the client it is built on. The tests find it through
+# SLUICE_PYTHON (deploy/test.sh sets it), else this default path.
+CONFLUENT_KAFKA_VERSION=2.16.1
+venv="${SLUICE_CACHE:-$HOME/.cache/sluice}/venv"
+if ! "$venv/bin/python" -c "import confluent_kafka, sys; sys.exit(confluent_kafka.__version__ != '$CONFLUENT_KAFKA_VERSION')" \
+    >/dev/null 2>&1; then
+    echo "installing confluent-kafka $CONFLUENT_KAFKA_VERSION into $venv" >&2
+    python=$(command -v python3 || true)
+    if [[ -z $python ]] || ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        sudo_cmd=()
+        [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+        export DEBIAN_FRONTEND=noninteractive
+        "${sudo_cmd[@]}" apt-get update -qq
+        "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+        python=$(command -v python3)
+    fi
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
+        "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+fi

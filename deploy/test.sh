@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 deploy/install-test-peers.sh
+# The Kafka sink tests (uplink/tests/kafka.rs) read these two; without them
+# they look in the same default places.
+SLUICE_TANSU=${SLUICE_TANSU:-$(deploy/install-tansu.sh)}
+SLUICE_PYTHON=${SLUICE_PYTHON:-${SLUICE_CACHE:-$HOME/.cache/sluice}/venv/bin/python}
+export SLUICE_TANSU SLUICE_PYTHON
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 //! The repeated entries of the file: `[[service]]`, `[[topic]]`,
 //! `[[route]]` and `[[uplink]]`.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -247,6 +248,95 @@ pub struct UplinkConfig {
     /// records, in [0, 1]. Default 0.3.
     #[serde(default = "default_live_share")]
     pub live_share: f64,
+    /// Kafka only: replication factor of the remote topics this uplink
+    /// creates, 1..=32. Default 1.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: u16,
+    /// Kafka only: create a missing remote topic, with as many partitions
+    /// as the local topic. When false, a missing topic is an error that
+    /// names it. Default true.
+    #[serde(default = "default_create_topics")]
+    pub create_topics: bool,
+    /// Kafka only: connect over TLS. Default none (plain TCP).
+    #[serde(default)]
+    pub tls: Option<UplinkTls>,
+    /// Kafka only: authenticate with SASL. Default none.
+    #[serde(default)]
+    pub sasl: Option<UplinkSasl>,
+}
+
+/// `tls = { ca = "...", cert = "...", key = "..." }` of a Kafka uplink.
+/// `tls = {}` connects over TLS, trusting the system's CA bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UplinkTls {
+    /// PEM file of the CA certificates that sign the brokers' certificates.
+    /// Default [`UplinkTls::SYSTEM_CA_BUNDLE`].
+    pub ca: Option<PathBuf>,
+    /// PEM file of this node's certificate chain, for brokers that require
+    /// client certificates (mutual TLS). Needs `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM file of the private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl UplinkTls {
+    /// The CA bundle used when `ca` is not set: Debian's and Raspberry Pi
+    /// OS's system bundle (package `ca-certificates`).
+    pub const SYSTEM_CA_BUNDLE: &'static str = "/etc/ssl/certs/ca-certificates.crt";
+
+    /// The CA file in force: `ca`, or the system bundle.
+    pub fn ca_file(&self) -> &Path {
+        self.ca.as_deref().unwrap_or(Path::new(Self::SYSTEM_CA_BUNDLE))
+    }
+}
+
+/// SASL mechanism of a Kafka uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum SaslMechanism {
+    /// `"plain"`: the password travels as is; use it with `tls` only.
+    #[serde(rename = "plain")]
+    Plain,
+    /// `"scram-sha-256"`.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// `"scram-sha-512"`.
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The configuration spelling, e.g. `"scram-sha-512"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "plain",
+            SaslMechanism::ScramSha256 => "scram-sha-256",
+            SaslMechanism::ScramSha512 => "scram-sha-512",
+        }
+    }
+}
+
+/// `sasl = { mechanism = "...", username = "...", password = "..." }` of a
+/// Kafka uplink. Every field is required.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSasl {
+    /// `"plain"`, `"scram-sha-256"` or `"scram-sha-512"`.
+    pub mechanism: SaslMechanism,
+    /// User name.
+    pub username: String,
+    /// Password (kept out of `Debug` output and logs).
+    pub password: String,
+}
+
+impl std::fmt::Debug for UplinkSasl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkSasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl UplinkConfig {
@@ -264,6 +354,10 @@ impl UplinkConfig {
             compression: Compression::None,
             max_bytes_per_sec: None,
             live_share: default_live_share(),
+            replication_factor: default_replication_factor(),
+            create_topics: default_create_topics(),
+            tls: None,
+            sasl: None,
         }
     }
 
@@ -294,4 +388,12 @@ fn default_batch_max_bytes() -> ByteSize {
 
 fn default_live_share() -> f64 {
     0.3
+}
+
+fn default_replication_factor() -> u16 {
+    1
+}
+
+fn default_create_topics() -> bool {
+    true
 }

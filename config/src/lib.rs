@@ -61,8 +61,8 @@ use std::path::Path;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, FieldError};
 pub use items::{
-    Compression, Durability, OnFull, RetentionConfig, RouteConfig, ServiceConfig, TopicConfig, UplinkConfig,
-    UplinkKind,
+    Compression, Durability, OnFull, RetentionConfig, RouteConfig, SaslMechanism, ServiceConfig, TopicConfig,
+    UplinkConfig, UplinkKind, UplinkSasl, UplinkTls,
 };
 pub use model::{
     Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig, Unrouted,

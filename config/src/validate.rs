@@ -17,6 +17,9 @@ use crate::names::{self, check_mqtt_filter, check_topic_name, RouteKey};
 use crate::size::ByteSize;
 use crate::Config;
 
+/// Replication factor of remote Kafka topics an uplink creates.
+const REPLICATION_FACTOR: (u16, u16) = (1, 32);
+
 /// Checks every rule; `Err` lists all problems found.
 pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     let mut v = Problems::default();
@@ -206,6 +209,44 @@ impl Problems {
             if !(0.0..=1.0).contains(&u.live_share) {
                 self.add(format!("{label}.live_share"), format!("{} is out of range [0, 1]", u.live_share));
             }
+            self.kafka_options(u, label);
+        }
+    }
+
+    /// `replication_factor`, `tls` and `sasl` of an uplink.
+    fn kafka_options(&mut self, u: &crate::UplinkConfig, label: &str) {
+        self.check(format!("{label}.replication_factor"), range(u.replication_factor, REPLICATION_FACTOR));
+        let kafka_only = |field: &str| {
+            format!("applies to kafka uplinks only, and this one is {}; remove {field}", u.kind.as_str())
+        };
+        if let Some(tls) = &u.tls {
+            if u.kind != UplinkKind::Kafka {
+                self.add(format!("{label}.tls"), kafka_only("tls"));
+            }
+            for (name, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+                if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                    self.add(format!("{label}.tls.{name}"), "is empty; give the path of a PEM file");
+                }
+            }
+            match (&tls.cert, &tls.key) {
+                (Some(_), None) => self.add(
+                    format!("{label}.tls.key"),
+                    "is missing: tls.cert needs the PEM file of its private key (or remove cert)",
+                ),
+                (None, Some(_)) => self.add(
+                    format!("{label}.tls.cert"),
+                    "is missing: tls.key needs the PEM file of its certificate (or remove key)",
+                ),
+                _ => {}
+            }
+        }
+        if let Some(sasl) = &u.sasl {
+            if u.kind != UplinkKind::Kafka {
+                self.add(format!("{label}.sasl"), kafka_only("sasl"));
+            }
+            if sasl.username.is_empty() {
+                self.add(format!("{label}.sasl.username"), "is empty; give the SASL user name");
+            }
         }
     }
 
@@ -305,4 +346,64 @@ fn dur_range(value: Duration, (lo, hi): (Duration, Duration)) -> Result<(), Stri
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, ConfigError, SaslMechanism};
+
+    const KAFKA: &str = "[[uplink]]\nname = \"c\"\nkind = \"kafka\"\nbrokers = [\"k:9092\"]\n";
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_toml_str(text) {
+            Ok(_) => panic!("config should be invalid:\n{text}"),
+            Err(ConfigError::Invalid { problems }) => problems.iter().map(|p| p.to_string()).collect(),
+            Err(other) => panic!("expected a validation error, got: {other}"),
+        }
+    }
+
+    #[test]
+    fn kafka_options_parse_with_defaults() {
+        let cfg = Config::from_toml_str(KAFKA).expect("valid");
+        let u = &cfg.uplinks[0];
+        assert_eq!((u.replication_factor, u.create_topics, &u.tls, &u.sasl), (1, true, &None, &None));
+        let text = format!(
+            "{KAFKA}replication_factor = 3\ncreate_topics = false\ntls = {{}}\n\
+             sasl = {{ mechanism = \"scram-sha-256\", username = \"u\", password = \"secret\" }}\n"
+        );
+        let cfg = Config::from_toml_str(&text).expect("valid");
+        let u = &cfg.uplinks[0];
+        assert_eq!((u.replication_factor, u.create_topics), (3, false));
+        let tls = u.tls.as_ref().expect("tls");
+        assert_eq!(tls.ca_file(), std::path::Path::new(crate::UplinkTls::SYSTEM_CA_BUNDLE));
+        let sasl = u.sasl.as_ref().expect("sasl");
+        assert_eq!(sasl.mechanism, SaslMechanism::ScramSha256);
+        assert!(!format!("{sasl:?}").contains("secret"), "Debug shows the password");
+    }
+
+    #[test]
+    fn kafka_option_problems_name_the_field() {
+        assert_eq!(
+            problems(&format!("{KAFKA}replication_factor = 0\n")),
+            ["uplink[\"c\"].replication_factor: 0 is out of range 1..=32"]
+        );
+        assert_eq!(
+            problems(&format!("{KAFKA}tls = {{ cert = \"c.pem\" }}\n")),
+            ["uplink[\"c\"].tls.key: is missing: tls.cert needs the PEM file of its private key (or remove cert)"]
+        );
+        assert_eq!(
+            problems(&format!(
+                "{KAFKA}sasl = {{ mechanism = \"plain\", username = \"\", password = \"p\" }}\n"
+            )),
+            ["uplink[\"c\"].sasl.username: is empty; give the SASL user name"]
+        );
+        let mqtt = KAFKA.replace("kafka", "mqtt") + "tls = { ca = \"\" }\n";
+        assert_eq!(
+            problems(&mqtt),
+            [
+                "uplink[\"c\"].tls: applies to kafka uplinks only, and this one is mqtt; remove tls",
+                "uplink[\"c\"].tls.ca: is empty; give the path of a PEM file",
+            ]
+        );
+    }
 }

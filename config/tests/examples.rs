@@ -124,7 +124,7 @@ fn full_example_loads_and_shows_the_defaults() {
     assert_eq!(cfg.node, sluice_config::NodeConfig::default());
     assert_eq!(
         cfg.mqtt,
-        MqttConfig { listen_v5: Some("0.0.0.0:1884".parse().unwrap()), ..MqttConfig::default() }
+        MqttConfig { listen_v5: Some("0.0.0.0:1884".parse().expect("address")), ..MqttConfig::default() }
     );
     assert_eq!(cfg.http, HttpConfig::default());
     assert_eq!(cfg.store, StoreConfig::default());
@@ -169,7 +169,7 @@ fn full_example_shows_every_documented_field() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 45, "number of documented fields changed");
+    assert_eq!(checked, 53, "number of documented fields changed");
 }
 
 #[test]

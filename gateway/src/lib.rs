@@ -11,10 +11,13 @@
 //!   priority order (from committed or explicit positions), long-poll and
 //!   commit notifications.
 //! - [`mqtt`]: the embedded rumqttd broker, routing, MQTT ingest.
+//! - [`uplinks`]: runs the configured uplinks (sinks, the uplink's view of
+//!   topics and priorities).
 //! - [`http`]: the axum API (`/v1/...`, `/metrics`, health), including the
 //!   group push stream over SSE and WebSocket.
 //! - [`metrics`]: Prometheus text rendering.
 //! - [`maintenance`]: retention and disk-budget eviction on a timer.
+//! - [`systemd`]: readiness, watchdog and stopping notifications.
 //! - [`bench`]: the `sluice bench` load tool.
 
 pub mod bench;
@@ -27,7 +30,9 @@ pub mod mqtt;
 pub mod run;
 pub mod services;
 pub mod state;
+pub mod systemd;
 pub mod topics;
+pub mod uplinks;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

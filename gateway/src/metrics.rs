@@ -205,9 +205,12 @@ fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {
         ("sluice_uplink_ttl_skipped_total", "counter", "Records not forwarded: older than the TTL", |s| {
             s.ttl_skipped as f64
         }),
-        ("sluice_uplink_lost_before_forward_total", "counter", "Records deleted before they were forwarded", |s| {
-            s.lost_before_forward as f64
-        }),
+        (
+            "sluice_uplink_lost_before_forward_total",
+            "counter",
+            "Records deleted before they were forwarded",
+            |s| s.lost_before_forward as f64,
+        ),
     ];
     for (name, kind, help, get) in per_service {
         out.family(name, kind, help);

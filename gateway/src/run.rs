@@ -27,7 +27,6 @@ pub async fn run(
     config_path: Option<PathBuf>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    refuse_unbuilt(&config)?;
     let data_dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -81,6 +80,8 @@ pub async fn run(
         uplinks: std::sync::OnceLock::new(),
     }));
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
+    let uplinks = crate::uplinks::start(&shared, &shared.config)?;
+    let _ = shared.uplinks.set(uplinks.iter().map(|u| u.status.clone()).collect());
     write_listen_json(&data_dir, http_addr, &mqtt).context("cannot write listen.json")?;
     let app = crate::http::router(shared.clone());
     let mut server_shutdown = shutdown_rx.clone();
@@ -95,11 +96,14 @@ pub async fn run(
         tokio::spawn(reload_on_sighup(shared.clone(), path));
     }
     shared.ready.store(true, Ordering::Relaxed);
+    crate::systemd::ready(&format!("HTTP on {http_addr}, MQTT on {}", mqtt.addr));
+    tokio::spawn(crate::systemd::watchdog(shared.clone()));
     tracing::info!(http = %http_addr, mqtt = %mqtt.addr, mqtt_v5 = ?mqtt.addr_v5, data_dir = %data_dir.display(),
         "sluice is ready");
 
     stop.await;
     tracing::info!("stop requested: draining");
+    crate::systemd::stopping();
     shared.ready.store(false, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
@@ -109,6 +113,11 @@ pub async fn run(
         Err(_) => {
             tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "in-flight requests did not finish in time")
         }
+    }
+    // Uplinks saw the shutdown signal: a batch in flight is abandoned (its
+    // cursor did not move; it is sent again after the restart).
+    for u in uplinks {
+        u.join().await;
     }
     tokio::task::spawn_blocking(move || {
         // rumqttd cannot stop accepting; take in what it delivered so far,
@@ -168,19 +177,6 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
         }
     }
     Ok(changed)
-}
-
-/// Sections the configuration format knows but this build cannot act on
-/// yet: starting anyway would silently not forward or not route, so refuse.
-pub fn refuse_unbuilt(config: &Config) -> anyhow::Result<()> {
-    if let Some(u) = config.uplinks.first() {
-        anyhow::bail!(
-            "uplink[{:?}]: forwarding to a central cluster is not available in this version of sluice; \
-             remove the [[uplink]] sections to run",
-            u.name
-        );
-    }
-    Ok(())
 }
 
 /// Writes `DATA_DIR/listen.json` atomically (temp file + rename).

@@ -150,11 +150,14 @@ async fn sighup_applies_new_weights() {
 }
 
 #[test]
-fn sections_this_version_cannot_run_are_refused() {
+fn an_uplink_its_sink_refuses_stops_the_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, "[[uplink]]\nname = \"central\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\n")
-        .unwrap();
+    std::fs::write(
+        &path,
+        "[[uplink]]\nname = \"central\"\nkind = \"http\"\nbrokers = [\"https://127.0.0.1:9/in\"]\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "run",
@@ -163,7 +166,7 @@ fn sections_this_version_cannot_run_are_refused() {
             "--data-dir",
             dir.path().join("d").to_str().unwrap(),
         ])
-        .args(["--http-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -8,6 +8,9 @@
 //!   (express first, weighted shares, `live_share` for fresh data), read a
 //!   batch from its cursor, send, store the cursor after the ack, back off
 //!   with jitter on errors, cap bandwidth.
+//! - [`kafka`]: the Kafka sink (rskafka, pure Rust).
+//! - [`mqtt`]: the MQTT 5 sink to a central broker (rumqttc).
+//! - [`http`]: the HTTP sink (gzipped JSON lines).
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`status`]: per uplink and service lag, state and throughput.
 //!
@@ -16,6 +19,9 @@
 //! implements; it knows nothing of HTTP ingest or MQTT ingest.
 
 pub mod backoff;
+pub mod http;
+pub mod kafka;
+pub mod mqtt;
 pub mod sink;
 pub mod status;
 mod worker;

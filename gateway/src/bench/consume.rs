@@ -13,7 +13,7 @@
 
 use super::http::Conn;
 use super::payload::{self, Stamp};
-use super::stats::{wall_us, Latencies, TokenBucket};
+use super::stats::{wall_us, Latencies, Summary, TokenBucket};
 use anyhow::Context as _;
 use hyper::body::Bytes;
 use hyper::Method;
@@ -64,10 +64,35 @@ impl Source {
     }
 }
 
-/// Every delivery, per service.
+/// Every delivery, per service, and the sluice consumer's API calls.
 #[derive(Debug)]
 pub struct Deliveries {
     services: Vec<ServiceLog>,
+    calls: Mutex<Vec<Call>>,
+}
+
+/// One fetch (and commit) of the sluice consumer.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    /// When the fetch returned, microseconds since the epoch.
+    at: u64,
+    fetch_us: u64,
+    /// 0 when nothing was fetched (no commit).
+    commit_us: u64,
+    records: usize,
+}
+
+/// The sluice consumer's calls in a window: where a consumer's time goes.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CallStats {
+    /// Fetches that returned records.
+    pub fetches: usize,
+    /// Mean records per such fetch.
+    pub records_per_fetch: f64,
+    /// Fetch round trip (includes the long-poll wait when idle).
+    pub fetch: Summary,
+    /// Commit round trip (sluice answers once the commit is on disk).
+    pub commit: Summary,
 }
 
 #[derive(Debug, Default)]
@@ -80,7 +105,36 @@ struct ServiceLog {
 impl Deliveries {
     /// Logs for `services` services.
     pub fn new(services: usize) -> Arc<Deliveries> {
-        Arc::new(Deliveries { services: (0..services).map(|_| ServiceLog::default()).collect() })
+        Arc::new(Deliveries {
+            services: (0..services).map(|_| ServiceLog::default()).collect(),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn call(&self, call: Call) {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(call);
+    }
+
+    /// The sluice consumer's fetches that returned records in `[from, to)`;
+    /// `None` for other consumers or without such fetches.
+    pub fn call_stats(&self, from: u64, to: u64) -> Option<CallStats> {
+        let calls: Vec<Call> = self
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|c| c.at >= from && c.at < to && c.records > 0)
+            .copied()
+            .collect();
+        if calls.is_empty() {
+            return None;
+        }
+        Some(CallStats {
+            fetches: calls.len(),
+            records_per_fetch: calls.iter().map(|c| c.records).sum::<usize>() as f64 / calls.len() as f64,
+            fetch: calls.iter().map(|c| c.fetch_us).collect::<Latencies>().summary(),
+            commit: calls.iter().map(|c| c.commit_us).collect::<Latencies>().summary(),
+        })
     }
 
     fn record(&self, stamp: Stamp, delivered_us: u64) {
@@ -144,8 +198,8 @@ impl Consumer {
                 tokio::spawn(sluice.run(bucket, deliveries, stop_rx))
             }
             Source::Mqtt { addr, filters, qos } => {
-                let eventloop = subscribe(addr, &filters, qos).await?;
-                tokio::spawn(mqtt_loop(eventloop, bucket, deliveries, stop_rx))
+                let (client, eventloop) = subscribe(addr, &filters, qos).await?;
+                tokio::spawn(mqtt_loop(client, eventloop, bucket, deliveries, stop_rx))
             }
         };
         Ok(Consumer { stop, task })
@@ -214,11 +268,13 @@ impl SluiceConsumer {
             let n = bucket.ready().await.min(10_000);
             let req =
                 serde_json::json!({ "topics": self.topics, "max_records": n, "wait_ms": FETCH_WAIT_MS });
+            let asked = std::time::Instant::now();
             let body = tokio::select! {
                 b = self.call(Method::POST, &fetch, Some(req)) => b?,
                 _ = stop.changed() => break,
             };
             let got = wall_us();
+            let fetch_us = asked.elapsed().as_micros() as u64;
             let records = body["records"].as_array().context("fetch: no \"records\" list")?;
             // Next offset to read per (topic, partition).
             let mut next: BTreeMap<(String, u64), u64> = BTreeMap::new();
@@ -235,6 +291,7 @@ impl SluiceConsumer {
                 *e = (*e).max(o + 1);
             }
             bucket.take(records.len());
+            let mut call = Call { at: got, fetch_us, commit_us: 0, records: records.len() };
             if !next.is_empty() {
                 let offsets: Vec<_> = next
                     .into_iter()
@@ -242,18 +299,25 @@ impl SluiceConsumer {
                         serde_json::json!({ "topic": topic, "partition": partition, "offset": offset })
                     })
                     .collect();
+                let committing = std::time::Instant::now();
                 self.call(Method::POST, &commit, Some(serde_json::json!({ "offsets": offsets }))).await?;
+                call.commit_us = committing.elapsed().as_micros() as u64;
             }
+            deliveries.call(call);
         }
         Ok(())
     }
 }
 
 /// Connects a subscriber and waits for the SUBACK of every filter.
-async fn subscribe(addr: SocketAddr, filters: &[String], qos: QoS) -> anyhow::Result<rumqttc::EventLoop> {
+async fn subscribe(
+    addr: SocketAddr,
+    filters: &[String],
+    qos: QoS,
+) -> anyhow::Result<(AsyncClient, rumqttc::EventLoop)> {
     let id = format!("sluice-bench-consumer-{}", std::process::id());
-    let (client, mut eventloop) = AsyncClient::new(super::mqtt::options(addr, id, 1 << 20), 16);
-    super::mqtt::connect(&mut eventloop, addr).await?;
+    let (client, mut eventloop) = AsyncClient::new(super::publish::options(addr, id, 1 << 20), 16);
+    super::publish::connect(&mut eventloop, addr).await?;
     for f in filters {
         client.subscribe(f.as_str(), qos).await?;
     }
@@ -267,11 +331,11 @@ async fn subscribe(addr: SocketAddr, filters: &[String], qos: QoS) -> anyhow::Re
             Err(_) => anyhow::bail!("the MQTT broker {addr} did not acknowledge the subscriptions in 10 s"),
         }
     }
-    // Dropping the client is fine: the event loop holds its own sender.
-    Ok(eventloop)
+    Ok((client, eventloop))
 }
 
 async fn mqtt_loop(
+    client: AsyncClient,
     mut eventloop: rumqttc::EventLoop,
     mut bucket: TokenBucket,
     deliveries: Arc<Deliveries>,
@@ -280,7 +344,10 @@ async fn mqtt_loop(
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => {
+                super::publish::disconnect(client, eventloop).await;
+                return Ok(());
+            }
         };
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => {

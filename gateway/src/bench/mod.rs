@@ -4,8 +4,9 @@
 //! - [`http`]: `bench http` (produce throughput and latency over HTTP) and
 //!   `bench isolation` (express HTTP latency idle vs under a flood); also
 //!   the keep-alive HTTP client the other benches use.
-//! - [`mqtt`]: MQTT publishers and `bench mqtt` (acknowledged QoS 1
-//!   msg/s, publish -> PUBACK latency) against any MQTT 3.1.1 broker.
+//! - [`publish`]: MQTT publishers (rumqttc) keeping K publishes in flight.
+//! - [`mqtt`]: `bench mqtt` (acknowledged QoS 1 msg/s, publish -> PUBACK
+//!   latency) against any MQTT 3.1.1 broker.
 //! - [`priority`] with [`consume`]: `bench mqtt-priority`, services with
 //!   their own rates and a consumer draining at a fixed rate, from sluice
 //!   (priority order) or from a broker (arrival order).
@@ -20,6 +21,7 @@ pub mod http;
 pub mod mqtt;
 pub mod payload;
 pub mod priority;
+pub mod publish;
 pub mod rumqttd;
 pub mod stats;
 

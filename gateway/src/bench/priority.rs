@@ -8,8 +8,8 @@
 //! priority order; against a plain broker (Mosquitto) it subscribes, and
 //! the same load goes through a first-in-first-out queue.
 
-use super::consume::{Consumer, Deliveries, Source};
-use super::mqtt::{Publishers, Running};
+use super::consume::{CallStats, Consumer, Deliveries, Source};
+use super::publish::{Publishers, Running};
 use super::stats::{sample_each_second, wall_us, Meter, Summary};
 use rumqttc::QoS;
 use std::net::SocketAddr;
@@ -109,6 +109,10 @@ pub struct PriorityReport {
     pub p99_ratio: f64,
     /// Per service, loaded window.
     pub services: Vec<ServiceResult>,
+    /// The sluice consumer's calls, idle window.
+    pub idle_calls: Option<CallStats>,
+    /// The sluice consumer's calls, loaded window.
+    pub loaded_calls: Option<CallStats>,
     /// Publisher connection errors.
     pub errors: u64,
 }
@@ -134,9 +138,15 @@ impl PriorityBench {
     }
 }
 
+/// Publishes acknowledged (QoS 1) or sent (QoS 0) so far.
 fn published(r: &Running, qos: QoS) -> u64 {
     let c = if qos == QoS::AtMostOnce { &r.counters.sent } else { &r.counters.acked };
     c.load(Ordering::Relaxed)
+}
+
+/// Publishes written so far: the count closest to the payload stamps.
+fn sent(r: &Running) -> u64 {
+    r.counters.sent.load(Ordering::Relaxed)
 }
 
 /// Runs the scenario: idle phase, then loaded phase.
@@ -150,9 +160,9 @@ pub async fn run(b: PriorityBench) -> anyhow::Result<PriorityReport> {
     eprintln!("idle: {} alone for {:?}", b.services[b.probe].name, b.duration);
     let probe = b.publishers(b.probe).start().await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (idle_from, idle_sent) = (wall_us(), published(&probe, b.qos));
+    let (idle_from, idle_sent) = (wall_us(), sent(&probe));
     sample_each_second("idle", &meters, b.duration).await;
-    let (idle_to, idle_sent) = (wall_us(), published(&probe, b.qos) - idle_sent);
+    let (idle_to, idle_sent) = (wall_us(), sent(&probe) - idle_sent);
     errors += probe.counters.errors.load(Ordering::Relaxed);
     probe.stop().await;
     tokio::time::sleep(b.grace).await;
@@ -164,10 +174,11 @@ pub async fn run(b: PriorityBench) -> anyhow::Result<PriorityReport> {
     }
     tokio::time::sleep(b.warmup).await;
     let from = wall_us();
-    let before: Vec<u64> = running.iter().map(|r| published(r, b.qos)).collect();
+    let before: Vec<(u64, u64)> = running.iter().map(|r| (published(r, b.qos), sent(r))).collect();
     sample_each_second("loaded", &meters, b.duration).await;
     let to = wall_us();
-    let counts: Vec<u64> = running.iter().zip(&before).map(|(r, n)| published(r, b.qos) - n).collect();
+    let counts: Vec<(u64, u64)> =
+        running.iter().zip(&before).map(|(r, (p, s))| (published(r, b.qos) - p, sent(r) - s)).collect();
     for r in running {
         errors += r.counters.errors.load(Ordering::Relaxed);
         r.stop().await;
@@ -186,10 +197,10 @@ pub async fn run(b: PriorityBench) -> anyhow::Result<PriorityReport> {
         .map(|(i, s)| ServiceResult {
             name: s.name.clone(),
             rate: s.rate,
-            published_per_s: counts[i] as f64 / secs,
+            published_per_s: counts[i].0 as f64 / secs,
             delivered_per_s: delivered[i] as f64 / secs,
             share: delivered[i] as f64 / total,
-            delivered_fraction: fraction(deliveries.delivered_of_published(i, from, to), counts[i]),
+            delivered_fraction: fraction(deliveries.delivered_of_published(i, from, to), counts[i].1),
             latency: deliveries.latencies(i, from, to).summary(),
         })
         .collect();
@@ -207,6 +218,8 @@ pub async fn run(b: PriorityBench) -> anyhow::Result<PriorityReport> {
         loaded,
         p99_ratio: loaded.p99_ms / idle.p99_ms,
         services,
+        idle_calls: deliveries.call_stats(idle_from, idle_to),
+        loaded_calls: deliveries.call_stats(from, to),
         errors,
     })
 }
@@ -254,6 +267,22 @@ impl std::fmt::Display for PriorityReport {
             self.loaded.p99_ms,
             self.p99_ratio,
             self.errors
-        )
+        )?;
+        for (phase, calls) in [("idle", &self.idle_calls), ("loaded", &self.loaded_calls)] {
+            if let Some(c) = calls {
+                write!(
+                    f,
+                    "\nconsumer {phase}: {} fetches of {:.1} records on average; fetch p50 {:.2} ms p99 {:.2} ms, \
+                     commit p50 {:.2} ms p99 {:.2} ms",
+                    c.fetches,
+                    c.records_per_fetch,
+                    c.fetch.p50_ms,
+                    c.fetch.p99_ms,
+                    c.commit.p50_ms,
+                    c.commit.p99_ms
+                )?;
+            }
+        }
+        Ok(())
     }
 }

@@ -30,6 +30,11 @@ impl Gateway {
     }
 
     async fn start_with(data_dir: &Path, config: Option<PathBuf>) -> Gateway {
+        Self::start_env(data_dir, config, &[]).await
+    }
+
+    /// Starts with extra environment variables.
+    pub async fn start_env(data_dir: &Path, config: Option<PathBuf>, env: &[(&str, &str)]) -> Gateway {
         let _ = std::fs::remove_file(data_dir.join("listen.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("run")
@@ -43,6 +48,7 @@ impl Gateway {
         if let Some(c) = &config {
             cmd.arg("--config").arg(c);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn sluice");
         let listen = data_dir.join("listen.json");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -111,6 +117,14 @@ impl Gateway {
         let pid = self.child.as_ref().expect("running").id();
         let status = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
         assert!(status.success());
+    }
+
+    /// Waits for an exit already requested with a signal; asserts it is clean.
+    pub fn terminate_wait(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let status = c.wait().unwrap();
+            assert!(status.success(), "sluice exited with {status}");
+        }
     }
 
     /// Path of the config file, if any.

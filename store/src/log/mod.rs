@@ -410,7 +410,12 @@ impl Store {
     }
 
     /// An uplink's cursor in one partition, if any.
-    pub fn cursor(&self, uplink: &str, topic: &str, partition: PartitionId) -> Result<Option<Offset>, StoreError> {
+    pub fn cursor(
+        &self,
+        uplink: &str,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Option<Offset>, StoreError> {
         self.position(&self.inner.cursors, "reading uplink cursor", uplink, topic, partition)
     }
 
@@ -434,7 +439,8 @@ impl Store {
                 high_watermark: hw.0,
             });
         }
-        tree.insert(position_key(owner, topic, partition), &offset.0.to_be_bytes()).map_err(StoreError::io(op))?;
+        tree.insert(position_key(owner, topic, partition), &offset.0.to_be_bytes())
+            .map_err(StoreError::io(op))?;
         Ok(())
     }
 
