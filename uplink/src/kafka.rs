@@ -23,12 +23,16 @@
 //!
 //! Connection: nothing happens in [`KafkaSink::new`]; the first `send`
 //! connects (TLS and SASL when configured, client id `sluice-<node>`).
-//! rskafka retries failed requests internally with backoff; a deadline
-//! ([`KafkaSinkOptions::retry_deadline`]) turns a dead cluster into an
-//! error, so the worker's own backoff and status take over, and
-//! [`KafkaSinkOptions::send_timeout`] bounds a whole `send` even against a
-//! broker that accepts connections but never answers. [`Sink::reset`] drops
-//! the client with its cached partition counts and partition clients.
+//! rskafka retries failed requests internally with backoff (connection
+//! errors, leader changes, a new topic without a leader yet); a small
+//! budget ([`KafkaSinkOptions::retry_deadline`]) turns a dead cluster into
+//! an error within seconds, so the worker's own backoff and status take
+//! over. The budget counts rskafka's sleeps per request, and retries nest (a
+//! produce retries its reconnect, which retries too), so a send to a dead
+//! broker fails after a few times the budget. [`KafkaSinkOptions::send_timeout`]
+//! bounds a whole `send` even against a broker that accepts connections but
+//! never answers. [`Sink::reset`] drops the client with its cached partition
+//! counts and partition clients.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -52,8 +56,9 @@ use crate::sink::{Batch, OutRecord, Sink, SinkError};
 /// Timeouts of a [`KafkaSink`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSinkOptions {
-    /// How long rskafka keeps retrying one request (connect, metadata,
-    /// create topic, produce) before the send fails. Default 5s.
+    /// Total backoff sleep rskafka may spend retrying one request (connect,
+    /// metadata, create topic, produce) before the send fails; nested
+    /// retries make the wall-clock time a few times this. Default 1s.
     pub retry_deadline: Duration,
     /// Longest time one `send` may take in all; past it the connection is
     /// dropped and the send fails. Longer than the broker's produce timeout
@@ -66,7 +71,7 @@ pub struct KafkaSinkOptions {
 impl Default for KafkaSinkOptions {
     fn default() -> KafkaSinkOptions {
         KafkaSinkOptions {
-            retry_deadline: Duration::from_secs(5),
+            retry_deadline: Duration::from_secs(1),
             send_timeout: Duration::from_secs(60),
             create_topic_timeout: Duration::from_secs(10),
         }
@@ -209,7 +214,7 @@ impl Settings {
     async fn connect(&self) -> Result<Client, SinkError> {
         let backoff = BackoffConfig {
             init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(500),
             base: 3.0,
             deadline: Some(self.options.retry_deadline),
         };

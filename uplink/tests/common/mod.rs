@@ -83,23 +83,42 @@ pub(crate) async fn read_topic(bootstrap: &str, topic: &str, count: usize) -> Re
 
 /// [`read_topic`] with more options of `deploy/kafka-check.py` (TLS, SASL).
 pub(crate) async fn read_topic_with(bootstrap: &str, topic: &str, count: usize, options: &[&str]) -> Read {
+    let mut args = vec!["--count".to_owned(), count.to_string()];
+    args.extend(options.iter().map(|o| (*o).to_owned()));
+    let (stdout, status, stderr) = kafka_check(bootstrap, topic, args).await;
+    Read { records: stdout.lines().map(parse_line).collect(), status, stderr }
+}
+
+/// `(partition, low, high)` watermarks of every partition of `topic`, as
+/// the broker reports them (no records are fetched).
+pub(crate) async fn watermarks(bootstrap: &str, topic: &str) -> Vec<(i32, i64, i64)> {
+    let (stdout, status, stderr) = kafka_check(bootstrap, topic, vec!["--watermarks".to_owned()]).await;
+    assert_eq!(status, Some(0), "kafka-check --watermarks failed on {topic:?}: {stderr}");
+    stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            let field = |name: &str| v[name].as_i64().expect("watermark field");
+            (i32::try_from(field("partition")).expect("partition"), field("low"), field("high"))
+        })
+        .collect()
+}
+
+/// Runs `deploy/kafka-check.py` with the venv's python: stdout, exit
+/// status, stderr.
+async fn kafka_check(bootstrap: &str, topic: &str, args: Vec<String>) -> (String, Option<i32>, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka-check.py");
     let mut cmd = Command::new(python());
     cmd.arg(script)
         .args(["--bootstrap", bootstrap, "--topic", topic])
-        .args(["--count", &count.to_string(), "--timeout", &READ_GUARD.as_secs().to_string()])
-        .args(options);
+        .args(["--timeout", &READ_GUARD.as_secs().to_string()])
+        .args(args);
     let output = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .expect("join")
         .expect("run deploy/kafka-check.py");
     let stdout = String::from_utf8(output.stdout).expect("kafka-check prints UTF-8");
-    let records = stdout.lines().map(parse_line).collect();
-    Read {
-        records,
-        status: output.status.code(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    (stdout, output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// [`read_topic`] that must find `count` records or more.

@@ -31,11 +31,13 @@ impl Certs {
         for ca in ["ca", "other-ca"] {
             let key = format!("{ca}.key");
             let pem = format!("{ca}.pem");
+            // Distinct names: a CA is found by name, then its signature checked.
+            let subject = format!("/CN=sluice test {ca}");
             certs.openssl(
                 &["req", "-x509", "-config", "ca.cnf", "-extensions", "v3_ca", "-days", "2"]
                     .into_iter()
                     .chain(NEW_KEY)
-                    .chain(["-keyout", &key, "-out", &pem])
+                    .chain(["-subj", &subject, "-keyout", &key, "-out", &pem])
                     .collect::<Vec<_>>(),
             );
         }
