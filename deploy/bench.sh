@@ -41,10 +41,12 @@ start() { # start MODE -> sets pid, addr (HTTP), mqtt
     local mode=$1
     local dir="$work/$mode-$RANDOM"
     sed "s/^mode = .*/mode = \"$mode\"/" deploy/bench/isolation.toml > "$work/$mode.toml"
+    # Logs go to a file: rumqttd logs every reset client connection.
     SLUICE_LOG=warn "$bin" run --config "$work/$mode.toml" --data-dir "$dir" \
-        --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 &
+        --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 2>>"$work/sluice.log" &
     pid=$!
     for _ in $(seq 100); do [[ -f $dir/listen.json ]] && break; sleep 0.1; done
+    [[ -f $dir/listen.json ]] || { tail -20 "$work/sluice.log" >&2; echo "sluice did not start" >&2; exit 1; }
     addr=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['http'])" "$dir/listen.json")
     mqtt=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['mqtt'])" "$dir/listen.json")
 }
@@ -91,7 +93,8 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
 
 rumqttd_addr=127.0.0.1:$(free_port)
-SLUICE_LOG=warn "$bin" bench rumqttd --listen "$rumqttd_addr" --config deploy/bench/isolation.toml &
+SLUICE_LOG=warn "$bin" bench rumqttd --listen "$rumqttd_addr" --config deploy/bench/isolation.toml \
+    2>>"$work/rumqttd.log" &
 mosquitto_port=$(free_port)
 # Mosquitto 2 listens only on localhost and refuses anonymous clients
 # unless configured; queue limits stay at their defaults (20 in flight and
@@ -103,6 +106,7 @@ wait_port "${rumqttd_addr##*:}"
 wait_port "$mosquitto_port"
 mosquitto_addr=127.0.0.1:$mosquitto_port
 results=$work/results.jsonl
+# Progress lines ([... 3s] ...) of the load tool are left out below.
 
 record() { # record SCENARIO TARGET JSON
     python3 -c 'import json,sys;r=json.loads(sys.argv[3]);r["scenario"]=sys.argv[1];r["target"]=sys.argv[2];print(json.dumps(r))' \
@@ -116,7 +120,8 @@ throughput() { # throughput SCENARIO TARGET ARGS...
         rumqttd) extra=(--addr "$rumqttd_addr") ;;
         mosquitto) extra=(--addr "$mosquitto_addr") ;;
     esac
-    out=$("$bin" bench mqtt "${extra[@]}" "$@" --qos 1 --payload 100 --duration "$MQTT_DURATION" --json)
+    out=$("$bin" bench mqtt "${extra[@]}" "$@" --qos 1 --payload 100 --duration "$MQTT_DURATION" --json \
+        2> >(grep -v '^\[' >&2))
     [[ $target == sluice ]] && stop
     record "$scenario" "$target" "$out"
     python3 -c 'import json,sys;r=json.loads(sys.argv[1]);s=r.get("sluice");print("  %-9s %8.0f msg/s acked (median/s %8.0f), ack p50 %6.2f ms p99 %7.2f ms%s"%(sys.argv[2],r["msgs_per_s"],r["median_msgs_per_s"],r["ack_latency"]["p50_ms"],r["ack_latency"]["p99_ms"],"" if not s else ", persisted %d of %d received, dropped %d"%(s["persisted"],s["received"],s["dropped"])))' "$out" "$target"
@@ -132,10 +137,12 @@ priority() { # priority TARGET
         mosquitto) extra=(--addr "$mosquitto_addr" --consumer mqtt) ;;
     esac
     out=$("$bin" bench mqtt-priority "${extra[@]}" "${services[@]}" --drain-rate "$DRAIN" \
-        --qos 1 --payload 100 --duration "$MQTT_DURATION" --json)
+        --qos 1 --payload 100 --duration "$MQTT_DURATION" --json 2> >(grep -v '^\[' >&2))
     [[ $target == sluice* ]] && stop
     record priority "$target" "$out"
-    python3 -c 'import json,sys;r=json.loads(sys.argv[1]);print("  %-11s alarms p99 idle %7.2f ms loaded %8.2f ms (x%.1f); shares %s"%(sys.argv[2],r["idle"]["p99_ms"],r["loaded"]["p99_ms"],r["p99_ratio"]," ".join("%s %.1f%%"%(s["name"],100*s["share"]) for s in r["services"])))' "$out" "$target"
+    python3 -c 'import json,sys
+r=json.loads(sys.argv[1]); f=lambda x: "n/a" if x is None else "%.2f"%x
+print("  %-11s alarms p99 idle %s ms, loaded %s ms (x%s), %.0f%% delivered; shares %s"%(sys.argv[2],f(r["idle"]["p99_ms"]),f(r["loaded"]["p99_ms"]),f(r["p99_ratio"]),100*(r["services"][0]["delivered_fraction"] or 0)," ".join("%s %.1f%%"%(s["name"],100*s["share"]) for s in r["services"])))' "$out" "$target"
 }
 
 for run in $(seq "$RUNS"); do
@@ -153,8 +160,9 @@ python3 - "$results" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(scenario, target, f):
+    # JSON null is NaN (a percentile without samples): left out.
     v = [f(r) for r in rows if r["scenario"] == scenario and r["target"] == target]
-    v = [x for x in v if x == x]
+    v = [x for x in v if x is not None and x == x]
     return statistics.median(v) if v else float("nan")
 for scenario, label in [("one-publisher", "1 publisher x 100 in flight"), ("many-publishers", "100 publishers x 1 in flight")]:
     rate = {t: med(scenario, t, lambda r: r["msgs_per_s"]) for t in ("sluice", "rumqttd", "mosquitto")}

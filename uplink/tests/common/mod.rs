@@ -134,7 +134,13 @@ pub(crate) async fn read_all_with(
     options: &[&str],
 ) -> Vec<Consumed> {
     let read = read_topic_with(bootstrap, topic, count, options).await;
-    assert_eq!(read.status, Some(0), "kafka-check failed on {topic:?}: {}", read.stderr);
+    assert_eq!(
+        read.status,
+        Some(0),
+        "kafka-check failed on {topic:?} (exit 1: too few records; 2: no such topic or a client error; \
+         other: is confluent-kafka installed? run deploy/install-test-peers.sh): {}",
+        read.stderr
+    );
     read.records
 }
 
