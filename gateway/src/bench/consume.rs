@@ -168,11 +168,6 @@ impl Deliveries {
     pub fn delivered_between(&self, svc: usize, from: u64, to: u64) -> u64 {
         self.times(svc).iter().filter(|&&(_, got)| got >= from && got < to).count() as u64
     }
-
-    /// Messages published in `[from, to)` that were delivered (by now).
-    pub fn delivered_of_published(&self, svc: usize, from: u64, to: u64) -> u64 {
-        self.times(svc).iter().filter(|&&(sent, _)| sent >= from && sent < to).count() as u64
-    }
 }
 
 /// A running consumer.

@@ -86,8 +86,14 @@ pub struct ServiceResult {
     /// Fraction of what it published in the window that was delivered by
     /// the end of the grace time.
     pub delivered_fraction: f64,
-    /// Publish -> consumer latency of what it published in the window.
+    /// Publish -> consumer latency of what it published in the window and
+    /// was delivered.
     pub latency: Summary,
+    /// The p99 over everything it published in the window, counting what
+    /// was not delivered by the end of the grace time as later than the
+    /// rest: `None` when more than 1% was not (the p99 is then beyond the
+    /// grace time).
+    pub p99_all_ms: Option<f64>,
 }
 
 /// The outcome.
@@ -105,8 +111,15 @@ pub struct PriorityReport {
     pub idle_delivered_fraction: f64,
     /// Probe latency under load.
     pub loaded: Summary,
-    /// loaded p99 / idle p99.
-    pub p99_ratio: f64,
+    /// Probe p99 idle, undelivered messages counted (see
+    /// [`ServiceResult::p99_all_ms`]).
+    pub idle_p99_ms: Option<f64>,
+    /// Probe p99 loaded, undelivered messages counted.
+    pub loaded_p99_ms: Option<f64>,
+    /// loaded p99 / idle p99 (`None` when either is beyond the grace time).
+    pub p99_ratio: Option<f64>,
+    /// Grace time, seconds: the bound of a `None` p99.
+    pub grace_s: f64,
     /// Per service, loaded window.
     pub services: Vec<ServiceResult>,
     /// The sluice consumer's calls, idle window.
@@ -194,29 +207,38 @@ pub async fn run(b: PriorityBench) -> anyhow::Result<PriorityReport> {
         .services
         .iter()
         .enumerate()
-        .map(|(i, s)| ServiceResult {
-            name: s.name.clone(),
-            rate: s.rate,
-            published_per_s: counts[i].0 as f64 / secs,
-            delivered_per_s: delivered[i] as f64 / secs,
-            share: delivered[i] as f64 / total,
-            delivered_fraction: fraction(deliveries.delivered_of_published(i, from, to), counts[i].1),
-            latency: deliveries.latencies(i, from, to).summary(),
+        .map(|(i, s)| {
+            let latencies = deliveries.latencies(i, from, to);
+            let missing = counts[i].1.saturating_sub(latencies.len() as u64);
+            ServiceResult {
+                name: s.name.clone(),
+                rate: s.rate,
+                published_per_s: counts[i].0 as f64 / secs,
+                delivered_per_s: delivered[i] as f64 / secs,
+                share: delivered[i] as f64 / total,
+                delivered_fraction: fraction(latencies.len() as u64, counts[i].1),
+                latency: latencies.summary(),
+                p99_all_ms: latencies.quantile_with_missing_ms(0.99, missing),
+            }
         })
         .collect();
-    let idle = deliveries.latencies(b.probe, idle_from, idle_to).summary();
+    let idle_latencies = deliveries.latencies(b.probe, idle_from, idle_to);
+    let idle = idle_latencies.summary();
+    let idle_p99_ms =
+        idle_latencies.quantile_with_missing_ms(0.99, idle_sent.saturating_sub(idle_latencies.len() as u64));
     let loaded = services[b.probe].latency;
+    let loaded_p99_ms = services[b.probe].p99_all_ms;
     Ok(PriorityReport {
         consumer: b.source.label(),
         drain_rate: b.drain_rate,
         probe: b.services[b.probe].name.clone(),
         idle,
-        idle_delivered_fraction: fraction(
-            deliveries.delivered_of_published(b.probe, idle_from, idle_to),
-            idle_sent,
-        ),
+        idle_delivered_fraction: fraction(idle_latencies.len() as u64, idle_sent),
         loaded,
-        p99_ratio: loaded.p99_ms / idle.p99_ms,
+        idle_p99_ms,
+        loaded_p99_ms,
+        p99_ratio: loaded_p99_ms.zip(idle_p99_ms).map(|(l, i)| l / i),
+        grace_s: b.grace.as_secs_f64(),
         services,
         idle_calls: deliveries.call_stats(idle_from, idle_to),
         loaded_calls: deliveries.call_stats(from, to),
@@ -232,6 +254,13 @@ fn fraction(part: u64, whole: u64) -> f64 {
     }
 }
 
+impl PriorityReport {
+    /// A p99 for display: `>N` (the grace time) when beyond it.
+    fn p99(&self, p99: Option<f64>) -> String {
+        p99.map_or_else(|| format!(">{:.0}", self.grace_s * 1000.0), |v| format!("{v:.2}"))
+    }
+}
+
 impl std::fmt::Display for PriorityReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "consumer {} draining {:.0} records/s; loaded window:", self.consumer, self.drain_rate)?;
@@ -244,7 +273,7 @@ impl std::fmt::Display for PriorityReport {
             let rate = if s.rate > 0.0 { format!("{:.0}", s.rate) } else { "max".to_owned() };
             writeln!(
                 f,
-                "{:<12} {:>9} {:>12.0} {:>12.0} {:>6.1}% {:>9.1}% {:>10.2} {:>10.2}",
+                "{:<12} {:>9} {:>12.0} {:>12.0} {:>6.1}% {:>9.1}% {:>10.2} {:>10}",
                 s.name,
                 rate,
                 s.published_per_s,
@@ -252,20 +281,20 @@ impl std::fmt::Display for PriorityReport {
                 s.share * 100.0,
                 s.delivered_fraction * 100.0,
                 s.latency.p50_ms,
-                s.latency.p99_ms
+                self.p99(s.p99_all_ms)
             )?;
         }
         write!(
             f,
-            "{} publish -> consumer: idle p50 {:.2} ms p99 {:.2} ms ({:.1}% delivered); \
-             loaded p50 {:.2} ms p99 {:.2} ms; loaded/idle p99 {:.2}; publisher errors {}",
+            "{} publish -> consumer: idle p50 {:.2} ms p99 {} ms ({:.1}% delivered); \
+             loaded p50 {:.2} ms p99 {} ms; loaded/idle p99 {}; publisher errors {}",
             self.probe,
             self.idle.p50_ms,
-            self.idle.p99_ms,
+            self.p99(self.idle_p99_ms),
             self.idle_delivered_fraction * 100.0,
             self.loaded.p50_ms,
-            self.loaded.p99_ms,
-            self.p99_ratio,
+            self.p99(self.loaded_p99_ms),
+            self.p99_ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}")),
             self.errors
         )?;
         for (phase, calls) in [("idle", &self.idle_calls), ("loaded", &self.loaded_calls)] {

@@ -42,6 +42,23 @@ impl Latencies {
         quantile_sorted(&v, q)
     }
 
+    /// The q-quantile in milliseconds when `missing` more samples are
+    /// known to be larger than every sample here (messages never
+    /// delivered); `None` when the quantile falls among those.
+    pub fn quantile_with_missing_ms(&self, q: f64, missing: u64) -> Option<f64> {
+        let total = self.0.len() as u64 + missing;
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        if rank >= self.0.len() {
+            return None;
+        }
+        let mut v = self.0.clone();
+        v.sort_unstable();
+        Some(v[rank] as f64 / 1000.0)
+    }
+
     /// p50, p99 and max with one sort.
     pub fn summary(&self) -> Summary {
         let mut v = self.0.clone();
@@ -231,6 +248,10 @@ mod tests {
         assert_eq!(s.p99_ms, 99.0);
         assert_eq!(s.max_ms, 100.0);
         assert!(Latencies::default().quantile_ms(0.5).is_nan());
+        // 100 delivered, 1 never: the p99 is still among the delivered.
+        assert_eq!(l.quantile_with_missing_ms(0.99, 1), Some(100.0));
+        assert_eq!(l.quantile_with_missing_ms(0.99, 5), None);
+        assert_eq!(Latencies::default().quantile_with_missing_ms(0.5, 0), None);
     }
 
     #[test]

@@ -46,6 +46,9 @@ use std::time::Duration;
 
 const FORMAT: &str = "sluice-store/1";
 
+/// How long `open` waits for another holder of the directory's lock.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How to open the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -158,8 +161,8 @@ impl Store {
         // sled 0.34.7 panics on some damaged log files instead of returning
         // an error (spacejam/sled#1387): report that as a corrupt directory.
         // (Where panics abort, as in the release profile, this cannot help.)
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
-            .unwrap_or_else(|panic| {
+        let open_once = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).unwrap_or_else(|panic| {
                 let why = panic
                     .downcast_ref::<String>()
                     .map(String::as_str)
@@ -167,7 +170,22 @@ impl Store {
                     .unwrap_or("unknown panic");
                 Err(damaged(&format!("sled cannot recover its log ({why})")))
             })
-            .map_err(open_err)?;
+        };
+        // sled's file lock outlives a dropped database for a moment (its
+        // background threads hold the file), and a previous process may
+        // still be exiting: wait a little before calling the directory busy.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        let db = loop {
+            match open_once() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other.map_err(open_err)?,
+            }
+        };
         let meta = db.open_tree("meta").map_err(open_err)?;
         let groups = db.open_tree("groups").map_err(open_err)?;
         let cursors = db.open_tree("cursors").map_err(open_err)?;
