@@ -37,7 +37,7 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
-    /// Load tool against a running sluice.
+    /// Load tool against a running sluice (and, for comparison, any MQTT broker).
     Bench {
         #[command(subcommand)]
         scenario: Bench,
@@ -152,8 +152,8 @@ enum Bench {
         /// service's MQTT topic, as sluice's unrouted policy maps them).
         #[arg(long = "log-topic")]
         log_topics: Vec<String>,
-        /// QoS of the MQTT subscription (consumer `mqtt`).
-        #[arg(long, default_value_t = 1)]
+        /// QoS of the MQTT subscription (consumer `mqtt`; 0 or 1).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
         sub_qos: u8,
         /// Records per second the consumer takes.
         #[arg(long, default_value_t = 1000.0)]

@@ -251,7 +251,7 @@ fn format_marker_mismatch_is_refused() {
     match &err {
         StoreError::Format { found, expected, .. } => {
             assert_eq!(found, "sluice-store/999");
-            assert_eq!(*expected, "sluice-store/1");
+            assert_eq!(*expected, "sluice-store/2");
         }
         other => panic!("expected a format error, got {other:?}"),
     }

@@ -6,10 +6,10 @@
 //!
 //! | tree                     | key                                             | value |
 //! |--------------------------|-------------------------------------------------|-------|
-//! | `meta`                   | `format`                                        | `sluice-store/1` |
+//! | `meta`                   | `format`                                        | `sluice-store/2` |
 //! | `meta`                   | `topic/<topic>`                                 | JSON `{"partitions": N, "service": "name"}` |
 //! | `meta`                   | `start/<topic>/<partition u32 BE>`              | u64 BE: first offset not deleted by retention or eviction |
-//! | `log/<topic>/<partition>`| offset u64 BE (so keys sort by offset)          | encoded [`Record`](crate::Record), see [`crate::record`] |
+//! | `log/<topic>/<partition>`| offset u64 BE of the chunk's first record       | a chunk: the records of one append (see `partition.rs`), each encoded as in [`crate::record`] |
 //! | `groups`                 | `<group> 0x00 <topic> 0x00 <partition u32 BE>`  | u64 BE committed offset (next to read) |
 //! | `cursors`                | `<uplink> 0x00 <topic> 0x00 <partition u32 BE>` | u64 BE next offset to forward (set after the central side acknowledged) |
 //!
@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-const FORMAT: &str = "sluice-store/1";
+const FORMAT: &str = "sluice-store/2";
 
 /// How long `open` waits for another holder of the directory's lock.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);

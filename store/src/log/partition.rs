@@ -1,5 +1,21 @@
-//! One partition: a sled tree keyed by big-endian offset, plus the in-memory
-//! watermarks and size counters that make appends and budget checks O(1).
+//! One partition: a sled tree of record chunks keyed by the big-endian
+//! offset of their first record, plus the in-memory watermarks and size
+//! counters that make appends and budget checks O(1).
+//!
+//! An append of N records is one chunk (split at [`MAX_CHUNK_BYTES`]): one
+//! sled key instead of N, which is what makes group commits cheap (sled's
+//! per-key cost and its write amplification are paid per chunk). Chunk
+//! value, integers big-endian:
+//!
+//! ```text
+//! u8  chunk format (2)
+//! u32 record count
+//! per record: u32 length, then the encoded record (see crate::record)
+//! ```
+//!
+//! Retention deletes record by record logically (the log start moves); a
+//! chunk is removed once all its records are below the log start, and reads
+//! skip the deleted head of a partly deleted chunk.
 
 use super::{PartitionInfo, ReadResult};
 use crate::error::StoreError;
@@ -13,8 +29,50 @@ pub(super) struct TopicMeta {
     pub(super) service: String,
 }
 
-/// Sizes are counted as encoded record bytes plus the 8-byte key.
+/// Sizes are counted as encoded record bytes plus 8 bytes of overhead per
+/// record (the key of the record-per-key layout; kept so budgets mean the
+/// same as before chunks).
 const KEY_LEN: u64 = 8;
+
+/// Largest chunk an append writes (more records make several chunks).
+pub(super) const MAX_CHUNK_BYTES: usize = 64 << 10;
+
+const CHUNK_V2: u8 = 2;
+
+/// The records of one chunk as (offset, encoded record) pairs.
+fn chunk_records(first: Offset, v: &[u8]) -> Result<Vec<(Offset, &[u8])>, String> {
+    if v.first() != Some(&CHUNK_V2) || v.len() < 5 {
+        return Err(format!("unknown chunk format {:?}", v.first()));
+    }
+    let count = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
+    let mut out = Vec::with_capacity(count);
+    let mut pos = 5;
+    for i in 0..count {
+        let len_end = pos + 4;
+        let len = v.get(pos..len_end).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let rec = len.and_then(|l| v.get(len_end..len_end + l));
+        let Some(rec) = rec else { return Err(format!("chunk truncated at record {i} of {count}")) };
+        out.push((Offset(first.0 + i as u64), rec));
+        pos = len_end + rec.len();
+    }
+    Ok(out)
+}
+
+fn encode_chunk(records: &[Record], out: &mut Vec<u8>) -> u64 {
+    out.clear();
+    out.push(CHUNK_V2);
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    let mut logical = 0u64;
+    for r in records {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        r.encode_into(out);
+        let len = out.len() - at - 4;
+        out[at..at + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        logical += KEY_LEN + len as u64;
+    }
+    logical
+}
 
 #[derive(Debug, Clone, Copy)]
 struct State {
@@ -51,22 +109,34 @@ impl Partition {
             })?)),
             None => Offset(0),
         };
-        // A crash between recording a new log start and deleting the records
+        // A crash between recording a new log start and deleting the chunks
         // below it leaves stragglers: finish the deletion now.
         let mut stale = sled::Batch::default();
-        for k in tree.range(..offset_key(log_start)).keys() {
-            stale.remove(k.map_err(StoreError::io("opening partition"))?);
-        }
-        tree.apply_batch(stale).map_err(StoreError::io("opening partition"))?;
-
         let (mut records, mut bytes) = (0u64, 0u64);
         let mut last = None;
         for item in tree.iter() {
             let (k, v) = item.map_err(StoreError::io("scanning partition"))?;
-            records += 1;
-            bytes += KEY_LEN + v.len() as u64;
-            last = Some(decode_offset(&k));
+            let first = decode_offset(&k);
+            let recs = chunk_records(first, &v).map_err(|e| StoreError::Corrupt {
+                topic: topic.to_owned(),
+                partition: id.0,
+                offset: first.0,
+                source: crate::error::CorruptRecord(e),
+            })?;
+            let Some(&(chunk_last, _)) = recs.last() else { continue };
+            if chunk_last < log_start {
+                stale.remove(k);
+                continue;
+            }
+            for (o, r) in &recs {
+                if *o >= log_start {
+                    records += 1;
+                    bytes += KEY_LEN + r.len() as u64;
+                }
+            }
+            last = Some(chunk_last);
         }
+        tree.apply_batch(stale).map_err(StoreError::io("opening partition"))?;
         let next = match last {
             Some(o) => Offset(o.0 + 1).max(log_start),
             None => log_start,
@@ -104,16 +174,38 @@ impl Partition {
     pub(super) fn append(&self, records: &[Record]) -> Result<(Offset, u64), StoreError> {
         let mut state = self.state();
         let first = state.next;
-        let mut batch = sled::Batch::default();
+        let mut chunks: Vec<([u8; 8], Vec<u8>)> = Vec::new();
         let mut added = 0u64;
-        let mut buf = Vec::new();
-        for (i, rec) in records.iter().enumerate() {
-            buf.clear();
-            rec.encode_into(&mut buf);
-            added += KEY_LEN + buf.len() as u64;
-            batch.insert(&offset_key(Offset(first.0 + i as u64)), buf.as_slice());
+        let (mut at, mut chunk_start, mut chunk_bytes) = (0usize, 0usize, 0usize);
+        while at <= records.len() {
+            let full = at == records.len()
+                || (at > chunk_start && chunk_bytes + records[at].encoded_len() > MAX_CHUNK_BYTES);
+            if full && at > chunk_start {
+                let mut buf = Vec::with_capacity(chunk_bytes + 5);
+                added += encode_chunk(&records[chunk_start..at], &mut buf);
+                chunks.push((offset_key(Offset(first.0 + chunk_start as u64)), buf));
+                chunk_start = at;
+                chunk_bytes = 0;
+            }
+            if at == records.len() {
+                break;
+            }
+            chunk_bytes += records[at].encoded_len() + 4;
+            at += 1;
         }
-        self.tree.apply_batch(batch).map_err(StoreError::io("append"))?;
+        // One chunk is one key, atomic by itself; sled's `apply_batch`
+        // seals and writes its I/O buffer around every batch, which costs
+        // two small synchronous writes, so it is kept for multi-chunk appends.
+        if chunks.len() == 1 {
+            let (k, v) = chunks.remove(0);
+            self.tree.insert(k, v).map_err(StoreError::io("append"))?;
+        } else if !chunks.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in chunks {
+                batch.insert(&k, v);
+            }
+            self.tree.apply_batch(batch).map_err(StoreError::io("append"))?;
+        }
         state.next = Offset(first.0 + records.len() as u64);
         state.records += records.len() as u64;
         state.bytes += added;
@@ -131,43 +223,60 @@ impl Partition {
         let mut records = Vec::new();
         let mut bytes = 0usize;
         if from < next && max_records > 0 {
-            for item in self.tree.range(offset_key(from)..offset_key(next)) {
+            'chunks: for item in self.tree.range(self.chunk_key_at(from)?..offset_key(next)) {
                 let (k, v) = item.map_err(StoreError::io("read"))?;
-                if !records.is_empty() && bytes + v.len() > max_bytes {
-                    break;
-                }
-                let offset = decode_offset(&k);
-                let record = Record::decode(&v).map_err(|source| StoreError::Corrupt {
-                    topic: self.topic.clone(),
-                    partition: self.id.0,
-                    offset: offset.0,
-                    source,
-                })?;
-                bytes += v.len();
-                records.push(StoredRecord { offset, record });
-                if records.len() >= max_records {
-                    break;
+                for (offset, raw) in self.records_of(&k, &v)? {
+                    if offset < from {
+                        continue;
+                    }
+                    if offset >= next || (!records.is_empty() && bytes + raw.len() > max_bytes) {
+                        break 'chunks;
+                    }
+                    let record = Record::decode(raw).map_err(|source| self.corrupt(offset, source))?;
+                    bytes += raw.len();
+                    records.push(StoredRecord { offset, record });
+                    if records.len() >= max_records {
+                        break 'chunks;
+                    }
                 }
             }
         }
         Ok(ReadResult { records, high_watermark: next, log_start })
     }
 
+    /// Key of the chunk holding `offset` (or `offset` itself when no chunk
+    /// starts at or before it).
+    fn chunk_key_at(&self, offset: Offset) -> Result<[u8; 8], StoreError> {
+        match self.tree.range(..=offset_key(offset)).next_back() {
+            Some(item) => {
+                let (k, _) = item.map_err(StoreError::io("read"))?;
+                Ok(offset_key(decode_offset(&k)))
+            }
+            None => Ok(offset_key(offset)),
+        }
+    }
+
+    fn records_of<'v>(&self, k: &[u8], v: &'v [u8]) -> Result<Vec<(Offset, &'v [u8])>, StoreError> {
+        let first = decode_offset(k);
+        chunk_records(first, v).map_err(|e| self.corrupt(first, crate::error::CorruptRecord(e)))
+    }
+
+    fn corrupt(&self, offset: Offset, source: crate::error::CorruptRecord) -> StoreError {
+        StoreError::Corrupt { topic: self.topic.clone(), partition: self.id.0, offset: offset.0, source }
+    }
+
     /// Timestamp of the oldest stored record.
     pub(crate) fn oldest_timestamp(&self) -> Result<Option<i64>, StoreError> {
-        let start = self.state().log_start;
-        match self.tree.range(offset_key(start)..).next() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, v) = item.map_err(StoreError::io("reading oldest record"))?;
-                Record::decode_timestamp(&v).map(Some).map_err(|source| StoreError::Corrupt {
-                    topic: self.topic.clone(),
-                    partition: self.id.0,
-                    offset: decode_offset(&k).0,
-                    source,
-                })
+        let State { log_start, next, .. } = *self.state();
+        for item in self.tree.range(self.chunk_key_at(log_start)?..offset_key(next)) {
+            let (k, v) = item.map_err(StoreError::io("reading oldest record"))?;
+            if let Some((offset, raw)) = self.records_of(&k, &v)?.into_iter().find(|(o, _)| *o >= log_start) {
+                return Record::decode_timestamp(raw)
+                    .map(Some)
+                    .map_err(|source| self.corrupt(offset, source));
             }
         }
+        Ok(None)
     }
 
     /// Deletes the oldest records, at most `limit` of them, while
@@ -179,24 +288,35 @@ impl Partition {
         mut delete: impl FnMut(i64, u64, u64, u64) -> bool,
     ) -> Result<(u64, u64), StoreError> {
         let mut state = self.state();
-        let mut doomed = Vec::new();
+        let mut deleted = 0u64;
         let mut freed = 0u64;
         let mut new_start = state.log_start;
-        for item in self.tree.range(offset_key(state.log_start)..offset_key(state.next)) {
-            if doomed.len() >= limit {
-                break;
-            }
+        // Chunks whose every record falls below the new log start.
+        let mut doomed = Vec::new();
+        'chunks: for item in self.tree.range(self.chunk_key_at(state.log_start)?..offset_key(state.next)) {
             let (k, v) = item.map_err(StoreError::io("retention scan"))?;
-            let ts = Record::decode_timestamp(&v).unwrap_or(i64::MIN);
-            let size = KEY_LEN + v.len() as u64;
-            if !delete(ts, state.bytes - freed, freed, size) {
-                break;
+            let recs = self.records_of(&k, &v)?;
+            let mut whole = true;
+            for (offset, raw) in &recs {
+                if *offset < state.log_start {
+                    continue;
+                }
+                let ts = Record::decode_timestamp(raw).unwrap_or(i64::MIN);
+                let size = KEY_LEN + raw.len() as u64;
+                if deleted as usize >= limit || !delete(ts, state.bytes - freed, freed, size) {
+                    whole = false;
+                    break;
+                }
+                freed += size;
+                deleted += 1;
+                new_start = offset.next();
             }
-            freed += size;
-            new_start = decode_offset(&k).next();
+            if !whole {
+                break 'chunks;
+            }
             doomed.push(k);
         }
-        if doomed.is_empty() {
+        if deleted == 0 {
             return Ok((0, 0));
         }
         // Record the new start first: a crash in between leaves stragglers
@@ -210,9 +330,9 @@ impl Partition {
         }
         self.tree.apply_batch(batch).map_err(StoreError::io("deleting records"))?;
         state.log_start = new_start;
-        state.records -= doomed.len() as u64;
+        state.records -= deleted;
         state.bytes -= freed;
-        Ok((doomed.len() as u64, freed))
+        Ok((deleted, freed))
     }
 }
 
