@@ -12,9 +12,12 @@ cd "$(dirname "$0")/.."
 what=${1:-all}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
-# MQTT section: seconds per measurement, consumer drain rate (records/s).
+# MQTT section: seconds per measurement, consumer drain rate (records/s),
+# express alarm rate (msgs/s), and where to keep the raw results (JSON lines).
 MQTT_DURATION=${MQTT_DURATION:-10}
 DRAIN=${DRAIN:-1000}
+ALARM_RATE=${ALARM_RATE:-50}
+MQTT_RESULTS=${MQTT_RESULTS:-}
 
 if [[ $what == all || $what == micro ]]; then
     cargo bench -p sluice-store --bench scheduler -- --quick
@@ -128,7 +131,7 @@ throughput() { # throughput SCENARIO TARGET ARGS...
 }
 priority() { # priority TARGET
     local target=$1 out extra=()
-    local services=(--service "alarms:alarms/dev-1:20" --service "telemetry:telemetry/dev-1:$DRAIN"
+    local services=(--service "alarms:alarms/dev-1:$ALARM_RATE" --service "telemetry:telemetry/dev-1:$DRAIN"
         --service "logs:logs/dev-1:$((10 * DRAIN))")
     case $target in
         sluice | sluice-fifo)
@@ -152,7 +155,7 @@ for run in $(seq "$RUNS"); do
     for target in sluice rumqttd mosquitto; do throughput one-publisher "$target" --publishers 1 --inflight 100; done
     echo " QoS 1 ingest, 100 B, 100 publishers with 1 in flight each"
     for target in sluice rumqttd mosquitto; do throughput many-publishers "$target" --publishers 100 --inflight 1; done
-    echo " priority: alarms (express) 20/s, telemetry (weight 4) ${DRAIN}/s, logs (weight 1) $((10 * DRAIN))/s, consumer drains ${DRAIN}/s"
+    echo " priority: alarms (express) ${ALARM_RATE}/s, telemetry (weight 4) ${DRAIN}/s, logs (weight 1) $((10 * DRAIN))/s, consumer drains ${DRAIN}/s"
     for target in sluice mosquitto sluice-fifo; do priority "$target"; done
 done
 
@@ -185,6 +188,8 @@ def cens(t, key):
 for t in ("sluice", "sluice-fifo", "mosquitto"):
     shares = " ".join(f"{n} {100 * med('priority', t, lambda r, i=i: r['services'][i]['share']):.1f}%" for i, n in enumerate(names))
     got = " ".join(f"{n} {100 * med('priority', t, lambda r, i=i: r['services'][i]['delivered_fraction']):.0f}%" for i, n in enumerate(names))
-    print(f"  {t:<11} idle {cens(t, 'idle_p99_ms'):>8} ms  loaded {cens(t, 'loaded_p99_ms'):>8} ms  loaded/idle {cens(t, 'p99_ratio')}")
+    ratio = cens(t, "p99_ratio")
+    print(f"  {t:<11} idle {cens(t, 'idle_p99_ms'):>8} ms  loaded {cens(t, 'loaded_p99_ms'):>8} ms  loaded/idle {'n/a' if ratio.startswith('>') else ratio}")
     print(f"  {'':<11} delivered shares: {shares}; delivered of published: {got}")
 EOF
+[[ -z $MQTT_RESULTS ]] || cp "$results" "$MQTT_RESULTS"

@@ -95,11 +95,32 @@ pub struct CallStats {
     pub commit: Summary,
 }
 
+/// When one message was published and delivered (microseconds since the
+/// epoch), and taken in by sluice's ingest (its record timestamp,
+/// milliseconds).
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    sent: u64,
+    got: u64,
+    ingest_ms: Option<u64>,
+}
+
+/// Where the probe's latency went (sluice consumer only): publish ->
+/// ingest (sluice's record timestamp, millisecond resolution) and ingest
+/// -> consumer.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Split {
+    /// Publish -> the record's timestamp (MQTT, broker, ingest link).
+    pub to_ingest: Summary,
+    /// The record's timestamp -> the consumer (queue, persisting,
+    /// delivery, the consumer's own pace).
+    pub ingest_to_consumer: Summary,
+}
+
 #[derive(Debug, Default)]
 struct ServiceLog {
     delivered: Arc<AtomicU64>,
-    /// (published, delivered), microseconds since the epoch.
-    times: Mutex<Vec<(u64, u64)>>,
+    times: Mutex<Vec<Times>>,
 }
 
 impl Deliveries {
@@ -137,11 +158,12 @@ impl Deliveries {
         })
     }
 
-    fn record(&self, stamp: Stamp, delivered_us: u64) {
+    fn record(&self, stamp: Stamp, delivered_us: u64, ingest_ms: Option<u64>) {
         // Messages of other publishers (not ours) are not counted.
         if let Some(s) = self.services.get(stamp.svc as usize) {
             s.delivered.fetch_add(1, Ordering::Relaxed);
-            s.times.lock().unwrap_or_else(PoisonError::into_inner).push((stamp.sent_us, delivered_us));
+            let times = Times { sent: stamp.sent_us, got: delivered_us, ingest_ms };
+            s.times.lock().unwrap_or_else(PoisonError::into_inner).push(times);
         }
     }
 
@@ -150,7 +172,7 @@ impl Deliveries {
         self.services[svc].delivered.clone()
     }
 
-    fn times(&self, svc: usize) -> Vec<(u64, u64)> {
+    fn times(&self, svc: usize) -> Vec<Times> {
         self.services[svc].times.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
@@ -159,14 +181,40 @@ impl Deliveries {
     pub fn latencies(&self, svc: usize, from: u64, to: u64) -> Latencies {
         self.times(svc)
             .into_iter()
-            .filter(|&(sent, _)| sent >= from && sent < to)
-            .map(|(sent, got)| got.saturating_sub(sent))
+            .filter(|t| t.sent >= from && t.sent < to)
+            .map(|t| t.got.saturating_sub(t.sent))
             .collect()
+    }
+
+    /// The latency split of the service's messages published in
+    /// `[from, to)`; `None` without record timestamps.
+    pub fn split(&self, svc: usize, from: u64, to: u64) -> Option<Split> {
+        let times: Vec<(u64, u64, u64)> = self
+            .times(svc)
+            .into_iter()
+            .filter(|t| t.sent >= from && t.sent < to)
+            .filter_map(|t| t.ingest_ms.map(|ms| (t.sent, ms * 1000, t.got)))
+            .collect();
+        if times.is_empty() {
+            return None;
+        }
+        Some(Split {
+            to_ingest: times
+                .iter()
+                .map(|&(sent, ingest, _)| ingest.saturating_sub(sent))
+                .collect::<Latencies>()
+                .summary(),
+            ingest_to_consumer: times
+                .iter()
+                .map(|&(_, ingest, got)| got.saturating_sub(ingest))
+                .collect::<Latencies>()
+                .summary(),
+        })
     }
 
     /// Messages delivered in `[from, to)`.
     pub fn delivered_between(&self, svc: usize, from: u64, to: u64) -> u64 {
-        self.times(svc).iter().filter(|&&(_, got)| got >= from && got < to).count() as u64
+        self.times(svc).iter().filter(|t| t.got >= from && t.got < to).count() as u64
     }
 }
 
@@ -275,7 +323,7 @@ impl SluiceConsumer {
             let mut next: BTreeMap<(String, u64), u64> = BTreeMap::new();
             for r in records {
                 if let Some(stamp) = payload::from_value(&r["value"]) {
-                    deliveries.record(stamp, got);
+                    deliveries.record(stamp, got, r["timestamp"].as_u64());
                 }
                 let (Some(topic), Some(p), Some(o)) =
                     (r["topic"].as_str(), r["partition"].as_u64(), r["offset"].as_u64())
@@ -351,7 +399,7 @@ async fn mqtt_loop(
                 bucket.ready().await;
                 bucket.take(1);
                 if let Some(stamp) = payload::decode(&p.payload) {
-                    deliveries.record(stamp, wall_us());
+                    deliveries.record(stamp, wall_us(), None);
                 }
             }
             Ok(_) => {}

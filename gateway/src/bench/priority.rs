@@ -8,7 +8,7 @@
 //! priority order; against a plain broker (Mosquitto) it subscribes, and
 //! the same load goes through a first-in-first-out queue.
 
-use super::consume::{CallStats, Consumer, Deliveries, Source};
+use super::consume::{CallStats, Consumer, Deliveries, Source, Split};
 use super::publish::{Publishers, Running};
 use super::stats::{sample_each_second, wall_us, Meter, Summary};
 use rumqttc::QoS;
@@ -122,6 +122,10 @@ pub struct PriorityReport {
     pub grace_s: f64,
     /// Per service, loaded window.
     pub services: Vec<ServiceResult>,
+    /// Where the probe's latency went, idle (sluice consumer).
+    pub idle_split: Option<Split>,
+    /// Where the probe's latency went, loaded (sluice consumer).
+    pub loaded_split: Option<Split>,
     /// The sluice consumer's calls, idle window.
     pub idle_calls: Option<CallStats>,
     /// The sluice consumer's calls, loaded window.
@@ -240,6 +244,8 @@ pub async fn run(b: PriorityBench) -> anyhow::Result<PriorityReport> {
         p99_ratio: loaded_p99_ms.zip(idle_p99_ms).map(|(l, i)| l / i),
         grace_s: b.grace.as_secs_f64(),
         services,
+        idle_split: deliveries.split(b.probe, idle_from, idle_to),
+        loaded_split: deliveries.split(b.probe, from, to),
         idle_calls: deliveries.call_stats(idle_from, idle_to),
         loaded_calls: deliveries.call_stats(from, to),
         errors,
@@ -297,6 +303,20 @@ impl std::fmt::Display for PriorityReport {
             self.p99_ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}")),
             self.errors
         )?;
+        for (phase, split) in [("idle", &self.idle_split), ("loaded", &self.loaded_split)] {
+            if let Some(s) = split {
+                write!(
+                    f,
+                    "\n{} {phase}: publish -> ingest p50 {:.2} ms p99 {:.2} ms, ingest -> consumer p50 {:.2} ms \
+                     p99 {:.2} ms (record timestamps have millisecond resolution)",
+                    self.probe,
+                    s.to_ingest.p50_ms,
+                    s.to_ingest.p99_ms,
+                    s.ingest_to_consumer.p50_ms,
+                    s.ingest_to_consumer.p99_ms
+                )?;
+            }
+        }
         for (phase, calls) in [("idle", &self.idle_calls), ("loaded", &self.loaded_calls)] {
             if let Some(c) = calls {
                 write!(

@@ -18,6 +18,8 @@ pub struct Summary {
     pub n: usize,
     /// Median.
     pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
     /// Largest sample.
@@ -66,6 +68,7 @@ impl Latencies {
         Summary {
             n: v.len(),
             p50_ms: quantile_sorted(&v, 0.5),
+            p90_ms: quantile_sorted(&v, 0.9),
             p99_ms: quantile_sorted(&v, 0.99),
             max_ms: quantile_sorted(&v, 1.0),
         }

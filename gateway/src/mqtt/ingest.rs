@@ -3,7 +3,11 @@
 //!
 //! Publishes that arrive together are grouped per log topic into one job
 //! (up to [`MAX_JOB_BYTES`]), so a burst costs one queue operation and one
-//! sled batch per topic instead of one per message.
+//! sled batch per topic and partition instead of one per message. A burst
+//! lasts [`LINGER`] from its first publish: every sled batch rolls sled's
+//! IO buffer (a write and a wake-up of its IO threads), so many publishes
+//! trickling in from many connections would otherwise cost one batch each.
+//! Publishes of express services do not wait: they are queued at once.
 
 use super::route::{Drop, Router};
 use super::MqttStats;
@@ -21,6 +25,10 @@ use std::time::{Duration, Instant};
 /// Largest job built from a burst of publishes.
 const MAX_JOB_BYTES: u64 = 256 << 10;
 
+/// How long a burst gathers publishes after its first one (express
+/// services excepted).
+const LINGER: Duration = Duration::from_millis(2);
+
 pub(super) struct IngestLoop {
     shared: Shared,
     stats: Arc<MqttStats>,
@@ -28,7 +36,16 @@ pub(super) struct IngestLoop {
     stop: Arc<AtomicBool>,
     router: Router,
     /// Records gathered from the current burst, per log topic.
-    pending: Vec<(String, Vec<Record>, u64)>,
+    pending: Vec<Pending>,
+}
+
+/// The records of one log topic gathered from the current burst.
+struct Pending {
+    topic: String,
+    records: Vec<Record>,
+    bytes: u64,
+    /// The topic belongs to an express service: queue at once.
+    express: bool,
 }
 
 impl IngestLoop {
@@ -50,14 +67,17 @@ impl IngestLoop {
             let wait = if stopping { Duration::from_millis(50) } else { Duration::from_millis(100) };
             let mut got = 0usize;
             let mut deadline = Instant::now() + wait;
+            let mut burst_end = None;
             loop {
                 match self.link.recv_deadline(deadline) {
                     Ok(Some(n)) => {
                         got += 1;
                         self.notification(n);
-                        deadline = Instant::now();
+                        // While stopping, drain without lingering.
+                        let end = *burst_end.get_or_insert_with(|| Instant::now() + LINGER);
+                        deadline = if stopping { Instant::now() } else { end };
                     }
-                    Ok(None) => deadline = Instant::now(),
+                    Ok(None) => deadline = burst_end.unwrap_or_else(Instant::now),
                     Err(rumqttd::local::LinkError::RecvTimeout(_)) => break,
                     Err(e) => {
                         tracing::error!(error = %e, "MQTT ingest link closed");
@@ -117,25 +137,34 @@ impl IngestLoop {
             timestamp_ms: crate::now_ms(),
         };
         let size = record.encoded_len() as u64;
-        let at = match self.pending.iter().position(|(t, _, _)| *t == dest.topic) {
+        let at = match self.pending.iter().position(|p| p.topic == dest.topic) {
             Some(at) => at,
             None => {
-                self.pending.push((dest.topic, Vec::new(), 0));
+                let express = self.is_express(&dest.topic);
+                self.pending.push(Pending { topic: dest.topic, records: Vec::new(), bytes: 0, express });
                 self.pending.len() - 1
             }
         };
         let entry = &mut self.pending[at];
-        entry.1.push(record);
-        entry.2 += size;
-        if entry.2 >= MAX_JOB_BYTES {
-            let (topic, records, _) = self.pending.swap_remove(at);
-            self.submit(&topic, records);
+        entry.records.push(record);
+        entry.bytes += size;
+        if entry.express || entry.bytes >= MAX_JOB_BYTES {
+            let p = self.pending.swap_remove(at);
+            self.submit(&p.topic, p.records);
         }
     }
 
+    /// True when the log topic exists and belongs to an express service
+    /// (a topic that does not exist yet is created under the default
+    /// service when its records are submitted).
+    fn is_express(&self, topic: &str) -> bool {
+        let shared = &self.shared;
+        shared.topics.lookup(topic).is_ok_and(|t| shared.services.resolve(&t.service).class().express)
+    }
+
     fn flush_pending(&mut self) {
-        for (topic, records, _) in std::mem::take(&mut self.pending) {
-            self.submit(&topic, records);
+        for p in std::mem::take(&mut self.pending) {
+            self.submit(&p.topic, p.records);
         }
     }
 
