@@ -209,6 +209,19 @@ fn read_ordered(
         sched.add_service(s.class());
     }
     let ids: Vec<ServiceId> = services.iter().map(|s| s.id).collect();
+    // A page holds few records, and a fresh scheduler serves a whole quantum
+    // (4 KiB x weight) per turn: with small records one service would fill
+    // the page alone. Scaling every cost by the same factor keeps the byte
+    // proportions and makes one turn of weight 1 about one large record.
+    let largest = per_service
+        .iter()
+        .flatten()
+        .flat_map(|q| q.iter())
+        .map(|r| r.record.record.encoded_len() as u64)
+        .max()
+        .unwrap_or(1);
+    let scale = (sluice_store::scheduler::BASE_QUANTUM / largest.max(1)).max(1);
+    let cost = |r: &GroupRecord| r.record.record.encoded_len() as u64 * scale;
     if shared.ingest_mode() == Mode::Fifo {
         // First in, first out across everything: one merge by timestamp.
         let all: Vec<(ServiceId, VecDeque<GroupRecord>)> = ids
@@ -216,11 +229,11 @@ fn read_ordered(
             .zip(per_service)
             .flat_map(|(&id, parts)| parts.into_iter().map(move |q| (id, q)))
             .collect();
-        merge_oldest_first(all, |id, r| sched.push(id, r.record.record.encoded_len() as u64, r));
+        merge_oldest_first(all, |id, r| sched.push(id, cost(&r), r));
     } else {
         for (&id, parts) in ids.iter().zip(per_service) {
             let parts = parts.into_iter().map(|q| (id, q)).collect();
-            merge_oldest_first(parts, |id, r| sched.push(id, r.record.record.encoded_len() as u64, r));
+            merge_oldest_first(parts, |id, r| sched.push(id, cost(&r), r));
         }
     }
     let mut records = Vec::with_capacity(max_records.min(sched.total_items()));

@@ -7,7 +7,8 @@
 //! lasts [`LINGER`] from its first publish: every sled batch rolls sled's
 //! IO buffer (a write and a wake-up of its IO threads), so many publishes
 //! trickling in from many connections would otherwise cost one batch each.
-//! Publishes of express services do not wait: they are queued at once.
+//! Publishes of express services do not linger: they are queued as soon as
+//! the link has nothing more to hand over at once.
 
 use super::route::{Drop, Router};
 use super::MqttStats;
@@ -44,7 +45,7 @@ struct Pending {
     topic: String,
     records: Vec<Record>,
     bytes: u64,
-    /// The topic belongs to an express service: queue at once.
+    /// The topic belongs to an express service: do not linger.
     express: bool,
 }
 
@@ -62,14 +63,24 @@ impl IngestLoop {
     pub(super) fn run(mut self) {
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
-            // Block briefly for the first notification of a burst, then take
-            // what is already there without waiting.
+            // Block briefly for the first notification of a burst, then
+            // gather until LINGER has passed (while stopping: only what is
+            // already there).
             let wait = if stopping { Duration::from_millis(50) } else { Duration::from_millis(100) };
             let mut got = 0usize;
             let mut deadline = Instant::now() + wait;
             let mut burst_end = None;
             loop {
-                match self.link.recv_deadline(deadline) {
+                // Take what the link holds without waiting; before waiting
+                // for more, queue what express services sent.
+                let received = match self.link.recv_deadline(Instant::now()) {
+                    Err(rumqttd::local::LinkError::RecvTimeout(_)) => {
+                        self.flush_express();
+                        self.link.recv_deadline(deadline)
+                    }
+                    other => other,
+                };
+                match received {
                     Ok(Some(n)) => {
                         got += 1;
                         self.notification(n);
@@ -148,7 +159,7 @@ impl IngestLoop {
         let entry = &mut self.pending[at];
         entry.records.push(record);
         entry.bytes += size;
-        if entry.express || entry.bytes >= MAX_JOB_BYTES {
+        if entry.bytes >= MAX_JOB_BYTES {
             let p = self.pending.swap_remove(at);
             self.submit(&p.topic, p.records);
         }
@@ -160,6 +171,18 @@ impl IngestLoop {
     fn is_express(&self, topic: &str) -> bool {
         let shared = &self.shared;
         shared.topics.lookup(topic).is_ok_and(|t| shared.services.resolve(&t.service).class().express)
+    }
+
+    /// Queues the records of express services gathered so far.
+    fn flush_express(&mut self) {
+        if !self.pending.iter().any(|p| p.express) {
+            return;
+        }
+        let (express, rest) = std::mem::take(&mut self.pending).into_iter().partition(|p| p.express);
+        self.pending = rest;
+        for p in express {
+            self.submit(&p.topic, p.records);
+        }
     }
 
     fn flush_pending(&mut self) {
