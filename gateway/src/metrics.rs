@@ -141,6 +141,10 @@ pub fn render(shared: &Shared) -> String {
         "Publishes stored without key: the route's key was missing",
     );
     out.sample("sluice_mqtt_key_missing_total", &[], m.key_missing.load(Ordering::Relaxed));
+    if let Some(n) = m.ports.get().and_then(|ports| crate::mqtt::connections(ports)) {
+        out.family("sluice_mqtt_connections", "gauge", "Established MQTT client connections");
+        out.sample("sluice_mqtt_connections", &[], n);
+    }
     out.family("sluice_mqtt_dropped_total", "counter", "Publishes dropped, by reason");
     for (reason, v) in [
         ("unrouted", &m.dropped_unrouted),

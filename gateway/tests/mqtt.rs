@@ -139,6 +139,13 @@ async fn qos0_and_qos1_publishes_land_in_the_routed_topics() {
 
     let metrics = gw.http.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("sluice_mqtt_key_missing_total 1"), "{metrics}");
+    let conns: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_mqtt_connections "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("sluice_mqtt_connections gauge");
+    assert!(conns >= 1, "the test's client is connected: {conns}");
     assert!(metrics.contains("sluice_service_mqtt_in_total{service=\"alarms\"} 2"), "{metrics}");
 }
 

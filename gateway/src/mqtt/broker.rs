@@ -102,6 +102,7 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
     let mqtt = &shared.config.mqtt;
     let addr = reserve(mqtt.listen, "mqtt.listen")?;
     let addr_v5 = mqtt.listen_v5.map(|a| reserve(a, "mqtt.listen_v5")).transpose()?;
+    let _ = stats.ports.set(std::iter::once(addr).chain(addr_v5).map(|a| a.port()).collect());
     let config = rumqttd_config(mqtt, addr, addr_v5);
     let mut broker = rumqttd::Broker::new(config);
     let (mut link_tx, link_rx) =

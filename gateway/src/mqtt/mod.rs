@@ -36,4 +36,31 @@ pub struct MqttStats {
     pub dropped_shutting_down: AtomicU64,
     /// Stored without key because the route's key was missing.
     pub key_missing: AtomicU64,
+    /// Ports of the MQTT listeners (for the connection gauge).
+    pub ports: std::sync::OnceLock<Vec<u16>>,
+}
+
+/// Established TCP connections on the MQTT listener ports, read from
+/// `/proc/net/tcp{,6}` (rumqttd exposes no connection count without its
+/// metrics thread). `None` where `/proc` is not available.
+pub fn connections(ports: &[u16]) -> Option<u64> {
+    let mut n = 0u64;
+    let mut any = false;
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        any = true;
+        for line in text.lines().skip(1) {
+            let mut fields = line.split_whitespace();
+            let (Some(local), Some(_remote), Some(state)) = (fields.nth(1), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            // State 01 is ESTABLISHED.
+            if state == "01" && port.is_some_and(|p| ports.contains(&p)) {
+                n += 1;
+            }
+        }
+    }
+    any.then_some(n)
 }
