@@ -177,8 +177,7 @@ fn read_ordered(
     let mut per_service: Vec<Vec<VecDeque<GroupRecord>>> = services.iter().map(|_| Vec::new()).collect();
     for topic in topics {
         let service = services.resolve(&topic.service);
-        let cutoff =
-            service.ttl.map(|ttl| now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
+        let cutoff = service.ttl.map(|ttl| sluice_store::older_than_cutoff(now, ttl));
         for p in 0..topic.partitions {
             let partition = PartitionId(p);
             let pos = positions.get(&topic.name, partition);

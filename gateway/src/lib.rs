@@ -34,9 +34,4 @@ pub mod systemd;
 pub mod topics;
 pub mod uplinks;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use sluice_store::now_ms;

@@ -14,4 +14,4 @@ pub use log::{
     TopicSpec,
 };
 pub use partitioner::partition_for_key;
-pub use record::{Offset, PartitionId, Record, StoredRecord};
+pub use record::{now_ms, older_than_cutoff, Offset, PartitionId, Record, StoredRecord};

@@ -15,6 +15,19 @@
 
 use crate::error::CorruptRecord;
 
+/// Milliseconds since the Unix epoch: the unit of [`Record::timestamp_ms`].
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The timestamp before which a record is older than `age` at `now_ms`
+/// (retention by age, TTL at delivery and forwarding).
+pub fn older_than_cutoff(now_ms: i64, age: std::time::Duration) -> i64 {
+    now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Position of a record inside one partition. Starts at 0, strictly
 /// increases, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

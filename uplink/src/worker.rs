@@ -19,7 +19,7 @@ use crate::status::{State, UplinkStatus};
 use crate::Host;
 use sluice_config::UplinkConfig;
 use sluice_store::scheduler::{Mode, Scheduler, ServiceId};
-use sluice_store::{Offset, PartitionId, Store};
+use sluice_store::{now_ms, older_than_cutoff, Offset, PartitionId, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -349,7 +349,7 @@ impl<S: Sink> Worker<S> {
         let (service, partitions, cursor) = (part.service.clone(), part.partitions, part.cursor);
         let max_bytes = usize::try_from(self.config.batch_max_bytes.as_u64()).unwrap_or(usize::MAX);
         let read = self.store.read(&key.0, PartitionId(key.1), cursor, 100_000, max_bytes)?;
-        let cutoff = self.host.ttl(&service).map(|ttl| now_ms().saturating_sub(ttl.as_millis() as i64));
+        let cutoff = self.host.ttl(&service).map(|ttl| older_than_cutoff(now_ms(), ttl));
         let mut records = Vec::with_capacity(read.records.len());
         let mut expired = 0u64;
         let mut last = None;
@@ -422,10 +422,4 @@ impl TokenBucket {
             tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -58,10 +58,7 @@ impl Store {
         for topic in self.topics_snapshot() {
             let spec = topic.spec();
             let per_partition = spec.retention.max_bytes.map(|b| b / u64::from(spec.partitions.max(1)));
-            let cutoff = spec
-                .retention
-                .max_age
-                .map(|age| now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
+            let cutoff = spec.retention.max_age.map(|age| crate::record::older_than_cutoff(now_ms, age));
             if per_partition.is_none() && cutoff.is_none() {
                 continue;
             }
