@@ -7,9 +7,10 @@
 //! - [`publish`]: MQTT publishers (rumqttc) keeping K publishes in flight.
 //! - [`mqtt`]: `bench mqtt` (acknowledged QoS 1 msg/s, publish -> PUBACK
 //!   latency) against any MQTT 3.1.1 broker.
-//! - [`priority`] with [`consume`]: `bench mqtt-priority`, services with
-//!   their own rates and a consumer draining at a fixed rate, from sluice
-//!   (priority order) or from a broker (arrival order).
+//! - [`priority`] with [`consume`] and [`deliveries`]: `bench
+//!   mqtt-priority`, services with their own rates and a consumer draining
+//!   at a fixed rate, from sluice (priority order) or from a broker
+//!   (arrival order).
 //! - [`rumqttd`]: `bench rumqttd`, stock rumqttd with sluice's settings.
 //! - [`payload`]: the timestamped payload; [`stats`]: percentiles,
 //!   medians, pacing and the progress line.
@@ -17,6 +18,7 @@
 //! Progress goes to stderr once a second; the final report to stdout.
 
 pub mod consume;
+pub mod deliveries;
 pub mod http;
 pub mod mqtt;
 pub mod payload;

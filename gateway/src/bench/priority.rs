@@ -8,7 +8,8 @@
 //! priority order; against a plain broker (Mosquitto) it subscribes, and
 //! the same load goes through a first-in-first-out queue.
 
-use super::consume::{CallStats, Consumer, Deliveries, Source, Split};
+use super::consume::{Consumer, Source};
+use super::deliveries::{CallStats, Deliveries, Split};
 use super::publish::{Publishers, Running};
 use super::stats::{sample_each_second, wall_us, Meter, Summary};
 use rumqttc::QoS;

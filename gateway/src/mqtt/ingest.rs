@@ -3,12 +3,7 @@
 //!
 //! Publishes that arrive together are grouped per log topic into one job
 //! (up to [`MAX_JOB_BYTES`]), so a burst costs one queue operation and one
-//! sled batch per topic and partition instead of one per message. A burst
-//! lasts [`LINGER`] from its first publish: every sled batch rolls sled's
-//! IO buffer (a write and a wake-up of its IO threads), so many publishes
-//! trickling in from many connections would otherwise cost one batch each.
-//! Publishes of express services do not linger: they are queued as soon as
-//! the link has nothing more to hand over at once.
+//! sled batch per topic instead of one per message.
 
 use super::route::{Drop, Router};
 use super::MqttStats;
@@ -26,10 +21,6 @@ use std::time::{Duration, Instant};
 /// Largest job built from a burst of publishes.
 const MAX_JOB_BYTES: u64 = 256 << 10;
 
-/// How long a burst gathers publishes after its first one (express
-/// services excepted).
-const LINGER: Duration = Duration::from_millis(2);
-
 pub(super) struct IngestLoop {
     shared: Shared,
     stats: Arc<MqttStats>,
@@ -37,16 +28,7 @@ pub(super) struct IngestLoop {
     stop: Arc<AtomicBool>,
     router: Router,
     /// Records gathered from the current burst, per log topic.
-    pending: Vec<Pending>,
-}
-
-/// The records of one log topic gathered from the current burst.
-struct Pending {
-    topic: String,
-    records: Vec<Record>,
-    bytes: u64,
-    /// The topic belongs to an express service: do not linger.
-    express: bool,
+    pending: Vec<(String, Vec<Record>, u64)>,
 }
 
 impl IngestLoop {
@@ -63,32 +45,19 @@ impl IngestLoop {
     pub(super) fn run(mut self) {
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
-            // Block briefly for the first notification of a burst, then
-            // gather until LINGER has passed (while stopping: only what is
-            // already there).
+            // Block briefly for the first notification of a burst, then take
+            // what is already there without waiting.
             let wait = if stopping { Duration::from_millis(50) } else { Duration::from_millis(100) };
             let mut got = 0usize;
             let mut deadline = Instant::now() + wait;
-            let mut burst_end = None;
             loop {
-                // Take what the link holds without waiting; before waiting
-                // for more, queue what express services sent.
-                let received = match self.link.recv_deadline(Instant::now()) {
-                    Err(rumqttd::local::LinkError::RecvTimeout(_)) => {
-                        self.flush_express();
-                        self.link.recv_deadline(deadline)
-                    }
-                    other => other,
-                };
-                match received {
+                match self.link.recv_deadline(deadline) {
                     Ok(Some(n)) => {
                         got += 1;
                         self.notification(n);
-                        // While stopping, drain without lingering.
-                        let end = *burst_end.get_or_insert_with(|| Instant::now() + LINGER);
-                        deadline = if stopping { Instant::now() } else { end };
+                        deadline = Instant::now();
                     }
-                    Ok(None) => deadline = burst_end.unwrap_or_else(Instant::now),
+                    Ok(None) => deadline = Instant::now(),
                     Err(rumqttd::local::LinkError::RecvTimeout(_)) => break,
                     Err(e) => {
                         tracing::error!(error = %e, "MQTT ingest link closed");
@@ -148,46 +117,25 @@ impl IngestLoop {
             timestamp_ms: crate::now_ms(),
         };
         let size = record.encoded_len() as u64;
-        let at = match self.pending.iter().position(|p| p.topic == dest.topic) {
+        let at = match self.pending.iter().position(|(t, _, _)| *t == dest.topic) {
             Some(at) => at,
             None => {
-                let express = self.is_express(&dest.topic);
-                self.pending.push(Pending { topic: dest.topic, records: Vec::new(), bytes: 0, express });
+                self.pending.push((dest.topic, Vec::new(), 0));
                 self.pending.len() - 1
             }
         };
         let entry = &mut self.pending[at];
-        entry.records.push(record);
-        entry.bytes += size;
-        if entry.bytes >= MAX_JOB_BYTES {
-            let p = self.pending.swap_remove(at);
-            self.submit(&p.topic, p.records);
-        }
-    }
-
-    /// True when the log topic exists and belongs to an express service
-    /// (a topic that does not exist yet is created under the default
-    /// service when its records are submitted).
-    fn is_express(&self, topic: &str) -> bool {
-        let shared = &self.shared;
-        shared.topics.lookup(topic).is_ok_and(|t| shared.services.resolve(&t.service).class().express)
-    }
-
-    /// Queues the records of express services gathered so far.
-    fn flush_express(&mut self) {
-        if !self.pending.iter().any(|p| p.express) {
-            return;
-        }
-        let (express, rest) = std::mem::take(&mut self.pending).into_iter().partition(|p| p.express);
-        self.pending = rest;
-        for p in express {
-            self.submit(&p.topic, p.records);
+        entry.1.push(record);
+        entry.2 += size;
+        if entry.2 >= MAX_JOB_BYTES {
+            let (topic, records, _) = self.pending.swap_remove(at);
+            self.submit(&topic, records);
         }
     }
 
     fn flush_pending(&mut self) {
-        for p in std::mem::take(&mut self.pending) {
-            self.submit(&p.topic, p.records);
+        for (topic, records, _) in std::mem::take(&mut self.pending) {
+            self.submit(&topic, records);
         }
     }
 
