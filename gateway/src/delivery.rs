@@ -10,7 +10,7 @@
 
 use crate::state::Shared;
 use crate::topics::Topic;
-use sluice_store::scheduler::{Mode, Scheduler, ServiceId};
+use sluice_store::scheduler::{Mode, Scheduler, ServiceId, Turns};
 use sluice_store::{Offset, PartitionId, ReadResult, StoreError, StoredRecord};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -42,7 +42,7 @@ pub struct TopicPartition {
 }
 
 /// The next offset to read per (topic, partition) of a group read.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Positions {
     next: HashMap<TopicPartition, Offset>,
 }
@@ -74,6 +74,39 @@ impl Positions {
         *pos = (*pos).max(next);
     }
 }
+
+/// Where a group stands in the weighted rounds between two reads. Every
+/// read rebuilds its scheduler from the log; resuming these turns makes
+/// consecutive pages continue one deficit round robin, so a small page
+/// does not hand every turn to the first service. In memory only: after a
+/// restart the rounds begin again.
+#[derive(Debug, Default, Clone)]
+pub struct Rounds {
+    /// Factor applied to record sizes, fixed by the group's first read so
+    /// saved deficits keep their meaning.
+    scale: u64,
+    /// Where the last read left the rounds.
+    turns: Option<Turns>,
+    /// Request/response fetches only: the positions the last fetch read
+    /// from and the rounds before it, so a fetch repeated without a commit
+    /// (a retry) gets the same page again.
+    last: Option<(Positions, Option<Turns>)>,
+}
+
+impl Rounds {
+    /// Before a fetch from the committed `positions`: a repeat of the last
+    /// fetch starts where that one started.
+    fn before_fetch(&mut self, positions: &Positions) {
+        match &self.last {
+            Some((from, before)) if from == positions => self.turns = before.clone(),
+            _ => self.last = Some((positions.clone(), self.turns.clone())),
+        }
+    }
+}
+
+/// Groups whose rounds are remembered between request/response fetches;
+/// past this many the memory starts over (group names come from clients).
+const MAX_REMEMBERED_GROUPS: usize = 4096;
 
 /// Reads one partition, waiting up to `wait` for data when there is none.
 pub async fn fetch_partition(
@@ -120,7 +153,10 @@ pub async fn fetch_group(
     loop {
         let rx = shared.topics.subscribe_any();
         let positions = Positions::committed(shared, group, topics)?;
-        let read = read_ordered(shared, topics, &positions, max_records)?;
+        let mut rounds = shared.group_rounds(group);
+        rounds.before_fetch(&positions);
+        let read = read_ordered(shared, topics, &positions, max_records, &mut rounds)?;
+        shared.keep_group_rounds(group, rounds);
         for (topic, partition, next) in &read.expired_until {
             // Expired records are never delivered: move the group past them
             // so they are counted once, not on every fetch.
@@ -134,15 +170,17 @@ pub async fn fetch_group(
 
 /// Records across `topics` from `positions`, in priority order, at most
 /// `max_records`; `positions` move past what is returned and past skipped
-/// TTL-expired records, so calling again continues without resending.
+/// TTL-expired records, so calling again continues without resending, and
+/// `rounds` continue the weighted rounds.
 /// Nothing is committed: durable progress is the caller's business.
 pub fn group_fetch_from(
     shared: &Shared,
     topics: &[Arc<Topic>],
     positions: &mut Positions,
+    rounds: &mut Rounds,
     max_records: usize,
 ) -> Result<Vec<GroupRecord>, StoreError> {
-    let read = read_ordered(shared, topics, positions, max_records)?;
+    let read = read_ordered(shared, topics, positions, max_records, rounds)?;
     for (topic, partition, next) in &read.expired_until {
         positions.advance(topic, *partition, *next);
     }
@@ -163,12 +201,14 @@ struct OrderedRead {
 
 /// The ordering logic shared by every group read: per partition from
 /// `positions`, TTL-expired records skipped (counted), then weighted
-/// scheduling across services (or one merge by time in FIFO mode).
+/// scheduling across services continuing `rounds` (or one merge by time
+/// in FIFO mode).
 fn read_ordered(
     shared: &Shared,
     topics: &[Arc<Topic>],
     positions: &Positions,
     max_records: usize,
+    rounds: &mut Rounds,
 ) -> Result<OrderedRead, StoreError> {
     let services = &shared.services;
     let now = crate::now_ms();
@@ -208,18 +248,25 @@ fn read_ordered(
         sched.add_service(s.class());
     }
     let ids: Vec<ServiceId> = services.iter().map(|s| s.id).collect();
-    // A page holds few records, and a fresh scheduler serves a whole quantum
+    // A page holds few records, and a scheduler serves a whole quantum
     // (4 KiB x weight) per turn: with small records one service would fill
-    // the page alone. Scaling every cost by the same factor keeps the byte
-    // proportions and makes one turn of weight 1 about one large record.
-    let largest = per_service
-        .iter()
-        .flatten()
-        .flat_map(|q| q.iter())
-        .map(|r| r.record.record.encoded_len() as u64)
-        .max()
-        .unwrap_or(1);
-    let scale = (sluice_store::scheduler::BASE_QUANTUM / largest.max(1)).max(1);
+    // many pages alone before the next one's turn. Scaling every cost by
+    // the same factor keeps the byte proportions and makes one turn of
+    // weight 1 about one large record. The factor is fixed by the group's
+    // first read so the deficits carried between reads stay comparable.
+    if rounds.scale == 0 {
+        let largest = per_service
+            .iter()
+            .flatten()
+            .flat_map(|q| q.iter())
+            .map(|r| r.record.record.encoded_len() as u64)
+            .max();
+        let Some(largest) = largest else {
+            return Ok(OrderedRead { records: Vec::new(), expired_until });
+        };
+        rounds.scale = (sluice_store::scheduler::BASE_QUANTUM / largest.max(1)).max(1);
+    }
+    let scale = rounds.scale;
     let cost = |r: &GroupRecord| r.record.record.encoded_len() as u64 * scale;
     if shared.ingest_mode() == Mode::Fifo {
         // First in, first out across everything: one merge by timestamp.
@@ -235,6 +282,9 @@ fn read_ordered(
             merge_oldest_first(parts, |id, r| sched.push(id, cost(&r), r));
         }
     }
+    if let Some(turns) = &rounds.turns {
+        sched.resume(turns);
+    }
     let mut records = Vec::with_capacity(max_records.min(sched.total_items()));
     while records.len() < max_records {
         match sched.pop() {
@@ -242,6 +292,7 @@ fn read_ordered(
             None => break,
         }
     }
+    rounds.turns = Some(sched.turns());
     Ok(OrderedRead { records, expired_until })
 }
 
@@ -268,6 +319,21 @@ impl Shared {
     /// Scheduler mode from the configuration.
     pub fn ingest_mode(&self) -> Mode {
         crate::ingest::scheduler_mode(&self.config)
+    }
+
+    /// The weighted rounds `group` stopped at in its last fetch.
+    fn group_rounds(&self, group: &str) -> Rounds {
+        let rounds = self.group_rounds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        rounds.get(group).cloned().unwrap_or_default()
+    }
+
+    /// Remembers where `group` stopped, for its next fetch.
+    fn keep_group_rounds(&self, group: &str, kept: Rounds) {
+        let mut rounds = self.group_rounds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rounds.len() >= MAX_REMEMBERED_GROUPS && !rounds.contains_key(group) {
+            rounds.clear();
+        }
+        rounds.insert(group.to_owned(), kept);
     }
 
     /// Announces that some group committed offsets (push streams waiting for

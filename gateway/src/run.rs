@@ -77,6 +77,7 @@ pub async fn run(
         started: Instant::now(),
         mqtt: mqtt_stats.clone(),
         commits: watch::channel(0).0,
+        group_rounds: Default::default(),
         uplinks: std::sync::OnceLock::new(),
     }));
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;

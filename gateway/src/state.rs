@@ -37,6 +37,8 @@ pub struct Inner {
     pub mqtt: Arc<crate::mqtt::MqttStats>,
     /// Bumped after every consumer-group commit.
     pub commits: watch::Sender<u64>,
+    /// Where each consumer group stopped in the weighted rounds.
+    pub group_rounds: std::sync::Mutex<std::collections::HashMap<String, crate::delivery::Rounds>>,
     /// Status of each running uplink (set once they start).
     pub uplinks: std::sync::OnceLock<Vec<Arc<sluice_uplink::UplinkStatus>>>,
 }

@@ -273,17 +273,7 @@ async fn group_fetch_orders_by_priority_and_resumes_from_commits() {
     // Without a commit the same records come again; after one, the next ones.
     let (_, again) = gw.post_json("/v1/groups/edge/fetch", &fetch).await;
     assert_eq!(again["records"], body["records"]);
-    let mut commits = std::collections::BTreeMap::new();
-    for r in recs {
-        let k = (r["topic"].as_str().unwrap().to_owned(), r["partition"].as_u64().unwrap());
-        let next = r["offset"].as_u64().unwrap() + 1;
-        let e = commits.entry(k).or_insert(0);
-        *e = next.max(*e);
-    }
-    let offsets: Vec<Value> =
-        commits.iter().map(|((t, p), o)| json!({ "topic": t, "partition": p, "offset": o })).collect();
-    let (status, body) = gw.post_json("/v1/groups/edge/commit", &json!({ "offsets": offsets })).await;
-    assert_eq!(status, 200, "{body}");
+    commit_page(&gw, "edge", recs).await;
 
     let gw = gw.restart().await;
     let (_, body) = gw
@@ -297,6 +287,50 @@ async fn group_fetch_orders_by_priority_and_resumes_from_commits() {
     assert!(rest.iter().all(|r| r["topic"] != "alarms"));
     let (_, lag) = gw.get_json("/v1/groups/edge/offsets?topics=alarms,logs").await;
     assert_eq!(lag["offsets"][0]["lag"], 0);
+}
+
+/// Commits past every record of a fetched page.
+async fn commit_page(gw: &Gateway, group: &str, recs: &[Value]) {
+    let mut commits = std::collections::BTreeMap::new();
+    for r in recs {
+        let k = (r["topic"].as_str().unwrap().to_owned(), r["partition"].as_u64().unwrap());
+        let next = r["offset"].as_u64().unwrap() + 1;
+        let e = commits.entry(k).or_insert(0);
+        *e = next.max(*e);
+    }
+    let offsets: Vec<Value> =
+        commits.iter().map(|((t, p), o)| json!({ "topic": t, "partition": p, "offset": o })).collect();
+    let (status, body) =
+        gw.post_json(&format!("/v1/groups/{group}/commit"), &json!({ "offsets": offsets })).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Pages of three records still share by weight: the rounds continue from
+/// one fetch to the next instead of starting with the heaviest service on
+/// every page (which starved weight 1 while weight 4 had a backlog).
+#[tokio::test]
+async fn small_pages_share_by_weight_across_fetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    let values: Vec<Value> = (0..80).map(|i| json!(format!("record-{i}"))).collect();
+    gw.produce("logs", &values).await;
+    gw.produce("telemetry", &values).await;
+
+    let fetch = json!({ "topics": ["logs", "telemetry"], "max_records": 3 });
+    let mut logs = 0;
+    for page in 0..20 {
+        let (status, body) = gw.post_json("/v1/groups/paged/fetch", &fetch).await;
+        assert_eq!(status, 200, "{body}");
+        let recs = body["records"].as_array().unwrap();
+        assert_eq!(recs.len(), 3, "page {page}: {body}");
+        // A retry without a commit gets the same page.
+        let (_, again) = gw.post_json("/v1/groups/paged/fetch", &fetch).await;
+        assert_eq!(again["records"], body["records"], "page {page} repeated");
+        logs += recs.iter().filter(|r| r["topic"] == "logs").count();
+        commit_page(&gw, "paged", recs).await;
+    }
+    // Weight 1 of 5: 12 of 60, give or take the rounds cut by the last page.
+    assert!((8..=16).contains(&logs), "logs got {logs} of 60 deliveries, expected about 12");
 }
 
 #[tokio::test]

@@ -390,3 +390,26 @@ async fn sigterm_ends_open_streams_and_the_gateway_exits_cleanly() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// A window of three records still shares by weight: the stream's batches
+/// continue the weighted rounds instead of restarting them (which gave
+/// every small batch to the heaviest service while it had a backlog).
+#[tokio::test]
+async fn small_window_shares_by_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    let values: Vec<Value> = (0..80).map(|i| json!(format!("record-{i}"))).collect();
+    gw.produce("logs", &values).await;
+    gw.produce("telemetry", &values).await;
+    let mut sse = SseClient::open(&gw, "paged", "topics=logs,telemetry&max_unacked=3").await;
+    let mut logs = 0;
+    for _ in 0..20 {
+        let got = sse.records(3).await;
+        logs += got.iter().filter(|r| r["topic"] == "logs").count();
+        let (status, body) =
+            gw.post_json("/v1/groups/paged/commit", &json!({ "offsets": positions_after(&got) })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Weight 1 of 5: 12 of 60, give or take the rounds cut by the window.
+    assert!((8..=16).contains(&logs), "logs got {logs} of 60 deliveries, expected about 12");
+}

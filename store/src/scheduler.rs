@@ -138,6 +138,26 @@ struct Service<T> {
     stamp: Option<u64>,
 }
 
+/// The round-robin position of a [`Scheduler`], without its items: see
+/// [`Scheduler::turns`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Turns {
+    services: Vec<Option<SavedTurn>>,
+    rounds: [u64; 2],
+    contended: [u64; 2],
+    next_stamp: u64,
+}
+
+/// One backlogged service's place in its tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SavedTurn {
+    tier: usize,
+    round: u64,
+    stamp: u64,
+    deficit: u64,
+    credited: bool,
+}
+
 /// A turn in a tier's calendar: (round, stamp, service), earliest first.
 type Turn = Reverse<(u64, u64, ServiceId)>;
 
@@ -403,6 +423,71 @@ impl<T> Scheduler<T> {
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.total_items == 0
+    }
+
+    /// Where every backlogged service stands in its rounds: deficits, turn
+    /// order and the express counters, without the items. With
+    /// [`Scheduler::resume`] a consumer that rebuilds its scheduler from
+    /// storage for every page continues the rounds of the previous page
+    /// instead of starting each page with the first service.
+    pub fn turns(&self) -> Turns {
+        let mut services: Vec<Option<SavedTurn>> = vec![None; self.services.len()];
+        for (t, tier) in self.tiers.iter().enumerate() {
+            for &Reverse((round, stamp, id)) in &tier.calendar {
+                let s = &self.services[id.index()];
+                if s.stamp == Some(stamp) && !s.queue.is_empty() {
+                    services[id.index()] =
+                        Some(SavedTurn { tier: t, round, stamp, deficit: s.deficit, credited: s.credited });
+                }
+            }
+        }
+        Turns {
+            services,
+            rounds: [self.tiers[EXPRESS].round, self.tiers[WEIGHTED].round],
+            contended: self.contended,
+            next_stamp: self.next_stamp,
+        }
+    }
+
+    /// Continues the rounds saved by [`Scheduler::turns`] (of a scheduler
+    /// with the same services). Call it after pushing the items and before
+    /// the first pop. A service backlogged then and now keeps its deficit
+    /// and its place; a service backlogged only now joins at the end of
+    /// the current round; one backlogged only then left meanwhile and
+    /// forgets its deficit, as if its queue had emptied. Does nothing in
+    /// Fifo mode, whose order is the arrival order.
+    pub fn resume(&mut self, saved: &Turns) {
+        if self.mode == Mode::Fifo {
+            return;
+        }
+        self.contended = saved.contended;
+        self.next_stamp = self.next_stamp.max(saved.next_stamp);
+        for (tier, round) in self.tiers.iter_mut().zip(saved.rounds) {
+            tier.calendar.clear();
+            tier.round = round;
+        }
+        let mut joined = Vec::new();
+        for (index, s) in (0u16..).zip(self.services.iter_mut()) {
+            if s.queue.is_empty() {
+                continue;
+            }
+            let id = ServiceId(index);
+            match saved.services.get(usize::from(index)).copied().flatten() {
+                Some(t) if t.tier == s.class.tier() => {
+                    s.deficit = t.deficit;
+                    s.credited = t.credited;
+                    s.stamp = Some(t.stamp);
+                    self.tiers[t.tier].calendar.push(Reverse((t.round, t.stamp, id)));
+                }
+                _ => joined.push(id),
+            }
+        }
+        for id in joined {
+            let s = &mut self.services[id.index()];
+            s.deficit = 0;
+            s.credited = false;
+            self.schedule(id);
+        }
     }
 
     /// A service got its first queued item (or a new tier): count it, and

@@ -432,3 +432,58 @@ proptest! {
         prop_assert_eq!(rest, Vec::from(model));
     }
 }
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// (7) A consumer that rebuilds its scheduler for every page from what is
+    /// still unread, and resumes the saved turns, gets exactly the order one
+    /// long-lived scheduler gives: paging does not reset the rounds (a fresh
+    /// scheduler per page would serve the first service every page).
+    #[test]
+    fn resumed_pages_continue_the_rounds(
+        classes in prop::collection::vec(class(), 1..=5),
+        share in 0.1f64..=1.0,
+        items in prop::collection::vec((any::<u8>(), 1u64..=20_000), 1..300),
+        pages in prop::collection::vec(1usize..=8, 1..60),
+    ) {
+        let mut whole = Scheduler::new(Mode::Weighted, share);
+        let ids: Vec<ServiceId> = classes.iter().map(|&c| whole.add_service(c)).collect();
+        // Per service, the (cost, item) not yet delivered, oldest first.
+        let mut unread: Vec<VecDeque<(u64, u64)>> = vec![VecDeque::new(); ids.len()];
+        for (n, &(s, cost)) in (0u64..).zip(&items) {
+            let at = usize::from(s) % ids.len();
+            whole.push(ids[at], cost, n);
+            unread[at].push_back((cost, n));
+        }
+        let mut turns = None;
+        for &page in &pages {
+            let mut paged = Scheduler::new(Mode::Weighted, share);
+            for &c in &classes {
+                paged.add_service(c);
+            }
+            // In arrival order, as `whole` got them (it matters only for
+            // the first page: resuming restores every backlogged turn).
+            let mut all: Vec<(u64, u64, ServiceId)> = ids
+                .iter()
+                .zip(&unread)
+                .flat_map(|(&id, queue)| queue.iter().map(move |&(cost, n)| (n, cost, id)))
+                .collect();
+            all.sort_unstable();
+            for (n, cost, id) in all {
+                paged.push(id, cost, n);
+            }
+            if let Some(saved) = &turns {
+                paged.resume(saved);
+            }
+            for _ in 0..page {
+                let expected = whole.pop();
+                prop_assert_eq!(paged.pop(), expected);
+                if let Some((id, _)) = expected {
+                    unread[usize::from(id.0)].pop_front();
+                }
+            }
+            turns = Some(paged.turns());
+        }
+    }
+}

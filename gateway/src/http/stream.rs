@@ -14,7 +14,7 @@
 
 use super::groups::{check_group, lookup_topics};
 use super::{query_params, stream_sse, stream_ws, uint_param, ApiError, QueryMap};
-use crate::delivery::{group_fetch_from, GroupRecord, Positions, TopicPartition};
+use crate::delivery::{group_fetch_from, GroupRecord, Positions, Rounds, TopicPartition};
 use crate::state::Shared;
 use crate::topics::Topic;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -81,6 +81,7 @@ pub(super) struct GroupStream {
     group: String,
     topics: Vec<Arc<Topic>>,
     positions: Positions,
+    rounds: Rounds,
     /// Offsets sent and not yet committed past, ascending per partition.
     unacked: HashMap<TopicPartition, VecDeque<Offset>>,
     unacked_len: usize,
@@ -107,6 +108,7 @@ impl GroupStream {
             group,
             topics,
             positions,
+            rounds: Rounds::default(),
             unacked: HashMap::new(),
             unacked_len: 0,
             max_unacked,
@@ -145,7 +147,13 @@ impl GroupStream {
             }
             let room = self.window().min(BATCH);
             if room > 0 {
-                match group_fetch_from(&self.shared, &self.topics, &mut self.positions, room) {
+                match group_fetch_from(
+                    &self.shared,
+                    &self.topics,
+                    &mut self.positions,
+                    &mut self.rounds,
+                    room,
+                ) {
                     Ok(batch) if batch.is_empty() => {}
                     Ok(batch) => {
                         for r in &batch {
