@@ -124,12 +124,22 @@ pub(super) async fn commit_offsets(
     // Wake push streams waiting for their consumer to commit, also after a
     // partial failure: the entries before it were written.
     shared.notify_committed();
-    written?;
-    shared.ingest.flush_soon(false).await.map_err(|_| ApiError::unavailable("sluice is shutting down"))??;
+    // A commit past an express service's records is on that service's
+    // critical path (the consumer's next fetch waits for it), so it skips
+    // the group-commit window like the express service's sync writes.
+    let express = written?;
+    shared
+        .ingest
+        .flush_soon(express)
+        .await
+        .map_err(|_| ApiError::unavailable("sluice is shutting down"))??;
     Ok(())
 }
 
-fn commit_each(shared: &Shared, group: &str, entries: &[CommitEntry], field: &str) -> Result<(), ApiError> {
+/// Writes each entry; true when one of them is a topic of an express
+/// service.
+fn commit_each(shared: &Shared, group: &str, entries: &[CommitEntry], field: &str) -> Result<bool, ApiError> {
+    let mut express = false;
     for (i, e) in entries.iter().enumerate() {
         let topic = shared
             .topics
@@ -145,8 +155,9 @@ fn commit_each(shared: &Shared, group: &str, entries: &[CommitEntry], field: &st
             .store
             .commit(group, &topic.name, PartitionId(e.partition), Offset(e.offset))
             .map_err(|err| ApiError::from(&err).with_prefix(&format!("{field}[{i}]")))?;
+        express |= shared.services.resolve(&topic.service).class().express;
     }
-    Ok(())
+    Ok(express)
 }
 
 pub(super) async fn offsets(
