@@ -148,8 +148,10 @@ impl Topics {
             service: service.clone(),
             retention: Retention::default(),
         };
-        // Two requests may race to create the same topic; ensure_topic is
-        // idempotent and the second insert replaces an identical entry.
+        // Two requests may race to create the same topic: the store
+        // serializes ensure_topic, the second call finds the topic and
+        // changes nothing, and the second insert here replaces an
+        // identical entry.
         let info = store.ensure_topic(&spec)?;
         tracing::info!(topic = name, partitions = info.spec.partitions, service = %service, "created topic on first use");
         Ok(self.get(name).unwrap_or_else(|| self.insert(name, service, info.spec.partitions)))

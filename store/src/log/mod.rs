@@ -129,6 +129,10 @@ struct Inner {
     groups: sled::Tree,
     cursors: sled::Tree,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Held while a topic is created or changed, so two callers never open
+    /// the same partition twice (two partition objects would hand out the
+    /// same offsets).
+    topic_changes: std::sync::Mutex<()>,
     total_bytes: AtomicU64,
     durable: durable::FileSync,
 }
@@ -216,6 +220,7 @@ impl Store {
                 groups,
                 cursors,
                 topics: RwLock::new(BTreeMap::new()),
+                topic_changes: std::sync::Mutex::new(()),
                 total_bytes: AtomicU64::new(0),
                 durable: durable::FileSync::open(&opts.path)
                     .map_err(|e| StoreError::Open { path: opts.path.clone(), source: sled::Error::Io(e) })?,
@@ -266,6 +271,7 @@ impl Store {
     /// Creates the topic, or updates an existing one: the service and
     /// retention follow `spec`, partitions may grow but never shrink.
     pub fn ensure_topic(&self, spec: &TopicSpec) -> Result<TopicInfo, StoreError> {
+        let _changing = self.inner.topic_changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let existing = read(&self.inner.topics).get(&spec.name).cloned();
         let partitions = spec.partitions.max(1);
         if let Some(topic) = &existing {
