@@ -30,6 +30,10 @@ pub struct Counters {
     pub mqtt_in: AtomicU64,
     /// MQTT publishes dropped by the `on_full` policy (newest or oldest).
     pub mqtt_dropped_full: AtomicU64,
+    /// MQTT publishes dropped by the service's rate limit.
+    pub mqtt_dropped_rate: AtomicU64,
+    /// HTTP produce requests refused with 429 by the rate limit.
+    pub rejected_rate: AtomicU64,
 }
 
 /// One service at run time.

@@ -2,6 +2,8 @@
 //! temporary data directory and talks to it over HTTP.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod mqtt;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
