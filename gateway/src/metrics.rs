@@ -174,6 +174,18 @@ pub fn render(shared: &Shared) -> String {
     ] {
         out.sample("sluice_mqtt_connect_refused_total", &[("reason", reason)], v.load(Ordering::Relaxed));
     }
+    out.family(
+        "sluice_service_rate_limited_total",
+        "counter",
+        "HTTP produce requests refused with 429 by the service's rate limit",
+    );
+    for s in &services {
+        out.sample(
+            "sluice_service_rate_limited_total",
+            &[("service", &s.name)],
+            s.counters.rejected_rate.load(Ordering::Relaxed),
+        );
+    }
     out.family("sluice_service_mqtt_in_total", "counter", "MQTT publishes queued for persisting");
     for s in &services {
         out.sample(

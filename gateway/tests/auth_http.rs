@@ -16,18 +16,9 @@ const METRICS: &str = "metrics-token-0123456789";
 
 fn config() -> String {
     let hash: String = sha2::Sha256::digest(CONSUMER.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let services = common::service_topics(&[("alarms", ""), ("telemetry", "")]);
     format!(
-        r#"
-[[service]]
-name = "alarms"
-[[service]]
-name = "telemetry"
-[[topic]]
-name = "alarms"
-service = "alarms"
-[[topic]]
-name = "telemetry"
-service = "telemetry"
+        r#"{services}
 [[http.tokens]]
 token = "{PRODUCER}"
 services = ["telemetry"]

@@ -156,6 +156,17 @@ impl Gateway {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The value of one series of `/metrics` (exact name and labels, e.g.
+    /// `sluice_mqtt_dropped_total{reason="unrouted"}`); panics when absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+            .unwrap_or_else(|| panic!("{series} not in /metrics"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
     /// Produces JSON values; returns (partition, offset) per record.
     pub async fn produce(&self, topic: &str, values: &[Value]) -> Vec<(u64, u64)> {
         let records: Vec<Value> = values.iter().map(|v| json!({ "value": v })).collect();
@@ -178,5 +189,16 @@ pub fn offsets(body: &Value) -> Vec<(u64, u64)> {
         .unwrap()
         .iter()
         .map(|o| (o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Config text: for each (name, extra service lines), a `[[service]]` and a
+/// `[[topic]]` of that name belonging to it.
+pub fn service_topics(services: &[(&str, &str)]) -> String {
+    services
+        .iter()
+        .map(|(name, extra)| {
+            format!("[[service]]\nname = \"{name}\"\n{extra}\n[[topic]]\nname = \"{name}\"\nservice = \"{name}\"\n")
+        })
         .collect()
 }
