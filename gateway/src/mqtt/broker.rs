@@ -120,6 +120,11 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
     let addr_v5 = mqtt.listen_v5.map(|a| reserve(a, "mqtt.listen_v5")).transpose()?;
     let _ = stats.ports.set(std::iter::once(addr).chain(addr_v5).map(|a| a.port()).collect());
     let guard = Guard::new(mqtt, stats.clone()).context("cannot start the MQTT password checker")?;
+    if !guard.authenticates() {
+        for a in std::iter::once(addr).chain(addr_v5).filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(listen = %a, "MQTT listener without authentication: any client that reaches it may publish and subscribe; configure [[mqtt.users]]");
+        }
+    }
     let mut config = rumqttd_config(mqtt, addr, addr_v5);
     let router_tx = rumqttd::Router::new(config.id, config.router.clone()).spawn();
     let (mut link_tx, link_rx, _ack) = rumqttd::local::LinkBuilder::new("sluice-ingest", router_tx.clone())
