@@ -88,6 +88,13 @@ impl Gateway {
         gw
     }
 
+    /// The MQTT 5 listener's address from `listen.json`, if configured.
+    pub fn mqtt_v5(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.data_dir.join("listen.json")).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["mqtt_v5"].as_str().map(str::to_owned)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

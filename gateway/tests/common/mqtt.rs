@@ -9,22 +9,25 @@ use std::time::{Duration, Instant};
 /// A connected client whose event loop runs in the background; returns
 /// once the CONNACK arrived.
 pub async fn client(gw: &Gateway, id: &str) -> Client {
-    try_client(gw, id, None).await.unwrap_or_else(|e| panic!("MQTT connect of {id} failed: {e}"))
+    try_client(gw, id, |_| {}).await.unwrap_or_else(|e| panic!("MQTT connect of {id} failed: {e}"))
 }
 
 /// A client, its event loop task and the packets it receives.
 pub type Client = (AsyncClient, tokio::task::JoinHandle<()>, tokio::sync::mpsc::UnboundedReceiver<Packet>);
 
-/// Connects with optional (user, password); `Err` describes why the broker
-/// refused or closed the connection before its CONNACK.
-pub async fn try_client(gw: &Gateway, id: &str, login: Option<(&str, &str)>) -> Result<Client, String> {
+/// Connects with options changed by `configure` (credentials, will);
+/// `Err` describes why the broker refused or closed the connection before
+/// its CONNACK.
+pub async fn try_client(
+    gw: &Gateway,
+    id: &str,
+    configure: impl FnOnce(&mut MqttOptions),
+) -> Result<Client, String> {
     let addr: std::net::SocketAddr = gw.mqtt.as_ref().expect("mqtt listener").parse().unwrap();
     let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    if let Some((user, password)) = login {
-        opts.set_credentials(user, password);
-    }
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(1 << 20, 1 << 20);
+    configure(&mut opts);
     let (client, mut eventloop) = AsyncClient::new(opts, 100);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (conn_tx, conn_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
