@@ -64,6 +64,18 @@ pub struct ServiceConfig {
     /// services must fit in `store.max_bytes`. Default 0.
     #[serde(default)]
     pub reserved_bytes: ByteSize,
+    /// Ingest rate limit in records per second (HTTP and MQTT together).
+    /// Default none (unlimited).
+    #[serde(default)]
+    pub max_records_per_sec: Option<u32>,
+    /// Ingest rate limit in bytes per second of record values. Default none
+    /// (unlimited).
+    #[serde(default)]
+    pub max_bytes_per_sec: Option<ByteSize>,
+    /// How much unused rate the limits save up: a burst of up to this many
+    /// seconds' worth passes at once. Default 1s, 1ms..=1h.
+    #[serde(default = "default_rate_burst", deserialize_with = "crate::duration::deserialize")]
+    pub rate_burst: Duration,
 }
 
 impl ServiceConfig {
@@ -78,12 +90,19 @@ impl ServiceConfig {
             max_pending: default_max_pending(),
             on_full: OnFull::DropNewest,
             reserved_bytes: ByteSize(0),
+            max_records_per_sec: None,
+            max_bytes_per_sec: None,
+            rate_burst: default_rate_burst(),
         }
     }
 }
 
 fn default_weight() -> u32 {
     1
+}
+
+fn default_rate_burst() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_max_pending() -> ByteSize {

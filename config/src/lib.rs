@@ -29,6 +29,7 @@
 //!   [`Config`] itself.
 //! - `items`: `[[service]]`, `[[topic]]`, `[[route]]`, `[[uplink]]`.
 //! - `size`, `duration`: human sizes (`"8MiB"`) and durations (`"50ms"`).
+//! - `security`: `[[mqtt.users]]` and `[[http.tokens]]`.
 //! - `names`: syntax of topic names, MQTT filters, route keys, brokers.
 //! - `validate`: cross-field rules; `error` and `locate`: messages.
 //!
@@ -53,6 +54,7 @@ mod locate;
 mod model;
 mod names;
 mod number;
+mod security;
 mod size;
 mod validate;
 
@@ -68,6 +70,7 @@ pub use model::{
     Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig, Unrouted,
 };
 pub use names::{check_mqtt_filter, check_topic_name, mqtt_filter_matches, RouteKey, MAX_TOPIC_NAME_LEN};
+pub use security::{check_password_hash, parse_sha256, HttpToken, MqttUser, ALL_SERVICES, MIN_TOKEN_LEN};
 pub use size::{parse_size, ByteSize};
 
 /// Name of the service that always exists: topics without a `service`, and

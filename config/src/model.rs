@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::items::{RouteConfig, ServiceConfig, TopicConfig, UplinkConfig};
+use crate::security::{HttpToken, MqttUser};
 use crate::size::ByteSize;
 
 /// The whole configuration file. Build it with
@@ -89,6 +90,23 @@ pub struct MqttConfig {
     pub max_inflight: u32,
     /// What happens to a publish that matches no `[[route]]`.
     pub unrouted: Unrouted,
+    /// Whether clients without credentials may connect. Default: true
+    /// when no `users` are configured, false as soon as one is; see
+    /// [`MqttConfig::anonymous_allowed`].
+    pub allow_anonymous: Option<bool>,
+    /// MQTT filters anonymous clients may publish to. Default `["#"]`.
+    pub anonymous_publish: Vec<String>,
+    /// `[[mqtt.users]]`: clients that authenticate with a user name and
+    /// password. Default none.
+    pub users: Vec<MqttUser>,
+}
+
+impl MqttConfig {
+    /// Whether clients without credentials may connect: `allow_anonymous`,
+    /// or when it is not set, whether no users are configured.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.users.is_empty())
+    }
 }
 
 impl Default for MqttConfig {
@@ -100,6 +118,9 @@ impl Default for MqttConfig {
             max_connections: 1000,
             max_inflight: 100,
             unrouted: Unrouted::FirstLevel,
+            allow_anonymous: None,
+            anonymous_publish: crate::security::everything(),
+            users: Vec::new(),
         }
     }
 }
@@ -140,11 +161,19 @@ pub struct HttpConfig {
     /// clamped or refused by the API. Default 30s, at most 1h.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub max_wait: Duration,
+    /// `[[http.tokens]]`: bearer tokens. With none, the API is open; with
+    /// any, every endpoint but `/healthz` and `/readyz` needs one.
+    pub tokens: Vec<HttpToken>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: any_addr(8080), max_body: ByteSize::mib(4), max_wait: Duration::from_secs(30) }
+        HttpConfig {
+            listen: any_addr(8080),
+            max_body: ByteSize::mib(4),
+            max_wait: Duration::from_secs(30),
+            tokens: Vec::new(),
+        }
     }
 }
 
@@ -251,4 +280,5 @@ pub(crate) mod limits {
         (Duration::from_millis(1), Duration::from_secs(10));
     pub(crate) const MAX_HTTP_WAIT: Duration = Duration::from_secs(3600);
     pub(crate) const MAX_LINGER: Duration = Duration::from_secs(60);
+    pub(crate) const RATE_BURST: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));
 }

@@ -28,6 +28,7 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     v.topics(cfg);
     v.routes(cfg);
     v.uplinks(cfg);
+    v.0.extend(crate::security::problems(cfg));
     if v.0.is_empty() {
         Ok(())
     } else {
@@ -95,6 +96,13 @@ impl Problems {
             if s.ttl == Some(Duration::ZERO) {
                 self.add(format!("{label}.ttl"), "0s would expire every record; leave ttl out for no limit");
             }
+            if let Some(rate) = s.max_records_per_sec {
+                self.check(format!("{label}.max_records_per_sec"), range(rate, (1, u32::MAX)));
+            }
+            if let Some(rate) = s.max_bytes_per_sec {
+                self.check(format!("{label}.max_bytes_per_sec"), at_least(rate, ByteSize(1)));
+            }
+            self.check(format!("{label}.rate_burst"), dur_range(s.rate_burst, limits::RATE_BURST));
             reserved_total += u128::from(s.reserved_bytes.as_u64());
         }
         if reserved_total > u128::from(cfg.store.max_bytes.as_u64()) {

@@ -124,9 +124,16 @@ fn full_example_loads_and_shows_the_defaults() {
     assert_eq!(cfg.node, sluice_config::NodeConfig::default());
     assert_eq!(
         cfg.mqtt,
-        MqttConfig { listen_v5: Some("0.0.0.0:1884".parse().expect("address")), ..MqttConfig::default() }
+        MqttConfig {
+            listen_v5: Some("0.0.0.0:1884".parse().expect("address")),
+            allow_anonymous: Some(false),
+            users: cfg.mqtt.users.clone(),
+            ..MqttConfig::default()
+        }
     );
-    assert_eq!(cfg.http, HttpConfig::default());
+    assert_eq!(cfg.mqtt.users.len(), 1);
+    assert_eq!(cfg.http, HttpConfig { tokens: cfg.http.tokens.clone(), ..HttpConfig::default() });
+    assert_eq!(cfg.http.tokens.len(), 2);
     assert_eq!(cfg.store, StoreConfig::default());
     assert_eq!(cfg.scheduler, SchedulerConfig::default());
     assert_eq!(cfg.services.len(), 4);
@@ -169,7 +176,7 @@ fn full_example_shows_every_documented_field() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 53, "number of documented fields changed");
+    assert_eq!(checked, 68, "number of documented fields changed");
 }
 
 #[test]

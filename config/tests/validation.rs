@@ -355,3 +355,121 @@ fn validate_checks_programmatic_changes() {
     let err = cfg.validate().expect_err("weight too high");
     assert_eq!(err.to_string(), "service[\"bulk\"].weight: 5000 is out of range 1..=1000");
 }
+
+/// A well-formed argon2id hash (format only; not of any particular password).
+const HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+fn user(name: &str, hash: &str, publish: &str) -> String {
+    format!("[[mqtt.users]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\npublish = {publish}\n")
+}
+
+#[test]
+fn mqtt_users_parse_and_turn_anonymous_off() {
+    let cfg = Config::from_toml_str(&user("sensor", HASH, "[\"plant/#\"]")).expect("valid");
+    assert_eq!(cfg.mqtt.users[0].publish, ["plant/#"]);
+    assert!(!cfg.mqtt.anonymous_allowed(), "users configured: anonymous is off unless allowed");
+    assert!(!format!("{:?}", cfg.mqtt.users[0]).contains("argon2id"), "Debug shows the hash");
+    let open = Config::from_toml_str("").expect("valid");
+    assert!(open.mqtt.anonymous_allowed(), "no users: open as before");
+    let both = format!("[mqtt]\nallow_anonymous = true\n{}", user("s", HASH, "[]"));
+    assert!(Config::from_toml_str(&both).expect("valid").mqtt.anonymous_allowed());
+}
+
+#[test]
+fn mqtt_user_problems_name_the_field() {
+    assert_problem(
+        &user("sensor", "$2b$12$notargon", "[]"),
+        "mqtt.users[\"sensor\"].password_hash",
+        &["is not a PHC password hash", "sluice hash-password"],
+    );
+    assert_problem(
+        &user("sensor", &HASH.replace("argon2id", "argon2i"), "[]"),
+        "mqtt.users[\"sensor\"].password_hash",
+        &["\"argon2i\"", "argon2id only"],
+    );
+    assert_problem(
+        &user("sensor", HASH, "[\"plant/#\", \"a/b#\"]"),
+        "mqtt.users[\"sensor\"].publish[1]",
+        &["\"a/b#\"", "'#' may only be the whole last level"],
+    );
+    assert_eq!(
+        problems(&(user("s", HASH, "[]") + &user("s", HASH, "[]"))),
+        ["mqtt.users[1].name: \"s\" is defined twice (also mqtt.users[0])"]
+    );
+    assert_problem(&user("", HASH, "[]"), "mqtt.users[0].name", &["is empty"]);
+    assert_problem("[mqtt]\nallow_anonymous = false\n", "mqtt.allow_anonymous", &["every MQTT client"]);
+    assert_problem("[mqtt]\nanonymous_publish = [\"\"]\n", "mqtt.anonymous_publish[0]", &["is empty"]);
+}
+
+const TOKEN: &str = "0123456789abcdef0123";
+
+#[test]
+fn http_tokens_parse() {
+    let digest = "sha256:".to_owned() + &"ab".repeat(32);
+    let text = format!(
+        "{SERVICES}[[http.tokens]]\ntoken = \"{TOKEN}\"\nservices = [\"alarms\"]\nproduce = true\n\
+         [[http.tokens]]\ntoken_hash = \"{digest}\"\nservices = [\"*\"]\nconsume = true\n"
+    );
+    let cfg = Config::from_toml_str(&text).expect("valid");
+    let t = &cfg.http.tokens;
+    assert_eq!((t[0].produce, t[0].consume, t[0].admin), (true, false, false));
+    assert_eq!(t[1].hash_digest(), Some([0xab; 32]));
+    assert!(!format!("{:?}", t[0]).contains(TOKEN), "Debug shows the token");
+}
+
+#[test]
+fn http_token_problems_name_the_field() {
+    let tok = |body: &str| format!("{SERVICES}[[http.tokens]]\n{body}\n");
+    assert_problem(&tok("token = \"\"\nadmin = true"), "http.tokens[0].token", &["is empty", "16"]);
+    assert_problem(&tok("token = \"short\"\nadmin = true"), "http.tokens[0].token", &["too short"]);
+    assert_problem(&tok("admin = true"), "http.tokens[0].token", &["give token or token_hash"]);
+    assert_problem(
+        &tok(&format!("token = \"{TOKEN}\"\ntoken_hash = \"sha256:00\"\nadmin = true")),
+        "http.tokens[0].token_hash",
+        &["not both"],
+    );
+    assert_problem(
+        &tok("token_hash = \"md5:abc\"\nadmin = true"),
+        "http.tokens[0].token_hash",
+        &["\"md5:abc\"", "must start with \"sha256:\""],
+    );
+    assert_problem(&tok(&format!("token = \"{TOKEN}\"")), "http.tokens[0]", &["grants nothing"]);
+    assert_problem(
+        &tok(&format!("token = \"{TOKEN}\"\nproduce = true")),
+        "http.tokens[0].services",
+        &["is empty", "\"*\""],
+    );
+    assert_problem(
+        &tok(&format!("token = \"{TOKEN}\"\nconsume = true\nservices = [\"nope\"]")),
+        "http.tokens[0].services[0]",
+        &["service \"nope\" is not defined"],
+    );
+    let twice = tok(&format!("token = \"{TOKEN}\"\nadmin = true"))
+        + &format!("[[http.tokens]]\ntoken = \"{TOKEN}\"\nmetrics = true\n");
+    assert_problem(&twice, "http.tokens[1]", &["same token as http.tokens[0]"]);
+}
+
+#[test]
+fn rate_limits_parse_and_validate() {
+    let text = "[[service]]\nname = \"t\"\nmax_records_per_sec = 100\nmax_bytes_per_sec = \"1MiB\"\nrate_burst = \"5s\"\n";
+    let cfg = Config::from_toml_str(text).expect("valid");
+    let s = cfg.service("t").expect("t");
+    assert_eq!((s.max_records_per_sec, s.rate_burst.as_secs()), (Some(100), 5));
+    assert_eq!(cfg.service("default").map(|d| d.max_records_per_sec), Some(None), "unlimited by default");
+    assert_problem(
+        "[[service]]\nname = \"t\"\nmax_records_per_sec = 0\n",
+        "service[\"t\"].max_records_per_sec",
+        &["0 is out of range"],
+    );
+    assert_problem(
+        "[[service]]\nname = \"t\"\nmax_bytes_per_sec = 0\n",
+        "service[\"t\"].max_bytes_per_sec",
+        &["too small"],
+    );
+    assert_problem(
+        "[[service]]\nname = \"t\"\nrate_burst = \"0s\"\n",
+        "service[\"t\"].rate_burst",
+        &["out of range"],
+    );
+}

@@ -11,6 +11,7 @@
 //!   priority order (from committed or explicit positions), long-poll and
 //!   commit notifications.
 //! - [`mqtt`]: the embedded rumqttd broker, routing, MQTT ingest.
+//! - [`rate`]: per-service ingest rate limits (token buckets).
 //! - [`uplinks`]: runs the configured uplinks (sinks, the uplink's view of
 //!   topics and priorities).
 //! - [`http`]: the axum API (`/v1/...`, `/metrics`, health), including the
@@ -27,6 +28,7 @@ pub mod ingest;
 pub mod maintenance;
 pub mod metrics;
 pub mod mqtt;
+pub mod rate;
 pub mod run;
 pub mod services;
 pub mod state;

@@ -37,6 +37,10 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Hash a password for `[[mqtt.users]]` (argon2id). Reads it from the
+    /// terminal without echo, or one line from standard input when that is
+    /// not a terminal; never from the command line, which `ps` shows.
+    HashPassword,
     /// Load tool against a running sluice (and, for comparison, any MQTT broker).
     Bench {
         #[command(subcommand)]
@@ -212,6 +216,46 @@ enum ConsumerKind {
     Mqtt,
 }
 
+fn hash_password() -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    // Echo off through stty: no unsafe termios code, and the terminal is
+    // restored even when reading fails.
+    let stty = |arg: &str| std::process::Command::new("stty").arg(arg).status().is_ok_and(|s| s.success());
+    let read = |prompt: &str| -> anyhow::Result<String> {
+        if tty {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+        }
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        if tty {
+            eprintln!();
+        }
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    if tty && !stty("-echo") {
+        anyhow::bail!("cannot turn terminal echo off (stty -echo failed); pipe the password in instead");
+    }
+    let entered =
+        read("Password: ").and_then(|p| if tty { Ok((read("Again: ")?, p)) } else { Ok((p.clone(), p)) });
+    if tty {
+        stty("echo");
+    }
+    let (again, password) = entered?;
+    if password.is_empty() {
+        anyhow::bail!("the password is empty");
+    }
+    if again != password {
+        anyhow::bail!("the passwords do not match");
+    }
+    let hash = sluice_gateway::mqtt::auth::hash_password(&password)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{hash}")?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -220,6 +264,7 @@ fn main() -> ExitCode {
             run(config, data_dir, http_listen, mqtt_listen)
         }
         Command::CheckConfig { file } => check_config(&file),
+        Command::HashPassword => hash_password(),
         Command::Bench { scenario } => bench(scenario),
     };
     match result {

@@ -150,6 +150,7 @@ pub fn render(shared: &Shared) -> String {
         ("unrouted", &m.dropped_unrouted),
         ("invalid_topic", &m.dropped_invalid_topic),
         ("shutting_down", &m.dropped_shutting_down),
+        ("not_allowed", &m.dropped_not_allowed),
     ] {
         out.sample("sluice_mqtt_dropped_total", &[("reason", reason)], v.load(Ordering::Relaxed));
     }
@@ -158,6 +159,31 @@ pub fn render(shared: &Shared) -> String {
             "sluice_mqtt_dropped_total",
             &[("reason", "queue_full"), ("service", &s.name)],
             s.counters.mqtt_dropped_full.load(Ordering::Relaxed),
+        );
+        out.sample(
+            "sluice_mqtt_dropped_total",
+            &[("reason", "rate_limited"), ("service", &s.name)],
+            s.counters.mqtt_dropped_rate.load(Ordering::Relaxed),
+        );
+    }
+    out.family("sluice_mqtt_connect_refused_total", "counter", "MQTT CONNECTs refused, by reason");
+    for (reason, v) in [
+        ("no_credentials", &m.refused_no_credentials),
+        ("bad_credentials", &m.refused_bad_credentials),
+        ("busy", &m.refused_busy),
+    ] {
+        out.sample("sluice_mqtt_connect_refused_total", &[("reason", reason)], v.load(Ordering::Relaxed));
+    }
+    out.family(
+        "sluice_service_rate_limited_total",
+        "counter",
+        "HTTP produce requests refused with 429 by the service's rate limit",
+    );
+    for s in &services {
+        out.sample(
+            "sluice_service_rate_limited_total",
+            &[("service", &s.name)],
+            s.counters.rejected_rate.load(Ordering::Relaxed),
         );
     }
     out.family("sluice_service_mqtt_in_total", "counter", "MQTT publishes queued for persisting");
@@ -221,6 +247,38 @@ fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {
         for u in uplinks {
             for (service, s) in &u.services {
                 out.sample(name, &[("uplink", &u.name), ("service", service)], get(s));
+            }
+        }
+    }
+}
+
+/// Lets a repeated log line through at most once per period.
+#[derive(Debug)]
+pub struct LogLimit {
+    period: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogLimit {
+    /// At most one line per `period`.
+    pub fn new(period: std::time::Duration) -> LogLimit {
+        LogLimit { period, state: std::sync::Mutex::new((None, 0)) }
+    }
+
+    /// `Some(n)` when a line may be logged now, `n` being how many were
+    /// suppressed since the last one; `None` (and counted) otherwise.
+    pub fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.period => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = state.1;
+                *state = (Some(now), 0);
+                Some(suppressed)
             }
         }
     }

@@ -30,6 +30,10 @@ pub struct Counters {
     pub mqtt_in: AtomicU64,
     /// MQTT publishes dropped by the `on_full` policy (newest or oldest).
     pub mqtt_dropped_full: AtomicU64,
+    /// MQTT publishes dropped by the service's rate limit.
+    pub mqtt_dropped_rate: AtomicU64,
+    /// HTTP produce requests refused with 429 by the rate limit.
+    pub rejected_rate: AtomicU64,
 }
 
 /// One service at run time.
@@ -50,6 +54,8 @@ pub struct Service {
     pub on_full: OnFull,
     /// Bytes eviction never takes from it.
     pub reserved_bytes: u64,
+    /// Ingest rate limit (HTTP and MQTT); `None`: unlimited.
+    pub rate: Option<crate::rate::RateLimit>,
     /// Bytes accepted but not yet persisted.
     pub pending_bytes: AtomicU64,
     /// Counters.
@@ -124,6 +130,11 @@ impl Services {
                 max_pending: s.max_pending.as_u64(),
                 on_full: s.on_full,
                 reserved_bytes: s.reserved_bytes.as_u64(),
+                rate: crate::rate::RateLimit::new(
+                    s.max_records_per_sec,
+                    s.max_bytes_per_sec.map(|b| b.as_u64()),
+                    s.rate_burst,
+                ),
                 pending_bytes: AtomicU64::new(0),
                 counters: Counters::default(),
             });

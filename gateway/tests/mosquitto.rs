@@ -85,9 +85,7 @@ async fn mosquitto_clients_publish_and_subscribe() {
     assert!(text.contains("sensors/dev-2 plain text"), "mosquitto_sub got: {text}");
 
     // MQTT 5 on its own listener.
-    let v5 = std::fs::read_to_string(gw.data_dir.join("listen.json")).unwrap();
-    let v5: serde_json::Value = serde_json::from_str(&v5).unwrap();
-    let v5 = v5["mqtt_v5"].as_str().unwrap().to_owned();
+    let v5 = gw.mqtt_v5().expect("MQTT 5 listener");
     mosquitto_pub(&v5, &["-V", "mqttv5", "-t", "v5topic/k", "-m", "5", "-q", "1"]);
     let recs = records(&gw, "v5topic", 1).await;
     assert_eq!(recs[0]["value"], 5);

@@ -2,6 +2,7 @@
 //! topics, from committed positions), `POST .../commit`, `GET .../offsets`,
 //! and the commit path and checks shared with the push stream.
 
+use super::auth::Access;
 use super::codec::{parse_json, OutRecord};
 use super::read::MAX_RECORDS;
 use super::{query_params, read_body, ApiError, QueryMap};
@@ -9,7 +10,7 @@ use crate::delivery::fetch_group;
 use crate::state::Shared;
 use crate::topics::Topic;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::Json;
 use serde::Deserialize;
 use sluice_store::{Offset, PartitionId};
@@ -51,14 +52,20 @@ pub(super) fn check_group(group: &str) -> Result<(), ApiError> {
         .map_err(|reason| ApiError::bad_request(format!("invalid group name {group:?}: {reason}")))
 }
 
-/// Resolves the topics of a group read; at least one, all existing.
-pub(super) fn lookup_topics(shared: &Shared, names: &[String]) -> Result<Vec<Arc<Topic>>, ApiError> {
+/// Resolves the topics of a group read; at least one, all existing, all
+/// readable with the request's token.
+pub(super) fn lookup_topics(
+    shared: &Shared,
+    access: &Access,
+    names: &[String],
+) -> Result<Vec<Arc<Topic>>, ApiError> {
     if names.is_empty() {
         return Err(ApiError::bad_request("topics: give at least one topic"));
     }
     let mut topics: Vec<Arc<Topic>> = Vec::with_capacity(names.len());
     for n in names {
         let t = shared.topics.lookup(n)?;
+        access.check_consume(&t)?;
         // A topic listed twice is read once.
         if !topics.iter().any(|have| have.name == t.name) {
             topics.push(t);
@@ -69,6 +76,7 @@ pub(super) fn lookup_topics(shared: &Shared, names: &[String]) -> Result<Vec<Arc
 
 pub(super) async fn fetch(
     State(shared): State<Shared>,
+    Extension(access): Extension<Access>,
     Path(group): Path<String>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -87,7 +95,7 @@ pub(super) async fn fetch(
             req.wait_ms
         )));
     }
-    let topics = lookup_topics(&shared, &req.topics)?;
+    let topics = lookup_topics(&shared, &access, &req.topics)?;
     let records =
         fetch_group(&shared, &group, &topics, req.max_records as usize, Duration::from_millis(req.wait_ms))
             .await?;
@@ -98,12 +106,13 @@ pub(super) async fn fetch(
 
 pub(super) async fn commit(
     State(shared): State<Shared>,
+    Extension(access): Extension<Access>,
     Path(group): Path<String>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_group(&group)?;
     let req: CommitBody = parse_json(&read_body(&shared, body).await?)?;
-    commit_offsets(&shared, &group, &req.offsets, "offsets").await?;
+    commit_offsets(&shared, &access, &group, &req.offsets, "offsets").await?;
     Ok(Json(serde_json::json!({ "committed": req.offsets.len() })))
 }
 
@@ -113,6 +122,7 @@ pub(super) async fn commit(
 /// committed, as each entry is checked when it is written.
 pub(super) async fn commit_offsets(
     shared: &Shared,
+    access: &Access,
     group: &str,
     entries: &[CommitEntry],
     field: &str,
@@ -120,7 +130,7 @@ pub(super) async fn commit_offsets(
     if entries.is_empty() {
         return Err(ApiError::bad_request(format!("{field}: give at least one offset")));
     }
-    let written = commit_each(shared, group, entries, field);
+    let written = commit_each(shared, access, group, entries, field);
     // Wake push streams waiting for their consumer to commit, also after a
     // partial failure: the entries before it were written.
     shared.notify_committed();
@@ -138,13 +148,20 @@ pub(super) async fn commit_offsets(
 
 /// Writes each entry; true when one of them is a topic of an express
 /// service.
-fn commit_each(shared: &Shared, group: &str, entries: &[CommitEntry], field: &str) -> Result<bool, ApiError> {
+fn commit_each(
+    shared: &Shared,
+    access: &Access,
+    group: &str,
+    entries: &[CommitEntry],
+    field: &str,
+) -> Result<bool, ApiError> {
     let mut express = false;
     for (i, e) in entries.iter().enumerate() {
         let topic = shared
             .topics
             .lookup(&e.topic)
             .map_err(|err| ApiError::from(err).with_prefix(&format!("{field}[{i}]")))?;
+        access.check_consume(&topic).map_err(|err| err.with_prefix(&format!("{field}[{i}]")))?;
         if e.partition >= topic.partitions {
             return Err(ApiError::not_found(format!(
                 "{field}[{i}].partition: topic {:?} has {} partition(s); partition {} does not exist",
@@ -162,6 +179,7 @@ fn commit_each(shared: &Shared, group: &str, entries: &[CommitEntry], field: &st
 
 pub(super) async fn offsets(
     State(shared): State<Shared>,
+    Extension(access): Extension<Access>,
     Path(group): Path<String>,
     query: QueryMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -169,9 +187,11 @@ pub(super) async fn offsets(
     let params = query_params(query, &["topics"])?;
     let names: Vec<String> = match params.get("topics") {
         Some(list) => list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
-        None => shared.topics.all().iter().map(|t| t.name.to_string()).collect(),
+        None => {
+            shared.topics.all().iter().filter(|t| access.may_consume(t)).map(|t| t.name.to_string()).collect()
+        }
     };
-    let topics = lookup_topics(&shared, &names)?;
+    let topics = lookup_topics(&shared, &access, &names)?;
     let mut out = Vec::new();
     for t in &topics {
         for p in 0..t.partitions {

@@ -2,6 +2,7 @@
 //! contract. One file per area; all errors are [`ApiError`].
 
 mod admin;
+pub mod auth;
 pub mod codec;
 pub mod error;
 mod groups;
@@ -23,6 +24,8 @@ use std::collections::HashMap;
 
 /// The whole API as a router, so tests can call it without a socket.
 pub fn router(shared: Shared) -> Router {
+    let tokens = std::sync::Arc::new(auth::Tokens::new(&shared.config.http.tokens));
+    let authenticate = axum::middleware::from_fn_with_state((shared.clone(), tokens), auth::require_token);
     Router::new()
         .route("/v1/topics", get(read::list_topics))
         .route("/v1/topics/{topic}/records", post(produce::produce))
@@ -41,6 +44,7 @@ pub fn router(shared: Shared) -> Router {
         // Bodies are read with our own limit so the 413 is JSON and names
         // the setting.
         .layer(DefaultBodyLimit::disable())
+        .layer(authenticate)
         .with_state(shared)
 }
 

@@ -57,6 +57,7 @@ pub(super) async fn produce(
     let service = shared.services.resolve(&topic.service);
     let sync = service.durability == Durability::Sync;
     let (tx, rx) = oneshot::channel();
+    let count = records.len() as u64;
     let job = Job::new(topic.clone(), service.id, records, sync, Some(tx));
     if job.cost > service.max_pending {
         return Err(ApiError::new(
@@ -66,6 +67,20 @@ pub(super) async fn produce(
                 job.cost, service.name, service.max_pending
             ),
         ));
+    }
+    if let Some(rate) = &service.rate {
+        if let Err(wait) = rate.try_take(std::time::Instant::now(), count, job.cost) {
+            service.counters.rejected_rate.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(ApiError::too_many(
+                format!(
+                    "service {:?} is over its rate limit ({}); retry in {secs} s",
+                    service.name,
+                    rate_text(&shared, &service.name)
+                ),
+                secs.max(1),
+            ));
+        }
     }
     if let Err((why, _)) = shared.ingest.submit(job) {
         return Err(match why {
@@ -89,4 +104,18 @@ pub(super) async fn produce(
         .map(|(p, o)| serde_json::json!({ "partition": p.0, "offset": o.0 }))
         .collect();
     Ok(Json(serde_json::json!({ "offsets": offsets })))
+}
+
+/// The configured limits of a service, for error messages.
+fn rate_text(shared: &Shared, service: &str) -> String {
+    let Some(s) = shared.config.service(service) else { return "rate limit".to_owned() };
+    let mut parts = Vec::new();
+    if let Some(r) = s.max_records_per_sec {
+        parts.push(format!("max_records_per_sec = {r}"));
+    }
+    if let Some(b) = s.max_bytes_per_sec {
+        parts.push(format!("max_bytes_per_sec = {b}"));
+    }
+    parts.push(format!("rate_burst = {}", sluice_config::format_duration(s.rate_burst)));
+    parts.join(", ")
 }

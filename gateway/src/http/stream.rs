@@ -12,6 +12,7 @@
 //! then the stream waits for commits, so a consumer that never commits
 //! holds the server to a bounded window instead of an unbounded backlog.
 
+use super::auth::Access;
 use super::groups::{check_group, lookup_topics};
 use super::{query_params, stream_sse, stream_ws, uint_param, ApiError, QueryMap};
 use crate::delivery::{group_fetch_from, GroupRecord, Positions, Rounds, TopicPartition};
@@ -19,7 +20,7 @@ use crate::state::Shared;
 use crate::topics::Topic;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use sluice_store::{Offset, PartitionId, StoreError};
@@ -38,6 +39,7 @@ const BATCH: usize = 100;
 /// input gets a JSON error with a fitting status.
 pub(super) async fn stream(
     State(shared): State<Shared>,
+    Extension(access): Extension<Access>,
     Path(group): Path<String>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -49,12 +51,12 @@ pub(super) async fn stream(
         .get("topics")
         .map(|list| list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
-    let topics = lookup_topics(&shared, &names)?;
+    let topics = lookup_topics(&shared, &access, &names)?;
     let max_unacked = uint_param(&params, "max_unacked", DEFAULT_MAX_UNACKED, MAX_UNACKED)?;
     if max_unacked == 0 {
         return Err(ApiError::bad_request(format!("max_unacked: 0 is outside 1..={MAX_UNACKED}")));
     }
-    let stream = GroupStream::open(shared, group, topics, max_unacked as usize)?;
+    let stream = GroupStream::open(shared, access, group, topics, max_unacked as usize)?;
     match upgrade {
         Ok(ws) => Ok(stream_ws::respond(ws, stream)),
         Err(rejection) if asks_for_websocket(&headers) => Err(ApiError::new(
@@ -78,6 +80,8 @@ fn asks_for_websocket(headers: &HeaderMap) -> bool {
 #[derive(Debug)]
 pub(super) struct GroupStream {
     shared: Shared,
+    /// What the stream's token may do (WebSocket acks commit with it).
+    access: Access,
     group: String,
     topics: Vec<Arc<Topic>>,
     positions: Positions,
@@ -95,6 +99,7 @@ impl GroupStream {
     /// A stream from the group's committed positions.
     fn open(
         shared: Shared,
+        access: Access,
         group: String,
         topics: Vec<Arc<Topic>>,
         max_unacked: usize,
@@ -105,6 +110,7 @@ impl GroupStream {
             commits: shared.subscribe_commits(),
             shutdown: shared.shutdown.clone(),
             shared,
+            access,
             group,
             topics,
             positions,
@@ -123,6 +129,11 @@ impl GroupStream {
     /// The consumer group.
     pub(super) fn group(&self) -> &str {
         &self.group
+    }
+
+    /// What the stream's token may do.
+    pub(super) fn access(&self) -> &Access {
+        &self.access
     }
 
     /// A receiver that turns true when the gateway shuts down.

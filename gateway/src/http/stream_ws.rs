@@ -124,7 +124,7 @@ async fn on_ack(stream: &mut GroupStream, text: &str) -> String {
         }
     };
     let shared = stream.shared().clone();
-    match commit_offsets(&shared, stream.group(), &ack.ack, "ack").await {
+    match commit_offsets(&shared, stream.access(), stream.group(), &ack.ack, "ack").await {
         Ok(()) => {
             for e in &ack.ack {
                 stream.committed(&e.topic, PartitionId(e.partition), Offset(e.offset));

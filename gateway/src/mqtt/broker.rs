@@ -1,5 +1,11 @@
 //! Starting the embedded rumqttd broker from sluice's configuration.
+//!
+//! sluice does not use `rumqttd::Broker::start`: it starts the router and
+//! one `rumqttd::Server` per listener itself, so each listener decodes
+//! through [`Guarded`] (authentication and publish permissions).
 
+use super::auth::Guard;
+use super::guarded::Guarded;
 use super::ingest::IngestLoop;
 use super::MqttStats;
 use crate::state::Shared;
@@ -96,6 +102,16 @@ pub fn rumqttd_config(mqtt: &MqttConfig, addr: SocketAddr, addr_v5: Option<Socke
     }
 }
 
+/// Installs the external auth hook of `guard` on a listener (only when
+/// users are configured: without a hook rumqttd lets every client in).
+fn install_auth(connections: &mut rumqttd::ConnectionSettings, guard: &Arc<Guard>) {
+    if guard.authenticates() {
+        let guard = guard.clone();
+        connections
+            .set_auth_handler(move |client_id, _user, password| guard.clone().hook(client_id, password));
+    }
+}
+
 /// Starts rumqttd and the ingest link; returns once the listeners accept
 /// connections.
 pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandle> {
@@ -103,16 +119,49 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
     let addr = reserve(mqtt.listen, "mqtt.listen")?;
     let addr_v5 = mqtt.listen_v5.map(|a| reserve(a, "mqtt.listen_v5")).transpose()?;
     let _ = stats.ports.set(std::iter::once(addr).chain(addr_v5).map(|a| a.port()).collect());
-    let config = rumqttd_config(mqtt, addr, addr_v5);
-    let mut broker = rumqttd::Broker::new(config);
-    let (mut link_tx, link_rx) =
-        broker.link("sluice-ingest").context("cannot attach to the embedded broker")?;
-    link_tx.subscribe("#").context("cannot subscribe the ingest link")?;
-    std::thread::Builder::new().name("sluice-mqtt".into()).spawn(move || {
-        if let Err(e) = broker.start() {
-            tracing::error!(error = %e, "embedded MQTT broker stopped");
+    let guard = Guard::new(mqtt, stats.clone()).context("cannot start the MQTT password checker")?;
+    if !guard.authenticates() {
+        for a in std::iter::once(addr).chain(addr_v5).filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(listen = %a, "MQTT listener without authentication: any client that reaches it may publish and subscribe; configure [[mqtt.users]]");
         }
-    })?;
+    }
+    let mut config = rumqttd_config(mqtt, addr, addr_v5);
+    let router_tx = rumqttd::Router::new(config.id, config.router.clone()).spawn();
+    let (mut link_tx, link_rx, _ack) = rumqttd::local::LinkBuilder::new("sluice-ingest", router_tx.clone())
+        .build()
+        .context("cannot attach to the embedded broker")?;
+    link_tx.subscribe("#").context("cannot subscribe the ingest link")?;
+    for (mut settings, v5) in config
+        .v4
+        .take()
+        .into_iter()
+        .flat_map(HashMap::into_values)
+        .map(|s| (s, false))
+        .chain(config.v5.take().into_iter().flat_map(HashMap::into_values).map(|s| (s, true)))
+    {
+        install_auth(&mut settings.connections, &guard);
+        let name = settings.name.clone();
+        let router_tx = router_tx.clone();
+        let guard = guard.clone();
+        std::thread::Builder::new().name(name.clone()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return tracing::error!(error = %e, listener = name, "cannot start MQTT listener"),
+            };
+            let result = runtime.block_on(async move {
+                if v5 {
+                    let p = Guarded::new(rumqttd::protocol::v5::V5, guard);
+                    rumqttd::Server::new(settings, router_tx, p).start(rumqttd::LinkType::Remote).await
+                } else {
+                    let p = Guarded::new(rumqttd::protocol::v4::V4, guard);
+                    rumqttd::Server::new(settings, router_tx, p).start(rumqttd::LinkType::Remote).await
+                }
+            });
+            if let Err(e) = result {
+                tracing::error!(error = %e, listener = name, "embedded MQTT listener stopped");
+            }
+        })?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let ingest = {
         let lp = IngestLoop::new(shared.clone(), stats, link_rx, stop.clone());

@@ -139,9 +139,9 @@ impl IngestLoop {
         }
     }
 
-    fn submit(&self, topic: &str, records: Vec<Record>) {
+    fn submit(&self, topic: &str, mut records: Vec<Record>) {
         let shared = &self.shared;
-        let count = records.len() as u64;
+        let mut count = records.len() as u64;
         let topic = match shared.topics.get_or_create(topic, &shared.store, &shared.services) {
             Ok(t) => t,
             Err(TopicError::Store(e)) => {
@@ -156,6 +156,22 @@ impl IngestLoop {
             }
         };
         let service = shared.services.resolve(&topic.service);
+        if let Some(rate) = &service.rate {
+            // MQTT has no backpressure here: what is over the limit is
+            // dropped and counted.
+            let now = Instant::now();
+            let admitted =
+                records.iter().take_while(|r| rate.try_take(now, 1, r.encoded_len() as u64).is_ok()).count();
+            let dropped = (records.len() - admitted) as u64;
+            if dropped > 0 {
+                service.counters.mqtt_dropped_rate.fetch_add(dropped, Ordering::Relaxed);
+                records.truncate(admitted);
+                count -= dropped;
+                if records.is_empty() {
+                    return;
+                }
+            }
+        }
         let mut job = Job::new(topic.clone(), service.id, records, false, None);
         loop {
             match shared.ingest.submit(job) {

@@ -1,7 +1,10 @@
 //! MQTT ingest through an embedded rumqttd broker.
 //!
-//! rumqttd runs on threads of its own (`Broker::start` blocks forever and
-//! has no shutdown API). sluice attaches one local link subscribed to `#`,
+//! rumqttd runs on threads of its own (its router and listener threads
+//! never stop; there is no shutdown API). sluice assembles it from
+//! rumqttd's public parts (router, one `Server` per listener with sluice's
+//! [`guarded`] codec for authentication and publish permissions, see
+//! [`auth`]) and attaches one local link subscribed to `#`,
 //! reads every publish the router accepted, routes it to a log topic and
 //! queues it through the same per-service queues and scheduler as HTTP.
 //!
@@ -14,7 +17,9 @@
 //! 1 MiB or 4 x `mqtt.max_payload`) because its defaults can hold a GiB per
 //! filter.
 
+pub mod auth;
 mod broker;
+pub mod guarded;
 mod ingest;
 pub mod route;
 
@@ -34,6 +39,14 @@ pub struct MqttStats {
     pub dropped_invalid_topic: AtomicU64,
     /// Dropped because sluice was shutting down.
     pub dropped_shutting_down: AtomicU64,
+    /// Publishes (and will messages) outside the sender's publish filters.
+    pub dropped_not_allowed: AtomicU64,
+    /// CONNECTs refused: no credentials while anonymous access is off.
+    pub refused_no_credentials: AtomicU64,
+    /// CONNECTs refused: unknown user or wrong password.
+    pub refused_bad_credentials: AtomicU64,
+    /// CONNECTs refused: too many password checks waiting.
+    pub refused_busy: AtomicU64,
     /// Stored without key because the route's key was missing.
     pub key_missing: AtomicU64,
     /// Ports of the MQTT listeners (for the connection gauge).

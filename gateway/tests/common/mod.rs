@@ -2,6 +2,8 @@
 //! temporary data directory and talks to it over HTTP.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod mqtt;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,6 +88,13 @@ impl Gateway {
         gw
     }
 
+    /// The MQTT 5 listener's address from `listen.json`, if configured.
+    pub fn mqtt_v5(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.data_dir.join("listen.json")).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["mqtt_v5"].as_str().map(str::to_owned)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -154,6 +163,17 @@ impl Gateway {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The value of one series of `/metrics` (exact name and labels, e.g.
+    /// `sluice_mqtt_dropped_total{reason="unrouted"}`); panics when absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+            .unwrap_or_else(|| panic!("{series} not in /metrics"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
     /// Produces JSON values; returns (partition, offset) per record.
     pub async fn produce(&self, topic: &str, values: &[Value]) -> Vec<(u64, u64)> {
         let records: Vec<Value> = values.iter().map(|v| json!({ "value": v })).collect();
@@ -176,5 +196,16 @@ pub fn offsets(body: &Value) -> Vec<(u64, u64)> {
         .unwrap()
         .iter()
         .map(|o| (o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Config text: for each (name, extra service lines), a `[[service]]` and a
+/// `[[topic]]` of that name belonging to it.
+pub fn service_topics(services: &[(&str, &str)]) -> String {
+    services
+        .iter()
+        .map(|(name, extra)| {
+            format!("[[service]]\nname = \"{name}\"\n{extra}\n[[topic]]\nname = \"{name}\"\nservice = \"{name}\"\n")
+        })
         .collect()
 }
