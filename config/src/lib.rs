@@ -31,6 +31,8 @@
 //! - `size`, `duration`: human sizes (`"8MiB"`) and durations (`"50ms"`).
 //! - `names`: syntax of topic names, MQTT filters, route keys, brokers.
 //! - `validate`: cross-field rules; `error` and `locate`: messages.
+//! - [`tls`]: the certificate and key files named by the configuration,
+//!   loaded into rustls configurations (the one place that reads them).
 //!
 //! # Units
 //!
@@ -54,6 +56,7 @@ mod model;
 mod names;
 mod number;
 mod size;
+pub mod tls;
 mod validate;
 
 use std::path::Path;
@@ -61,8 +64,8 @@ use std::path::Path;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, FieldError};
 pub use items::{
-    Compression, Durability, OnFull, RetentionConfig, RouteConfig, SaslMechanism, ServiceConfig, TopicConfig,
-    UplinkConfig, UplinkKind, UplinkSasl, UplinkTls,
+    Compression, Durability, ListenerTls, OnFull, RetentionConfig, RouteConfig, SaslMechanism, ServiceConfig,
+    TopicConfig, UplinkConfig, UplinkKind, UplinkSasl, UplinkTls,
 };
 pub use model::{
     Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig, Unrouted,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::items::{RouteConfig, ServiceConfig, TopicConfig, UplinkConfig};
+use crate::items::{ListenerTls, RouteConfig, ServiceConfig, TopicConfig, UplinkConfig};
 use crate::size::ByteSize;
 
 /// The whole configuration file. Build it with
@@ -89,6 +89,9 @@ pub struct MqttConfig {
     pub max_inflight: u32,
     /// What happens to a publish that matches no `[[route]]`.
     pub unrouted: Unrouted,
+    /// `[mqtt.tls]`: serve `listen` and `listen_v5` over TLS. Default none
+    /// (plain TCP).
+    pub tls: Option<ListenerTls>,
 }
 
 impl Default for MqttConfig {
@@ -100,6 +103,7 @@ impl Default for MqttConfig {
             max_connections: 1000,
             max_inflight: 100,
             unrouted: Unrouted::FirstLevel,
+            tls: None,
         }
     }
 }
@@ -140,11 +144,34 @@ pub struct HttpConfig {
     /// clamped or refused by the API. Default 30s, at most 1h.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub max_wait: Duration,
+    /// Longest time from the first byte of a request to the end of its
+    /// headers; a slower client is disconnected. Default 10s.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub header_timeout: Duration,
+    /// Longest time a connection may go without a request: from accept, or
+    /// from the end of the previous response, to the end of the next
+    /// request's headers. Default 60s.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// Most concurrent connections (streams and long-polls included); more
+    /// are closed at once and counted. Default 1000.
+    pub max_connections: u32,
+    /// `[http.tls]`: serve the API over TLS (HTTPS). Default none (plain
+    /// HTTP).
+    pub tls: Option<ListenerTls>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: any_addr(8080), max_body: ByteSize::mib(4), max_wait: Duration::from_secs(30) }
+        HttpConfig {
+            listen: any_addr(8080),
+            max_body: ByteSize::mib(4),
+            max_wait: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1000,
+            tls: None,
+        }
     }
 }
 
@@ -251,4 +278,9 @@ pub(crate) mod limits {
         (Duration::from_millis(1), Duration::from_secs(10));
     pub(crate) const MAX_HTTP_WAIT: Duration = Duration::from_secs(3600);
     pub(crate) const MAX_LINGER: Duration = Duration::from_secs(60);
+    /// HTTP header, idle and TLS handshake timeouts.
+    pub(crate) const LISTENER_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(3600));
+    /// `mqtt.max_connections` and `http.max_connections`.
+    pub(crate) const CONNECTIONS: (u32, u32) = (1, 100_000);
 }
