@@ -7,6 +7,7 @@ pub mod error;
 mod groups;
 mod produce;
 mod read;
+pub mod serve;
 mod stream;
 mod stream_sse;
 mod stream_ws;
