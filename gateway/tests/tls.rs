@@ -210,3 +210,50 @@ fn tls_files_are_checked_before_start() {
     assert!(!ok, "started with a key that does not fit the certificate");
     assert!(err.contains("http.tls.cert") && err.contains("cannot be used together"), "{err}");
 }
+
+/// Two sluice nodes: the edge forwards over an MQTT uplink with TLS and a
+/// client certificate to the central node's TLS MQTT listener, which
+/// requires one; the edge's HTTP uplink to a server whose certificate it
+/// does not trust reports why in `/v1/uplinks`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplinks_over_tls_deliver_and_an_untrusted_server_shows_in_uplinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make();
+    // The MQTT sink speaks MQTT 5: the central node's listen_v5.
+    let central_cfg =
+        format!("[mqtt]\nlisten_v5 = \"127.0.0.1:0\"\n[mqtt.tls]\n{}", tls_config(&certs, true));
+    let central = Gateway::start(&dir.path().join("central"), Some(&central_cfg)).await;
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = format!("https://{}/ingest", front.local_addr().unwrap());
+    // The backend port is never reached: the edge refuses the certificate.
+    let _front = certs::TlsFront::spawn(front, &certs, 9);
+    let path = |name: &str| certs.path(name).display().to_string();
+    let edge_cfg = format!(
+        "[[uplink]]\nname = \"central\"\nkind = \"mqtt\"\nbrokers = [{:?}]\nremote_topic = \"edge/{{topic}}\"\n\
+         tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n\
+         [[uplink]]\nname = \"untrusted\"\nkind = \"http\"\nbrokers = [{https:?}]\ntls = {{ ca = {:?} }}\n",
+        central.mqtt_v5.clone().unwrap(),
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key"),
+        path("other-ca.pem"),
+    );
+    let edge = Gateway::start(&dir.path().join("edge"), Some(&edge_cfg)).await;
+    edge.produce("demo", &[json!({"t": 1}), json!({"t": 2})]).await;
+    let got = central.wait_records("edge", 2).await;
+    assert_eq!((&got[0]["key"], &got[1]["value"]), (&json!("demo"), &json!({"t": 2})));
+
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let (_, body) = edge.get_json("/v1/uplinks").await;
+        let untrusted =
+            body["uplinks"].as_array().unwrap().iter().find(|u| u["name"] == "untrusted").cloned();
+        let error = untrusted.as_ref().and_then(|u| u["last_error"].as_str()).unwrap_or_default().to_owned();
+        if error.contains(&format!("TLS handshake with {https} failed")) {
+            assert!(error.contains("UnknownIssuer"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no TLS error in /v1/uplinks: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
