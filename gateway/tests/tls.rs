@@ -95,8 +95,8 @@ async fn mqtt_over_tls_requires_a_trusted_client_certificate() {
     // A connection that never starts its handshake does not hold up others
     // (rumqttd's own TLS would wait for it forever) and is closed after
     // handshake_timeout.
-    let mut idle = TcpStream::connect(&mqtt).unwrap();
     let opened = Instant::now();
+    let mut idle = TcpStream::connect(&mqtt).unwrap();
     publish_v4(&mqtt, "tls-v4", client_tls(&certs, "ca.pem", true), "plant/dev-1/temp").await.unwrap();
     publish_v5(&mqtt_v5, client_tls(&certs, "ca.pem", true), "plant/dev-5/temp").await;
     let records = gw.wait_records("plant", 2).await;
