@@ -135,7 +135,7 @@ async fn https_api_round_trips_and_plain_http_on_the_tls_port_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::make();
     let cfg = format!("[http.tls]\n{}", tls_config(&certs, false));
-    let gw = Gateway::start_tls(&dir.path().join("d"), &cfg, &certs.path("ca.pem")).await;
+    let mut gw = Gateway::start_tls(&dir.path().join("d"), &cfg, &certs.path("ca.pem")).await;
     assert!(gw.base.starts_with("https://127.0.0.1:"), "{}", gw.base);
     assert_eq!(gw.listen["tls"]["http"], true);
 
@@ -163,6 +163,11 @@ async fn https_api_round_trips_and_plain_http_on_the_tls_port_fails_cleanly() {
         .unwrap();
     let err = untrusting.get(gw.url("/healthz")).send().await.expect_err("untrusted certificate accepted");
     assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+
+    // SIGTERM with a TLS handshake pending and a keep-alive connection open:
+    // a clean exit.
+    let _pending = TcpStream::connect(&addr).unwrap();
+    gw.terminate();
 }
 
 /// check-config and run read every TLS file the configuration names: the

@@ -82,13 +82,18 @@ async fn connection(
     limits: Arc<Limits>,
     admitted: Admitted,
     stats: Arc<ListenerStats>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
     match &limits.tls {
         None => serve_connection(tcp, peer, app, &limits, admitted, stats, shutdown).await,
         Some(tls) => {
-            if let Some(stream) = tls.accept(tcp, peer, &stats).await {
+            let stream = tokio::select! {
+                stream = tls.accept(tcp, peer, &stats) => stream,
+                // A handshake in progress does not hold up the drain.
+                () = stopped(&mut shutdown) => None,
+            };
+            if let Some(stream) = stream {
                 serve_connection(stream, peer, app, &limits, admitted, stats, shutdown).await;
             }
         }
