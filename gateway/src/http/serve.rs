@@ -11,7 +11,7 @@
 //!   complete, so a connection that sends nothing, or sits idle between
 //!   keep-alive requests, is closed;
 //! - `http.header_timeout`: from the first byte of a request to the end of
-//!   its headers ([`HeaderDeadline`]), so headers dribbled byte by byte are
+//!   its headers (`HeaderDeadline`), so headers dribbled byte by byte are
 //!   cut off early. Neither timer runs while a request is being handled
 //!   (long-polls, SSE streams) or after a WebSocket upgrade.
 //!
