@@ -20,7 +20,7 @@ fi
 # The Debian package starts a mosquitto service where systemd runs; the
 # tests and benchmarks start their own instances on other ports.
 
-# openssl: the Kafka sink's TLS test makes its certificates with it.
+# openssl: the TLS tests (sinks, listeners) make their certificates with it.
 if ! command -v openssl >/dev/null 2>&1; then
     echo "installing openssl" >&2
     sudo_cmd=()

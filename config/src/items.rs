@@ -276,7 +276,8 @@ pub struct UplinkConfig {
     /// names it. Default true.
     #[serde(default = "default_create_topics")]
     pub create_topics: bool,
-    /// Kafka only: connect over TLS. Default none (plain TCP).
+    /// Connect over TLS (kafka, mqtt; http uses it for `https://` URLs).
+    /// Default none (plain TCP).
     #[serde(default)]
     pub tls: Option<UplinkTls>,
     /// Kafka only: authenticate with SASL. Default none.
@@ -284,7 +285,7 @@ pub struct UplinkConfig {
     pub sasl: Option<UplinkSasl>,
 }
 
-/// `tls = { ca = "...", cert = "...", key = "..." }` of a Kafka uplink.
+/// `tls = { ca = "...", cert = "...", key = "..." }` of an uplink.
 /// `tls = {}` connects over TLS, trusting the system's CA bundle.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -308,6 +309,43 @@ impl UplinkTls {
     pub fn ca_file(&self) -> &Path {
         self.ca.as_deref().unwrap_or(Path::new(Self::SYSTEM_CA_BUNDLE))
     }
+}
+
+/// `[mqtt.tls]` or `[http.tls]`: TLS on one of sluice's listeners. The
+/// files are read when sluice starts (and by `sluice check-config`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Required. PEM file of the server certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Required. PEM file of the private key of `cert` (PKCS#8, PKCS#1 or
+    /// SEC1).
+    pub key: PathBuf,
+    /// PEM file of the CA certificates that sign client certificates. When
+    /// set, every client must present a certificate signed by one of them.
+    /// Default none (no client certificates asked for).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Longest time a new connection may take to complete its TLS
+    /// handshake. Default 10s.
+    #[serde(default = "default_handshake_timeout", deserialize_with = "crate::duration::deserialize")]
+    pub handshake_timeout: Duration,
+}
+
+impl ListenerTls {
+    /// TLS with `cert` and `key`, no client certificates, default timeout.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> ListenerTls {
+        ListenerTls {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: None,
+            handshake_timeout: default_handshake_timeout(),
+        }
+    }
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// SASL mechanism of a Kafka uplink.

@@ -32,6 +32,8 @@
 //! - `security`: `[[mqtt.users]]` and `[[http.tokens]]`.
 //! - `names`: syntax of topic names, MQTT filters, route keys, brokers.
 //! - `validate`: cross-field rules; `error` and `locate`: messages.
+//! - [`tls`]: the certificate and key files named by the configuration,
+//!   loaded into rustls configurations (the one place that reads them).
 //!
 //! # Units
 //!
@@ -56,6 +58,7 @@ mod names;
 mod number;
 mod security;
 mod size;
+pub mod tls;
 mod validate;
 
 use std::path::Path;
@@ -63,8 +66,8 @@ use std::path::Path;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, FieldError};
 pub use items::{
-    Compression, Durability, OnFull, RetentionConfig, RouteConfig, SaslMechanism, ServiceConfig, TopicConfig,
-    UplinkConfig, UplinkKind, UplinkSasl, UplinkTls,
+    Compression, Durability, ListenerTls, OnFull, RetentionConfig, RouteConfig, SaslMechanism, ServiceConfig,
+    TopicConfig, UplinkConfig, UplinkKind, UplinkSasl, UplinkTls,
 };
 pub use model::{
     Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig, Unrouted,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::items::{RouteConfig, ServiceConfig, TopicConfig, UplinkConfig};
+use crate::items::{ListenerTls, RouteConfig, ServiceConfig, TopicConfig, UplinkConfig};
 use crate::security::{HttpToken, MqttUser};
 use crate::size::ByteSize;
 
@@ -99,6 +99,9 @@ pub struct MqttConfig {
     /// `[[mqtt.users]]`: clients that authenticate with a user name and
     /// password. Default none.
     pub users: Vec<MqttUser>,
+    /// `[mqtt.tls]`: serve `listen` and `listen_v5` over TLS. Default none
+    /// (plain TCP).
+    pub tls: Option<ListenerTls>,
 }
 
 impl MqttConfig {
@@ -121,6 +124,7 @@ impl Default for MqttConfig {
             allow_anonymous: None,
             anonymous_publish: crate::security::everything(),
             users: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -164,6 +168,21 @@ pub struct HttpConfig {
     /// `[[http.tokens]]`: bearer tokens. With none, the API is open; with
     /// any, every endpoint but `/healthz` and `/readyz` needs one.
     pub tokens: Vec<HttpToken>,
+    /// Longest time from the first byte of a request to the end of its
+    /// headers; a slower client is disconnected. Default 10s.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub header_timeout: Duration,
+    /// Longest time a connection may go without a request: from accept, or
+    /// from the end of the previous response, to the end of the next
+    /// request's headers. Default 60s.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// Most concurrent connections (streams and long-polls included); more
+    /// are closed at once and counted. Default 1000.
+    pub max_connections: u32,
+    /// `[http.tls]`: serve the API over TLS (HTTPS). Default none (plain
+    /// HTTP).
+    pub tls: Option<ListenerTls>,
 }
 
 impl Default for HttpConfig {
@@ -173,6 +192,10 @@ impl Default for HttpConfig {
             max_body: ByteSize::mib(4),
             max_wait: Duration::from_secs(30),
             tokens: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1000,
+            tls: None,
         }
     }
 }
@@ -281,4 +304,9 @@ pub(crate) mod limits {
     pub(crate) const MAX_HTTP_WAIT: Duration = Duration::from_secs(3600);
     pub(crate) const MAX_LINGER: Duration = Duration::from_secs(60);
     pub(crate) const RATE_BURST: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));
+    /// HTTP header, idle and TLS handshake timeouts.
+    pub(crate) const LISTENER_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(3600));
+    /// `mqtt.max_connections` and `http.max_connections`.
+    pub(crate) const CONNECTIONS: (u32, u32) = (1, 100_000);
 }

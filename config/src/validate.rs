@@ -58,7 +58,7 @@ impl Problems {
         }
         let max_payload = (ByteSize(1), limits::MAX_MQTT_PAYLOAD);
         self.check("mqtt.max_payload", range(cfg.mqtt.max_payload, max_payload));
-        self.check("mqtt.max_connections", range(cfg.mqtt.max_connections, (1, 100_000)));
+        self.check("mqtt.max_connections", range(cfg.mqtt.max_connections, limits::CONNECTIONS));
         self.check("mqtt.max_inflight", range(cfg.mqtt.max_inflight, (1, 65_535)));
         if let Some(v5) = cfg.mqtt.listen_v5 {
             if v5 == cfg.mqtt.listen && v5.port() != 0 {
@@ -70,6 +70,11 @@ impl Problems {
         }
         self.check("http.max_body", at_least(cfg.http.max_body, ByteSize(1)));
         self.check("http.max_wait", dur_range(cfg.http.max_wait, (Duration::ZERO, limits::MAX_HTTP_WAIT)));
+        self.check("http.header_timeout", dur_range(cfg.http.header_timeout, limits::LISTENER_TIMEOUT));
+        self.check("http.idle_timeout", dur_range(cfg.http.idle_timeout, limits::LISTENER_TIMEOUT));
+        self.check("http.max_connections", range(cfg.http.max_connections, limits::CONNECTIONS));
+        self.listener_tls("mqtt.tls", cfg.mqtt.tls.as_ref());
+        self.listener_tls("http.tls", cfg.http.tls.as_ref());
         let store = &cfg.store;
         self.check("store.max_bytes", at_least(store.max_bytes, limits::MIN_STORE_BYTES));
         let sync_window = (Duration::ZERO, limits::MAX_SYNC_WINDOW);
@@ -221,15 +226,41 @@ impl Problems {
         }
     }
 
-    /// `replication_factor`, `tls` and `sasl` of an uplink.
+    /// The file names and timeout of a listener's `tls` table (the files
+    /// themselves are read by [`crate::tls`] when sluice starts).
+    fn listener_tls(&mut self, field: &str, tls: Option<&crate::ListenerTls>) {
+        let Some(tls) = tls else { return };
+        for (name, path) in
+            [("cert", Some(&tls.cert)), ("key", Some(&tls.key)), ("client_ca", tls.client_ca.as_ref())]
+        {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                self.add(format!("{field}.{name}"), "is empty; give the path of a PEM file");
+            }
+        }
+        self.check(
+            format!("{field}.handshake_timeout"),
+            dur_range(tls.handshake_timeout, limits::LISTENER_TIMEOUT),
+        );
+    }
+
+    /// `tls` of any uplink; `replication_factor` and `sasl` of Kafka ones.
     fn kafka_options(&mut self, u: &crate::UplinkConfig, label: &str) {
         self.check(format!("{label}.replication_factor"), range(u.replication_factor, REPLICATION_FACTOR));
         let kafka_only = |field: &str| {
             format!("applies to kafka uplinks only, and this one is {}; remove {field}", u.kind.as_str())
         };
         if let Some(tls) = &u.tls {
-            if u.kind != UplinkKind::Kafka {
-                self.add(format!("{label}.tls"), kafka_only("tls"));
+            if u.kind == UplinkKind::Http {
+                for (i, url) in u.brokers.iter().enumerate() {
+                    if !url.starts_with("https://") {
+                        self.add(
+                            format!("{label}.brokers[{i}]"),
+                            format!(
+                                "{url:?} is not an https:// URL, but tls is set; use https:// or remove tls"
+                            ),
+                        );
+                    }
+                }
             }
             for (name, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
                 if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
@@ -406,12 +437,42 @@ mod tests {
             ["uplink[\"c\"].sasl.username: is empty; give the SASL user name"]
         );
         let mqtt = KAFKA.replace("kafka", "mqtt") + "tls = { ca = \"\" }\n";
+        assert_eq!(problems(&mqtt), ["uplink[\"c\"].tls.ca: is empty; give the path of a PEM file"]);
+        let mqtt = KAFKA.replace("kafka", "mqtt")
+            + "sasl = { mechanism = \"plain\", username = \"u\", password = \"p\" }\n";
         assert_eq!(
             problems(&mqtt),
+            ["uplink[\"c\"].sasl: applies to kafka uplinks only, and this one is mqtt; remove sasl"]
+        );
+    }
+
+    #[test]
+    fn http_uplink_tls_needs_https_urls() {
+        let http = "[[uplink]]\nname = \"c\"\nkind = \"http\"\nbrokers = [\"https://a/x\", \"http://b/x\"]\n";
+        // https:// without a tls table trusts the system bundle.
+        Config::from_toml_str(http).expect("valid");
+        assert_eq!(
+            problems(&format!("{http}tls = {{}}\n")),
+            ["uplink[\"c\"].brokers[1]: \"http://b/x\" is not an https:// URL, but tls is set; use https:// or remove tls"]
+        );
+    }
+
+    #[test]
+    fn listener_limits_and_tls_are_checked() {
+        let text = "[http]\nheader_timeout = \"0\"\nmax_connections = 0\n[http.tls]\ncert = \"\"\nkey = \"k.pem\"\n\
+                    [mqtt.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"\"\nhandshake_timeout = \"2h\"\n";
+        assert_eq!(
+            problems(text),
             [
-                "uplink[\"c\"].tls: applies to kafka uplinks only, and this one is mqtt; remove tls",
-                "uplink[\"c\"].tls.ca: is empty; give the path of a PEM file",
+                "http.header_timeout: 0s is out of range 1ms..=1h",
+                "http.max_connections: 0 is out of range 1..=100000",
+                "mqtt.tls.client_ca: is empty; give the path of a PEM file",
+                "mqtt.tls.handshake_timeout: 2h is out of range 1ms..=1h",
+                "http.tls.cert: is empty; give the path of a PEM file",
             ]
         );
+        let cfg = Config::from_toml_str("[mqtt.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").expect("valid");
+        assert_eq!(cfg.mqtt.tls, Some(crate::ListenerTls::new("c.pem", "k.pem")));
+        assert_eq!(cfg.mqtt.tls.map(|t| t.handshake_timeout), Some(std::time::Duration::from_secs(10)));
     }
 }

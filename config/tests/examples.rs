@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sluice_config::{
-    ByteSize, Compression, Config, ConfigError, Durability, HttpConfig, MqttConfig, OnFull, SchedulerConfig,
-    StoreConfig, UplinkKind,
+    ByteSize, Compression, Config, ConfigError, Durability, HttpConfig, ListenerTls, MqttConfig, OnFull,
+    SchedulerConfig, StoreConfig, UplinkKind,
 };
 
 fn example(name: &str) -> PathBuf {
@@ -122,17 +122,22 @@ fn full_example_loads_and_shows_the_defaults() {
     // The single sections are written out with their default values, so
     // the comments in the file document the real defaults.
     assert_eq!(cfg.node, sluice_config::NodeConfig::default());
+    let tls = ListenerTls::new("/etc/sluice/tls/server.crt", "/etc/sluice/tls/server.key");
     assert_eq!(
         cfg.mqtt,
         MqttConfig {
             listen_v5: Some("0.0.0.0:1884".parse().expect("address")),
             allow_anonymous: Some(false),
             users: cfg.mqtt.users.clone(),
+            tls: Some(ListenerTls { client_ca: Some("/etc/sluice/tls/ca.crt".into()), ..tls.clone() }),
             ..MqttConfig::default()
         }
     );
     assert_eq!(cfg.mqtt.users.len(), 1);
-    assert_eq!(cfg.http, HttpConfig { tokens: cfg.http.tokens.clone(), ..HttpConfig::default() });
+    assert_eq!(
+        cfg.http,
+        HttpConfig { tokens: cfg.http.tokens.clone(), tls: Some(tls), ..HttpConfig::default() }
+    );
     assert_eq!(cfg.http.tokens.len(), 2);
     assert_eq!(cfg.store, StoreConfig::default());
     assert_eq!(cfg.scheduler, SchedulerConfig::default());
@@ -176,7 +181,7 @@ fn full_example_shows_every_documented_field() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 68, "number of documented fields changed");
+    assert_eq!(checked, 79, "number of documented fields changed");
 }
 
 #[test]

@@ -15,7 +15,10 @@
 //! - [`uplinks`]: runs the configured uplinks (sinks, the uplink's view of
 //!   topics and priorities).
 //! - [`http`]: the axum API (`/v1/...`, `/metrics`, health), including the
-//!   group push stream over SSE and WebSocket.
+//!   group push stream over SSE and WebSocket, and its serve loop (TLS,
+//!   timeouts, connection limit).
+//! - [`listener`]: what the HTTP and MQTT TLS listeners share: connection
+//!   limit, TLS handshake deadline, counters, the check of TLS files.
 //! - [`metrics`]: Prometheus text rendering.
 //! - [`maintenance`]: retention and disk-budget eviction on a timer.
 //! - [`systemd`]: readiness, watchdog and stopping notifications.
@@ -25,6 +28,7 @@ pub mod bench;
 pub mod delivery;
 pub mod http;
 pub mod ingest;
+pub mod listener;
 pub mod maintenance;
 pub mod metrics;
 pub mod mqtt;

@@ -293,6 +293,7 @@ fn init_tracing() {
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
+    sluice_gateway::listener::check_tls_files(&config)?;
     eprintln!(
         "{}: ok ({} services, {} topics, {} routes, {} uplinks)",
         file.display(),

@@ -145,6 +145,10 @@ pub fn render(shared: &Shared) -> String {
         out.family("sluice_mqtt_connections", "gauge", "Established MQTT client connections");
         out.sample("sluice_mqtt_connections", &[], n);
     }
+    render_listener(&mut out, Listener::Http, &shared.http_connections);
+    if shared.config.mqtt.tls.is_some() {
+        render_listener(&mut out, Listener::MqttTls, &m.tls);
+    }
     out.family("sluice_mqtt_dropped_total", "counter", "Publishes dropped, by reason");
     for (reason, v) in [
         ("unrouted", &m.dropped_unrouted),
@@ -198,6 +202,54 @@ pub fn render(shared: &Shared) -> String {
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
     out.sample("sluice_uptime_seconds", &[], shared.started.elapsed().as_secs());
     out.0
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Http,
+    MqttTls,
+}
+
+/// Connection counters of the HTTP listener or the MQTT TLS listeners
+/// (plain MQTT connections are accepted by rumqttd, which counts nothing).
+fn render_listener(out: &mut Out, listener: Listener, stats: &crate::listener::ListenerStats) {
+    let (prefix, what) = match listener {
+        Listener::Http => ("sluice_http", "HTTP"),
+        Listener::MqttTls => ("sluice_mqtt", "MQTT TLS"),
+    };
+    let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let mut counters = vec![
+        (
+            "connections_refused_total",
+            "connections closed at accept: max_connections were open",
+            &stats.refused,
+        ),
+        (
+            "tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out",
+            &stats.handshake_failures,
+        ),
+    ];
+    if listener == Listener::Http {
+        // sluice_mqtt_connections comes from the kernel's table instead.
+        out.family("sluice_http_connections", "gauge", "Open HTTP connections");
+        out.sample("sluice_http_connections", &[], get(&stats.open));
+        counters.push((
+            "header_timeouts_total",
+            "connections closed by http.header_timeout",
+            &stats.header_timeouts,
+        ));
+        counters.push((
+            "idle_timeouts_total",
+            "connections closed by http.idle_timeout",
+            &stats.idle_timeouts,
+        ));
+    }
+    for (name, help, value) in counters {
+        let name = format!("{prefix}_{name}");
+        out.family(&name, "counter", &format!("{what} {help}"));
+        out.sample(&name, &[], get(value));
+    }
 }
 
 fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {

@@ -27,6 +27,8 @@ pub async fn run(
     config_path: Option<PathBuf>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Every TLS file is read before anything starts (as check-config does).
+    crate::listener::check_tls_files(&config)?;
     let data_dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -63,6 +65,18 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen for HTTP on {} (http.listen)", config.http.listen))?;
     let http_addr = listener.local_addr()?;
+    let http_limits = crate::http::serve::Limits {
+        header_timeout: config.http.header_timeout,
+        idle_timeout: config.http.idle_timeout,
+        tls: config
+            .http
+            .tls
+            .as_ref()
+            .map(|tls| crate::listener::TlsListener::new(tls, "http.tls", &[b"http/1.1"]))
+            .transpose()?,
+    };
+    let http_stats = Arc::new(crate::listener::ListenerStats::default());
+    let http_gate = crate::listener::Gate::new(config.http.max_connections, http_stats.clone());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mqtt_stats = Arc::new(crate::mqtt::MqttStats::default());
@@ -76,6 +90,7 @@ pub async fn run(
         ready: AtomicBool::new(false),
         started: Instant::now(),
         mqtt: mqtt_stats.clone(),
+        http_connections: http_stats,
         commits: watch::channel(0).0,
         group_rounds: Default::default(),
         uplinks: std::sync::OnceLock::new(),
@@ -83,24 +98,19 @@ pub async fn run(
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
     let uplinks = crate::uplinks::start(&shared, &shared.config)?;
     let _ = shared.uplinks.set(uplinks.iter().map(|u| u.status.clone()).collect());
-    write_listen_json(&data_dir, http_addr, &mqtt).context("cannot write listen.json")?;
+    let http_tls = http_limits.tls.is_some();
+    write_listen_json(&data_dir, http_addr, http_tls, &mqtt).context("cannot write listen.json")?;
     let app = crate::http::router(shared.clone());
-    let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_shutdown.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let server =
+        tokio::spawn(crate::http::serve::serve(listener, app, http_limits, http_gate, shutdown_rx.clone()));
     if let Some(path) = config_path {
         tokio::spawn(reload_on_sighup(shared.clone(), path));
     }
     shared.ready.store(true, Ordering::Relaxed);
     crate::systemd::ready(&format!("HTTP on {http_addr}, MQTT on {}", mqtt.addr));
     tokio::spawn(crate::systemd::watchdog(shared.clone()));
-    tracing::info!(http = %http_addr, mqtt = %mqtt.addr, mqtt_v5 = ?mqtt.addr_v5, data_dir = %data_dir.display(),
-        "sluice is ready");
+    tracing::info!(http = %http_addr, http_tls, mqtt = %mqtt.addr, mqtt_v5 = ?mqtt.addr_v5, mqtt_tls = mqtt.tls,
+        data_dir = %data_dir.display(), "sluice is ready");
 
     stop.await;
     tracing::info!("stop requested: draining");
@@ -108,8 +118,7 @@ pub async fn run(
     shared.ready.store(false, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
         Err(_) => {
             tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "in-flight requests did not finish in time")
@@ -180,16 +189,19 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
     Ok(changed)
 }
 
-/// Writes `DATA_DIR/listen.json` atomically (temp file + rename).
+/// Writes `DATA_DIR/listen.json` atomically (temp file + rename): the
+/// address of each listener and which of them speak TLS.
 fn write_listen_json(
     data_dir: &Path,
     http: SocketAddr,
+    http_tls: bool,
     mqtt: &crate::mqtt::MqttHandle,
 ) -> std::io::Result<()> {
     let body = serde_json::json!({
         "http": http.to_string(),
         "mqtt": mqtt.addr.to_string(),
         "mqtt_v5": mqtt.addr_v5.map(|a| a.to_string()),
+        "tls": {"http": http_tls, "mqtt": mqtt.tls, "mqtt_v5": mqtt.tls && mqtt.addr_v5.is_some()},
     });
     let tmp = data_dir.join("listen.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;

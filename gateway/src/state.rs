@@ -35,6 +35,8 @@ pub struct Inner {
     pub started: Instant,
     /// MQTT ingest counters.
     pub mqtt: Arc<crate::mqtt::MqttStats>,
+    /// Connection counters of the HTTP listener.
+    pub http_connections: Arc<crate::listener::ListenerStats>,
     /// Bumped after every consumer-group commit.
     pub commits: watch::Sender<u64>,
     /// Where each consumer group stopped in the weighted rounds.

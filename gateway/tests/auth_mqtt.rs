@@ -154,7 +154,7 @@ fn mosquitto_pub_v5(addr: &str, args: &[&str]) -> (i32, String) {
 #[tokio::test]
 async fn mqtt5_clients_get_mqtt5_reason_codes_and_the_same_filters() {
     let (_dir, gw) = gateway("listen_v5 = \"127.0.0.1:0\"", "pw-five").await;
-    let v5 = gw.mqtt_v5().expect("MQTT 5 listener");
+    let v5 = gw.mqtt_v5.clone().expect("MQTT 5 listener");
     let (code, err) = mosquitto_pub_v5(&v5, &["-t", "plant/a", "-m", "1"]);
     assert!(code != 0 && err.contains("Not authorized"), "{code}: {err}");
     let (code, err) = mosquitto_pub_v5(&v5, &["-u", "nobody", "-P", "x", "-t", "plant/a", "-m", "1"]);

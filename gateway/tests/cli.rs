@@ -1,22 +1,18 @@
 //! The command line: check-config and start-up failures.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+mod common;
 
-fn sluice(args: &[&str]) -> (bool, String) {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).env("SLUICE_LOG", "off").output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
+use common::sluice;
 
+/// (The full example names TLS files under /etc/sluice: tests/tls.rs
+/// checks it with real files in their place.)
 #[test]
-fn check_config_accepts_the_examples() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples");
-    for f in ["sluice.toml", "minimal.toml"] {
-        let (ok, err) = sluice(&["check-config", &format!("{root}/{f}")]);
-        assert!(ok, "{f}: {err}");
-        assert!(err.contains("ok"), "{err}");
-    }
+fn check_config_accepts_the_minimal_example() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/minimal.toml");
+    let (ok, err) = sluice(&["check-config", path]);
+    assert!(ok, "{err}");
+    assert!(err.contains("ok"), "{err}");
 }
 
 #[test]

@@ -155,7 +155,8 @@ fn an_uplink_its_sink_refuses_stops_the_start_naming_it() {
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
-        "[[uplink]]\nname = \"central\"\nkind = \"http\"\nbrokers = [\"https://127.0.0.1:9/in\"]\n",
+        "[[uplink]]\nname = \"central\"\nkind = \"http\"\nbrokers = [\"https://127.0.0.1:9/in\"]\n\
+         tls = { ca = \"/nonexistent/ca.pem\" }\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -171,5 +172,5 @@ fn an_uplink_its_sink_refuses_stops_the_start_naming_it() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("uplink[\"central\"]"), "{err}");
+    assert!(err.contains("uplink[\"central\"].tls.ca /nonexistent/ca.pem: cannot read"), "{err}");
 }

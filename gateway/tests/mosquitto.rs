@@ -85,7 +85,7 @@ async fn mosquitto_clients_publish_and_subscribe() {
     assert!(text.contains("sensors/dev-2 plain text"), "mosquitto_sub got: {text}");
 
     // MQTT 5 on its own listener.
-    let v5 = gw.mqtt_v5().expect("MQTT 5 listener");
+    let v5 = gw.mqtt_v5.clone().expect("MQTT 5 listener");
     mosquitto_pub(&v5, &["-V", "mqttv5", "-t", "v5topic/k", "-m", "5", "-q", "1"]);
     let recs = records(&gw, "v5topic", 1).await;
     assert_eq!(recs[0]["value"], 5);

@@ -32,8 +32,11 @@
 //! Connection: one keep-alive HTTP/1.1 connection (hyper) to the first URL
 //! of `brokers`, the next ones tried in turn when connecting fails. A
 //! request that fails on a reused connection (the server closed it while
-//! idle) is sent once more on a fresh one. Only `http://` URLs: TLS is not
-//! built into this sink yet.
+//! idle) is sent once more on a fresh one. `https://` URLs connect over
+//! TLS (rustls with ring): the server's certificate must be signed by a CA
+//! of the uplink's `tls.ca` (default, also without a `tls` table, the
+//! system bundle) and name the URL's host; `tls.cert` and `tls.key` are
+//! presented to servers that ask for a client certificate.
 
 use crate::sink::{Batch, OutRecord, Sink, SinkError};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -45,14 +48,17 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sluice_config::UplinkConfig;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
 
 /// Bytes of an error answer's body quoted in the error.
 const BODY_QUOTE: usize = 256;
@@ -85,13 +91,17 @@ pub struct HttpSink {
     preferred: usize,
     node: HeaderValue,
     options: HttpSinkOptions,
+    /// TLS for the `https://` endpoints.
+    tls: Option<Arc<rustls::ClientConfig>>,
     conn: Option<Conn>,
 }
 
-/// A parsed `http://` URL.
+/// A parsed `http://` or `https://` URL.
 #[derive(Debug, Clone)]
 struct Endpoint {
     url: String,
+    /// The name the server's certificate must carry; `Some` for https.
+    tls_name: Option<ServerName<'static>>,
     /// `host:port` to connect to.
     addr: String,
     /// The `Host` header.
@@ -128,7 +138,16 @@ impl HttpSink {
             .collect::<Result<Vec<_>, _>>()?;
         let node = HeaderValue::from_str(node)
             .map_err(|_| SinkError(format!("node id {node:?} cannot be sent as an HTTP header")))?;
-        Ok(HttpSink { endpoints, preferred: 0, node, options, conn: None })
+        let tls = if endpoints.iter().any(|e| e.tls_name.is_some()) {
+            let field = format!("uplink[{:?}].tls", config.name);
+            let tls = config.tls.clone().unwrap_or_default();
+            let mut client = sluice_config::tls::client_config(&tls, &field).map_err(|e| SinkError(e.0))?;
+            client.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(Arc::new(client))
+        } else {
+            None
+        };
+        Ok(HttpSink { endpoints, preferred: 0, node, options, tls, conn: None })
     }
 
     /// Opens a connection to the preferred endpoint, then to the others.
@@ -136,7 +155,8 @@ impl HttpSink {
         let mut failures = Vec::new();
         for i in 0..self.endpoints.len() {
             let idx = (self.preferred + i) % self.endpoints.len();
-            match Conn::open(&self.endpoints[idx], idx, self.options.connect_timeout).await {
+            match Conn::open(&self.endpoints[idx], idx, self.tls.as_ref(), self.options.connect_timeout).await
+            {
                 Ok(conn) => {
                     self.preferred = idx;
                     return Ok(conn);
@@ -246,26 +266,48 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    async fn open(ep: &Endpoint, endpoint: usize, timeout: Duration) -> Result<Conn, String> {
+    async fn open(
+        ep: &Endpoint,
+        endpoint: usize,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> Result<Conn, String> {
         let open = async {
             let stream = tokio::net::TcpStream::connect(&ep.addr)
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", ep.url))?;
             stream.set_nodelay(true).map_err(|e| format!("cannot set TCP_NODELAY for {}: {e}", ep.url))?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("HTTP handshake with {} failed: {}", ep.url, chain(&e)))?;
-            let task = tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "uplink HTTP connection ended");
+            match (&ep.tls_name, tls) {
+                (Some(name), Some(tls)) => {
+                    let stream = TlsConnector::from(tls.clone())
+                        .connect(name.clone(), stream)
+                        .await
+                        .map_err(|e| format!("TLS handshake with {} failed: {}", ep.url, chain(&e)))?;
+                    Conn::handshake(ep, endpoint, stream).await
                 }
-            });
-            Ok(Conn { sender, task, endpoint })
+                _ => Conn::handshake(ep, endpoint, stream).await,
+            }
         };
         match tokio::time::timeout(timeout, open).await {
             Ok(r) => r,
             Err(_) => Err(format!("cannot connect to {}: no connection within {timeout:?}", ep.url)),
         }
+    }
+
+    /// The HTTP/1.1 handshake on a connected (plain or TLS) stream.
+    async fn handshake<S>(ep: &Endpoint, endpoint: usize, stream: S) -> Result<Conn, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {} failed: {}", ep.url, chain(&e)))?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "uplink HTTP connection ended");
+            }
+        });
+        Ok(Conn { sender, task, endpoint })
     }
 }
 
@@ -363,26 +405,30 @@ fn json_value(bytes: &[u8]) -> Option<Box<RawValue>> {
     }
 }
 
-/// An `http://host[:port]/path` URL.
+/// An `http://` or `https://host[:port]/path` URL.
 fn parse_url(s: &str) -> Result<Endpoint, String> {
     let uri: Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err("https:// is not supported yet: TLS for the HTTP sink is not built; \
-                        use an http:// URL (e.g. to a local TLS-terminating proxy)"
-                .to_owned())
-        }
-        _ => return Err("expected an http:// URL".to_owned()),
-    }
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err("expected an http:// or https:// URL".to_owned()),
+    };
     let authority = uri.authority().ok_or("the URL has no host")?;
     if authority.as_str().contains('@') {
         return Err("credentials in the URL are not supported".to_owned());
     }
     let host = HeaderValue::from_str(authority.as_str()).map_err(|e| format!("invalid host: {e}"))?;
-    let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let addr = format!("{}:{port}", authority.host());
+    let tls_name = if tls {
+        // An IPv6 host comes in brackets; the certificate names the address.
+        let name = authority.host().trim_start_matches('[').trim_end_matches(']');
+        Some(ServerName::try_from(name.to_owned()).map_err(|e| format!("invalid host for TLS: {e}"))?)
+    } else {
+        None
+    };
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    Ok(Endpoint { url: s.to_owned(), addr, host, path })
+    Ok(Endpoint { url: s.to_owned(), tls_name, addr, host, path })
 }
 
 #[cfg(test)]
@@ -399,7 +445,14 @@ mod tests {
         assert_eq!((ep.addr.as_str(), ep.path.as_str()), ("central:80", "/"));
         let ep = parse_url("http://[::1]:9000/x").unwrap();
         assert_eq!(ep.addr, "[::1]:9000");
-        assert!(parse_url("https://central/ingest").is_err_and(|e| e.contains("TLS")));
+        let ep = parse_url("https://central/ingest").unwrap();
+        assert_eq!(
+            (ep.addr.as_str(), ep.tls_name.map(|n| n.to_str().into_owned())),
+            ("central:443", Some("central".into()))
+        );
+        let ep = parse_url("https://[::1]:8443/x").unwrap();
+        assert_eq!(ep.tls_name.map(|n| n.to_str().into_owned()).as_deref(), Some("::1"));
+        assert!(parse_url("ftp://central/").is_err());
         assert!(parse_url("central:8080").is_err());
         assert!(parse_url("http://u:p@central/").is_err());
     }

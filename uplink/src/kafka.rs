@@ -37,7 +37,6 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,8 +46,6 @@ use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandl
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::record::Record;
 use rskafka::BackoffConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sluice_config::{SaslMechanism, UplinkConfig, UplinkSasl, UplinkTls};
 
 use crate::sink::{Batch, OutRecord, Sink, SinkError};
@@ -222,7 +219,9 @@ impl Settings {
             .client_id(self.client_id.as_str())
             .backoff_config(backoff);
         if let Some(tls) = &self.tls {
-            let config = tls_config(tls).await.map_err(|e| SinkError(self.context(e)))?;
+            let field = format!("uplink[{:?}].tls", self.uplink);
+            let config =
+                sluice_config::tls::client_config(tls, &field).map_err(|e| SinkError(self.context(e)))?;
             builder = builder.tls_config(Arc::new(config));
         }
         if let Some(sasl) = &self.sasl {
@@ -384,47 +383,6 @@ fn sasl_config(sasl: &UplinkSasl) -> SaslConfig {
     }
 }
 
-/// The rustls client configuration of `tls`, with ring as the crypto
-/// provider. Errors name the file and the field.
-async fn tls_config(tls: &UplinkTls) -> Result<rustls::ClientConfig, String> {
-    let ca_file = tls.ca_file();
-    let ca_pem = read_pem("tls.ca", ca_file).await?;
-    let mut roots = rustls::RootCertStore::empty();
-    // A system bundle may hold certificates rustls cannot use; skip those.
-    let (added, _ignored) =
-        roots.add_parsable_certificates(CertificateDer::pem_slice_iter(&ca_pem).flatten());
-    if added == 0 {
-        return Err(format!("tls.ca {}: no usable PEM certificate in the file", ca_file.display()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots);
-    let (cert, key) = match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => (cert, key),
-        // Validation refuses one without the other.
-        _ => return Ok(builder.with_no_client_auth()),
-    };
-    let cert_pem = read_pem("tls.cert", cert).await?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("tls.cert {}: no PEM certificate in the file", cert.display()));
-    }
-    let key_pem = read_pem("tls.key", key).await?;
-    let key_der =
-        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("tls.key {}: {e}", key.display()))?;
-    builder
-        .with_client_auth_cert(chain, key_der)
-        .map_err(|e| format!("tls.cert {} with tls.key {}: {e}", cert.display(), key.display()))
-}
-
-async fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>, String> {
-    tokio::fs::read(path).await.map_err(|e| format!("cannot read {field} {}: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,21 +454,6 @@ mod tests {
         );
         assert!(matches!(sasl_config(&sasl(SaslMechanism::ScramSha256)), SaslConfig::ScramSha256(_)));
         assert!(matches!(sasl_config(&sasl(SaslMechanism::ScramSha512)), SaslConfig::ScramSha512(_)));
-    }
-
-    #[tokio::test]
-    async fn tls_errors_name_the_field_and_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let missing = dir.path().join("nope.pem");
-        let tls = UplinkTls { ca: Some(missing.clone()), cert: None, key: None };
-        let err = tls_config(&tls).await.expect_err("missing file");
-        assert!(err.starts_with(&format!("cannot read tls.ca {}: ", missing.display())), "{err}");
-
-        let junk = dir.path().join("junk.pem");
-        std::fs::write(&junk, "not a certificate").expect("write");
-        let tls = UplinkTls { ca: Some(junk.clone()), cert: None, key: None };
-        let err = tls_config(&tls).await.expect_err("no certificate");
-        assert_eq!(err, format!("tls.ca {}: no usable PEM certificate in the file", junk.display()));
     }
 
     #[test]

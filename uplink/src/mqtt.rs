@@ -19,7 +19,10 @@
 //! speaks MQTT 3.1.1 refuses the connection.
 //!
 //! Connection: the client id is `sluice-<node>-<uplink>`, with a clean
-//! start. The first broker of `brokers` is tried first; on a connection
+//! start. With a `tls` table the connection is MQTT over TLS (rustls with
+//! ring): the broker's certificate must be signed by `tls.ca` (default the
+//! system bundle) and name the host of `brokers`; `tls.cert` and
+//! `tls.key` are presented to brokers that require client certificates. The first broker of `brokers` is tried first; on a connection
 //! failure the next ones are tried in turn, and the one that answered is
 //! tried first next time. The rumqttc event loop runs in a task owned by
 //! the sink; it ends with the first connection error (no silent reconnect
@@ -30,9 +33,10 @@ use crate::sink::{Batch, OutRecord, Sink, SinkError};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::Outgoing;
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use sluice_config::UplinkConfig;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -78,6 +82,8 @@ pub struct MqttSink {
     brokers: Vec<Broker>,
     client_id: String,
     options: MqttSinkOptions,
+    /// The TLS client configuration, when the uplink has a `tls` table.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// Index into `brokers` tried first.
     preferred: usize,
     session: Option<Session>,
@@ -97,7 +103,9 @@ impl std::fmt::Display for Broker {
 
 impl MqttSink {
     /// A sink for `config` (its `brokers` are `host:port` addresses) with
-    /// default options. Does not connect yet; the first `send` does.
+    /// default options. Does not connect yet; the first `send` does. The
+    /// TLS files, if any, are read here: an unusable one is an error naming
+    /// the field and file.
     pub fn new(config: &UplinkConfig, node: &str) -> Result<MqttSink, SinkError> {
         MqttSink::with_options(config, node, MqttSinkOptions::default())
     }
@@ -121,11 +129,18 @@ impl MqttSink {
                 parse_broker(b).map_err(|e| SinkError(format!("uplink {}: broker {b:?}: {e}", config.name)))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| sluice_config::tls::client_config(tls, &format!("uplink[{:?}].tls", config.name)))
+            .transpose()
+            .map_err(|e| SinkError(e.0))?;
         Ok(MqttSink {
             uplink: config.name.clone(),
             brokers,
             client_id: format!("sluice-{node}-{}", config.name),
             options,
+            tls: tls.map(Arc::new),
             preferred: 0,
             session: None,
         })
@@ -142,7 +157,7 @@ impl MqttSink {
         for i in 0..self.brokers.len() {
             let idx = (self.preferred + i) % self.brokers.len();
             let broker = &self.brokers[idx];
-            match Session::open(broker, &self.client_id, &self.options).await {
+            match Session::open(broker, &self.client_id, &self.options, self.tls.clone()).await {
                 Ok(session) => {
                     if idx != self.preferred {
                         tracing::info!(uplink = %self.uplink, broker = %broker, "connected to another MQTT broker");
@@ -206,8 +221,16 @@ impl Drop for Session {
 }
 
 impl Session {
-    async fn open(broker: &Broker, client_id: &str, options: &MqttSinkOptions) -> Result<Session, String> {
+    async fn open(
+        broker: &Broker,
+        client_id: &str,
+        options: &MqttSinkOptions,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Session, String> {
         let mut mqtt = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+        if let Some(tls) = tls {
+            mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        }
         mqtt.set_keep_alive(options.keep_alive.max(Duration::from_secs(5)))
             .set_clean_start(true)
             .set_outgoing_inflight_upper_limit(options.max_inflight.max(1))

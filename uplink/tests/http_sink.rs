@@ -3,12 +3,16 @@
 //! keeps them.
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code)]
+#[path = "common/tls.rs"]
+mod tls;
+
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
-use sluice_config::{UplinkConfig, UplinkKind};
+use sluice_config::{UplinkConfig, UplinkKind, UplinkTls};
 use sluice_uplink::http::{HttpSink, HttpSinkOptions};
 use sluice_uplink::{Batch, OutRecord, Sink};
 use std::collections::HashSet;
@@ -302,12 +306,49 @@ async fn unreachable_first_url_fails_over_to_the_next() {
 }
 
 #[test]
-fn https_and_bad_urls_are_refused_up_front() {
+fn bad_urls_and_tls_files_are_refused_up_front() {
     let config = |url: &str| UplinkConfig::new("central", UplinkKind::Http, vec![url.to_owned()]);
-    let err = HttpSink::new(&config("https://central.example/ingest"), "pi-01").unwrap_err();
-    assert!(err.0.contains("TLS") && err.0.contains("https://central.example/ingest"), "{err}");
     let err = HttpSink::new(&config("central:8080"), "pi-01").unwrap_err();
     assert!(err.0.contains("http://"), "{err}");
     let err = HttpSink::new(&UplinkConfig::new("central", UplinkKind::Http, vec![]), "pi-01").unwrap_err();
     assert!(err.0.contains("brokers"), "{err}");
+    let mut https = config("https://central.example/ingest");
+    https.tls = Some(UplinkTls { ca: Some("/nonexistent/ca.pem".into()), cert: None, key: None });
+    let err = HttpSink::new(&https, "pi-01").unwrap_err();
+    assert!(err.0.starts_with("uplink[\"central\"].tls.ca /nonexistent/ca.pem: cannot read"), "{err}");
+}
+
+/// https:// through a TLS front that requires client certificates: the
+/// batch arrives with the CA and a client certificate; a sink that trusts
+/// another CA fails naming the URL and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_client_certificate_delivers_and_an_untrusted_server_fails() {
+    let certs = tls::Certs::make();
+    let server = Server::start().await;
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/ingest", front.local_addr().unwrap());
+    let _front = tls::TlsFront::spawn(front, &certs, server.addr.port());
+    let tls_sink = |tls: UplinkTls| {
+        let mut config = UplinkConfig::new("central", UplinkKind::Http, vec![url.clone()]);
+        config.tls = Some(tls);
+        HttpSink::with_options(&config, "pi-01", HttpSinkOptions::default()).unwrap()
+    };
+    let mut sink = tls_sink(UplinkTls {
+        ca: Some(certs.path("ca.pem")),
+        cert: Some(certs.path("client.pem")),
+        key: Some(certs.path("client.key")),
+    });
+    sink.send(&simple(0, 3)).await.unwrap();
+    sink.send(&simple(3, 2)).await.unwrap();
+    let received = server.received();
+    let offsets: Vec<u64> =
+        received.iter().flat_map(|r| &r.lines).map(|l| l["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4]);
+    assert_eq!(server.central.peers.lock().unwrap().len(), 1, "both batches on one TLS connection");
+
+    let mut untrusting = tls_sink(UplinkTls { ca: Some(certs.path("other-ca.pem")), cert: None, key: None });
+    let err = untrusting.send(&simple(5, 1)).await.unwrap_err();
+    assert!(err.0.contains(&format!("TLS handshake with {url} failed")), "{err}");
+    assert!(err.0.contains("UnknownIssuer"), "{err}");
+    server.stop().await;
 }

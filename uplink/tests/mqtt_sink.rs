@@ -6,9 +6,12 @@
 
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
+#[allow(dead_code)]
+#[path = "common/tls.rs"]
+mod tls;
 
 use mosquitto::{free_port, Message, Mosquitto, Subscriber, GUARD};
-use sluice_config::{UplinkConfig, UplinkKind};
+use sluice_config::{UplinkConfig, UplinkKind, UplinkTls};
 use sluice_uplink::mqtt::{MqttSink, MqttSinkOptions};
 use sluice_uplink::{Batch, OutRecord, Sink};
 use std::time::{Duration, Instant};
@@ -264,4 +267,65 @@ async fn reset_and_drop_end_the_event_loop_task() {
     assert_eq!(metrics.num_alive_tasks(), baseline + 1);
     drop(sink);
     assert!(settled().await, "drop left {} tasks alive", metrics.num_alive_tasks() - baseline);
+}
+
+/// Mosquitto with a TLS listener that requires client certificates signed
+/// by the test CA (and a plain one for the subscriber): the sink delivers
+/// with the CA and its client certificate; trusting another CA, or
+/// presenting no certificate, fails with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate_delivers_and_failures_say_why() {
+    let certs = tls::Certs::make();
+    // Mosquitto started as root runs as the `mosquitto` user: let it read them.
+    use std::os::unix::fs::PermissionsExt as _;
+    for (name, mode) in [("", 0o755), ("server.key", 0o644)] {
+        std::fs::set_permissions(certs.path(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let path = |name: &str| certs.path(name).display().to_string();
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let extra = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nlistener {plain_port} 127.0.0.1\n",
+        path("ca.pem"),
+        path("server.pem"),
+        path("server.key")
+    );
+    let broker = Mosquitto::start_on(tls_port, &extra);
+    let sub = Subscriber::start(plain_port, "edge/#");
+    let tls_sink = |tls: UplinkTls| {
+        let mut config = UplinkConfig::new("central", UplinkKind::Mqtt, vec![broker.addr()]);
+        config.tls = Some(tls);
+        MqttSink::with_options(&config, "pi-01", MqttSinkOptions::default()).unwrap()
+    };
+    let mut sink = tls_sink(UplinkTls {
+        ca: Some(certs.path("ca.pem")),
+        cert: Some(certs.path("client.pem")),
+        key: Some(certs.path("client.key")),
+    });
+    wait_subscribed(&mut sink, &sub).await;
+    let topic = "edge/pi-01/alarms";
+    let b = batch(topic, 0, 20);
+    sink.send(&b).await.unwrap();
+    for r in &b.records {
+        assert_eq!(next_record(&sub), expected(topic, r), "record at offset {}", r.offset);
+    }
+
+    let mut untrusting = tls_sink(UplinkTls { ca: Some(certs.path("other-ca.pem")), cert: None, key: None });
+    let err = untrusting.send(&batch(topic, 20, 1)).await.expect_err("server certificate not trusted");
+    assert!(err.to_string().contains(&broker.addr()), "{err}");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+    let mut anonymous = tls_sink(UplinkTls { ca: Some(certs.path("ca.pem")), cert: None, key: None });
+    let err = anonymous.send(&batch(topic, 20, 1)).await.expect_err("no client certificate");
+    assert!(err.to_string().starts_with("cannot connect to any MQTT broker"), "{err}");
+}
+
+#[test]
+fn unusable_tls_files_are_refused_when_the_sink_is_made() {
+    let mut config = UplinkConfig::new("central", UplinkKind::Mqtt, vec!["127.0.0.1:1".into()]);
+    config.tls = Some(UplinkTls { ca: Some("/nonexistent/ca.pem".into()), cert: None, key: None });
+    let err = MqttSink::new(&config, "pi-01").expect_err("missing CA file");
+    assert!(
+        err.to_string().starts_with("uplink[\"central\"].tls.ca /nonexistent/ca.pem: cannot read"),
+        "{err}"
+    );
 }

@@ -8,6 +8,7 @@ pub mod error;
 mod groups;
 mod produce;
 mod read;
+pub mod serve;
 mod stream;
 mod stream_sse;
 mod stream_ws;

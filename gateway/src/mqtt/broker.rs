@@ -36,6 +36,8 @@ pub struct MqttHandle {
     pub addr: SocketAddr,
     /// Address of the MQTT 5 listener, if configured.
     pub addr_v5: Option<SocketAddr>,
+    /// Whether both listeners speak TLS (`[mqtt.tls]`).
+    pub tls: bool,
     stop: Arc<AtomicBool>,
     ingest: JoinHandle<()>,
 }
@@ -116,12 +118,24 @@ fn install_auth(connections: &mut rumqttd::ConnectionSettings, guard: &Arc<Guard
 /// connections.
 pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandle> {
     let mqtt = &shared.config.mqtt;
-    let addr = reserve(mqtt.listen, "mqtt.listen")?;
-    let addr_v5 = mqtt.listen_v5.map(|a| reserve(a, "mqtt.listen_v5")).transpose()?;
-    let _ = stats.ports.set(std::iter::once(addr).chain(addr_v5).map(|a| a.port()).collect());
+    // With TLS, sluice owns the public listeners and the broker listens on
+    // loopback behind them (see tls_front).
+    let fronts = super::tls_front::TlsFronts::bind(mqtt, stats.tls.clone())?;
+    let (addr, addr_v5, public) = match &fronts {
+        Some(fronts) => {
+            let broker = fronts.broker_addrs()?;
+            (broker[0], broker.get(1).copied(), fronts.addrs()?)
+        }
+        None => {
+            let addr = reserve(mqtt.listen, "mqtt.listen")?;
+            let addr_v5 = mqtt.listen_v5.map(|a| reserve(a, "mqtt.listen_v5")).transpose()?;
+            (addr, addr_v5, std::iter::once(addr).chain(addr_v5).collect::<Vec<_>>())
+        }
+    };
+    let _ = stats.ports.set(public.iter().map(|a| a.port()).collect());
     let guard = Guard::new(mqtt, stats.clone()).context("cannot start the MQTT password checker")?;
     if !guard.authenticates() {
-        for a in std::iter::once(addr).chain(addr_v5).filter(|a| !a.ip().is_loopback()) {
+        for a in public.iter().filter(|a| !a.ip().is_loopback()) {
             tracing::warn!(listen = %a, "MQTT listener without authentication: any client that reaches it may publish and subscribe; configure [[mqtt.users]]");
         }
     }
@@ -171,7 +185,11 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
     if let Some(a) = addr_v5 {
         wait_listening(a, true)?;
     }
-    Ok(MqttHandle { addr, addr_v5, stop, ingest })
+    let tls = fronts.is_some();
+    if let Some(fronts) = fronts {
+        fronts.serve(&std::iter::once(addr).chain(addr_v5).collect::<Vec<_>>())?;
+    }
+    Ok(MqttHandle { addr: public[0], addr_v5: public.get(1).copied(), tls, stop, ingest })
 }
 
 /// rumqttd reports a failed bind only in its logs: wait until it answers
@@ -183,8 +201,14 @@ pub fn wait_listening(addr: SocketAddr, v5: bool) -> anyhow::Result<()> {
         addr
     };
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempt = 0u64;
     loop {
-        if probe(target, v5).is_ok() {
+        attempt += 1;
+        // A fresh client id per attempt: rumqttd 0.20 panics (and poisons
+        // the listener) when a client id comes back after a connection of
+        // that id failed half-way, and the two listeners share one router.
+        let id = format!("sluice-readiness-probe-{}-{attempt}", target.port());
+        if probe(target, v5, &id).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -195,17 +219,17 @@ pub fn wait_listening(addr: SocketAddr, v5: bool) -> anyhow::Result<()> {
 }
 
 /// One MQTT CONNECT / CONNACK / DISCONNECT exchange (clean session, client
-/// id `sluice-readiness-probe`).
-fn probe(target: SocketAddr, v5: bool) -> std::io::Result<()> {
-    const ID: &[u8] = b"sluice-readiness-probe";
+/// id `id`).
+fn probe(target: SocketAddr, v5: bool, id: &str) -> std::io::Result<()> {
+    let id = id.as_bytes();
     let mut stream = TcpStream::connect_timeout(&target, Duration::from_millis(200))?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', if v5 { 5 } else { 4 }, 0x02, 0, 10];
     if v5 {
         body.push(0); // no properties
     }
-    body.extend_from_slice(&(ID.len() as u16).to_be_bytes());
-    body.extend_from_slice(ID);
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id);
     let mut packet = vec![0x10, body.len() as u8];
     packet.extend_from_slice(&body);
     stream.write_all(&packet)?;

@@ -15,13 +15,15 @@
 //! publishes. rumqttd keeps publishes in in-memory segments per
 //! subscription filter; they are configured small here (3 segments of
 //! 1 MiB or 4 x `mqtt.max_payload`) because its defaults can hold a GiB per
-//! filter.
+//! filter. With `[mqtt.tls]`, sluice terminates TLS in front of the broker
+//! (`tls_front`).
 
 pub mod auth;
 mod broker;
 pub mod guarded;
 mod ingest;
 pub mod route;
+mod tls_front;
 
 pub use broker::{reserve, rumqttd_config, start, wait_listening, MqttHandle};
 
@@ -51,6 +53,8 @@ pub struct MqttStats {
     pub key_missing: AtomicU64,
     /// Ports of the MQTT listeners (for the connection gauge).
     pub ports: std::sync::OnceLock<Vec<u16>>,
+    /// Counters of the TLS listeners (`[mqtt.tls]`).
+    pub tls: std::sync::Arc<crate::listener::ListenerStats>,
 }
 
 /// Established TCP connections on the MQTT listener ports, read from

@@ -16,6 +16,10 @@ pub struct Gateway {
     pub base: String,
     /// MQTT 3.1.1 listener address.
     pub mqtt: Option<String>,
+    /// MQTT 5 listener address, if configured.
+    pub mqtt_v5: Option<String>,
+    /// The whole `listen.json`.
+    pub listen: Value,
     pub http: reqwest::Client,
     config: Option<PathBuf>,
 }
@@ -37,6 +41,23 @@ impl Gateway {
 
     /// Starts with extra environment variables.
     pub async fn start_env(data_dir: &Path, config: Option<PathBuf>, env: &[(&str, &str)]) -> Gateway {
+        Self::launch(data_dir, config, env, None).await
+    }
+
+    /// Starts with a config whose `[http.tls]` certificate is signed by the
+    /// CA in the PEM file `ca`; the client trusts that CA only.
+    pub async fn start_tls(data_dir: &Path, config: &str, ca: &Path) -> Gateway {
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, config).unwrap();
+        Self::launch(data_dir, Some(path), &[], Some(ca)).await
+    }
+
+    async fn launch(
+        data_dir: &Path,
+        config: Option<PathBuf>,
+        env: &[(&str, &str)],
+        ca: Option<&Path>,
+    ) -> Gateway {
         let _ = std::fs::remove_file(data_dir.join("listen.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("run")
@@ -54,10 +75,10 @@ impl Gateway {
         let mut child = cmd.spawn().expect("spawn sluice");
         let listen = data_dir.join("listen.json");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (addr, mqtt) = loop {
+        let listen = loop {
             if let Ok(text) = std::fs::read_to_string(&listen) {
                 if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    break (v["http"].as_str().unwrap().to_owned(), v["mqtt"].as_str().map(str::to_owned));
+                    break v;
                 }
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -66,13 +87,21 @@ impl Gateway {
             assert!(Instant::now() < deadline, "sluice did not write listen.json");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let addr = listen["http"].as_str().unwrap().to_owned();
         assert!(addr.starts_with("127.0.0.1:"), "listening on {addr}");
+        let scheme = if listen["tls"]["http"] == true { "https" } else { "http" };
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(ca) = ca {
+            http = http.use_preconfigured_tls(tls_client(ca));
+        }
         let gw = Gateway {
             child: Some(child),
             data_dir: data_dir.to_owned(),
-            base: format!("http://{addr}"),
-            mqtt,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            base: format!("{scheme}://{addr}"),
+            mqtt: listen["mqtt"].as_str().map(str::to_owned),
+            mqtt_v5: listen["mqtt_v5"].as_str().map(str::to_owned),
+            listen,
+            http: http.build().unwrap(),
             config,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -86,13 +115,6 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         gw
-    }
-
-    /// The MQTT 5 listener's address from `listen.json`, if configured.
-    pub fn mqtt_v5(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.data_dir.join("listen.json")).unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap();
-        v["mqtt_v5"].as_str().map(str::to_owned)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -163,6 +185,20 @@ impl Gateway {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Waits until partition 0 of `topic` holds at least `n` records and
+    /// returns them.
+    pub async fn wait_records(&self, topic: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, b) = self.get_json(&format!("/v1/topics/{topic}/partitions/0/records?wait_ms=200")).await;
+            if s == 200 && b["records"].as_array().is_some_and(|r| r.len() >= n) {
+                return b["records"].as_array().unwrap().clone();
+            }
+            assert!(Instant::now() < deadline, "{topic} never got {n} records: {s} {b}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The value of one series of `/metrics` (exact name and labels, e.g.
     /// `sluice_mqtt_dropped_total{reason="unrouted"}`); panics when absent.
     pub async fn metric(&self, series: &str) -> u64 {
@@ -182,6 +218,20 @@ impl Gateway {
         assert_eq!(status, 200, "{body}");
         offsets(&body)
     }
+}
+
+/// Runs the `sluice` binary to completion; (success, stderr).
+pub fn sluice(args: &[&str]) -> (bool, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).env("SLUICE_LOG", "off").output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A rustls client configuration (ring) trusting only the CAs in `ca`,
+/// loaded by sluice's own loader.
+pub fn tls_client(ca: &Path) -> rustls::ClientConfig {
+    let tls = sluice_config::UplinkTls { ca: Some(ca.to_owned()), cert: None, key: None };
+    sluice_config::tls::client_config(&tls, "test").unwrap()
 }
 
 impl Drop for Gateway {
