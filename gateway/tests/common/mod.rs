@@ -16,6 +16,8 @@ pub struct Gateway {
     pub mqtt: Option<String>,
     pub http: reqwest::Client,
     config: Option<PathBuf>,
+    /// The `sluice` executable: the one cargo built, or an installed copy.
+    bin: PathBuf,
 }
 
 impl Gateway {
@@ -35,8 +37,18 @@ impl Gateway {
 
     /// Starts with extra environment variables.
     pub async fn start_env(data_dir: &Path, config: Option<PathBuf>, env: &[(&str, &str)]) -> Gateway {
+        Self::start_bin(Path::new(env!("CARGO_BIN_EXE_sluice")), data_dir, config, env).await
+    }
+
+    /// Starts another `sluice` executable (e.g. one installed from a package).
+    pub async fn start_bin(
+        bin: &Path,
+        data_dir: &Path,
+        config: Option<PathBuf>,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let _ = std::fs::remove_file(data_dir.join("listen.json"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--data-dir")
             .arg(data_dir)
@@ -72,6 +84,7 @@ impl Gateway {
             mqtt,
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
             config,
+            bin: bin.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -94,14 +107,14 @@ impl Gateway {
     pub async fn restart(mut self) -> Gateway {
         self.terminate();
         let config = self.config.take();
-        Self::start_with(&self.data_dir.clone(), config).await
+        Self::start_bin(&self.bin.clone(), &self.data_dir.clone(), config, &[]).await
     }
 
     /// SIGKILL, then a fresh start on the same data.
     pub async fn crash_and_restart(mut self) -> Gateway {
         self.kill9();
         let config = self.config.take();
-        Self::start_with(&self.data_dir.clone(), config).await
+        Self::start_bin(&self.bin.clone(), &self.data_dir.clone(), config, &[]).await
     }
 
     /// SIGKILL and wait.
