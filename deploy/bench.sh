@@ -4,6 +4,9 @@
 #   deploy/bench.sh micro      criterion benches only (store, scheduler)
 #   deploy/bench.sh http       end-to-end HTTP figures only
 #   deploy/bench.sh mqtt       MQTT: sluice vs stock rumqttd vs Mosquitto
+#   deploy/bench.sh footprint  memory, threads and disk writes idle and at
+#                              1k and 10k MQTT msg/s (package default config
+#                              and deploy/small-box.toml), binary size
 # Each end-to-end scenario runs RUNS times (default 3); report the medians.
 # Builds into CARGO_TARGET_DIR when it is set (default target/); with
 # SLUICE_BIN=path, uses that binary and builds nothing.
@@ -23,7 +26,7 @@ if [[ $what == all || $what == micro ]]; then
     cargo bench -p sluice-store --bench scheduler -- --quick
     cargo bench -p sluice-store --bench store -- --quick
 fi
-[[ $what == all || $what == http || $what == mqtt ]] || exit 0
+[[ $what == all || $what == http || $what == mqtt || $what == footprint ]] || exit 0
 
 if [[ -n ${SLUICE_BIN:-} ]]; then
     bin=$SLUICE_BIN
@@ -44,8 +47,12 @@ start() { # start MODE -> sets pid, addr (HTTP), mqtt
     local mode=$1
     local dir="$work/$mode-$RANDOM"
     sed "s/^mode = .*/mode = \"$mode\"/" deploy/bench/isolation.toml > "$work/$mode.toml"
+    launch "$work/$mode.toml" "$dir"
+}
+launch() { # launch CONFIG DATA_DIR -> sets pid, addr (HTTP), mqtt
+    local dir=$2
     # Logs go to a file: rumqttd logs every reset client connection.
-    SLUICE_LOG=warn "$bin" run --config "$work/$mode.toml" --data-dir "$dir" \
+    SLUICE_LOG=warn "$bin" run --config "$1" --data-dir "$dir" \
         --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 2>>"$work/sluice.log" &
     pid=$!
     for _ in $(seq 100); do [[ -f $dir/listen.json ]] && break; sleep 0.1; done
@@ -83,6 +90,10 @@ for flood_payload in 100 4096; do
         done
     done
 done
+fi
+if [[ $what == all || $what == footprint ]]; then
+    source deploy/bench/footprint.sh
+    footprint "$bin"
 fi
 [[ $what == all || $what == mqtt ]] || exit 0
 

@@ -193,3 +193,61 @@ fn load_names_the_missing_file() {
     assert!(msg.starts_with("cannot read config file /nonexistent/sluice/x.toml: "), "{msg}");
     assert!(msg.contains("os error 2"), "{msg}");
 }
+
+fn deploy_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name)
+}
+
+/// The Debian package's /etc/sluice/sluice.toml gives the defaults with the
+/// data under /var/lib/sluice, and its commented-out settings are the real
+/// defaults: uncommented, the file still loads to the defaults.
+#[test]
+fn package_config_is_the_defaults() {
+    let path = deploy_file("debian/sluice.toml");
+    let cfg = load(&path);
+    assert_eq!(cfg.node.data_dir, Path::new("/var/lib/sluice"));
+    assert_eq!(
+        (&cfg.mqtt, &cfg.http, &cfg.store),
+        (&MqttConfig::default(), &HttpConfig::default(), &StoreConfig::default())
+    );
+    assert!(cfg.services.iter().all(|s| s.name == "default"), "services are only examples (commented out)");
+
+    let text = std::fs::read_to_string(&path).expect("package config");
+    let single_sections = text.split("#[[").next().expect("text");
+    let uncommented: Vec<&str> = single_sections
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(setting)
+                if setting.starts_with(|c: char| c.is_ascii_lowercase()) && setting.contains(" = ") =>
+            {
+                setting
+            }
+            _ => l,
+        })
+        .collect();
+    let all_set = Config::from_toml_str(&uncommented.join("\n")).expect("uncommented package config");
+    let v5 =
+        MqttConfig { listen_v5: Some("0.0.0.0:1884".parse().expect("address")), ..MqttConfig::default() };
+    assert_eq!(
+        all_set.node,
+        sluice_config::NodeConfig { data_dir: "/var/lib/sluice".into(), ..Default::default() }
+    );
+    assert_eq!(
+        (&all_set.mqtt, &all_set.http, &all_set.store),
+        (&v5, &HttpConfig::default(), &StoreConfig::default())
+    );
+}
+
+/// deploy/small-box.toml (the README's profile for boards with 512 MiB or
+/// less) loads and is smaller than the defaults where it says so.
+#[test]
+fn small_box_profile_loads() {
+    let cfg = load(&deploy_file("small-box.toml"));
+    assert_eq!(cfg.node.data_dir, Path::new("/var/lib/sluice"));
+    assert_eq!(cfg.store.cache_capacity, ByteSize::mib(4));
+    assert_eq!(cfg.store.max_bytes, ByteSize::mib(256));
+    assert_eq!(cfg.mqtt.max_payload, ByteSize::kib(64));
+    assert_eq!((cfg.mqtt.max_connections, cfg.mqtt.max_inflight), (100, 20));
+    assert_eq!(cfg.http.max_body, ByteSize::mib(1));
+    assert_eq!(cfg.service("default").map(|s| s.max_pending), Some(ByteSize::mib(1)));
+}

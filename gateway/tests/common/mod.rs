@@ -22,6 +22,8 @@ pub struct Gateway {
     pub listen: Value,
     pub http: reqwest::Client,
     config: Option<PathBuf>,
+    /// The `sluice` executable: the one cargo built, or an installed copy.
+    bin: PathBuf,
 }
 
 impl Gateway {
@@ -41,7 +43,17 @@ impl Gateway {
 
     /// Starts with extra environment variables.
     pub async fn start_env(data_dir: &Path, config: Option<PathBuf>, env: &[(&str, &str)]) -> Gateway {
-        Self::launch(data_dir, config, env, None).await
+        Self::launch(Path::new(env!("CARGO_BIN_EXE_sluice")), data_dir, config, env, None).await
+    }
+
+    /// Starts another `sluice` executable (e.g. one installed from a package).
+    pub async fn start_bin(
+        bin: &Path,
+        data_dir: &Path,
+        config: Option<PathBuf>,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        Self::launch(bin, data_dir, config, env, None).await
     }
 
     /// Starts with a config whose `[http.tls]` certificate is signed by the
@@ -49,17 +61,18 @@ impl Gateway {
     pub async fn start_tls(data_dir: &Path, config: &str, ca: &Path) -> Gateway {
         let path = data_dir.with_extension("toml");
         std::fs::write(&path, config).unwrap();
-        Self::launch(data_dir, Some(path), &[], Some(ca)).await
+        Self::launch(Path::new(env!("CARGO_BIN_EXE_sluice")), data_dir, Some(path), &[], Some(ca)).await
     }
 
     async fn launch(
+        bin: &Path,
         data_dir: &Path,
         config: Option<PathBuf>,
         env: &[(&str, &str)],
         ca: Option<&Path>,
     ) -> Gateway {
         let _ = std::fs::remove_file(data_dir.join("listen.json"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--data-dir")
             .arg(data_dir)
@@ -103,6 +116,7 @@ impl Gateway {
             listen,
             http: http.build().unwrap(),
             config,
+            bin: bin.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -125,14 +139,14 @@ impl Gateway {
     pub async fn restart(mut self) -> Gateway {
         self.terminate();
         let config = self.config.take();
-        Self::start_with(&self.data_dir.clone(), config).await
+        Self::start_bin(&self.bin.clone(), &self.data_dir.clone(), config, &[]).await
     }
 
     /// SIGKILL, then a fresh start on the same data.
     pub async fn crash_and_restart(mut self) -> Gateway {
         self.kill9();
         let config = self.config.take();
-        Self::start_with(&self.data_dir.clone(), config).await
+        Self::start_bin(&self.bin.clone(), &self.data_dir.clone(), config, &[]).await
     }
 
     /// SIGKILL and wait.
