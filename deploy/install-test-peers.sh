@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to, from Debian's packages
-# (systemd-analyze for the unit file check, and):
+# (systemd-analyze for the unit file check, g++ for the fuzz build, and):
 # mosquitto-clients (mosquitto_pub / mosquitto_sub) for the MQTT
 # end-to-end test and mosquitto (the broker) for benchmark comparisons.
 # Idempotent; does nothing when they are already there.
@@ -9,6 +9,8 @@ need=()
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# g++: libfuzzer-sys compiles libFuzzer's C++ sources for deploy/fuzz.sh.
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 if ((${#need[@]})); then
     echo "installing ${need[*]}" >&2
     sudo_cmd=()

@@ -80,23 +80,60 @@ pub struct StoredRecord {
 
 const FORMAT_V1: u8 = 1;
 
+/// Most headers a record can carry (the count is a u16 on disk).
+pub const MAX_HEADERS: usize = u16::MAX as usize;
+
+/// Longest header name in bytes (its length is a u16 on disk).
+pub const MAX_HEADER_NAME_LEN: usize = u16::MAX as usize;
+
+/// Longest key in bytes (its length + 1 is a u32 on disk).
+pub const MAX_KEY_LEN: usize = u32::MAX as usize - 1;
+
+/// The parts of a record that fit the format's length fields: callers
+/// check the limits above, so cutting is a last resort that keeps the
+/// encoded record decodable (names are cut at a character boundary).
+fn fitted_key(key: &[u8]) -> &[u8] {
+    &key[..key.len().min(MAX_KEY_LEN)]
+}
+
+fn fitted_headers(headers: &[(String, Vec<u8>)]) -> &[(String, Vec<u8>)] {
+    &headers[..headers.len().min(MAX_HEADERS)]
+}
+
+fn fitted_name(name: &str) -> &str {
+    let mut end = name.len().min(MAX_HEADER_NAME_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+fn fitted_value(value: &[u8]) -> &[u8] {
+    &value[..value.len().min(u32::MAX as usize)]
+}
+
 impl Record {
     /// Bytes this record occupies once encoded (what budgets count).
     pub fn encoded_len(&self) -> usize {
         1 + 8
             + 4
-            + self.key.as_ref().map_or(0, Vec::len)
+            + self.key.as_deref().map_or(0, |k| fitted_key(k).len())
             + 2
-            + self.headers.iter().map(|(n, v)| 2 + n.len() + 4 + v.len()).sum::<usize>()
+            + fitted_headers(&self.headers)
+                .iter()
+                .map(|(n, v)| 2 + fitted_name(n).len() + 4 + fitted_value(v).len())
+                .sum::<usize>()
             + self.value.len()
     }
 
     /// Appends the encoded form to `out`.
     ///
-    /// Header names longer than 65535 bytes, more than 65535 headers or keys
-    /// and header values over 4 GiB cannot be encoded; the gateway's body and
-    /// payload limits keep inputs far below that, and such a record is
-    /// truncated rather than corrupting its neighbours.
+    /// More than [`MAX_HEADERS`] headers, header names longer than
+    /// [`MAX_HEADER_NAME_LEN`] bytes, keys longer than [`MAX_KEY_LEN`] and
+    /// header values over 4 GiB cannot be encoded: the HTTP API refuses
+    /// them and the payload limits keep MQTT inputs far below, and such a
+    /// record is cut (at a character boundary for names) rather than
+    /// written undecodable or corrupting its neighbours.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.encoded_len());
         out.push(FORMAT_V1);
@@ -104,18 +141,18 @@ impl Record {
         match &self.key {
             None => out.extend_from_slice(&0u32.to_be_bytes()),
             Some(k) => {
-                let k = &k[..k.len().min(u32::MAX as usize - 1)];
+                let k = fitted_key(k);
                 out.extend_from_slice(&(k.len() as u32 + 1).to_be_bytes());
                 out.extend_from_slice(k);
             }
         }
-        let headers = &self.headers[..self.headers.len().min(u16::MAX as usize)];
+        let headers = fitted_headers(&self.headers);
         out.extend_from_slice(&(headers.len() as u16).to_be_bytes());
         for (name, value) in headers {
-            let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+            let name = fitted_name(name);
             out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-            out.extend_from_slice(name);
-            let value = &value[..value.len().min(u32::MAX as usize)];
+            out.extend_from_slice(name.as_bytes());
+            let value = fitted_value(value);
             out.extend_from_slice(&(value.len() as u32).to_be_bytes());
             out.extend_from_slice(value);
         }
@@ -213,6 +250,20 @@ mod tests {
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Record::decode(&bytes);
         }
+    }
+
+    /// Regression: a header name over the u16 length field was cut inside
+    /// a multi-byte character, and the stored record could not be decoded
+    /// again (every read of its partition failed).
+    #[test]
+    fn over_long_header_name_stays_decodable() {
+        let name = format!("{}é", "a".repeat(MAX_HEADER_NAME_LEN - 1));
+        let rec = Record { headers: vec![(name, b"v".to_vec())], ..Record::default() };
+        let bytes = rec.encode();
+        assert_eq!(bytes.len(), rec.encoded_len());
+        let back = Record::decode(&bytes).expect("decodes");
+        assert_eq!(back.headers[0].0, "a".repeat(MAX_HEADER_NAME_LEN - 1));
+        assert_eq!(back.headers[0].1, b"v");
     }
 
     #[test]

@@ -62,11 +62,25 @@ pub(super) async fn services(State(shared): State<Shared>) -> Json<serde_json::V
     Json(serde_json::json!({ "services": list }))
 }
 
+/// Body of `PUT /v1/services/{name}`: the fields to change.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ServiceUpdate {
-    weight: Option<u32>,
-    express: Option<bool>,
+pub struct ServiceUpdate {
+    /// New weight, 1..=1000.
+    pub weight: Option<u32>,
+    /// New express flag.
+    pub express: Option<bool>,
+}
+
+/// Parses and checks a service update body.
+pub fn parse_service_update(body: &[u8]) -> Result<ServiceUpdate, ApiError> {
+    let update: ServiceUpdate = parse_json(body)?;
+    if let Some(w) = update.weight {
+        if !(1..=1000).contains(&w) {
+            return Err(ApiError::bad_request(format!("weight: {w} is out of range 1..=1000")));
+        }
+    }
+    Ok(update)
 }
 
 pub(super) async fn update_service(
@@ -74,16 +88,13 @@ pub(super) async fn update_service(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let update: ServiceUpdate = parse_json(&read_body(&shared, body).await?)?;
+    let update = parse_service_update(&read_body(&shared, body).await?)?;
     let service = shared
         .services
         .get(&name)
         .ok_or_else(|| ApiError::not_found(format!("service {name:?} is not configured")))?;
     let mut class = service.class();
     if let Some(w) = update.weight {
-        if !(1..=1000).contains(&w) {
-            return Err(ApiError::bad_request(format!("weight: {w} is out of range 1..=1000")));
-        }
         class.weight = w;
     }
     if let Some(e) = update.express {

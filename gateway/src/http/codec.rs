@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+use sluice_store::record::{MAX_HEADERS, MAX_HEADER_NAME_LEN};
 use sluice_store::{Record, StoredRecord};
 use std::collections::BTreeMap;
 
@@ -100,6 +101,18 @@ impl InRecord {
                 )))
             }
         };
+        if self.headers.len() > MAX_HEADERS {
+            return Err(ApiError::bad_request(format!(
+                "records[{i}].headers: {} headers, at most {MAX_HEADERS} per record",
+                self.headers.len()
+            )));
+        }
+        if let Some(name) = self.headers.keys().find(|n| n.len() > MAX_HEADER_NAME_LEN) {
+            return Err(ApiError::bad_request(format!(
+                "records[{i}].headers: a name of {} bytes is longer than {MAX_HEADER_NAME_LEN} bytes",
+                name.len()
+            )));
+        }
         let headers = self.headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
         Ok(Record { key, value, headers, timestamp_ms })
     }
@@ -159,5 +172,39 @@ impl<'a> OutRecord<'a> {
             headers: r.headers.iter().map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v))).collect(),
             timestamp: r.timestamp_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: header names past the store's u16 length field were
+    /// accepted and then cut when stored (inside a multi-byte character
+    /// they made the record unreadable). They are refused, naming the field.
+    #[test]
+    fn over_long_header_name_is_refused() {
+        let name = format!("{}é", "a".repeat(MAX_HEADER_NAME_LEN - 1));
+        let body = format!(r#"{{"records":[{{"value":1,"headers":{{"{name}":"v"}}}}]}}"#);
+        let err = parse_produce(body.as_bytes(), 0).expect_err("refused");
+        assert_eq!(err.status().as_u16(), 400);
+        assert!(err.message().starts_with("records[0].headers: a name of 65536 bytes"), "{err}");
+        let ok = format!(
+            r#"{{"records":[{{"value":1,"headers":{{"{}":"v"}}}}]}}"#,
+            "a".repeat(MAX_HEADER_NAME_LEN)
+        );
+        assert_eq!(
+            parse_produce(ok.as_bytes(), 0).expect("accepted")[0].headers[0].0.len(),
+            MAX_HEADER_NAME_LEN
+        );
+    }
+
+    #[test]
+    fn too_many_headers_are_refused() {
+        let headers: Vec<String> = (0..=MAX_HEADERS).map(|n| format!(r#""h{n}":"""#)).collect();
+        let body =
+            format!(r#"{{"records":[{{"value":1}},{{"value":2,"headers":{{{}}}}}]}}"#, headers.join(","));
+        let err = parse_produce(body.as_bytes(), 0).expect_err("refused");
+        assert_eq!(err.message(), "records[1].headers: 65536 headers, at most 65535 per record");
     }
 }

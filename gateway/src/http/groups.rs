@@ -17,14 +17,18 @@ use sluice_store::{Offset, PartitionId};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Body of `POST /v1/groups/{group}/fetch`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FetchBody {
-    topics: Vec<String>,
+pub struct FetchBody {
+    /// Topics to read (existence is checked against the running gateway).
+    pub topics: Vec<String>,
+    /// Most records to return, 1..=10000 (the fetch limit).
     #[serde(default = "default_max_records")]
-    max_records: u64,
+    pub max_records: u64,
+    /// Long-poll time, at most `http.max_wait`.
     #[serde(default)]
-    wait_ms: u64,
+    pub wait_ms: u64,
 }
 
 fn default_max_records() -> u64 {
@@ -40,10 +44,45 @@ struct CommitBody {
 /// One position to commit: the next offset to read, as in Kafka.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CommitEntry {
-    pub(super) topic: String,
-    pub(super) partition: u32,
-    pub(super) offset: u64,
+pub struct CommitEntry {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The next offset to read.
+    pub offset: u64,
+}
+
+/// Parses and checks a group fetch body; `max_wait_ms` is `http.max_wait`.
+pub fn parse_fetch(body: &[u8], max_wait_ms: u64) -> Result<FetchBody, ApiError> {
+    let req: FetchBody = parse_json(body)?;
+    if req.max_records == 0 || req.max_records > MAX_RECORDS {
+        return Err(ApiError::bad_request(format!(
+            "max_records: {} is outside 1..={MAX_RECORDS}",
+            req.max_records
+        )));
+    }
+    if req.wait_ms > max_wait_ms {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms: {} is larger than http.max_wait ({max_wait_ms} ms)",
+            req.wait_ms
+        )));
+    }
+    Ok(req)
+}
+
+/// Parses a commit body into its entries (`offsets`, at least one).
+pub fn parse_commit(body: &[u8]) -> Result<Vec<CommitEntry>, ApiError> {
+    let req: CommitBody = parse_json(body)?;
+    check_entries(&req.offsets, "offsets")?;
+    Ok(req.offsets)
+}
+
+fn check_entries(entries: &[CommitEntry], field: &str) -> Result<(), ApiError> {
+    if entries.is_empty() {
+        return Err(ApiError::bad_request(format!("{field}: give at least one offset")));
+    }
+    Ok(())
 }
 
 /// Checks a group name (same rules as topic names).
@@ -81,20 +120,8 @@ pub(super) async fn fetch(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_group(&group)?;
-    let req: FetchBody = parse_json(&read_body(&shared, body).await?)?;
-    if req.max_records == 0 || req.max_records > MAX_RECORDS {
-        return Err(ApiError::bad_request(format!(
-            "max_records: {} is outside 1..={MAX_RECORDS}",
-            req.max_records
-        )));
-    }
     let max_wait = shared.config.http.max_wait.as_millis() as u64;
-    if req.wait_ms > max_wait {
-        return Err(ApiError::bad_request(format!(
-            "wait_ms: {} is larger than http.max_wait ({max_wait} ms)",
-            req.wait_ms
-        )));
-    }
+    let req = parse_fetch(&read_body(&shared, body).await?, max_wait)?;
     let topics = lookup_topics(&shared, &access, &req.topics)?;
     let records =
         fetch_group(&shared, &group, &topics, req.max_records as usize, Duration::from_millis(req.wait_ms))
@@ -111,9 +138,9 @@ pub(super) async fn commit(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_group(&group)?;
-    let req: CommitBody = parse_json(&read_body(&shared, body).await?)?;
-    commit_offsets(&shared, &access, &group, &req.offsets, "offsets").await?;
-    Ok(Json(serde_json::json!({ "committed": req.offsets.len() })))
+    let offsets = parse_commit(&read_body(&shared, body).await?)?;
+    commit_offsets(&shared, &access, &group, &offsets, "offsets").await?;
+    Ok(Json(serde_json::json!({ "committed": offsets.len() })))
 }
 
 /// Commits `entries` for `group` and waits until they are on disk: the one
@@ -127,9 +154,7 @@ pub(super) async fn commit_offsets(
     entries: &[CommitEntry],
     field: &str,
 ) -> Result<(), ApiError> {
-    if entries.is_empty() {
-        return Err(ApiError::bad_request(format!("{field}: give at least one offset")));
-    }
+    check_entries(entries, field)?;
     let written = commit_each(shared, access, group, entries, field);
     // Wake push streams waiting for their consumer to commit, also after a
     // partial failure: the entries before it were written.

@@ -13,7 +13,9 @@ mod stream;
 mod stream_sse;
 mod stream_ws;
 
+pub use admin::{parse_service_update, ServiceUpdate};
 pub use error::ApiError;
+pub use groups::{parse_commit, parse_fetch, CommitEntry, FetchBody};
 
 use crate::state::Shared;
 use axum::body::{Body, Bytes};

@@ -9,7 +9,7 @@
 //! | `meta`                   | `format`                                        | `sluice-store/2` |
 //! | `meta`                   | `topic/<topic>`                                 | JSON `{"partitions": N, "service": "name"}` |
 //! | `meta`                   | `start/<topic>/<partition u32 BE>`              | u64 BE: first offset not deleted by retention or eviction |
-//! | `log/<topic>/<partition>`| offset u64 BE of the chunk's first record       | a chunk: the records of one append (see `partition.rs`), each encoded as in [`crate::record`] |
+//! | `log/<topic>/<partition>`| offset u64 BE of the chunk's first record       | a chunk: the records of one append (see [`chunk`]), each encoded as in [`crate::record`] |
 //! | `groups`                 | `<group> 0x00 <topic> 0x00 <partition u32 BE>`  | u64 BE committed offset (next to read) |
 //! | `cursors`                | `<uplink> 0x00 <topic> 0x00 <partition u32 BE>` | u64 BE next offset to forward (set after the central side acknowledged) |
 //!
@@ -29,6 +29,7 @@
 //! `buffered` ones; sled's own background flusher is turned off so those are
 //! the only disk writes (SD cards wear out).
 
+pub mod chunk;
 mod durable;
 mod partition;
 mod retention;

@@ -4,19 +4,14 @@
 //!
 //! An append of N records is one chunk (split at [`MAX_CHUNK_BYTES`]): one
 //! sled key instead of N, which is what makes group commits cheap (sled's
-//! per-key cost and its write amplification are paid per chunk). Chunk
-//! value, integers big-endian:
-//!
-//! ```text
-//! u8  chunk format (2)
-//! u32 record count
-//! per record: u32 length, then the encoded record (see crate::record)
-//! ```
+//! per-key cost and its write amplification are paid per chunk). The chunk
+//! format is in [`super::chunk`].
 //!
 //! Retention deletes record by record logically (the log start moves); a
 //! chunk is removed once all its records are below the log start, and reads
 //! skip the deleted head of a partly deleted chunk.
 
+use super::chunk::{self, KEY_LEN};
 use super::{PartitionInfo, ReadResult};
 use crate::error::StoreError;
 use crate::record::{Offset, PartitionId, Record, StoredRecord};
@@ -29,50 +24,8 @@ pub(super) struct TopicMeta {
     pub(super) service: String,
 }
 
-/// Sizes are counted as encoded record bytes plus 8 bytes of overhead per
-/// record (the key of the record-per-key layout; kept so budgets mean the
-/// same as before chunks).
-const KEY_LEN: u64 = 8;
-
 /// Largest chunk an append writes (more records make several chunks).
 pub(super) const MAX_CHUNK_BYTES: usize = 64 << 10;
-
-const CHUNK_V2: u8 = 2;
-
-/// The records of one chunk as (offset, encoded record) pairs.
-fn chunk_records(first: Offset, v: &[u8]) -> Result<Vec<(Offset, &[u8])>, String> {
-    if v.first() != Some(&CHUNK_V2) || v.len() < 5 {
-        return Err(format!("unknown chunk format {:?}", v.first()));
-    }
-    let count = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
-    let mut out = Vec::with_capacity(count);
-    let mut pos = 5;
-    for i in 0..count {
-        let len_end = pos + 4;
-        let len = v.get(pos..len_end).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
-        let rec = len.and_then(|l| v.get(len_end..len_end + l));
-        let Some(rec) = rec else { return Err(format!("chunk truncated at record {i} of {count}")) };
-        out.push((Offset(first.0 + i as u64), rec));
-        pos = len_end + rec.len();
-    }
-    Ok(out)
-}
-
-fn encode_chunk(records: &[Record], out: &mut Vec<u8>) -> u64 {
-    out.clear();
-    out.push(CHUNK_V2);
-    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
-    let mut logical = 0u64;
-    for r in records {
-        let at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        r.encode_into(out);
-        let len = out.len() - at - 4;
-        out[at..at + 4].copy_from_slice(&(len as u32).to_be_bytes());
-        logical += KEY_LEN + len as u64;
-    }
-    logical
-}
 
 #[derive(Debug, Clone, Copy)]
 struct State {
@@ -117,11 +70,11 @@ impl Partition {
         for item in tree.iter() {
             let (k, v) = item.map_err(StoreError::io("scanning partition"))?;
             let first = decode_offset(&k);
-            let recs = chunk_records(first, &v).map_err(|e| StoreError::Corrupt {
+            let recs = chunk::decode(first, &v).map_err(|source| StoreError::Corrupt {
                 topic: topic.to_owned(),
                 partition: id.0,
                 offset: first.0,
-                source: crate::error::CorruptRecord(e),
+                source,
             })?;
             let Some(&(chunk_last, _)) = recs.last() else { continue };
             if chunk_last < log_start {
@@ -182,7 +135,7 @@ impl Partition {
                 || (at > chunk_start && chunk_bytes + records[at].encoded_len() > MAX_CHUNK_BYTES);
             if full && at > chunk_start {
                 let mut buf = Vec::with_capacity(chunk_bytes + 5);
-                added += encode_chunk(&records[chunk_start..at], &mut buf);
+                added += chunk::encode(&records[chunk_start..at], &mut buf);
                 chunks.push((offset_key(Offset(first.0 + chunk_start as u64)), buf));
                 chunk_start = at;
                 chunk_bytes = 0;
@@ -258,7 +211,7 @@ impl Partition {
 
     fn records_of<'v>(&self, k: &[u8], v: &'v [u8]) -> Result<Vec<(Offset, &'v [u8])>, StoreError> {
         let first = decode_offset(k);
-        chunk_records(first, v).map_err(|e| self.corrupt(first, crate::error::CorruptRecord(e)))
+        chunk::decode(first, v).map_err(|source| self.corrupt(first, source))
     }
 
     fn corrupt(&self, offset: Offset, source: crate::error::CorruptRecord) -> StoreError {
