@@ -31,6 +31,11 @@ enum Command {
         /// Overrides mqtt.listen.
         #[arg(long)]
         mqtt_listen: Option<SocketAddr>,
+        /// Start even when the log lost records that were flushed (a damaged
+        /// data file): the loss is logged, the lost offsets are skipped and
+        /// never reused. Without it such a start is refused.
+        #[arg(long)]
+        accept_data_loss: bool,
     },
     /// Validate a configuration file; exits non-zero naming the bad field.
     CheckConfig {
@@ -216,8 +221,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Run { config, data_dir, http_listen, mqtt_listen } => {
-            run(config, data_dir, http_listen, mqtt_listen)
+        Command::Run { config, data_dir, http_listen, mqtt_listen, accept_data_loss } => {
+            let overrides =
+                sluice_gateway::run::Overrides { data_dir, http_listen, mqtt_listen, accept_data_loss };
+            run(config, overrides)
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::Bench { scenario } => bench(scenario),
@@ -259,25 +266,11 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(
-    config_file: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    http_listen: Option<SocketAddr>,
-    mqtt_listen: Option<SocketAddr>,
-) -> anyhow::Result<()> {
-    let mut config = match &config_file {
+fn run(config_file: Option<PathBuf>, overrides: sluice_gateway::run::Overrides) -> anyhow::Result<()> {
+    let config = match &config_file {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(d) = data_dir {
-        config.node.data_dir = d;
-    }
-    if let Some(a) = http_listen {
-        config.http.listen = a;
-    }
-    if let Some(a) = mqtt_listen {
-        config.mqtt.listen = a;
-    }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -286,7 +279,7 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(sluice_gateway::run::run(config, config_file, stop_signal()))
+    runtime.block_on(sluice_gateway::run::run(config, config_file, overrides, stop_signal()))
 }
 
 fn bench(scenario: Bench) -> anyhow::Result<()> {

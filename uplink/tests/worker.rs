@@ -69,7 +69,7 @@ impl Sink for MemorySink {
 }
 
 fn store(dir: &std::path::Path) -> Store {
-    Store::open(&StoreOptions { path: dir.to_path_buf(), cache_capacity: 1 << 20 }).unwrap()
+    Store::open(&StoreOptions { cache_capacity: 1 << 20, ..StoreOptions::new(dir) }).unwrap()
 }
 
 fn topic(store: &Store, name: &str, service: &str, partitions: u32) {

@@ -9,9 +9,14 @@
 //! | `meta`                   | `format`                                        | `sluice-store/2` |
 //! | `meta`                   | `topic/<topic>`                                 | JSON `{"partitions": N, "service": "name"}` |
 //! | `meta`                   | `start/<topic>/<partition u32 BE>`              | u64 BE: first offset not deleted by retention or eviction |
+//! | `meta`                   | `next/<topic>/<partition u32 BE>`               | u64 BE: lowest next offset, set when a data loss was accepted |
 //! | `log/<topic>/<partition>`| offset u64 BE of the chunk's first record       | a chunk: the records of one append (see `partition.rs`), each encoded as in [`crate::record`] |
 //! | `groups`                 | `<group> 0x00 <topic> 0x00 <partition u32 BE>`  | u64 BE committed offset (next to read) |
 //! | `cursors`                | `<uplink> 0x00 <topic> 0x00 <partition u32 BE>` | u64 BE next offset to forward (set after the central side acknowledged) |
+//!
+//! Next to sled's files, `sluice-watermarks` records the flushed high
+//! watermark of every partition (see `watermarks.rs`); `open` refuses a log
+//! that recovered less, unless [`StoreOptions::accept_data_loss`] is set.
 //!
 //! Names cannot contain `0x00` or `/` ambiguity matters only for `log/`
 //! trees, whose names are never parsed back.
@@ -32,10 +37,11 @@
 mod durable;
 mod partition;
 mod retention;
+mod watermarks;
 
 pub use retention::{EvictionPolicy, RetentionReport};
 
-use crate::error::StoreError;
+use crate::error::{LostRange, StoreError};
 use crate::record::{Offset, PartitionId, Record, StoredRecord};
 use partition::Partition;
 use std::collections::BTreeMap;
@@ -56,6 +62,18 @@ pub struct StoreOptions {
     pub path: PathBuf,
     /// sled page cache size in bytes; RSS grows to a few times this.
     pub cache_capacity: u64,
+    /// Open even when the log recovered less than was flushed (or the
+    /// watermark file is damaged): the missing offsets are skipped, never
+    /// reused, and listed by [`Store::accepted_loss`]. Without it such a
+    /// store is refused with [`StoreError::DataLoss`].
+    pub accept_data_loss: bool,
+}
+
+impl StoreOptions {
+    /// Options for `path` with the default cache and no data loss accepted.
+    pub fn new(path: impl Into<PathBuf>) -> StoreOptions {
+        StoreOptions { path: path.into(), cache_capacity: 16 << 20, accept_data_loss: false }
+    }
 }
 
 /// Retention of one topic; `None` keeps forever (within the disk budget).
@@ -131,6 +149,8 @@ struct Inner {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     total_bytes: AtomicU64,
     durable: durable::FileSync,
+    watermarks: watermarks::Writer,
+    accepted_loss: Vec<LostRange>,
 }
 
 /// The topic log. Cheap to clone; all clones share one database.
@@ -208,7 +228,20 @@ impl Store {
                 })
             }
         }
-        let store = Store {
+        let mut rebuild_marks = false;
+        let synced = match watermarks::load(&opts.path) {
+            Ok(marks) => marks.unwrap_or_default(),
+            Err(detail) if opts.accept_data_loss => {
+                rebuild_marks = true;
+                tracing::warn!(file = %opts.path.join(watermarks::FILE_NAME).display(), %detail,
+                    "damaged high-watermark file ignored (--accept-data-loss); rebuilt from the log");
+                watermarks::Marks::new()
+            }
+            Err(detail) => {
+                return Err(StoreError::Watermarks { file: opts.path.join(watermarks::FILE_NAME), detail })
+            }
+        };
+        let mut store = Store {
             inner: Arc::new(Inner {
                 path: opts.path.clone(),
                 db,
@@ -217,12 +250,83 @@ impl Store {
                 cursors,
                 topics: RwLock::new(BTreeMap::new()),
                 total_bytes: AtomicU64::new(0),
-                durable: durable::FileSync::open(&opts.path)
-                    .map_err(|e| StoreError::Open { path: opts.path.clone(), source: sled::Error::Io(e) })?,
+                durable: durable::FileSync::open(&opts.path).map_err(|e| open_err(sled::Error::Io(e)))?,
+                watermarks: watermarks::Writer::start(&opts.path, synced.clone())
+                    .map_err(|e| open_err(sled::Error::Io(e)))?,
+                accepted_loss: Vec::new(),
             }),
         };
         store.load_topics()?;
+        if rebuild_marks {
+            store.inner.watermarks.offer(store.high_watermarks());
+        }
+        let lost = store.lost_against(&synced);
+        if !lost.is_empty() {
+            if !opts.accept_data_loss {
+                return Err(StoreError::DataLoss { file: opts.path.join("db"), lost });
+            }
+            store.skip_lost(&lost)?;
+            for l in &lost {
+                tracing::warn!(topic = %l.topic, partition = l.partition, from = l.from, to = l.to,
+                    "flushed records missing from the log; continuing without them (--accept-data-loss)");
+            }
+            // Nothing else holds the Arc yet.
+            if let Some(inner) = Arc::get_mut(&mut store.inner) {
+                inner.accepted_loss = lost;
+            }
+        }
         Ok(store)
+    }
+
+    /// What `open` found missing and skipped under
+    /// [`StoreOptions::accept_data_loss`]; empty after a clean open.
+    pub fn accepted_loss(&self) -> &[LostRange] {
+        &self.inner.accepted_loss
+    }
+
+    /// The flushed high watermarks in `synced` that the log does not reach.
+    fn lost_against(&self, synced: &watermarks::Marks) -> Vec<LostRange> {
+        let topics = read(&self.inner.topics);
+        let mut lost = Vec::new();
+        for ((topic, partition), &flushed) in synced {
+            let recovered = topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(*partition as usize))
+                .map_or(0, |p| p.info().high_watermark.0);
+            if recovered < flushed {
+                lost.push(LostRange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    from: recovered,
+                    to: flushed,
+                });
+            }
+        }
+        lost
+    }
+
+    /// Moves each damaged partition's next offset past what was lost
+    /// (re-creating topics whose definition was lost too, under the
+    /// `default` service until the configuration says otherwise) and
+    /// flushes, so the next open is clean and no offset is reused.
+    fn skip_lost(&self, lost: &[LostRange]) -> Result<(), StoreError> {
+        for l in lost {
+            let existing = self.topic(&l.topic);
+            let have = existing.as_ref().map_or(0, |t| t.spec.partitions);
+            if have <= l.partition {
+                let service = existing.map_or_else(|| "default".to_owned(), |t| t.spec.service);
+                let spec = TopicSpec {
+                    name: l.topic.clone(),
+                    partitions: l.partition + 1,
+                    service,
+                    retention: Retention::default(),
+                };
+                self.ensure_topic(&spec)?;
+            }
+            self.partition(&l.topic, PartitionId(l.partition))?.skip_to(Offset(l.to))?;
+        }
+        self.flush()?;
+        Ok(())
     }
 
     /// The data directory.
@@ -375,9 +479,26 @@ impl Store {
     /// log file and any new blob files are `fdatasync`ed here, and the blob
     /// directory once a new file appeared in it.
     pub fn flush(&self) -> Result<usize, StoreError> {
+        // Taken before the flush: everything below these is in it.
+        let marks = self.high_watermarks();
         let written = self.inner.db.flush().map_err(StoreError::io("flush"))?;
         self.inner.durable.sync().map_err(|e| StoreError::Io { op: "fsync", source: sled::Error::Io(e) })?;
+        self.inner.watermarks.offer(marks);
         Ok(written)
+    }
+
+    fn high_watermarks(&self) -> watermarks::Marks {
+        let topics = read(&self.inner.topics);
+        let mut marks = watermarks::Marks::new();
+        for (name, topic) in topics.iter() {
+            for p in &topic.partitions {
+                let info = p.info();
+                if info.high_watermark.0 > 0 {
+                    marks.insert((name.clone(), info.partition.0), info.high_watermark.0);
+                }
+            }
+        }
+        marks
     }
 
     /// Encoded bytes of all stored records (what the disk budget counts).
