@@ -2,6 +2,8 @@
 //! temporary data directory and talks to it over HTTP.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod load;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,16 +37,52 @@ impl Gateway {
 
     /// Starts with extra environment variables.
     pub async fn start_env(data_dir: &Path, config: Option<PathBuf>, env: &[(&str, &str)]) -> Gateway {
+        match Self::launch(data_dir, config, env, &[], None).await {
+            Ok(gw) => gw,
+            Err(status) => panic!("sluice exited during start: {status}"),
+        }
+    }
+
+    /// Starts with extra `sluice run` arguments; when sluice exits instead
+    /// (it must exit non-zero), returns what it wrote to stderr.
+    pub async fn try_start(data_dir: &Path, config: Option<&str>, args: &[&str]) -> Result<Gateway, String> {
+        let config = config.map(|text| {
+            let path = data_dir.with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let log = data_dir.with_extension("stderr");
+        match Self::launch(data_dir, config, &[], args, Some(&log)).await {
+            Ok(gw) => Ok(gw),
+            Err(status) => {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(!status.success(), "sluice exited with success during start: {stderr}");
+                Err(stderr)
+            }
+        }
+    }
+
+    async fn launch(
+        data_dir: &Path,
+        config: Option<PathBuf>,
+        env: &[(&str, &str)],
+        args: &[&str],
+        stderr: Option<&Path>,
+    ) -> Result<Gateway, std::process::ExitStatus> {
         let _ = std::fs::remove_file(data_dir.join("listen.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("run")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--http-listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+            .args(args)
             .env("SLUICE_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::null());
+        match stderr {
+            Some(path) => cmd.stderr(std::fs::File::create(path).unwrap()),
+            None => cmd.stderr(Stdio::inherit()),
+        };
         if let Some(c) = &config {
             cmd.arg("--config").arg(c);
         }
@@ -59,7 +97,7 @@ impl Gateway {
                 }
             }
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("sluice exited during start: {status}");
+                return Err(status);
             }
             assert!(Instant::now() < deadline, "sluice did not write listen.json");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -83,7 +121,7 @@ impl Gateway {
             assert!(Instant::now() < deadline, "sluice never became ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        gw
+        Ok(gw)
     }
 
     pub fn url(&self, path: &str) -> String {

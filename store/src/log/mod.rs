@@ -36,6 +36,7 @@
 
 mod durable;
 mod partition;
+mod recover;
 mod retention;
 mod watermarks;
 
@@ -141,7 +142,6 @@ pub(crate) struct Topic {
 }
 
 struct Inner {
-    path: PathBuf,
     db: sled::Db,
     meta: sled::Tree,
     groups: sled::Tree,
@@ -150,18 +150,26 @@ struct Inner {
     total_bytes: AtomicU64,
     durable: durable::FileSync,
     watermarks: watermarks::Writer,
+}
+
+/// What all clones of a [`Store`] share: the open database, which is
+/// replaced when sled fails a write (see `recover.rs`).
+struct Slot {
+    opts: StoreOptions,
+    inner: RwLock<Option<Arc<Inner>>>,
+    recovery: std::sync::Mutex<recover::Recovery>,
     accepted_loss: Vec<LostRange>,
 }
 
 /// The topic log. Cheap to clone; all clones share one database.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    slot: Arc<Slot>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("Store").field("path", &self.slot.opts.path).finish_non_exhaustive()
     }
 }
 
@@ -183,12 +191,7 @@ impl Store {
         // (Where panics abort, as in the release profile, this cannot help.)
         let open_once = || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).unwrap_or_else(|panic| {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown panic");
-                Err(damaged(&format!("sled cannot recover its log ({why})")))
+                Err(damaged(&format!("sled cannot recover its log ({})", panic_message(&*panic))))
             })
         };
         // sled's file lock outlives a dropped database for a moment (its
@@ -203,7 +206,7 @@ impl Store {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                other => break other.map_err(open_err)?,
+                other => break other.map_err(unreadable).map_err(open_err)?,
             }
         };
         let meta = db.open_tree("meta").map_err(open_err)?;
@@ -241,24 +244,31 @@ impl Store {
                 return Err(StoreError::Watermarks { file: opts.path.join(watermarks::FILE_NAME), detail })
             }
         };
+        let inner = Inner {
+            db,
+            meta,
+            groups,
+            cursors,
+            topics: RwLock::new(BTreeMap::new()),
+            total_bytes: AtomicU64::new(0),
+            durable: durable::FileSync::open(&opts.path).map_err(|e| open_err(sled::Error::Io(e)))?,
+            watermarks: watermarks::Writer::start(&opts.path, synced.clone())
+                .map_err(|e| open_err(sled::Error::Io(e)))?,
+        };
         let mut store = Store {
-            inner: Arc::new(Inner {
-                path: opts.path.clone(),
-                db,
-                meta,
-                groups,
-                cursors,
-                topics: RwLock::new(BTreeMap::new()),
-                total_bytes: AtomicU64::new(0),
-                durable: durable::FileSync::open(&opts.path).map_err(|e| open_err(sled::Error::Io(e)))?,
-                watermarks: watermarks::Writer::start(&opts.path, synced.clone())
-                    .map_err(|e| open_err(sled::Error::Io(e)))?,
+            slot: Arc::new(Slot {
+                opts: opts.clone(),
+                inner: RwLock::new(Some(Arc::new(inner))),
+                recovery: std::sync::Mutex::new(recover::Recovery::default()),
                 accepted_loss: Vec::new(),
             }),
         };
-        store.load_topics()?;
+        // Reading a damaged tree (a missing blob file) panics in sled too.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load_topics())).unwrap_or_else(
+            |panic| Err(open_err(damaged(&format!("sled cannot read its log ({})", panic_message(&*panic))))),
+        )?;
         if rebuild_marks {
-            store.inner.watermarks.offer(store.high_watermarks());
+            store.inner()?.watermarks.offer(store.high_watermarks());
         }
         let lost = store.lost_against(&synced);
         if !lost.is_empty() {
@@ -271,8 +281,8 @@ impl Store {
                     "flushed records missing from the log; continuing without them (--accept-data-loss)");
             }
             // Nothing else holds the Arc yet.
-            if let Some(inner) = Arc::get_mut(&mut store.inner) {
-                inner.accepted_loss = lost;
+            if let Some(slot) = Arc::get_mut(&mut store.slot) {
+                slot.accepted_loss = lost;
             }
         }
         Ok(store)
@@ -281,12 +291,12 @@ impl Store {
     /// What `open` found missing and skipped under
     /// [`StoreOptions::accept_data_loss`]; empty after a clean open.
     pub fn accepted_loss(&self) -> &[LostRange] {
-        &self.inner.accepted_loss
+        &self.slot.accepted_loss
     }
 
     /// The flushed high watermarks in `synced` that the log does not reach.
     fn lost_against(&self, synced: &watermarks::Marks) -> Vec<LostRange> {
-        let topics = read(&self.inner.topics);
+        let topics = self.topics_snapshot_map();
         let mut lost = Vec::new();
         for ((topic, partition), &flushed) in synced {
             let recovered = topics
@@ -331,11 +341,11 @@ impl Store {
 
     /// The data directory.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.slot.opts.path
     }
 
     fn load_topics(&self) -> Result<(), StoreError> {
-        for item in self.inner.meta.scan_prefix("topic/") {
+        for item in self.inner()?.meta.scan_prefix("topic/") {
             let (k, v) = item.map_err(StoreError::io("loading topics"))?;
             let name = String::from_utf8_lossy(&k["topic/".len()..]).into_owned();
             let stored: partition::TopicMeta = serde_json::from_slice(&v).map_err(|e| {
@@ -358,19 +368,20 @@ impl Store {
         let mut partitions = Vec::with_capacity(spec.partitions as usize);
         partitions.extend_from_slice(keep);
         for p in keep.len() as u32..spec.partitions {
-            let part = Partition::open(&self.inner.db, &self.inner.meta, &spec.name, PartitionId(p))?;
-            self.inner.total_bytes.fetch_add(part.bytes(), Ordering::Relaxed);
+            let inner = self.inner()?;
+            let part = Partition::open(&inner.db, &inner.meta, &spec.name, PartitionId(p))?;
+            inner.total_bytes.fetch_add(part.bytes(), Ordering::Relaxed);
             partitions.push(Arc::new(part));
         }
         let topic = Arc::new(Topic { spec: RwLock::new(spec.clone()), partitions });
-        write(&self.inner.topics).insert(spec.name, topic.clone());
+        write(&self.inner()?.topics).insert(spec.name, topic.clone());
         Ok(topic)
     }
 
     /// Creates the topic, or updates an existing one: the service and
     /// retention follow `spec`, partitions may grow but never shrink.
     pub fn ensure_topic(&self, spec: &TopicSpec) -> Result<TopicInfo, StoreError> {
-        let existing = read(&self.inner.topics).get(&spec.name).cloned();
+        let existing = read(&self.inner()?.topics).get(&spec.name).cloned();
         let partitions = spec.partitions.max(1);
         if let Some(topic) = &existing {
             let have = topic.partitions.len() as u32;
@@ -397,7 +408,7 @@ impl Store {
         let meta = partition::TopicMeta { partitions, service: service.to_owned() };
         let json = serde_json::to_vec(&meta)
             .map_err(|e| StoreError::Metadata { what: format!("topic {name:?}"), detail: e.to_string() })?;
-        self.inner
+        self.inner()?
             .meta
             .insert(format!("topic/{name}"), json)
             .map_err(StoreError::io("writing topic metadata"))?;
@@ -412,7 +423,10 @@ impl Store {
     }
 
     pub(crate) fn topic_handle(&self, name: &str) -> Result<Arc<Topic>, StoreError> {
-        read(&self.inner.topics).get(name).cloned().ok_or_else(|| StoreError::UnknownTopic(name.to_owned()))
+        read(&self.inner()?.topics)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownTopic(name.to_owned()))
     }
 
     fn partition(&self, topic: &str, partition: PartitionId) -> Result<Arc<Partition>, StoreError> {
@@ -426,13 +440,13 @@ impl Store {
 
     /// One topic's definition and watermarks.
     pub fn topic(&self, name: &str) -> Option<TopicInfo> {
-        let t = read(&self.inner.topics).get(name).cloned()?;
+        let t = self.topics_snapshot_map().get(name).cloned()?;
         Some(self.info_of(&t))
     }
 
     /// Every topic, sorted by name.
     pub fn topics(&self) -> Vec<TopicInfo> {
-        let all: Vec<Arc<Topic>> = read(&self.inner.topics).values().cloned().collect();
+        let all: Vec<Arc<Topic>> = self.topics_snapshot();
         all.iter().map(|t| self.info_of(t)).collect()
     }
 
@@ -445,8 +459,8 @@ impl Store {
         records: &[Record],
     ) -> Result<Offset, StoreError> {
         let part = self.partition(topic, partition)?;
-        let (first, added) = part.append(records)?;
-        self.inner.total_bytes.fetch_add(added, Ordering::Relaxed);
+        let (first, added) = part.append(records).inspect_err(|e| self.after_error(e))?;
+        self.inner()?.total_bytes.fetch_add(added, Ordering::Relaxed);
         Ok(first)
     }
 
@@ -481,14 +495,19 @@ impl Store {
     pub fn flush(&self) -> Result<usize, StoreError> {
         // Taken before the flush: everything below these is in it.
         let marks = self.high_watermarks();
-        let written = self.inner.db.flush().map_err(StoreError::io("flush"))?;
-        self.inner.durable.sync().map_err(|e| StoreError::Io { op: "fsync", source: sled::Error::Io(e) })?;
-        self.inner.watermarks.offer(marks);
+        let inner = self.inner()?;
+        let written = inner.db.flush().map_err(StoreError::io("flush")).and_then(|written| {
+            inner.durable.sync().map_err(|e| StoreError::Io { op: "fsync", source: sled::Error::Io(e) })?;
+            Ok(written)
+        });
+        drop(inner);
+        let written = written.inspect_err(|e| self.after_error(e))?;
+        self.inner()?.watermarks.offer(marks);
         Ok(written)
     }
 
     fn high_watermarks(&self) -> watermarks::Marks {
-        let topics = read(&self.inner.topics);
+        let topics = self.topics_snapshot_map();
         let mut marks = watermarks::Marks::new();
         for (name, topic) in topics.iter() {
             for p in &topic.partitions {
@@ -503,12 +522,12 @@ impl Store {
 
     /// Encoded bytes of all stored records (what the disk budget counts).
     pub fn total_bytes(&self) -> u64 {
-        self.inner.total_bytes.load(Ordering::Relaxed)
+        self.inner().map_or(0, |i| i.total_bytes.load(Ordering::Relaxed))
     }
 
     /// Bytes sled occupies on disk (includes its space amplification).
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.inner.db.size_on_disk().map_err(StoreError::io("size_on_disk"))
+        self.inner()?.db.size_on_disk().map_err(StoreError::io("size_on_disk"))
     }
 
     /// Stores a consumer group's position: `offset` is the next offset the
@@ -522,7 +541,7 @@ impl Store {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<(), StoreError> {
-        self.set_position(&self.inner.groups, "commit", group, topic, partition, offset)
+        self.set_position(&self.inner()?.groups, "commit", group, topic, partition, offset)
     }
 
     /// A group's committed position in one partition, if any.
@@ -532,7 +551,7 @@ impl Store {
         topic: &str,
         partition: PartitionId,
     ) -> Result<Option<Offset>, StoreError> {
-        self.position(&self.inner.groups, "reading group offset", group, topic, partition)
+        self.position(&self.inner()?.groups, "reading group offset", group, topic, partition)
     }
 
     /// Stores an uplink's cursor: the next offset it will forward. Call it
@@ -545,7 +564,7 @@ impl Store {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<(), StoreError> {
-        self.set_position(&self.inner.cursors, "uplink cursor", uplink, topic, partition, offset)
+        self.set_position(&self.inner()?.cursors, "uplink cursor", uplink, topic, partition, offset)
     }
 
     /// An uplink's cursor in one partition, if any.
@@ -555,7 +574,7 @@ impl Store {
         topic: &str,
         partition: PartitionId,
     ) -> Result<Option<Offset>, StoreError> {
-        self.position(&self.inner.cursors, "reading uplink cursor", uplink, topic, partition)
+        self.position(&self.inner()?.cursors, "reading uplink cursor", uplink, topic, partition)
     }
 
     /// Positions (consumer groups and uplink cursors) share one layout:
@@ -596,11 +615,18 @@ impl Store {
     }
 
     pub(crate) fn topics_snapshot(&self) -> Vec<Arc<Topic>> {
-        read(&self.inner.topics).values().cloned().collect()
+        self.topics_snapshot_map().into_values().collect()
+    }
+
+    /// The topics by name (none while the database is being reopened).
+    fn topics_snapshot_map(&self) -> BTreeMap<String, Arc<Topic>> {
+        self.inner().map_or_else(|_| BTreeMap::new(), |i| read(&i.topics).clone())
     }
 
     pub(crate) fn sub_bytes(&self, n: u64) {
-        self.inner.total_bytes.fetch_sub(n, Ordering::Relaxed);
+        if let Ok(inner) = self.inner() {
+            inner.total_bytes.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -611,6 +637,27 @@ impl Topic {
 
     pub(crate) fn partitions(&self) -> &[Arc<Partition>] {
         &self.partitions
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
+}
+
+/// sled's errors for files it cannot read name a cause that misleads (a
+/// garbled `conf` reads as "created using a sled version earlier than
+/// 0.29"): say they are damaged and what to do.
+fn unreadable(e: sled::Error) -> sled::Error {
+    match e {
+        sled::Error::Unsupported(why) | sled::Error::ReportableBug(why) => {
+            damaged(&format!("sled cannot read its files ({why})"))
+        }
+        sled::Error::Corruption { .. } => damaged(&e.to_string()),
+        other => other,
     }
 }
 
