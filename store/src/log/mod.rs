@@ -109,6 +109,11 @@ pub struct PartitionInfo {
     pub log_start: Offset,
     /// Next offset to be written.
     pub high_watermark: Offset,
+    /// Records below this offset are flushed: they survive a crash. Records
+    /// between it and the high watermark may still be lost (and their
+    /// offsets handed out again), so what leaves the node (the uplink)
+    /// stops here.
+    pub flushed: Offset,
     /// Records stored.
     pub records: u64,
     /// Encoded bytes stored.
@@ -502,7 +507,13 @@ impl Store {
         });
         drop(inner);
         let written = written.inspect_err(|e| self.after_error(e))?;
-        self.inner()?.watermarks.offer(marks);
+        let inner = self.inner()?;
+        for ((topic, p), hw) in &marks {
+            if let Some(part) = read(&inner.topics).get(topic).and_then(|t| t.partitions.get(*p as usize)) {
+                part.flushed_up_to(Offset(*hw));
+            }
+        }
+        inner.watermarks.offer(marks);
         Ok(written)
     }
 

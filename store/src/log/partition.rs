@@ -20,6 +20,7 @@
 use super::{PartitionInfo, ReadResult};
 use crate::error::StoreError;
 use crate::record::{Offset, PartitionId, Record, StoredRecord};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Topic metadata as stored under `meta/topic/<name>`.
@@ -88,6 +89,8 @@ pub(crate) struct Partition {
     tree: sled::Tree,
     meta: sled::Tree,
     state: Mutex<State>,
+    /// Next offset not known to be flushed (see `PartitionInfo::flushed`).
+    flushed: AtomicU64,
 }
 
 impl Partition {
@@ -140,6 +143,8 @@ impl Partition {
             tree,
             meta: meta.clone(),
             state: Mutex::new(State { log_start, next, records, bytes }),
+            // What sled recovered is on disk.
+            flushed: AtomicU64::new(next.0),
         })
     }
 
@@ -153,9 +158,15 @@ impl Partition {
             partition: self.id,
             log_start: s.log_start,
             high_watermark: s.next,
+            flushed: Offset(self.flushed.load(Ordering::Acquire).min(s.next.0)),
             records: s.records,
             bytes: s.bytes,
         }
+    }
+
+    /// A flush that started when the high watermark was `hw` succeeded.
+    pub(super) fn flushed_up_to(&self, hw: Offset) {
+        self.flushed.fetch_max(hw.0, Ordering::AcqRel);
     }
 
     pub(crate) fn bytes(&self) -> u64 {
