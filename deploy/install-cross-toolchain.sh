@@ -36,7 +36,7 @@ for p in "${pkgs[@]}"; do
 done
 if ((${#missing[@]})); then
     echo "installing ${missing[*]}" >&2
-    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    if ! grep -qx arm64 <<<"$(dpkg --print-foreign-architectures)"; then
         "${sudo_cmd[@]}" dpkg --add-architecture arm64
     fi
     apt_get update

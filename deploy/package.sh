@@ -67,7 +67,9 @@ depends_of() {
     glibc=$("${prefix}objdump" -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
     [[ -n $glibc ]] || die "$bin has no GLIBC symbol versions: not a dynamically linked glibc binary?"
     deps+=("libc6 (>= $glibc)")
-    if "${prefix}objdump" -p "$bin" | grep -q 'NEEDED *libgcc_s.so.1'; then
+    # Not `objdump | grep -q`: grep -q exits at the first match, objdump
+    # then dies of SIGPIPE and pipefail makes the test false now and then.
+    if [[ $("${prefix}objdump" -p "$bin") =~ NEEDED\ +libgcc_s\.so\.1 ]]; then
         gcc=$("${prefix}objdump" -T "$bin" | grep -o 'GCC_[0-9][0-9.]*' | sed 's/GCC_//' | sort -uV | tail -1)
         # Debian versions libgcc-s1's symbols as x.y.
         deps+=("libgcc-s1 (>= $(echo "${gcc:-3.0}" | cut -d. -f1-2))")

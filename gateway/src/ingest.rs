@@ -256,9 +256,10 @@ impl Ingest {
         });
         let flusher = {
             let (store, dirty, stats) = (store.clone(), ingest.dirty.clone(), ingest.flush_stats.clone());
+            let services = ingest.services.clone();
             std::thread::Builder::new()
                 .name("sluice-flusher".into())
-                .spawn(move || flusher_loop(&store, &flush_rx, &dirty, &stats, opts))?
+                .spawn(move || flusher_loop(&store, &services, &flush_rx, &dirty, &stats, opts))?
         };
         let writer = {
             let ingest = ingest.clone();
@@ -409,8 +410,22 @@ impl Ingest {
     }
 }
 
+/// Records a failed write made the store discard (appended, never flushed:
+/// buffered HTTP records and MQTT publishes inside the flush window) count
+/// as storage errors of their service.
+fn count_discarded(store: &Store, services: &Services) {
+    for lost in store.take_discarded() {
+        let service = store.topic(&lost.topic).map(|t| t.spec.service).unwrap_or_default();
+        let count = lost.to - lost.from;
+        tracing::error!(topic = %lost.topic, partition = lost.partition, from = lost.from, to = lost.to,
+            "unflushed records lost to a failed write");
+        services.resolve(&service).counters.rejected_error.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
 fn flusher_loop(
     store: &Store,
+    services: &Services,
     rx: &mpsc::Receiver<FlushRequest>,
     dirty: &AtomicBool,
     stats: &FlushStats,
@@ -469,6 +484,7 @@ fn flusher_loop(
             tracing::error!(error = %e, "flush failed");
             IngestError::Storage { message: e.to_string(), disk_full: e.is_disk_full() }
         });
+        count_discarded(store, services);
         if result.is_ok() {
             stats.durable_jobs.fetch_max(appended, Ordering::AcqRel);
         }

@@ -31,6 +31,11 @@ enum Command {
         /// Overrides mqtt.listen.
         #[arg(long)]
         mqtt_listen: Option<SocketAddr>,
+        /// Start even when the log lost records that were flushed (a damaged
+        /// data file): the loss is logged, the lost offsets are skipped and
+        /// never reused. Without it such a start is refused.
+        #[arg(long)]
+        accept_data_loss: bool,
     },
     /// Validate a configuration file; exits non-zero naming the bad field.
     CheckConfig {
@@ -259,9 +264,12 @@ fn hash_password() -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    init_panic_log();
     let result = match cli.command {
-        Command::Run { config, data_dir, http_listen, mqtt_listen } => {
-            run(config, data_dir, http_listen, mqtt_listen)
+        Command::Run { config, data_dir, http_listen, mqtt_listen, accept_data_loss } => {
+            let overrides =
+                sluice_gateway::run::Overrides { data_dir, http_listen, mqtt_listen, accept_data_loss };
+            run(config, overrides)
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::HashPassword => hash_password(),
@@ -275,6 +283,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Panics go to the log like every other error. sled 0.34 panics on some
+/// damaged files; the store catches those and reports the data directory,
+/// so the message here is context for that error, not a crash.
+fn init_panic_log() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        tracing::error!(%thread, %location, "internal error: {message}");
+    }));
 }
 
 fn init_tracing() {
@@ -305,25 +330,11 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(
-    config_file: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    http_listen: Option<SocketAddr>,
-    mqtt_listen: Option<SocketAddr>,
-) -> anyhow::Result<()> {
-    let mut config = match &config_file {
+fn run(config_file: Option<PathBuf>, overrides: sluice_gateway::run::Overrides) -> anyhow::Result<()> {
+    let config = match &config_file {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(d) = data_dir {
-        config.node.data_dir = d;
-    }
-    if let Some(a) = http_listen {
-        config.http.listen = a;
-    }
-    if let Some(a) = mqtt_listen {
-        config.mqtt.listen = a;
-    }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -332,7 +343,7 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(sluice_gateway::run::run(config, config_file, stop_signal()))
+    runtime.block_on(sluice_gateway::run::run(config, config_file, overrides, stop_signal()))
 }
 
 fn bench(scenario: Bench) -> anyhow::Result<()> {

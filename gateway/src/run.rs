@@ -20,13 +20,43 @@ use tokio::sync::watch;
 /// How long in-flight requests get to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Command-line settings of `sluice run`; the first three override the
+/// configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Overrides `node.data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `http.listen`.
+    pub http_listen: Option<SocketAddr>,
+    /// Overrides `mqtt.listen`.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Open a store that lost flushed records (see the durability contract).
+    pub accept_data_loss: bool,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(d) = &self.data_dir {
+            config.node.data_dir = d.clone();
+        }
+        if let Some(a) = self.http_listen {
+            config.http.listen = a;
+        }
+        if let Some(a) = self.mqtt_listen {
+            config.mqtt.listen = a;
+        }
+    }
+}
+
 /// Runs the gateway until `stop` resolves (a signal in the binary). With a
 /// `config_path`, SIGHUP re-reads it and applies new weights.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     config_path: Option<PathBuf>,
+    overrides: Overrides,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    overrides.apply(&mut config);
     // Every TLS file is read before anything starts (as check-config does).
     crate::listener::check_tls_files(&config)?;
     let data_dir = config.node.data_dir.clone();
@@ -36,6 +66,7 @@ pub async fn run(
     let store = Store::open(&StoreOptions {
         path: data_dir.join("log"),
         cache_capacity: config.store.cache_capacity.as_u64(),
+        accept_data_loss: overrides.accept_data_loss,
     })?;
     tracing::info!(path = %data_dir.display(), topics = store.topics().len(), bytes = store.total_bytes(),
         elapsed_ms = opened.elapsed().as_millis() as u64, "store opened");

@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::load::{assert_stored, producer, Acked};
 use common::{offsets, Gateway};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,31 +24,6 @@ service = "critical"
 partitions = 3
 "#;
 
-type Acked = Arc<Mutex<BTreeMap<(u64, u64), String>>>;
-
-async fn producer(gw_url: String, client: reqwest::Client, id: usize, acked: Acked) {
-    for seq in 0u64.. {
-        let values: Vec<Value> = (0..3)
-            .map(|i| json!({ "key": format!("k{id}-{i}"), "value": format!("p{id}-s{seq}-r{i}") }))
-            .collect();
-        let resp = client
-            .post(format!("{gw_url}/v1/topics/events/records"))
-            .json(&json!({ "records": values }))
-            .send()
-            .await;
-        let Ok(resp) = resp else { return };
-        if resp.status() != 200 {
-            return;
-        }
-        let Ok(body) = resp.json::<Value>().await else { return };
-        let mut a = acked.lock().unwrap();
-        for (i, po) in offsets(&body).into_iter().enumerate() {
-            let prev = a.insert(po, format!("p{id}-s{seq}-r{i}"));
-            assert!(prev.is_none(), "offset {po:?} handed out twice");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_sync_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,7 +32,7 @@ async fn sigkill_under_sync_load_loses_nothing_acknowledged() {
     for cycle in 0..5u64 {
         let mut tasks = Vec::new();
         for id in 0..8 {
-            tasks.push(tokio::spawn(producer(gw.base.clone(), gw.http.clone(), id, acked.clone())));
+            tasks.push(tokio::spawn(producer(gw.base.clone(), gw.http.clone(), "events", id, acked.clone())));
         }
         // Let load build up; the kill lands at a different moment each cycle.
         let before = acked.lock().unwrap().len();
@@ -71,35 +47,10 @@ async fn sigkill_under_sync_load_loses_nothing_acknowledged() {
         gw = gw.crash_and_restart().await;
 
         let snapshot = acked.lock().unwrap().clone();
+        assert_stored(&gw, "events", &snapshot, &format!("cycle {cycle}")).await;
         let mut per_partition: BTreeMap<u64, Vec<(u64, &String)>> = BTreeMap::new();
         for ((p, o), v) in &snapshot {
             per_partition.entry(*p).or_default().push((*o, v));
-        }
-        for (p, recs) in &per_partition {
-            let max = recs.iter().map(|r| r.0).max().unwrap();
-            let mut stored = BTreeMap::new();
-            let mut from = 0;
-            while from <= max {
-                let (s, body) = gw
-                    .get_json(&format!(
-                        "/v1/topics/events/partitions/{p}/records?offset={from}&max_records=10000"
-                    ))
-                    .await;
-                assert_eq!(s, 200);
-                let recs = body["records"].as_array().unwrap();
-                assert!(!recs.is_empty(), "partition {p} ends before acknowledged offset {max}");
-                for r in recs {
-                    stored.insert(r["offset"].as_u64().unwrap(), r["value"].as_str().unwrap().to_owned());
-                }
-                from = recs.last().unwrap()["offset"].as_u64().unwrap() + 1;
-            }
-            for (o, v) in recs {
-                assert_eq!(
-                    stored.get(o),
-                    Some(*v),
-                    "cycle {cycle}: acknowledged record {p}/{o} lost or changed"
-                );
-            }
         }
         // New offsets continue after every acknowledged one.
         let (s, body) = gw

@@ -71,7 +71,7 @@ fn scratch_dir() -> TempDir {
 }
 
 fn fresh_store(dir: &Path) -> Store {
-    let store = Store::open(&StoreOptions { path: dir.join("store"), cache_capacity: CACHE })
+    let store = Store::open(&StoreOptions { cache_capacity: CACHE, ..StoreOptions::new(dir.join("store")) })
         .unwrap_or_else(|e| panic!("{e}"));
     let spec = TopicSpec {
         name: TOPIC.into(),

@@ -7,6 +7,30 @@ use std::path::PathBuf;
 #[error("corrupt record: {0}")]
 pub struct CorruptRecord(pub String);
 
+/// Offsets a flush made durable that the log no longer holds: the high
+/// watermark sled recovered is below the one the watermark file recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostRange {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// First missing offset (the high watermark the log recovered).
+    pub from: u64,
+    /// One past the last missing offset (the flushed high watermark).
+    pub to: u64,
+}
+
+impl std::fmt::Display for LostRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} offsets {}..{}", self.topic, self.partition, self.from, self.to)
+    }
+}
+
+fn list(lost: &[LostRange]) -> String {
+    lost.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +52,23 @@ pub enum StoreError {
         found: String,
         /// Format marker this build writes.
         expected: &'static str,
+    },
+    /// sled recovered less than was flushed: its log file is damaged in the
+    /// middle (sled cannot tell that from a torn tail and drops the rest).
+    #[error("{file} is damaged: records that were flushed are missing ({}). Restore the data directory from a backup, or start with --accept-data-loss (`sluice run --accept-data-loss`) to continue without them; their offsets are not reused", list(.lost))]
+    DataLoss {
+        /// sled's log file.
+        file: PathBuf,
+        /// What is missing.
+        lost: Vec<LostRange>,
+    },
+    /// The file of flushed high watermarks cannot be read.
+    #[error("{file} is damaged ({detail}), so the log cannot be checked for lost records. Restore it from a backup, or start with --accept-data-loss (`sluice run --accept-data-loss`) to rebuild it from the log")]
+    Watermarks {
+        /// The watermark file.
+        file: PathBuf,
+        /// What is wrong with it.
+        detail: String,
     },
     /// Topic metadata on disk could not be read.
     #[error("corrupt metadata for {what}: {detail}")]
@@ -102,7 +143,14 @@ impl StoreError {
     /// True when the error comes from the disk rather than from the request
     /// (callers answer 5xx / 507 instead of 4xx).
     pub fn is_io(&self) -> bool {
-        matches!(self, StoreError::Io { .. } | StoreError::Corrupt { .. } | StoreError::Open { .. })
+        matches!(
+            self,
+            StoreError::Io { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::Open { .. }
+                | StoreError::DataLoss { .. }
+                | StoreError::Watermarks { .. }
+        )
     }
 
     /// True when the underlying I/O error is "no space left on device".

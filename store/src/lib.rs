@@ -8,7 +8,7 @@ pub mod partitioner;
 pub mod record;
 pub mod scheduler;
 
-pub use error::{CorruptRecord, StoreError};
+pub use error::{CorruptRecord, LostRange, StoreError};
 pub use log::{
     EvictionPolicy, PartitionInfo, ReadResult, Retention, RetentionReport, Store, StoreOptions, TopicInfo,
     TopicSpec,

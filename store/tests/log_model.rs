@@ -220,7 +220,7 @@ impl Model {
 }
 
 fn open(path: &Path) -> Store {
-    Store::open(&StoreOptions { path: path.to_path_buf(), cache_capacity: 1 << 20 }).unwrap()
+    Store::open(&StoreOptions { cache_capacity: 1 << 20, ..StoreOptions::new(path) }).unwrap()
 }
 
 fn assert_lookup_error(err: StoreError, expected: &(String, Option<u32>), partition: u32) {

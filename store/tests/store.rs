@@ -16,7 +16,7 @@ const P0: PartitionId = PartitionId(0);
 const P1: PartitionId = PartitionId(1);
 
 fn open(path: &Path) -> Result<Store, StoreError> {
-    Store::open(&StoreOptions { path: path.to_path_buf(), cache_capacity: 1 << 20 })
+    Store::open(&StoreOptions { cache_capacity: 1 << 20, ..StoreOptions::new(path) })
 }
 
 fn spec(name: &str, partitions: u32, service: &str) -> TopicSpec {
@@ -174,21 +174,133 @@ fn damaged_sled_log_is_an_error_not_a_panic_nor_an_empty_store() {
 }
 
 /// Damage in one place of a multi-segment log: sled panics on some, skips
-/// or truncates at others. The store must never panic, and an error must
-/// name the directory.
+/// or truncates at others (dropping everything after the damage). The store
+/// must never panic nor lose flushed records silently: either an error
+/// naming the directory, or every record is there.
 #[test]
-fn local_damage_in_sled_log_never_panics() {
+fn local_damage_in_sled_log_never_panics_nor_loses_silently() {
     let dir = tempfile::tempdir().unwrap();
-    for at in [20u64, 200_000, 1_048_600] {
+    let mut refused = 0;
+    for at in [20u64, 200_000, 600_000, 1_048_600, 1_300_000] {
         let path = dir.path().join(format!("garbage-at-{at}"));
         populated(&path, 3000);
         overwrite(&path.join("db"), at, 64);
         match std::panic::catch_unwind(|| open(&path)) {
             Err(_) => panic!("Store::open panicked on a db file with garbage at {at}"),
-            Ok(Err(err)) => assert_names_path(&err, &path),
-            Ok(Ok(store)) => drop(store),
+            Ok(Err(err)) => {
+                assert_names_path(&err, &path);
+                refused += 1;
+            }
+            Ok(Ok(store)) => {
+                for p in [P0, P1] {
+                    let r = store.read("t", p, Offset(0), usize::MAX, usize::MAX);
+                    if let Ok(r) = r {
+                        assert_eq!(r.records.len(), 1500, "garbage at {at}: {p:?} lost records silently");
+                    }
+                }
+            }
         }
     }
+    assert!(refused > 0, "no damage was detected: the test damages nothing");
+}
+
+/// Removes the last `n` chunks of `t`/`p` behind the store's back, the way
+/// sled recovers a log damaged in the middle: a clean prefix.
+fn drop_tail(path: &Path, p: u32, n: usize) {
+    let db = raw_sled(path);
+    let tree = db.open_tree(format!("log/t/{p}")).unwrap();
+    let keys: Vec<_> = tree.iter().keys().rev().take(n).map(Result::unwrap).collect();
+    for k in keys {
+        tree.remove(k).unwrap();
+    }
+    db.flush().unwrap();
+}
+
+fn open_accepting(path: &Path) -> Result<Store, StoreError> {
+    Store::open(&StoreOptions { cache_capacity: 1 << 20, accept_data_loss: true, ..StoreOptions::new(path) })
+}
+
+#[test]
+fn flushed_records_missing_from_the_log_are_refused_naming_file_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 200);
+    drop_tail(&path, 1, 10);
+    let err = open(&path).unwrap_err();
+    match &err {
+        StoreError::DataLoss { file, lost } => {
+            assert_eq!(file, &path.join("db"));
+            assert_eq!(lost.len(), 1, "{lost:?}");
+            assert_eq!(
+                (lost[0].topic.as_str(), lost[0].partition, lost[0].from, lost[0].to),
+                ("t", 1, 90, 100)
+            );
+        }
+        other => panic!("expected DataLoss, got {other:?}"),
+    }
+    let msg = err.to_string();
+    for needle in ["db", "t/1 offsets 90..100", "--accept-data-loss", "backup"] {
+        assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
+    }
+    // Refusing changed nothing: the same answer again.
+    assert!(matches!(open(&path).unwrap_err(), StoreError::DataLoss { .. }));
+
+    // Accepted: the gap is skipped, offsets are not reused, and the next
+    // open is clean.
+    {
+        let store = open_accepting(&path).unwrap();
+        assert_eq!(store.accepted_loss().len(), 1);
+        assert_eq!(store.watermarks("t", P1).unwrap().1, Offset(100));
+        assert_eq!(all(&store, "t", P1).len(), 90);
+        assert_eq!(all(&store, "t", P0).len(), 100);
+        assert_eq!(store.append("t", P1, &[rec(1, 1)]).unwrap(), Offset(100));
+        store.flush().unwrap();
+    }
+    let store = open(&path).unwrap();
+    assert!(store.accepted_loss().is_empty());
+    assert_eq!(store.append("t", P1, &[rec(2, 1)]).unwrap(), Offset(101));
+}
+
+#[test]
+fn a_deleted_log_file_is_refused_not_started_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 50);
+    std::fs::remove_file(path.join("db")).unwrap();
+    let err = open(&path).unwrap_err();
+    let StoreError::DataLoss { lost, .. } = &err else { panic!("expected DataLoss, got {err:?}") };
+    assert_eq!(
+        lost.iter().map(|l| (l.partition, l.from, l.to)).collect::<Vec<_>>(),
+        [(0, 0, 25), (1, 0, 25)]
+    );
+    // Accepted: the topic comes back (its definition was in the lost log)
+    // and its offsets continue after the lost ones.
+    let store = open_accepting(&path).unwrap();
+    assert_eq!(store.topic("t").unwrap().spec.partitions, 2);
+    assert_eq!(store.append("t", P0, &[rec(1, 1)]).unwrap(), Offset(25));
+}
+
+#[test]
+fn a_damaged_watermark_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 20);
+    let file = path.join("sluice-watermarks");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("t 1 10"), "{text}");
+    std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+    let err = open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Watermarks { .. }), "{err:?}");
+    assert_names_path(&err, &file);
+    assert!(err.to_string().contains("--accept-data-loss"), "{err}");
+    // Accepted: rebuilt from the log, nothing lost.
+    drop(open_accepting(&path).unwrap());
+    let store = open(&path).unwrap();
+    assert_eq!(all(&store, "t", P1).len(), 10);
+    // A missing file (a store from before the file existed) is no error.
+    drop(store);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(all(&open(&path).unwrap(), "t", P0).len(), 10);
 }
 
 #[test]

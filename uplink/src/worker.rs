@@ -31,6 +31,10 @@ pub const LIVE_AGE: Duration = Duration::from_secs(2);
 /// Longest wait for one batch to be acknowledged.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How soon to look again while records wait for their flush (the flusher
+/// does not wake the worker; a flush takes a few ms).
+const FLUSH_POLL: Duration = Duration::from_millis(5);
+
 type Key = (String, u32);
 
 #[derive(Debug)]
@@ -61,6 +65,9 @@ pub(crate) struct Worker<S> {
     share: LaneShare,
     backoff: Backoff,
     bucket: Option<TokenBucket>,
+    /// Some partition has records not flushed yet (not forwarded until
+    /// they are: a crash could lose them and reuse their offsets).
+    awaiting_flush: bool,
 }
 
 const LIVE: usize = 0;
@@ -91,6 +98,7 @@ impl<S: Sink> Worker<S> {
             share: LaneShare::default(),
             backoff: Backoff::new(BackoffConfig::default()),
             bucket,
+            awaiting_flush: false,
         }
     }
 
@@ -124,7 +132,7 @@ impl<S: Sink> Worker<S> {
             return Step::Idle(Duration::from_secs(1));
         }
         let Some((key, lane)) = self.pick() else {
-            return Step::Idle(Duration::from_secs(1));
+            return Step::Idle(if self.awaiting_flush { FLUSH_POLL } else { Duration::from_secs(1) });
         };
         let batch = match self.read_batch(&key) {
             Ok(Some(b)) => b,
@@ -216,6 +224,7 @@ impl<S: Sink> Worker<S> {
         let now = now_ms();
         let mut lags: BTreeMap<String, crate::status::ServiceLag> = BTreeMap::new();
         let mut lost: BTreeMap<String, u64> = BTreeMap::new();
+        self.awaiting_flush = false;
         for t in self.host.topics() {
             if !self.config.forwards(&t.name) {
                 continue;
@@ -244,7 +253,9 @@ impl<S: Sink> Worker<S> {
                     *lost.entry(t.service.clone()).or_default() += info.log_start.0 - part.cursor.0;
                     part.cursor = info.log_start;
                 }
-                let lag = info.high_watermark.0.saturating_sub(part.cursor.0);
+                self.awaiting_flush |= info.flushed < info.high_watermark;
+                // Only flushed records leave the node.
+                let lag = info.flushed.0.saturating_sub(part.cursor.0);
                 let lane_entry = lags.entry(t.service.clone()).or_default();
                 if lag == 0 {
                     continue;
@@ -348,7 +359,13 @@ impl<S: Sink> Worker<S> {
         let Some(part) = self.parts.get(key) else { return Ok(None) };
         let (service, partitions, cursor) = (part.service.clone(), part.partitions, part.cursor);
         let max_bytes = usize::try_from(self.config.batch_max_bytes.as_u64()).unwrap_or(usize::MAX);
-        let read = self.store.read(&key.0, PartitionId(key.1), cursor, 100_000, max_bytes)?;
+        let mut read = self.store.read(&key.0, PartitionId(key.1), cursor, 100_000, max_bytes)?;
+        let flushed =
+            self.store.topic(&key.0).and_then(|t| t.partitions.get(key.1 as usize).map(|p| p.flushed));
+        read.records.retain(|r| flushed.is_some_and(|f| r.offset < f));
+        if read.records.is_empty() {
+            return Ok(None);
+        }
         let cutoff = self.host.ttl(&service).map(|ttl| older_than_cutoff(now_ms(), ttl));
         let mut records = Vec::with_capacity(read.records.len());
         let mut expired = 0u64;

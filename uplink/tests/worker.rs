@@ -69,7 +69,7 @@ impl Sink for MemorySink {
 }
 
 fn store(dir: &std::path::Path) -> Store {
-    Store::open(&StoreOptions { path: dir.to_path_buf(), cache_capacity: 1 << 20 }).unwrap()
+    Store::open(&StoreOptions { cache_capacity: 1 << 20, ..StoreOptions::new(dir) }).unwrap()
 }
 
 fn topic(store: &Store, name: &str, service: &str, partitions: u32) {
@@ -162,6 +162,7 @@ async fn backlog_drains_in_priority_order_after_an_outage_and_cursors_persist() 
         .append("telemetry", PartitionId(0), &(0..100).map(|i| rec(i, old + 1)).collect::<Vec<_>>())
         .unwrap();
     store.append("alarms", PartitionId(0), &(0..20).map(|i| rec(i, old + 2)).collect::<Vec<_>>()).unwrap();
+    store.flush().unwrap();
 
     let run = start(&store, host(&store), uplink(2_000), false);
     wait_for("retries while offline", || run.handle.status.snapshot().retries >= 2).await;
@@ -224,6 +225,7 @@ async fn live_share_interleaves_fresh_records_with_the_backlog() {
     let old = now_ms() - 600_000;
     store.append("old", PartitionId(0), &(0..400).map(|i| rec(i, old)).collect::<Vec<_>>()).unwrap();
     store.append("fresh", PartitionId(0), &(0..40).map(|i| rec(i, now_ms())).collect::<Vec<_>>()).unwrap();
+    store.flush().unwrap();
     let mut config = uplink(2_000);
     config.live_share = 0.3;
     let run = start(&store, host(&store), config, true);
@@ -259,6 +261,7 @@ async fn ttl_expired_records_are_skipped_and_counted_and_the_cap_holds() {
         .append("t", PartitionId(0), &(0..10).map(|i| rec(i, now_ms() - 3_600_000)).collect::<Vec<_>>())
         .unwrap();
     store.append("t", PartitionId(0), &(10..110).map(|i| rec(i, now_ms())).collect::<Vec<_>>()).unwrap();
+    store.flush().unwrap();
     let mut h = host(&store);
     h.ttl.insert("telemetry".into(), Duration::from_secs(60));
     let mut config = uplink(1_000);
@@ -278,4 +281,27 @@ async fn ttl_expired_records_are_skipped_and_counted_and_the_cap_holds() {
     // The cap: never faster than 20 kB/s (+10%), whatever the machine.
     assert!(bytes as f64 / elapsed <= 22_000.0, "{bytes} bytes in {elapsed:.2}s");
     let _ = run.shutdown.send(true);
+}
+
+/// Only flushed records leave the node: one a crash could still lose (and
+/// whose offset could be handed out again) is not forwarded until a flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unflushed_records_wait_for_the_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    topic(&store, "t", "telemetry", 1);
+    store.flush().unwrap();
+    store.append("t", PartitionId(0), &(0..10).map(|i| rec(i, now_ms())).collect::<Vec<_>>()).unwrap();
+    let run = start(&store, host(&store), uplink(100_000), true);
+    let forwarded =
+        || run.sink.got.lock().unwrap().iter().flat_map(|b| b.records.iter().map(|r| r.offset)).max();
+    // The worker polls while records wait for their flush (every 5 ms):
+    // watching many of its turns, none may forward them. Correct code
+    // passes whatever the machine's speed.
+    for _ in 0..50 {
+        assert_eq!(forwarded(), None, "an unflushed record was forwarded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.flush().unwrap();
+    wait_for("forwarded after the flush", || forwarded() == Some(9)).await;
 }

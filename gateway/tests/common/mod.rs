@@ -2,12 +2,28 @@
 //! temporary data directory and talks to it over HTTP.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod load;
 pub mod mqtt;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How [`Gateway::launch`] starts `sluice run`, besides the data directory
+/// and config.
+#[derive(Default)]
+struct Launch<'a> {
+    /// Another executable than the one cargo built.
+    bin: Option<&'a Path>,
+    env: &'a [(&'a str, &'a str)],
+    /// Extra `sluice run` arguments.
+    args: &'a [&'a str],
+    /// Where sluice's stderr goes (inherited without).
+    stderr: Option<&'a Path>,
+    /// The HTTP client trusts only this CA (PEM).
+    ca: Option<&'a Path>,
+}
 
 /// A running `sluice run` child process.
 pub struct Gateway {
@@ -43,7 +59,7 @@ impl Gateway {
 
     /// Starts with extra environment variables.
     pub async fn start_env(data_dir: &Path, config: Option<PathBuf>, env: &[(&str, &str)]) -> Gateway {
-        Self::launch(Path::new(env!("CARGO_BIN_EXE_sluice")), data_dir, config, env, None).await
+        Self::started(Self::launch(data_dir, config, Launch { env, ..Launch::default() }).await)
     }
 
     /// Starts another `sluice` executable (e.g. one installed from a package).
@@ -53,7 +69,9 @@ impl Gateway {
         config: Option<PathBuf>,
         env: &[(&str, &str)],
     ) -> Gateway {
-        Self::launch(bin, data_dir, config, env, None).await
+        Self::started(
+            Self::launch(data_dir, config, Launch { bin: Some(bin), env, ..Launch::default() }).await,
+        )
     }
 
     /// Starts with a config whose `[http.tls]` certificate is signed by the
@@ -61,26 +79,53 @@ impl Gateway {
     pub async fn start_tls(data_dir: &Path, config: &str, ca: &Path) -> Gateway {
         let path = data_dir.with_extension("toml");
         std::fs::write(&path, config).unwrap();
-        Self::launch(Path::new(env!("CARGO_BIN_EXE_sluice")), data_dir, Some(path), &[], Some(ca)).await
+        Self::started(Self::launch(data_dir, Some(path), Launch { ca: Some(ca), ..Launch::default() }).await)
+    }
+
+    fn started(launched: Result<Gateway, std::process::ExitStatus>) -> Gateway {
+        launched.unwrap_or_else(|status| panic!("sluice exited during start: {status}"))
+    }
+
+    /// Starts with extra `sluice run` arguments; when sluice exits instead
+    /// (it must exit non-zero), returns what it wrote to stderr.
+    pub async fn try_start(data_dir: &Path, config: Option<&str>, args: &[&str]) -> Result<Gateway, String> {
+        let config = config.map(|text| {
+            let path = data_dir.with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let log = data_dir.with_extension("stderr");
+        match Self::launch(data_dir, config, Launch { args, stderr: Some(&log), ..Launch::default() }).await {
+            Ok(gw) => Ok(gw),
+            Err(status) => {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(!status.success(), "sluice exited with success during start: {stderr}");
+                Err(stderr)
+            }
+        }
     }
 
     async fn launch(
-        bin: &Path,
         data_dir: &Path,
         config: Option<PathBuf>,
-        env: &[(&str, &str)],
-        ca: Option<&Path>,
-    ) -> Gateway {
+        how: Launch<'_>,
+    ) -> Result<Gateway, std::process::ExitStatus> {
+        let Launch { bin, env, args, stderr, ca } = how;
+        let bin = bin.unwrap_or(Path::new(env!("CARGO_BIN_EXE_sluice")));
         let _ = std::fs::remove_file(data_dir.join("listen.json"));
         let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--http-listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+            .args(args)
             .env("SLUICE_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::null());
+        match stderr {
+            Some(path) => cmd.stderr(std::fs::File::create(path).unwrap()),
+            None => cmd.stderr(Stdio::inherit()),
+        };
         if let Some(c) = &config {
             cmd.arg("--config").arg(c);
         }
@@ -95,7 +140,7 @@ impl Gateway {
                 }
             }
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("sluice exited during start: {status}");
+                return Err(status);
             }
             assert!(Instant::now() < deadline, "sluice did not write listen.json");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -128,7 +173,7 @@ impl Gateway {
             assert!(Instant::now() < deadline, "sluice never became ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        gw
+        Ok(gw)
     }
 
     pub fn url(&self, path: &str) -> String {

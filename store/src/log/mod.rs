@@ -9,9 +9,14 @@
 //! | `meta`                   | `format`                                        | `sluice-store/2` |
 //! | `meta`                   | `topic/<topic>`                                 | JSON `{"partitions": N, "service": "name"}` |
 //! | `meta`                   | `start/<topic>/<partition u32 BE>`              | u64 BE: first offset not deleted by retention or eviction |
+//! | `meta`                   | `next/<topic>/<partition u32 BE>`               | u64 BE: lowest next offset, set when a data loss was accepted |
 //! | `log/<topic>/<partition>`| offset u64 BE of the chunk's first record       | a chunk: the records of one append (see [`chunk`]), each encoded as in [`crate::record`] |
 //! | `groups`                 | `<group> 0x00 <topic> 0x00 <partition u32 BE>`  | u64 BE committed offset (next to read) |
 //! | `cursors`                | `<uplink> 0x00 <topic> 0x00 <partition u32 BE>` | u64 BE next offset to forward (set after the central side acknowledged) |
+//!
+//! Next to sled's files, `sluice-watermarks` records the flushed high
+//! watermark of every partition (see `watermarks.rs`); `open` refuses a log
+//! that recovered less, unless [`StoreOptions::accept_data_loss`] is set.
 //!
 //! Names cannot contain `0x00` or `/` ambiguity matters only for `log/`
 //! trees, whose names are never parsed back.
@@ -32,11 +37,13 @@
 pub mod chunk;
 mod durable;
 mod partition;
+mod recover;
 mod retention;
+mod watermarks;
 
 pub use retention::{EvictionPolicy, RetentionReport};
 
-use crate::error::StoreError;
+use crate::error::{LostRange, StoreError};
 use crate::record::{Offset, PartitionId, Record, StoredRecord};
 use partition::Partition;
 use std::collections::BTreeMap;
@@ -57,6 +64,18 @@ pub struct StoreOptions {
     pub path: PathBuf,
     /// sled page cache size in bytes; RSS grows to a few times this.
     pub cache_capacity: u64,
+    /// Open even when the log recovered less than was flushed (or the
+    /// watermark file is damaged): the missing offsets are skipped, never
+    /// reused, and listed by [`Store::accepted_loss`]. Without it such a
+    /// store is refused with [`StoreError::DataLoss`].
+    pub accept_data_loss: bool,
+}
+
+impl StoreOptions {
+    /// Options for `path` with the default cache and no data loss accepted.
+    pub fn new(path: impl Into<PathBuf>) -> StoreOptions {
+        StoreOptions { path: path.into(), cache_capacity: 16 << 20, accept_data_loss: false }
+    }
 }
 
 /// Retention of one topic; `None` keeps forever (within the disk budget).
@@ -91,6 +110,11 @@ pub struct PartitionInfo {
     pub log_start: Offset,
     /// Next offset to be written.
     pub high_watermark: Offset,
+    /// Records below this offset are flushed: they survive a crash. Records
+    /// between it and the high watermark may still be lost (and their
+    /// offsets handed out again), so what leaves the node (the uplink)
+    /// stops here.
+    pub flushed: Offset,
     /// Records stored.
     pub records: u64,
     /// Encoded bytes stored.
@@ -124,29 +148,38 @@ pub(crate) struct Topic {
 }
 
 struct Inner {
-    path: PathBuf,
     db: sled::Db,
     meta: sled::Tree,
     groups: sled::Tree,
     cursors: sled::Tree,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    total_bytes: AtomicU64,
+    durable: durable::FileSync,
+    watermarks: watermarks::Writer,
+}
+
+/// What all clones of a [`Store`] share: the open database, which is
+/// replaced when sled fails a write (see `recover.rs`).
+struct Slot {
+    opts: StoreOptions,
+    inner: RwLock<Option<Arc<Inner>>>,
+    recovery: std::sync::Mutex<recover::Recovery>,
+    accepted_loss: Vec<LostRange>,
     /// Held while a topic is created or changed, so two callers never open
     /// the same partition twice (two partition objects would hand out the
     /// same offsets).
     topic_changes: std::sync::Mutex<()>,
-    total_bytes: AtomicU64,
-    durable: durable::FileSync,
 }
 
 /// The topic log. Cheap to clone; all clones share one database.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    slot: Arc<Slot>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("Store").field("path", &self.slot.opts.path).finish_non_exhaustive()
     }
 }
 
@@ -168,12 +201,7 @@ impl Store {
         // (Where panics abort, as in the release profile, this cannot help.)
         let open_once = || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).unwrap_or_else(|panic| {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown panic");
-                Err(damaged(&format!("sled cannot recover its log ({why})")))
+                Err(damaged(&format!("sled cannot recover its log ({})", panic_message(&*panic))))
             })
         };
         // sled's file lock outlives a dropped database for a moment (its
@@ -188,7 +216,7 @@ impl Store {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                other => break other.map_err(open_err)?,
+                other => break other.map_err(unreadable).map_err(open_err)?,
             }
         };
         let meta = db.open_tree("meta").map_err(open_err)?;
@@ -213,31 +241,122 @@ impl Store {
                 })
             }
         }
-        let store = Store {
-            inner: Arc::new(Inner {
-                path: opts.path.clone(),
-                db,
-                meta,
-                groups,
-                cursors,
-                topics: RwLock::new(BTreeMap::new()),
+        let mut rebuild_marks = false;
+        let synced = match watermarks::load(&opts.path) {
+            Ok(marks) => marks.unwrap_or_default(),
+            Err(detail) if opts.accept_data_loss => {
+                rebuild_marks = true;
+                tracing::warn!(file = %opts.path.join(watermarks::FILE_NAME).display(), %detail,
+                    "damaged high-watermark file ignored (--accept-data-loss); rebuilt from the log");
+                watermarks::Marks::new()
+            }
+            Err(detail) => {
+                return Err(StoreError::Watermarks { file: opts.path.join(watermarks::FILE_NAME), detail })
+            }
+        };
+        let inner = Inner {
+            db,
+            meta,
+            groups,
+            cursors,
+            topics: RwLock::new(BTreeMap::new()),
+            total_bytes: AtomicU64::new(0),
+            durable: durable::FileSync::open(&opts.path).map_err(|e| open_err(sled::Error::Io(e)))?,
+            watermarks: watermarks::Writer::start(&opts.path, synced.clone())
+                .map_err(|e| open_err(sled::Error::Io(e)))?,
+        };
+        let mut store = Store {
+            slot: Arc::new(Slot {
+                opts: opts.clone(),
+                inner: RwLock::new(Some(Arc::new(inner))),
+                recovery: std::sync::Mutex::new(recover::Recovery::default()),
+                accepted_loss: Vec::new(),
                 topic_changes: std::sync::Mutex::new(()),
-                total_bytes: AtomicU64::new(0),
-                durable: durable::FileSync::open(&opts.path)
-                    .map_err(|e| StoreError::Open { path: opts.path.clone(), source: sled::Error::Io(e) })?,
             }),
         };
-        store.load_topics()?;
+        // Reading a damaged tree (a missing blob file) panics in sled too.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load_topics())).unwrap_or_else(
+            |panic| Err(open_err(damaged(&format!("sled cannot read its log ({})", panic_message(&*panic))))),
+        )?;
+        if rebuild_marks {
+            store.inner()?.watermarks.offer(store.high_watermarks());
+        }
+        let lost = store.lost_against(&synced);
+        if !lost.is_empty() {
+            if !opts.accept_data_loss {
+                return Err(StoreError::DataLoss { file: opts.path.join("db"), lost });
+            }
+            store.skip_lost(&lost)?;
+            for l in &lost {
+                tracing::warn!(topic = %l.topic, partition = l.partition, from = l.from, to = l.to,
+                    "flushed records missing from the log; continuing without them (--accept-data-loss)");
+            }
+            // Nothing else holds the Arc yet.
+            if let Some(slot) = Arc::get_mut(&mut store.slot) {
+                slot.accepted_loss = lost;
+            }
+        }
         Ok(store)
+    }
+
+    /// What `open` found missing and skipped under
+    /// [`StoreOptions::accept_data_loss`]; empty after a clean open.
+    pub fn accepted_loss(&self) -> &[LostRange] {
+        &self.slot.accepted_loss
+    }
+
+    /// The flushed high watermarks in `synced` that the log does not reach.
+    fn lost_against(&self, synced: &watermarks::Marks) -> Vec<LostRange> {
+        let topics = self.topics_snapshot_map();
+        let mut lost = Vec::new();
+        for ((topic, partition), &flushed) in synced {
+            let recovered = topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(*partition as usize))
+                .map_or(0, |p| p.info().high_watermark.0);
+            if recovered < flushed {
+                lost.push(LostRange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    from: recovered,
+                    to: flushed,
+                });
+            }
+        }
+        lost
+    }
+
+    /// Moves each damaged partition's next offset past what was lost
+    /// (re-creating topics whose definition was lost too, under the
+    /// `default` service until the configuration says otherwise) and
+    /// flushes, so the next open is clean and no offset is reused.
+    fn skip_lost(&self, lost: &[LostRange]) -> Result<(), StoreError> {
+        for l in lost {
+            let existing = self.topic(&l.topic);
+            let have = existing.as_ref().map_or(0, |t| t.spec.partitions);
+            if have <= l.partition {
+                let service = existing.map_or_else(|| "default".to_owned(), |t| t.spec.service);
+                let spec = TopicSpec {
+                    name: l.topic.clone(),
+                    partitions: l.partition + 1,
+                    service,
+                    retention: Retention::default(),
+                };
+                self.ensure_topic(&spec)?;
+            }
+            self.partition(&l.topic, PartitionId(l.partition))?.skip_to(Offset(l.to))?;
+        }
+        self.flush()?;
+        Ok(())
     }
 
     /// The data directory.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.slot.opts.path
     }
 
     fn load_topics(&self) -> Result<(), StoreError> {
-        for item in self.inner.meta.scan_prefix("topic/") {
+        for item in self.inner()?.meta.scan_prefix("topic/") {
             let (k, v) = item.map_err(StoreError::io("loading topics"))?;
             let name = String::from_utf8_lossy(&k["topic/".len()..]).into_owned();
             let stored: partition::TopicMeta = serde_json::from_slice(&v).map_err(|e| {
@@ -260,20 +379,21 @@ impl Store {
         let mut partitions = Vec::with_capacity(spec.partitions as usize);
         partitions.extend_from_slice(keep);
         for p in keep.len() as u32..spec.partitions {
-            let part = Partition::open(&self.inner.db, &self.inner.meta, &spec.name, PartitionId(p))?;
-            self.inner.total_bytes.fetch_add(part.bytes(), Ordering::Relaxed);
+            let inner = self.inner()?;
+            let part = Partition::open(&inner.db, &inner.meta, &spec.name, PartitionId(p))?;
+            inner.total_bytes.fetch_add(part.bytes(), Ordering::Relaxed);
             partitions.push(Arc::new(part));
         }
         let topic = Arc::new(Topic { spec: RwLock::new(spec.clone()), partitions });
-        write(&self.inner.topics).insert(spec.name, topic.clone());
+        write(&self.inner()?.topics).insert(spec.name, topic.clone());
         Ok(topic)
     }
 
     /// Creates the topic, or updates an existing one: the service and
     /// retention follow `spec`, partitions may grow but never shrink.
     pub fn ensure_topic(&self, spec: &TopicSpec) -> Result<TopicInfo, StoreError> {
-        let _changing = self.inner.topic_changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let existing = read(&self.inner.topics).get(&spec.name).cloned();
+        let _changing = self.slot.topic_changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let existing = read(&self.inner()?.topics).get(&spec.name).cloned();
         let partitions = spec.partitions.max(1);
         if let Some(topic) = &existing {
             let have = topic.partitions.len() as u32;
@@ -300,7 +420,7 @@ impl Store {
         let meta = partition::TopicMeta { partitions, service: service.to_owned() };
         let json = serde_json::to_vec(&meta)
             .map_err(|e| StoreError::Metadata { what: format!("topic {name:?}"), detail: e.to_string() })?;
-        self.inner
+        self.inner()?
             .meta
             .insert(format!("topic/{name}"), json)
             .map_err(StoreError::io("writing topic metadata"))?;
@@ -315,7 +435,10 @@ impl Store {
     }
 
     pub(crate) fn topic_handle(&self, name: &str) -> Result<Arc<Topic>, StoreError> {
-        read(&self.inner.topics).get(name).cloned().ok_or_else(|| StoreError::UnknownTopic(name.to_owned()))
+        read(&self.inner()?.topics)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownTopic(name.to_owned()))
     }
 
     fn partition(&self, topic: &str, partition: PartitionId) -> Result<Arc<Partition>, StoreError> {
@@ -329,13 +452,13 @@ impl Store {
 
     /// One topic's definition and watermarks.
     pub fn topic(&self, name: &str) -> Option<TopicInfo> {
-        let t = read(&self.inner.topics).get(name).cloned()?;
+        let t = self.topics_snapshot_map().get(name).cloned()?;
         Some(self.info_of(&t))
     }
 
     /// Every topic, sorted by name.
     pub fn topics(&self) -> Vec<TopicInfo> {
-        let all: Vec<Arc<Topic>> = read(&self.inner.topics).values().cloned().collect();
+        let all: Vec<Arc<Topic>> = self.topics_snapshot();
         all.iter().map(|t| self.info_of(t)).collect()
     }
 
@@ -348,8 +471,8 @@ impl Store {
         records: &[Record],
     ) -> Result<Offset, StoreError> {
         let part = self.partition(topic, partition)?;
-        let (first, added) = part.append(records)?;
-        self.inner.total_bytes.fetch_add(added, Ordering::Relaxed);
+        let (first, added) = part.append(records).inspect_err(|e| self.after_error(e))?;
+        self.inner()?.total_bytes.fetch_add(added, Ordering::Relaxed);
         Ok(first)
     }
 
@@ -382,19 +505,47 @@ impl Store {
     /// log file and any new blob files are `fdatasync`ed here, and the blob
     /// directory once a new file appeared in it.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        let written = self.inner.db.flush().map_err(StoreError::io("flush"))?;
-        self.inner.durable.sync().map_err(|e| StoreError::Io { op: "fsync", source: sled::Error::Io(e) })?;
+        // Taken before the flush: everything below these is in it.
+        let marks = self.high_watermarks();
+        let inner = self.inner()?;
+        let written = inner.db.flush().map_err(StoreError::io("flush")).and_then(|written| {
+            inner.durable.sync().map_err(|e| StoreError::Io { op: "fsync", source: sled::Error::Io(e) })?;
+            Ok(written)
+        });
+        drop(inner);
+        let written = written.inspect_err(|e| self.after_error(e))?;
+        let inner = self.inner()?;
+        for ((topic, p), hw) in &marks {
+            if let Some(part) = read(&inner.topics).get(topic).and_then(|t| t.partitions.get(*p as usize)) {
+                part.flushed_up_to(Offset(*hw));
+            }
+        }
+        inner.watermarks.offer(marks);
         Ok(written)
+    }
+
+    fn high_watermarks(&self) -> watermarks::Marks {
+        let topics = self.topics_snapshot_map();
+        let mut marks = watermarks::Marks::new();
+        for (name, topic) in topics.iter() {
+            for p in &topic.partitions {
+                let info = p.info();
+                if info.high_watermark.0 > 0 {
+                    marks.insert((name.clone(), info.partition.0), info.high_watermark.0);
+                }
+            }
+        }
+        marks
     }
 
     /// Encoded bytes of all stored records (what the disk budget counts).
     pub fn total_bytes(&self) -> u64 {
-        self.inner.total_bytes.load(Ordering::Relaxed)
+        self.inner().map_or(0, |i| i.total_bytes.load(Ordering::Relaxed))
     }
 
     /// Bytes sled occupies on disk (includes its space amplification).
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.inner.db.size_on_disk().map_err(StoreError::io("size_on_disk"))
+        self.inner()?.db.size_on_disk().map_err(StoreError::io("size_on_disk"))
     }
 
     /// Stores a consumer group's position: `offset` is the next offset the
@@ -408,7 +559,7 @@ impl Store {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<(), StoreError> {
-        self.set_position(&self.inner.groups, "commit", group, topic, partition, offset)
+        self.set_position(&self.inner()?.groups, "commit", group, topic, partition, offset)
     }
 
     /// A group's committed position in one partition, if any.
@@ -418,7 +569,7 @@ impl Store {
         topic: &str,
         partition: PartitionId,
     ) -> Result<Option<Offset>, StoreError> {
-        self.position(&self.inner.groups, "reading group offset", group, topic, partition)
+        self.position(&self.inner()?.groups, "reading group offset", group, topic, partition)
     }
 
     /// Stores an uplink's cursor: the next offset it will forward. Call it
@@ -431,7 +582,7 @@ impl Store {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<(), StoreError> {
-        self.set_position(&self.inner.cursors, "uplink cursor", uplink, topic, partition, offset)
+        self.set_position(&self.inner()?.cursors, "uplink cursor", uplink, topic, partition, offset)
     }
 
     /// An uplink's cursor in one partition, if any.
@@ -441,7 +592,7 @@ impl Store {
         topic: &str,
         partition: PartitionId,
     ) -> Result<Option<Offset>, StoreError> {
-        self.position(&self.inner.cursors, "reading uplink cursor", uplink, topic, partition)
+        self.position(&self.inner()?.cursors, "reading uplink cursor", uplink, topic, partition)
     }
 
     /// Positions (consumer groups and uplink cursors) share one layout:
@@ -482,11 +633,18 @@ impl Store {
     }
 
     pub(crate) fn topics_snapshot(&self) -> Vec<Arc<Topic>> {
-        read(&self.inner.topics).values().cloned().collect()
+        self.topics_snapshot_map().into_values().collect()
+    }
+
+    /// The topics by name (none while the database is being reopened).
+    fn topics_snapshot_map(&self) -> BTreeMap<String, Arc<Topic>> {
+        self.inner().map_or_else(|_| BTreeMap::new(), |i| read(&i.topics).clone())
     }
 
     pub(crate) fn sub_bytes(&self, n: u64) {
-        self.inner.total_bytes.fetch_sub(n, Ordering::Relaxed);
+        if let Ok(inner) = self.inner() {
+            inner.total_bytes.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -497,6 +655,27 @@ impl Topic {
 
     pub(crate) fn partitions(&self) -> &[Arc<Partition>] {
         &self.partitions
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
+}
+
+/// sled's errors for files it cannot read name a cause that misleads (a
+/// garbled `conf` reads as "created using a sled version earlier than
+/// 0.29"): say they are damaged and what to do.
+fn unreadable(e: sled::Error) -> sled::Error {
+    match e {
+        sled::Error::Unsupported(why) | sled::Error::ReportableBug(why) => {
+            damaged(&format!("sled cannot read its files ({why})"))
+        }
+        sled::Error::Corruption { .. } => damaged(&e.to_string()),
+        other => other,
     }
 }
 

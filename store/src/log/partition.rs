@@ -15,6 +15,7 @@ use super::chunk::{self, KEY_LEN};
 use super::{PartitionInfo, ReadResult};
 use crate::error::StoreError;
 use crate::record::{Offset, PartitionId, Record, StoredRecord};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Topic metadata as stored under `meta/topic/<name>`.
@@ -41,6 +42,8 @@ pub(crate) struct Partition {
     tree: sled::Tree,
     meta: sled::Tree,
     state: Mutex<State>,
+    /// Next offset not known to be flushed (see `PartitionInfo::flushed`).
+    flushed: AtomicU64,
 }
 
 impl Partition {
@@ -52,16 +55,8 @@ impl Partition {
     ) -> Result<Partition, StoreError> {
         let tree =
             db.open_tree(format!("log/{topic}/{}", id.0)).map_err(StoreError::io("opening partition"))?;
-        let start_key = start_key(topic, id);
-        let log_start = match meta.get(&start_key).map_err(StoreError::io("reading log start"))? {
-            Some(v) => Offset(u64::from_be_bytes(<[u8; 8]>::try_from(v.as_ref()).map_err(|_| {
-                StoreError::Metadata {
-                    what: format!("log start of {topic}/{}", id.0),
-                    detail: "not 8 bytes".into(),
-                }
-            })?)),
-            None => Offset(0),
-        };
+        let log_start = read_offset(meta, &start_key(topic, id), "log start", topic, id)?;
+        let floor = read_offset(meta, &floor_key(topic, id), "accepted data loss", topic, id)?;
         // A crash between recording a new log start and deleting the chunks
         // below it leaves stragglers: finish the deletion now.
         let mut stale = sled::Batch::default();
@@ -93,13 +88,16 @@ impl Partition {
         let next = match last {
             Some(o) => Offset(o.0 + 1).max(log_start),
             None => log_start,
-        };
+        }
+        .max(floor);
         Ok(Partition {
             topic: topic.to_owned(),
             id,
             tree,
             meta: meta.clone(),
             state: Mutex::new(State { log_start, next, records, bytes }),
+            // What sled recovered is on disk.
+            flushed: AtomicU64::new(next.0),
         })
     }
 
@@ -113,9 +111,15 @@ impl Partition {
             partition: self.id,
             log_start: s.log_start,
             high_watermark: s.next,
+            flushed: Offset(self.flushed.load(Ordering::Acquire).min(s.next.0)),
             records: s.records,
             bytes: s.bytes,
         }
+    }
+
+    /// A flush that started when the high watermark was `hw` succeeded.
+    pub(super) fn flushed_up_to(&self, hw: Offset) {
+        self.flushed.fetch_max(hw.0, Ordering::AcqRel);
     }
 
     pub(crate) fn bytes(&self) -> u64 {
@@ -163,6 +167,20 @@ impl Partition {
         state.records += records.len() as u64;
         state.bytes += added;
         Ok((first, added))
+    }
+
+    /// After an accepted data loss: the next offset becomes at least `to`,
+    /// recorded in the metadata so the lost offsets are never handed out
+    /// again (flushed with the next flush).
+    pub(super) fn skip_to(&self, to: Offset) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if to > state.next {
+            self.meta
+                .insert(floor_key(&self.topic, self.id), &to.0.to_be_bytes())
+                .map_err(StoreError::io("recording accepted data loss"))?;
+            state.next = to;
+        }
+        Ok(())
     }
 
     pub(super) fn read(
@@ -293,6 +311,28 @@ fn start_key(topic: &str, id: PartitionId) -> Vec<u8> {
     let mut k = format!("start/{topic}/").into_bytes();
     k.extend_from_slice(&id.0.to_be_bytes());
     k
+}
+
+fn floor_key(topic: &str, id: PartitionId) -> Vec<u8> {
+    let mut k = format!("next/{topic}/").into_bytes();
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// A u64 BE offset stored in `meta` under `key` (0 when absent).
+fn read_offset(
+    meta: &sled::Tree,
+    key: &[u8],
+    what: &str,
+    topic: &str,
+    id: PartitionId,
+) -> Result<Offset, StoreError> {
+    match meta.get(key).map_err(StoreError::io("reading partition metadata"))? {
+        Some(v) => Ok(Offset(u64::from_be_bytes(<[u8; 8]>::try_from(v.as_ref()).map_err(|_| {
+            StoreError::Metadata { what: format!("{what} of {topic}/{}", id.0), detail: "not 8 bytes".into() }
+        })?))),
+        None => Ok(Offset(0)),
+    }
 }
 
 fn offset_key(o: Offset) -> [u8; 8] {
