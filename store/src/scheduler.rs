@@ -42,7 +42,11 @@
 //! * **Idle services cost nothing.** A service leaves its tier when its queue
 //!   empties and its deficit is reset, so it banks no credit and an idle
 //!   high-weight service holds nothing back. A service that comes back joins
-//!   the current round, after those already due in it. Leaving through
+//!   the current round, after those already due in it, or the next round
+//!   when it already sent in this one (DRR appends a returning flow to the
+//!   tail): otherwise a light producer that empties and refills at every
+//!   turn would be served again and again in one round, and a service
+//!   parked for a later round would never get it. Leaving through
 //!   [`Scheduler::pop_oldest_of`] is lazy: the calendar entry goes stale
 //!   and is dropped when reached (or compacted away).
 //! * **Fifo mode** serves one global arrival order, for comparison; the
@@ -136,6 +140,10 @@ struct Service<T> {
     credited: bool,
     /// Stamp of its live calendar entry; `None` when idle or in Fifo mode.
     stamp: Option<u64>,
+    /// The round of its tier in which it last sent an item: a service that
+    /// empties and comes back in that round joins the next one, behind
+    /// the services already waiting (as DRR appends it to the tail).
+    last_round: Option<u64>,
 }
 
 /// The round-robin position of a [`Scheduler`], without its items: see
@@ -143,6 +151,8 @@ struct Service<T> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Turns {
     services: Vec<Option<SavedTurn>>,
+    /// Per service, idle ones too: (tier, round it last sent in).
+    last_rounds: Vec<Option<(usize, u64)>>,
     rounds: [u64; 2],
     contended: [u64; 2],
     next_stamp: u64,
@@ -273,6 +283,7 @@ impl<T> Scheduler<T> {
             deficit: 0,
             credited: false,
             stamp: None,
+            last_round: None,
         });
         ServiceId(id)
     }
@@ -295,6 +306,7 @@ impl<T> Scheduler<T> {
             s.stamp = None;
             s.deficit = 0;
             s.credited = false;
+            s.last_round = None;
         }
         s.class = class;
         if backlogged {
@@ -337,6 +349,7 @@ impl<T> Scheduler<T> {
             s.deficit = 0;
             s.credited = false;
             s.stamp = None;
+            s.last_round = None;
         }
         if mode == Mode::Weighted {
             let backlogged: Vec<ServiceId> = (0u16..)
@@ -441,8 +454,10 @@ impl<T> Scheduler<T> {
                 }
             }
         }
+        let last_rounds = self.services.iter().map(|s| s.last_round.map(|r| (s.class.tier(), r))).collect();
         Turns {
             services,
+            last_rounds,
             rounds: [self.tiers[EXPRESS].round, self.tiers[WEIGHTED].round],
             contended: self.contended,
             next_stamp: self.next_stamp,
@@ -468,6 +483,10 @@ impl<T> Scheduler<T> {
         }
         let mut joined = Vec::new();
         for (index, s) in (0u16..).zip(self.services.iter_mut()) {
+            s.last_round = match saved.last_rounds.get(usize::from(index)).copied().flatten() {
+                Some((tier, round)) if tier == s.class.tier() => Some(round),
+                _ => None,
+            };
             if s.queue.is_empty() {
                 continue;
             }
@@ -508,7 +527,8 @@ impl<T> Scheduler<T> {
         let s = &mut self.services[id.index()];
         s.stamp = Some(stamp);
         let tier = &mut self.tiers[s.class.tier()];
-        tier.calendar.push(Reverse((tier.round, stamp, id)));
+        let round = if s.last_round == Some(tier.round) { tier.round + 1 } else { tier.round };
+        tier.calendar.push(Reverse((round, stamp, id)));
         if tier.calendar.len() > 2 * tier.backlogged + 64 {
             let services = &self.services;
             tier.calendar.retain(|&Reverse((_, stamp, id))| services[id.index()].stamp == Some(stamp));
@@ -596,6 +616,7 @@ impl<T> Scheduler<T> {
             }
             if s.deficit >= head {
                 s.deficit -= head;
+                s.last_round = Some(round);
                 if s.queue.len() == 1 {
                     PeekMut::pop(turn);
                 } else {
@@ -628,6 +649,32 @@ mod tests {
 
     fn drain<T>(s: &mut Scheduler<T>) -> Vec<(ServiceId, T)> {
         std::iter::from_fn(|| s.pop()).collect()
+    }
+
+    /// A service that empties its queue at every turn and gets one item
+    /// back right away (a light producer) rejoins behind the services
+    /// already waiting, not at the head of the round: a heavier backlog
+    /// parked for the next round must still be served.
+    #[test]
+    fn refilled_service_does_not_starve_one_parked_for_the_next_round() {
+        let mut s = Scheduler::new(Mode::Weighted, 0.5);
+        let light = s.add_service(weighted(4));
+        let parked = s.add_service(weighted(1));
+        for _ in 0..1000 {
+            // Slightly more than one quantum: it waits a round per item.
+            s.push(parked, BASE_QUANTUM + 900, 'p');
+        }
+        let mut got = [0u32; 2];
+        for _ in 0..1000 {
+            if s.queued_items(light) == 0 {
+                s.push(light, BASE_QUANTUM, 'l');
+            }
+            let (id, _) = s.pop().unwrap();
+            got[id.index()] += 1;
+        }
+        // Each round: one light item, and the parked service's 4 KiB
+        // quantum (an item about every 1.2 rounds).
+        assert!(got[1] >= 300, "parked service got {} of 1000 pops", got[1]);
     }
 
     #[test]
@@ -700,12 +747,13 @@ mod tests {
         s.push(b, 10, 'b');
         assert_eq!(s.pop(), Some((b, 'b')));
         // b's unused 4086 bytes of quantum are gone: one 4000-byte item per
-        // round, not two.
+        // round, not two. b already had its turn in this round, so it
+        // rejoins behind a (the tail of the round robin).
         s.push(b, 4000, 'b');
         s.push(b, 4000, 'b');
         s.push(a, 4000, 'a');
         let order: Vec<char> = drain(&mut s).into_iter().map(|(_, c)| c).collect();
-        assert_eq!(order, vec!['b', 'a', 'b']);
+        assert_eq!(order, vec!['a', 'b', 'b']);
     }
 
     #[test]

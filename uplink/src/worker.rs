@@ -61,7 +61,10 @@ pub(crate) struct Worker<S> {
     parts: BTreeMap<Key, Part>,
     services: HashMap<String, ServiceId>,
     lanes: [Scheduler<Key>; 2],
-    queued: [std::collections::HashSet<Key>; 2],
+    /// Per lane, the live entries of each partition in that lane's
+    /// scheduler (up to 2 while a backlog lasts, so its service stays
+    /// backlogged while one batch is out).
+    queued: [HashMap<Key, u32>; 2],
     share: LaneShare,
     backoff: Backoff,
     bucket: Option<TokenBucket>,
@@ -149,9 +152,7 @@ impl<S: Sink> Worker<S> {
         );
         if bytes < self.config.batch_max_bytes.as_u64() / 2 && age < self.config.linger {
             let id = self.service_id(&batch.service);
-            if self.queued[lane].insert(key.clone()) {
-                self.lanes[lane].push(id, self.config.batch_max_bytes.as_u64(), key);
-            }
+            self.enqueue(lane, id, key, 1);
             return Step::Idle(self.config.linger - age);
         }
         if let Some(bucket) = &mut self.bucket {
@@ -276,14 +277,17 @@ impl<S: Sink> Worker<S> {
                 let other = 1 - lane;
                 let service = t.service.clone();
                 let id = self.service_id(&service);
-                if self.queued[other].contains(&key) {
+                if self.queued[other].contains_key(&key) {
                     // Moved lanes since it was queued; the stale entry is
                     // ignored when popped.
                     self.queued[other].remove(&key);
                 }
-                if self.queued[lane].insert(key.clone()) {
-                    self.lanes[lane].push(id, self.config.batch_max_bytes.as_u64(), key);
-                }
+                // More than a batch to send: two entries, so the service is
+                // still backlogged in the scheduler while one batch is out
+                // (a service whose queue empties gives up its turn).
+                let partition_lag_bytes = info.bytes.saturating_mul(lag) / info.records.max(1);
+                let want = if partition_lag_bytes > self.config.batch_max_bytes.as_u64() { 2 } else { 1 };
+                self.enqueue(lane, id, key, want);
             }
         }
         self.status.update(|s| {
@@ -321,6 +325,15 @@ impl<S: Sink> Worker<S> {
         }
     }
 
+    /// Queues `key` in `lane` until it has `want` live entries.
+    fn enqueue(&mut self, lane: usize, id: ServiceId, key: Key, want: u32) {
+        let have = self.queued[lane].entry(key.clone()).or_insert(0);
+        while *have < want {
+            *have += 1;
+            self.lanes[lane].push(id, self.config.batch_max_bytes.as_u64(), key.clone());
+        }
+    }
+
     /// The next partition to send from, and its lane.
     fn pick(&mut self) -> Option<(Key, usize)> {
         loop {
@@ -346,8 +359,17 @@ impl<S: Sink> Worker<S> {
                 }
             };
             let (_, key) = self.lanes[lane].pop()?;
-            if self.queued[lane].remove(&key) {
-                return Some((key, lane));
+            match self.queued[lane].get_mut(&key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return Some((key, lane));
+                }
+                Some(_) => {
+                    self.queued[lane].remove(&key);
+                    return Some((key, lane));
+                }
+                // Stale: the partition moved lanes.
+                None => {}
             }
         }
     }
