@@ -262,7 +262,8 @@ impl<S: Sink> Worker<S> {
                     continue;
                 }
                 lane_entry.lag_records += lag;
-                lane_entry.lag_bytes += info.bytes.saturating_mul(lag) / info.records.max(1);
+                let lag_bytes = info.bytes.saturating_mul(lag) / info.records.max(1);
+                lane_entry.lag_bytes += lag_bytes;
                 let oldest = self
                     .store
                     .read(&t.name, PartitionId(p), part.cursor, 1, 1)?
@@ -277,16 +278,13 @@ impl<S: Sink> Worker<S> {
                 let other = 1 - lane;
                 let service = t.service.clone();
                 let id = self.service_id(&service);
-                if self.queued[other].contains_key(&key) {
-                    // Moved lanes since it was queued; the stale entry is
-                    // ignored when popped.
-                    self.queued[other].remove(&key);
-                }
+                // Moved lanes since it was queued: the stale entries are
+                // ignored when popped.
+                self.queued[other].remove(&key);
                 // More than a batch to send: two entries, so the service is
                 // still backlogged in the scheduler while one batch is out
                 // (a service whose queue empties gives up its turn).
-                let partition_lag_bytes = info.bytes.saturating_mul(lag) / info.records.max(1);
-                let want = if partition_lag_bytes > self.config.batch_max_bytes.as_u64() { 2 } else { 1 };
+                let want = if lag_bytes > self.config.batch_max_bytes.as_u64() { 2 } else { 1 };
                 self.enqueue(lane, id, key, want);
             }
         }
