@@ -273,7 +273,7 @@ async fn group_fetch_orders_by_priority_and_resumes_from_commits() {
     // Without a commit the same records come again; after one, the next ones.
     let (_, again) = gw.post_json("/v1/groups/edge/fetch", &fetch).await;
     assert_eq!(again["records"], body["records"]);
-    commit_page(&gw, "edge", recs).await;
+    gw.commit("edge", recs).await;
 
     let gw = gw.restart().await;
     let (_, body) = gw
@@ -287,22 +287,6 @@ async fn group_fetch_orders_by_priority_and_resumes_from_commits() {
     assert!(rest.iter().all(|r| r["topic"] != "alarms"));
     let (_, lag) = gw.get_json("/v1/groups/edge/offsets?topics=alarms,logs").await;
     assert_eq!(lag["offsets"][0]["lag"], 0);
-}
-
-/// Commits past every record of a fetched page.
-async fn commit_page(gw: &Gateway, group: &str, recs: &[Value]) {
-    let mut commits = std::collections::BTreeMap::new();
-    for r in recs {
-        let k = (r["topic"].as_str().unwrap().to_owned(), r["partition"].as_u64().unwrap());
-        let next = r["offset"].as_u64().unwrap() + 1;
-        let e = commits.entry(k).or_insert(0);
-        *e = next.max(*e);
-    }
-    let offsets: Vec<Value> =
-        commits.iter().map(|((t, p), o)| json!({ "topic": t, "partition": p, "offset": o })).collect();
-    let (status, body) =
-        gw.post_json(&format!("/v1/groups/{group}/commit"), &json!({ "offsets": offsets })).await;
-    assert_eq!(status, 200, "{body}");
 }
 
 /// Pages of three records still share by weight: the rounds continue from
@@ -327,7 +311,7 @@ async fn small_pages_share_by_weight_across_fetches() {
         let (_, again) = gw.post_json("/v1/groups/paged/fetch", &fetch).await;
         assert_eq!(again["records"], body["records"], "page {page} repeated");
         logs += recs.iter().filter(|r| r["topic"] == "logs").count();
-        commit_page(&gw, "paged", recs).await;
+        gw.commit("paged", recs).await;
     }
     // Weight 1 of 5: 12 of 60, give or take the rounds cut by the last page.
     assert!((8..=16).contains(&logs), "logs got {logs} of 60 deliveries, expected about 12");

@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::Gateway;
+use common::{positions_after, Gateway};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -46,17 +46,6 @@ type Place = (String, u64, u64);
 
 fn place(r: &Value) -> Place {
     (r["topic"].as_str().unwrap().to_owned(), r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap())
-}
-
-/// Commit entries past every record in `records` (offset = next to read).
-fn positions_after(records: &[Value]) -> Vec<Value> {
-    let mut next = BTreeMap::new();
-    for r in records {
-        let (t, p, o) = place(r);
-        let e = next.entry((t, p)).or_insert(0);
-        *e = (o + 1).max(*e);
-    }
-    next.iter().map(|((t, p), o)| json!({ "topic": t, "partition": p, "offset": o })).collect()
 }
 
 /// Low-priority flood first, then telemetry, then alarms (oldest first).
@@ -220,9 +209,7 @@ async fn sse_streams_in_priority_order_and_resumes_from_commits() {
 
     // Commit the first 10, disconnect, reconnect: the 10 are not sent again,
     // the other 10 sent before are.
-    let (status, body) =
-        gw.post_json("/v1/groups/edge/commit", &json!({ "offsets": positions_after(&first[..10]) })).await;
-    assert_eq!(status, 200, "{body}");
+    gw.commit("edge", &first[..10]).await;
     drop(sse);
     let mut sse = SseClient::open(&gw, "edge", query).await;
     let rest = sse.records(84 - 10).await;
@@ -406,9 +393,7 @@ async fn small_window_shares_by_weight() {
     for _ in 0..20 {
         let got = sse.records(3).await;
         logs += got.iter().filter(|r| r["topic"] == "logs").count();
-        let (status, body) =
-            gw.post_json("/v1/groups/paged/commit", &json!({ "offsets": positions_after(&got) })).await;
-        assert_eq!(status, 200, "{body}");
+        gw.commit("paged", &got).await;
     }
     // Weight 1 of 5: 12 of 60, give or take the rounds cut by the window.
     assert!((8..=16).contains(&logs), "logs got {logs} of 60 deliveries, expected about 12");

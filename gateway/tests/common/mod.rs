@@ -269,6 +269,14 @@ impl Gateway {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
+    /// Commits `group` past every record in `records`; asserts 200.
+    pub async fn commit(&self, group: &str, records: &[Value]) {
+        let offsets = positions_after(records);
+        let (status, body) =
+            self.post_json(&format!("/v1/groups/{group}/commit"), &json!({ "offsets": offsets })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// Produces JSON values; returns (partition, offset) per record.
     pub async fn produce(&self, topic: &str, values: &[Value]) -> Vec<(u64, u64)> {
         let records: Vec<Value> = values.iter().map(|v| json!({ "value": v })).collect();
@@ -297,6 +305,17 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Commit entries past every record in `records` (offset = next to read).
+pub fn positions_after(records: &[Value]) -> Vec<Value> {
+    let mut next = std::collections::BTreeMap::new();
+    for r in records {
+        let key = (r["topic"].as_str().unwrap().to_owned(), r["partition"].as_u64().unwrap());
+        let e = next.entry(key).or_insert(0);
+        *e = (r["offset"].as_u64().unwrap() + 1).max(*e);
+    }
+    next.iter().map(|((t, p), o)| json!({ "topic": t, "partition": p, "offset": o })).collect()
 }
 
 pub fn offsets(body: &Value) -> Vec<(u64, u64)> {
