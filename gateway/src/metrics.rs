@@ -133,7 +133,7 @@ pub fn render(shared: &Shared) -> String {
     out.family("sluice_store_flush_failures_total", "counter", "Failed flushes");
     out.sample("sluice_store_flush_failures_total", &[], fs.failures.load(Ordering::Relaxed));
     let m = &shared.mqtt;
-    out.family("sluice_mqtt_received_total", "counter", "Publishes received from the embedded broker");
+    out.family("sluice_mqtt_received_total", "counter", "Publishes received from MQTT clients");
     out.sample("sluice_mqtt_received_total", &[], m.received.load(Ordering::Relaxed));
     out.family(
         "sluice_mqtt_key_missing_total",
@@ -146,9 +146,7 @@ pub fn render(shared: &Shared) -> String {
         out.sample("sluice_mqtt_connections", &[], n);
     }
     render_listener(&mut out, Listener::Http, &shared.http_connections);
-    if shared.config.mqtt.tls.is_some() {
-        render_listener(&mut out, Listener::MqttTls, &m.tls);
-    }
+    render_listener(&mut out, Listener::Mqtt, &m.listener);
     out.family("sluice_mqtt_dropped_total", "counter", "Publishes dropped, by reason");
     for (reason, v) in [
         ("unrouted", &m.dropped_unrouted),
@@ -190,13 +188,28 @@ pub fn render(shared: &Shared) -> String {
             s.counters.rejected_rate.load(Ordering::Relaxed),
         );
     }
-    out.family("sluice_service_mqtt_in_total", "counter", "MQTT publishes queued for persisting");
-    for s in &services {
-        out.sample(
+    // Conservation: in = stored + dropped (queue_full, rate_limited) +
+    // failed + still queued; acked <= stored.
+    for (name, help, get) in [
+        (
             "sluice_service_mqtt_in_total",
-            &[("service", &s.name)],
-            s.counters.mqtt_in.load(Ordering::Relaxed),
-        );
+            "MQTT publishes routed to the service",
+            (|c| &c.mqtt_in) as fn(&crate::services::Counters) -> &std::sync::atomic::AtomicU64,
+        ),
+        ("sluice_service_mqtt_stored_total", "MQTT publishes appended to the log", |c| &c.mqtt_stored),
+        ("sluice_service_mqtt_acked_total", "QoS 1/2 publishes acknowledged after they were stored", |c| {
+            &c.mqtt_acked
+        }),
+        (
+            "sluice_service_mqtt_failed_total",
+            "MQTT publishes queued but not stored (storage error, shutdown); not acknowledged",
+            |c| &c.mqtt_failed,
+        ),
+    ] {
+        out.family(name, "counter", help);
+        for s in &services {
+            out.sample(name, &[("service", &s.name)], get(&s.counters).load(Ordering::Relaxed));
+        }
     }
     render_uplinks(&mut out, &shared.uplink_snapshots());
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
@@ -207,15 +220,14 @@ pub fn render(shared: &Shared) -> String {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Listener {
     Http,
-    MqttTls,
+    Mqtt,
 }
 
-/// Connection counters of the HTTP listener or the MQTT TLS listeners
-/// (plain MQTT connections are accepted by rumqttd, which counts nothing).
+/// Connection counters of the HTTP listener or the MQTT listeners.
 fn render_listener(out: &mut Out, listener: Listener, stats: &crate::listener::ListenerStats) {
     let (prefix, what) = match listener {
         Listener::Http => ("sluice_http", "HTTP"),
-        Listener::MqttTls => ("sluice_mqtt", "MQTT TLS"),
+        Listener::Mqtt => ("sluice_mqtt", "MQTT"),
     };
     let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     let mut counters = vec![

@@ -26,8 +26,18 @@ pub struct Counters {
     pub retention_deleted: AtomicU64,
     /// Records evicted to keep the disk budget.
     pub evicted: AtomicU64,
-    /// MQTT publishes queued for persisting.
+    /// MQTT publishes routed to the service (QoS 0, 1 and 2, will
+    /// messages). Conservation: `mqtt_in` = `mqtt_stored` +
+    /// `mqtt_dropped_full` + `mqtt_dropped_rate` + `mqtt_failed` + what is
+    /// still queued.
     pub mqtt_in: AtomicU64,
+    /// MQTT publishes appended to the log (and durable, for `sync`).
+    pub mqtt_stored: AtomicU64,
+    /// QoS 1/2 publishes acknowledged (PUBACK / PUBREC sent after storing).
+    pub mqtt_acked: AtomicU64,
+    /// MQTT publishes queued but not stored (storage error, shutdown); the
+    /// QoS 1/2 ones among them were not acknowledged.
+    pub mqtt_failed: AtomicU64,
     /// MQTT publishes dropped by the `on_full` policy (newest or oldest).
     pub mqtt_dropped_full: AtomicU64,
     /// MQTT publishes dropped by the service's rate limit.

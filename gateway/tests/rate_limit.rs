@@ -1,6 +1,6 @@
 //! Per-service ingest rate limits against the real binary: HTTP producers
 //! over the limit get 429 with Retry-After while another service flows;
-//! MQTT publishes over it are dropped and counted.
+//! MQTT QoS 0 publishes over it are dropped and counted, QoS 1 ones wait.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -43,35 +43,46 @@ async fn http_producer_over_its_rate_gets_429_while_another_service_flows() {
 }
 
 #[tokio::test]
-async fn mqtt_publishes_over_the_rate_are_dropped_and_counted() {
+async fn mqtt_qos0_over_the_rate_is_dropped_and_qos1_is_held_back() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!("{}[[route]]\nmqtt = \"m/#\"\ntopic = \"limited\"\n", config());
     let gw = Gateway::start(&dir.path().join("d"), Some(&text)).await;
     let (c, _task, mut rx) = client(&gw, "fast").await;
+    // QoS 0: what is over the limit is dropped and counted.
     const SENT: u64 = 30;
     for i in 0..SENT {
-        c.publish("m/x", QoS::AtLeastOnce, false, i.to_string().into_bytes()).await.unwrap();
+        c.publish("m/x", QoS::AtMostOnce, false, i.to_string().into_bytes()).await.unwrap();
+    }
+    let dropped_series = "sluice_mqtt_dropped_total{reason=\"rate_limited\",service=\"limited\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stored_qos0 = loop {
+        let (_, body) = gw.get_json("/v1/topics/limited/partitions/0/records?max_records=1000").await;
+        let stored = body["records"].as_array().map_or(0, Vec::len) as u64;
+        let dropped = gw.metric(dropped_series).await;
+        if stored + dropped == SENT {
+            assert!(dropped > 0 && stored >= 10, "stored {stored}, dropped {dropped}");
+            break stored;
+        }
+        assert!(Instant::now() < deadline, "stored {stored} + dropped {dropped} never reached {SENT}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let dropped_qos0 = gw.metric(dropped_series).await;
+    // QoS 1: nothing is dropped; the connection waits for the rate, and
+    // every PUBACK means stored.
+    const ACKED: u64 = 3;
+    for i in 0..ACKED {
+        c.publish("m/x", QoS::AtLeastOnce, false, format!("q1-{i}").into_bytes()).await.unwrap();
     }
     let mut acks = 0;
-    while acks < SENT {
+    while acks < ACKED {
         if let Packet::PubAck(_) =
             tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap()
         {
             acks += 1;
         }
     }
-    // Every publish is either stored or counted as dropped.
-    let dropped_series = "sluice_mqtt_dropped_total{reason=\"rate_limited\",service=\"limited\"}";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, body) = gw.get_json("/v1/topics/limited/partitions/0/records?max_records=1000").await;
-        let stored = body["records"].as_array().map_or(0, Vec::len) as u64;
-        let dropped = gw.metric(dropped_series).await;
-        if stored + dropped == SENT {
-            assert!(dropped > 0 && stored >= 10, "stored {stored}, dropped {dropped}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "stored {stored} + dropped {dropped} never reached {SENT}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_, body) = gw.get_json("/v1/topics/limited/partitions/0/records?max_records=1000").await;
+    assert_eq!(body["records"].as_array().map_or(0, Vec::len) as u64, stored_qos0 + ACKED, "{body}");
+    assert_eq!(gw.metric(dropped_series).await, dropped_qos0);
+    assert_eq!(gw.metric("sluice_service_mqtt_acked_total{service=\"limited\"}").await, ACKED);
 }

@@ -199,6 +199,33 @@ impl Guard {
         self.jobs.is_some()
     }
 
+    /// The publish filters of a client the broker accepted with
+    /// `username`; `None` allows everything.
+    pub fn acl_for(&self, username: Option<&str>) -> Option<Arc<Acl>> {
+        match username.filter(|u| !u.is_empty()) {
+            // Accepted, so the user exists; if not, nothing is allowed.
+            Some(name) if self.authenticates() => match self.users.get(name) {
+                Some(user) => user.acl.clone(),
+                None => Some(Arc::new(Acl { filters: Vec::new() })),
+            },
+            _ => self.anonymous_acl.clone(),
+        }
+    }
+
+    /// Counts (and logs, rate-limited) a publish or will message outside
+    /// the publish filters of `user`.
+    pub fn not_allowed(&self, user: Option<&str>, what: &str, topic: &[u8]) {
+        self.stats.dropped_not_allowed.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.warn_limit.allow() {
+            tracing::warn!(
+                user = user.unwrap_or("<anonymous>"),
+                topic = %String::from_utf8_lossy(topic),
+                suppressed,
+                "MQTT {what} outside the user's publish filters: not stored"
+            );
+        }
+    }
+
     /// Decides what to do with a CONNECT carrying `login` (user, password).
     pub fn on_connect(&self, login: Option<(&str, &str)>) -> Admission {
         let anonymous = || Admission::Accept { ticket: None, user: None, acl: self.anonymous_acl.clone() };

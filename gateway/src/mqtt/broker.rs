@@ -1,27 +1,31 @@
-//! Starting the embedded rumqttd broker from sluice's configuration.
+//! Starting the embedded rumqttd broker and sluice's front from the
+//! configuration.
 //!
 //! sluice does not use `rumqttd::Broker::start`: it starts the router and
-//! one `rumqttd::Server` per listener itself, so each listener decodes
-//! through [`Guarded`] (authentication and publish permissions).
+//! one `rumqttd::Server` per protocol version itself, on loopback ports,
+//! so each decodes through [`Guarded`] (authentication, and publish
+//! permissions for anything that reaches the broker without the front).
+//! The public listeners belong to the front ([`super::front`]).
 
 use super::auth::Guard;
+use super::front::{Front, Listeners};
 use super::guarded::Guarded;
-use super::ingest::IngestLoop;
+use super::ingest::Intake;
 use super::MqttStats;
 use crate::state::Shared;
 use anyhow::Context as _;
 use sluice_config::MqttConfig;
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// rumqttd keeps every publish of a subscription filter in in-memory
-/// segments; sluice's ingest link reads them as they arrive, so a few small
-/// segments suffice. Size: 1 MiB or 4 payloads, whichever is larger.
+/// segments for live subscribers (sluice stores publishes through its
+/// front, not from these), so a few small segments suffice. Size: 1 MiB or
+/// 4 payloads, whichever is larger.
 pub(super) fn segment_size(max_payload: u64) -> usize {
     usize::try_from((4 * max_payload).max(1 << 20)).unwrap_or(usize::MAX)
 }
@@ -32,24 +36,22 @@ const SEGMENT_COUNT: usize = 3;
 /// The running MQTT side.
 #[derive(Debug)]
 pub struct MqttHandle {
-    /// Address of the MQTT 3.1.1 listener.
+    /// Address of the public MQTT listener (3.1.1 and 5).
     pub addr: SocketAddr,
-    /// Address of the MQTT 5 listener, if configured.
+    /// Address of the second public listener (`mqtt.listen_v5`), if
+    /// configured; it serves both protocol versions too.
     pub addr_v5: Option<SocketAddr>,
-    /// Whether both listeners speak TLS (`[mqtt.tls]`).
+    /// Whether the public listeners speak TLS (`[mqtt.tls]`).
     pub tls: bool,
-    stop: Arc<AtomicBool>,
-    ingest: JoinHandle<()>,
+    stop: watch::Sender<bool>,
 }
 
 impl MqttHandle {
-    /// Stops reading from the broker after draining what it already
-    /// delivered. The broker itself keeps running until the process exits.
+    /// Stops accepting connections. Open connections go on until the
+    /// process exits; what they publish after the ingest pipeline closed is
+    /// not acknowledged. The broker itself keeps running until then.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Release);
-        if self.ingest.join().is_err() {
-            tracing::error!("MQTT ingest thread panicked");
-        }
+        let _ = self.stop.send(true);
     }
 }
 
@@ -66,7 +68,8 @@ fn server(name: &str, listen: SocketAddr, mqtt: &MqttConfig) -> rumqttd::ServerS
     // username, so none is installed.
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 10_000,
-        max_payload_size: usize::try_from(mqtt.max_payload.as_u64()).unwrap_or(usize::MAX),
+        // The front enforces the limit; the broker gets what it passed.
+        max_payload_size: max_packet(mqtt),
         max_inflight_count: mqtt.max_inflight as usize,
         auth: None,
         external_auth: None,
@@ -89,8 +92,8 @@ pub fn rumqttd_config(mqtt: &MqttConfig, addr: SocketAddr, addr_v5: Option<Socke
     rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
-            // One more than the listeners accept: the ingest link.
-            max_connections: mqtt.max_connections as usize + 1,
+            // Room for the readiness probes next to the front's connections.
+            max_connections: mqtt.max_connections as usize + 2,
             max_outgoing_packet_count: 200,
             max_segment_size: segment_size(mqtt.max_payload.as_u64()),
             max_segment_count: SEGMENT_COUNT,
@@ -114,24 +117,21 @@ fn install_auth(connections: &mut rumqttd::ConnectionSettings, guard: &Arc<Guard
     }
 }
 
-/// Starts rumqttd and the ingest link; returns once the listeners accept
-/// connections.
+/// Largest remaining length of a packet from a client: the payload limit
+/// plus room for the topic and properties.
+fn max_packet(mqtt: &MqttConfig) -> usize {
+    usize::try_from(mqtt.max_payload.as_u64()).unwrap_or(usize::MAX).saturating_add(HEADER_ROOM)
+}
+
+/// Room for a PUBLISH's topic (at most 64 KiB) and properties.
+const HEADER_ROOM: usize = (64 << 10) + 256;
+
+/// Starts rumqttd on loopback and sluice's front on the public addresses;
+/// returns once both accept connections.
 pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandle> {
     let mqtt = &shared.config.mqtt;
-    // With TLS, sluice owns the public listeners and the broker listens on
-    // loopback behind them (see tls_front).
-    let fronts = super::tls_front::TlsFronts::bind(mqtt, stats.tls.clone())?;
-    let (addr, addr_v5, public) = match &fronts {
-        Some(fronts) => {
-            let broker = fronts.broker_addrs()?;
-            (broker[0], broker.get(1).copied(), fronts.addrs()?)
-        }
-        None => {
-            let addr = reserve(mqtt.listen, "mqtt.listen")?;
-            let addr_v5 = mqtt.listen_v5.map(|a| reserve(a, "mqtt.listen_v5")).transpose()?;
-            (addr, addr_v5, std::iter::once(addr).chain(addr_v5).collect::<Vec<_>>())
-        }
-    };
+    let listeners = Listeners::bind(mqtt, stats.listener.clone())?;
+    let public = listeners.addrs()?;
     let _ = stats.ports.set(public.iter().map(|a| a.port()).collect());
     let guard = Guard::new(mqtt, stats.clone()).context("cannot start the MQTT password checker")?;
     if !guard.authenticates() {
@@ -139,12 +139,11 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
             tracing::warn!(listen = %a, "MQTT listener without authentication: any client that reaches it may publish and subscribe; configure [[mqtt.users]]");
         }
     }
-    let mut config = rumqttd_config(mqtt, addr, addr_v5);
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let broker_v4 = reserve(loopback, "mqtt.listen")?;
+    let broker_v5 = reserve(loopback, "mqtt.listen_v5")?;
+    let mut config = rumqttd_config(mqtt, broker_v4, Some(broker_v5));
     let router_tx = rumqttd::Router::new(config.id, config.router.clone()).spawn();
-    let (mut link_tx, link_rx, _ack) = rumqttd::local::LinkBuilder::new("sluice-ingest", router_tx.clone())
-        .build()
-        .context("cannot attach to the embedded broker")?;
-    link_tx.subscribe("#").context("cannot subscribe the ingest link")?;
     for (mut settings, v5) in config
         .v4
         .take()
@@ -176,20 +175,19 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
             }
         })?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let ingest = {
-        let lp = IngestLoop::new(shared.clone(), stats, link_rx, stop.clone());
-        std::thread::Builder::new().name("sluice-mqtt-in".into()).spawn(move || lp.run())?
-    };
-    wait_listening(addr, false)?;
-    if let Some(a) = addr_v5 {
-        wait_listening(a, true)?;
-    }
-    let tls = fronts.is_some();
-    if let Some(fronts) = fronts {
-        fronts.serve(&std::iter::once(addr).chain(addr_v5).collect::<Vec<_>>())?;
-    }
-    Ok(MqttHandle { addr: public[0], addr_v5: public.get(1).copied(), tls, stop, ingest })
+    wait_listening(broker_v4, false)?;
+    wait_listening(broker_v5, true)?;
+    let front = Arc::new(Front {
+        intake: Intake::new(shared.clone(), stats),
+        guard,
+        broker_v4,
+        broker_v5,
+        max_packet: max_packet(mqtt),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let tls = listeners.tls();
+    listeners.serve(front, &stopped)?;
+    Ok(MqttHandle { addr: public[0], addr_v5: public.get(1).copied(), tls, stop })
 }
 
 /// rumqttd reports a failed bind only in its logs: wait until it answers

@@ -54,16 +54,7 @@ impl<P> Guarded<P> {
     }
 
     fn not_allowed(&self, what: &str, topic: &[u8]) {
-        self.guard.stats.dropped_not_allowed.fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.guard.warn_limit.allow() {
-            let user = self.user.as_deref().unwrap_or("<anonymous>");
-            tracing::warn!(
-                user,
-                topic = %String::from_utf8_lossy(topic),
-                suppressed,
-                "MQTT {what} outside the user's publish filters: not stored"
-            );
-        }
+        self.guard.not_allowed(self.user.as_deref(), what, topic);
     }
 
     fn connect(&mut self, packet: Packet) -> Packet {

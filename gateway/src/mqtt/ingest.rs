@@ -1,203 +1,267 @@
-//! The loop that reads publishes from the embedded broker's local link and
-//! queues them for persisting.
+//! From the publishes of one read of a connection to ingest jobs.
 //!
-//! Publishes that arrive together are grouped per log topic into one job
-//! (up to [`MAX_JOB_BYTES`]), so a burst costs one queue operation and one
-//! sled batch per topic instead of one per message.
+//! The front ([`super::front`]) hands every PUBLISH of one read to a
+//! [`Gather`]: each is routed to its log topic and grouped with the others
+//! of the same topic and QoS class, so a burst costs one queue operation
+//! per topic instead of one per message. [`Intake::submit`] then queues
+//! the groups through the same per-service queues and scheduler as HTTP:
+//!
+//! - acknowledged publishes (QoS 1 and 2) wait for room: when the
+//!   service's queue is full or its rate limit says wait, the connection is
+//!   not read until there is room (TCP backpressure on that connection
+//!   only; its other topics wait with it). Each such group carries a reply
+//!   that the front turns into PUBACKs once the records are appended (and
+//!   durable, for `sync` services).
+//! - QoS 0 publishes follow the service's `on_full` policy and are dropped
+//!   over the rate limit, counted.
 
 use super::route::{Drop, Router};
 use super::MqttStats;
-use crate::ingest::{Job, Rejected};
+use crate::ingest::{Appended, IngestError, Job, Rejected};
 use crate::state::Shared;
 use crate::topics::TopicError;
-use rumqttd::local::LinkRx;
-use rumqttd::Notification;
-use sluice_config::OnFull;
+use sluice_config::{Durability, OnFull};
+use sluice_store::scheduler::ServiceId;
 use sluice_store::Record;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
-/// Largest job built from a burst of publishes.
-const MAX_JOB_BYTES: u64 = 256 << 10;
+/// Longest pause between two tries to queue acknowledged publishes into a
+/// full service queue.
+const MAX_BACKOFF: Duration = Duration::from_millis(20);
 
-pub(super) struct IngestLoop {
-    shared: Shared,
-    stats: Arc<MqttStats>,
-    link: LinkRx,
-    stop: Arc<AtomicBool>,
-    router: Router,
-    /// Records gathered from the current burst, per log topic.
-    pending: Vec<(String, Vec<Record>, u64)>,
+/// Publishes of one read, grouped per (log topic, acknowledged).
+#[derive(Debug, Default)]
+pub(super) struct Gather {
+    groups: Vec<Group>,
 }
 
-impl IngestLoop {
-    pub(super) fn new(
-        shared: Shared,
-        stats: Arc<MqttStats>,
-        link: LinkRx,
-        stop: Arc<AtomicBool>,
-    ) -> IngestLoop {
+#[derive(Debug)]
+struct Group {
+    topic: String,
+    acked: bool,
+    records: Vec<Record>,
+    bytes: u64,
+}
+
+impl Gather {
+    /// Encoded bytes gathered so far.
+    pub(super) fn bytes(&self) -> u64 {
+        self.groups.iter().map(|g| g.bytes).sum()
+    }
+
+    /// Whether nothing was gathered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+/// A queued group, on its way to the log.
+#[derive(Debug)]
+pub(super) struct Pending {
+    /// Answers once the writer appended the group.
+    pub(super) appended: oneshot::Receiver<Result<Appended, IngestError>>,
+    /// The service the records belong to (its counters).
+    pub(super) service: ServiceId,
+    /// Records in the group.
+    pub(super) records: u64,
+    /// Whether the group holds acknowledged publishes.
+    pub(super) acked: bool,
+}
+
+impl Pending {
+    /// Waits until the group is appended, and durable when it was queued
+    /// as `sync`.
+    pub(super) async fn stored(&mut self) -> Result<(), NotStored> {
+        let appended =
+            (&mut self.appended).await.map_err(|_| NotStored::Evicted)?.map_err(NotStored::Failed)?;
+        if let Some(durable) = appended.durable {
+            durable
+                .await
+                .map_err(|_| NotStored::Failed(IngestError::ShuttingDown))?
+                .map_err(NotStored::Failed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a group was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// Its log topic cannot be used (unknown while auto-creation is off,
+    /// or the store cannot create it).
+    InvalidTopic,
+    /// sluice is shutting down.
+    ShuttingDown,
+    /// QoS 0 publishes dropped by the `on_full` policy or the rate limit.
+    Policy,
+}
+
+/// Why a queued group did not reach the log.
+#[derive(Debug)]
+pub(super) enum NotStored {
+    /// Taken out of the full queue by another publish's `drop_oldest`.
+    Evicted,
+    /// The store failed, or sluice was shutting down.
+    Failed(IngestError),
+}
+
+/// Routing and queueing of MQTT publishes, shared by every connection.
+#[derive(Debug)]
+pub(super) struct Intake {
+    shared: Shared,
+    stats: Arc<MqttStats>,
+    router: Router,
+}
+
+impl Intake {
+    pub(super) fn new(shared: Shared, stats: Arc<MqttStats>) -> Intake {
         let router = Router::new(&shared.config);
-        IngestLoop { shared, stats, link, stop, router, pending: Vec::new() }
+        Intake { shared, stats, router }
     }
 
-    pub(super) fn run(mut self) {
-        loop {
-            let stopping = self.stop.load(Ordering::Acquire);
-            // Block briefly for the first notification of a burst, then take
-            // what is already there without waiting.
-            let wait = if stopping { Duration::from_millis(50) } else { Duration::from_millis(100) };
-            let mut got = 0usize;
-            let mut deadline = Instant::now() + wait;
-            loop {
-                match self.link.recv_deadline(deadline) {
-                    Ok(Some(n)) => {
-                        got += 1;
-                        self.notification(n);
-                        deadline = Instant::now();
-                    }
-                    Ok(None) => deadline = Instant::now(),
-                    Err(rumqttd::local::LinkError::RecvTimeout(_)) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, "MQTT ingest link closed");
-                        self.flush_pending();
-                        return;
-                    }
-                }
-            }
-            self.flush_pending();
-            // While stopping, keep draining until the broker has nothing more.
-            if stopping && got == 0 {
-                return;
-            }
-        }
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
-    fn notification(&mut self, n: Notification) {
-        match n {
-            Notification::Forward(forward) => {
-                self.stats.received.fetch_add(1, Ordering::Relaxed);
-                self.publish(&forward.publish.topic, forward.publish.payload.to_vec());
-            }
-            // The router paused the link because its buffer was full: we
-            // have read it, ask for more.
-            Notification::Unschedule => {
-                if let Err(e) = self.link.ready() {
-                    tracing::error!(error = %e, "cannot resume the MQTT ingest link");
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn publish(&mut self, topic: &[u8], payload: Vec<u8>) {
+    /// Routes one publish into `gather`; returns the index of its group,
+    /// or why it is not stored (counted here).
+    pub(super) fn add(
+        &self,
+        gather: &mut Gather,
+        topic: &[u8],
+        payload: &[u8],
+        acked: bool,
+    ) -> Result<usize, Drop> {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
         let Ok(mqtt_topic) = std::str::from_utf8(topic) else {
             self.stats.dropped_invalid_topic.fetch_add(1, Ordering::Relaxed);
-            return;
+            return Err(Drop::InvalidTopic);
         };
-        let dest = match self.router.route(mqtt_topic, &payload) {
-            Ok(d) => d,
-            Err(Drop::Unrouted) => {
-                self.stats.dropped_unrouted.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(Drop::InvalidTopic) => {
-                self.stats.dropped_invalid_topic.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
+        let dest = self.router.route(mqtt_topic, payload).inspect_err(|why| {
+            let counter = match why {
+                Drop::Unrouted => &self.stats.dropped_unrouted,
+                Drop::InvalidTopic => &self.stats.dropped_invalid_topic,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        })?;
         if dest.key_missing {
             self.stats.key_missing.fetch_add(1, Ordering::Relaxed);
         }
         let record = Record {
             key: dest.key,
-            value: payload,
-            headers: vec![("mqtt.topic".to_owned(), mqtt_topic.as_bytes().to_vec())],
+            value: payload.to_vec(),
+            headers: vec![("mqtt.topic".to_owned(), topic.to_vec())],
             timestamp_ms: crate::now_ms(),
         };
         let size = record.encoded_len() as u64;
-        let at = match self.pending.iter().position(|(t, _, _)| *t == dest.topic) {
+        let at = match gather.groups.iter().position(|g| g.acked == acked && g.topic == dest.topic) {
             Some(at) => at,
             None => {
-                self.pending.push((dest.topic, Vec::new(), 0));
-                self.pending.len() - 1
+                gather.groups.push(Group { topic: dest.topic, acked, records: Vec::new(), bytes: 0 });
+                gather.groups.len() - 1
             }
         };
-        let entry = &mut self.pending[at];
-        entry.1.push(record);
-        entry.2 += size;
-        if entry.2 >= MAX_JOB_BYTES {
-            let (topic, records, _) = self.pending.swap_remove(at);
-            self.submit(&topic, records);
-        }
+        let group = &mut gather.groups[at];
+        group.records.push(record);
+        group.bytes += size;
+        Ok(at)
     }
 
-    fn flush_pending(&mut self) {
-        for (topic, records, _) in std::mem::take(&mut self.pending) {
-            self.submit(&topic, records);
+    /// Queues every group of `gather`; the result has one entry per group
+    /// (by index), or why the group was not queued (counted).
+    pub(super) async fn submit(&self, gather: Gather) -> Vec<Result<Pending, Refused>> {
+        let mut out = Vec::with_capacity(gather.groups.len());
+        for group in gather.groups {
+            out.push(self.submit_group(group).await);
         }
+        out
     }
 
-    fn submit(&self, topic: &str, mut records: Vec<Record>) {
+    async fn submit_group(&self, group: Group) -> Result<Pending, Refused> {
         let shared = &self.shared;
-        let mut count = records.len() as u64;
-        let topic = match shared.topics.get_or_create(topic, &shared.store, &shared.services) {
+        let count = group.records.len() as u64;
+        let topic = match shared.topics.get_or_create(&group.topic, &shared.store, &shared.services) {
             Ok(t) => t,
-            Err(TopicError::Store(e)) => {
-                tracing::error!(topic, error = %e, "cannot create topic for MQTT publishes");
-                self.stats.dropped_invalid_topic.fetch_add(count, Ordering::Relaxed);
-                return;
-            }
             Err(e) => {
-                tracing::debug!(topic, error = %e, "MQTT publishes dropped");
+                match e {
+                    TopicError::Store(e) => {
+                        tracing::error!(topic = group.topic, error = %e, "cannot create topic for MQTT publishes")
+                    }
+                    e => tracing::debug!(topic = group.topic, error = %e, "MQTT publishes dropped"),
+                }
                 self.stats.dropped_invalid_topic.fetch_add(count, Ordering::Relaxed);
-                return;
+                return Err(Refused::InvalidTopic);
             }
         };
         let service = shared.services.resolve(&topic.service);
+        service.counters.mqtt_in.fetch_add(count, Ordering::Relaxed);
+        let mut records = group.records;
         if let Some(rate) = &service.rate {
-            // MQTT has no backpressure here: what is over the limit is
-            // dropped and counted.
-            let now = Instant::now();
-            let admitted =
-                records.iter().take_while(|r| rate.try_take(now, 1, r.encoded_len() as u64).is_ok()).count();
-            let dropped = (records.len() - admitted) as u64;
-            if dropped > 0 {
-                service.counters.mqtt_dropped_rate.fetch_add(dropped, Ordering::Relaxed);
-                records.truncate(admitted);
-                count -= dropped;
-                if records.is_empty() {
-                    return;
+            if group.acked {
+                // Backpressure: wait until each record passes (one at a
+                // time, so a group larger than the burst passes too).
+                for r in &records {
+                    while let Err(wait) = rate.try_take(Instant::now(), 1, r.encoded_len() as u64) {
+                        tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
+                    }
+                }
+            } else {
+                let now = Instant::now();
+                let admitted = records
+                    .iter()
+                    .take_while(|r| rate.try_take(now, 1, r.encoded_len() as u64).is_ok())
+                    .count();
+                let dropped = (records.len() - admitted) as u64;
+                if dropped > 0 {
+                    service.counters.mqtt_dropped_rate.fetch_add(dropped, Ordering::Relaxed);
+                    records.truncate(admitted);
                 }
             }
         }
-        let mut job = Job::new(topic.clone(), service.id, records, false, None);
+        if records.is_empty() {
+            return Err(Refused::Policy);
+        }
+        let count = records.len() as u64;
+        let sync = group.acked && service.durability == Durability::Sync;
+        let (tx, rx) = oneshot::channel();
+        let mut job = Job::new(topic.clone(), service.id, records, sync, Some(tx));
+        let mut backoff = Duration::from_millis(1);
         loop {
             match shared.ingest.submit(job) {
                 Ok(()) => {
-                    service.counters.mqtt_in.fetch_add(count, Ordering::Relaxed);
-                    return;
+                    return Ok(Pending {
+                        appended: rx,
+                        service: service.id,
+                        records: count,
+                        acked: group.acked,
+                    })
                 }
                 Err((Rejected::ShuttingDown, _)) => {
                     self.stats.dropped_shutting_down.fetch_add(count, Ordering::Relaxed);
-                    return;
+                    return Err(Refused::ShuttingDown);
+                }
+                Err((Rejected::Full { .. }, back)) if group.acked => {
+                    // Not read further until there is room.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    job = back;
                 }
                 Err((Rejected::Full { .. }, back)) => match service.on_full {
                     OnFull::DropNewest => {
                         service.counters.mqtt_dropped_full.fetch_add(count, Ordering::Relaxed);
-                        return;
+                        return Err(Refused::Policy);
                     }
+                    // The dropped job's own waiter counts it (NotStored::Evicted).
                     OnFull::DropOldest => match shared.ingest.drop_oldest(service.id) {
-                        Some(dropped) => {
-                            service.counters.mqtt_dropped_full.fetch_add(dropped as u64, Ordering::Relaxed);
-                            job = back;
-                        }
+                        Some(_) => job = back,
                         // Nothing queued to drop: the queue holds only
                         // in-flight work; this burst cannot fit.
                         None => {
                             service.counters.mqtt_dropped_full.fetch_add(count, Ordering::Relaxed);
-                            return;
+                            return Err(Refused::Policy);
                         }
                     },
                 },

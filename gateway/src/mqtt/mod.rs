@@ -1,29 +1,28 @@
-//! MQTT ingest through an embedded rumqttd broker.
+//! MQTT: sluice's connection front and an embedded rumqttd broker.
+//!
+//! The front ([`front`]) owns the public listeners (plain or TLS, MQTT
+//! 3.1.1 and 5 on every port). It reads each PUBLISH itself, routes it to a
+//! log topic, queues it through the same per-service queues and scheduler
+//! as HTTP, and acknowledges it once it is stored (PUBACK after the append,
+//! after the flush for `sync` services). Every packet also reaches the
+//! broker, which listens on loopback only and serves live subscribers and
+//! retained messages; its own acknowledgements are dropped on the way back.
 //!
 //! rumqttd runs on threads of its own (its router and listener threads
 //! never stop; there is no shutdown API). sluice assembles it from
-//! rumqttd's public parts (router, one `Server` per listener with sluice's
-//! [`guarded`] codec for authentication and publish permissions, see
-//! [`auth`]) and attaches one local link subscribed to `#`,
-//! reads every publish the router accepted, routes it to a log topic and
-//! queues it through the same per-service queues and scheduler as HTTP.
-//!
-//! rumqttd acknowledges a QoS 1 publish when its router receives it, before
-//! sluice sees it; sluice persists it within the service's flush window
-//! (`store.flush_interval`, or the group-commit window for `sync`
-//! services). That window is what a crash can lose of acknowledged MQTT
-//! publishes. rumqttd keeps publishes in in-memory segments per
-//! subscription filter; they are configured small here (3 segments of
-//! 1 MiB or 4 x `mqtt.max_payload`) because its defaults can hold a GiB per
-//! filter. With `[mqtt.tls]`, sluice terminates TLS in front of the broker
-//! (`tls_front`).
+//! rumqttd's public parts (router, one `Server` per protocol version with
+//! sluice's [`guarded`] codec for authentication, see [`auth`]). rumqttd
+//! keeps publishes in in-memory segments per subscription filter for its
+//! subscribers; they are configured small here (3 segments of 1 MiB or
+//! 4 x `mqtt.max_payload`) because its defaults can hold a GiB per filter.
 
 pub mod auth;
 mod broker;
+mod front;
 pub mod guarded;
 mod ingest;
+pub(crate) mod packet;
 pub mod route;
-mod tls_front;
 
 pub use broker::{reserve, rumqttd_config, start, wait_listening, MqttHandle};
 
@@ -32,7 +31,7 @@ use std::sync::atomic::AtomicU64;
 /// MQTT-wide counters (per-service ones live in the service counters).
 #[derive(Debug, Default)]
 pub struct MqttStats {
-    /// Publishes received from the broker.
+    /// Publishes received from clients (and will messages).
     pub received: AtomicU64,
     /// Dropped: no route matched and `mqtt.unrouted = "drop"`.
     pub dropped_unrouted: AtomicU64,
@@ -53,8 +52,8 @@ pub struct MqttStats {
     pub key_missing: AtomicU64,
     /// Ports of the MQTT listeners (for the connection gauge).
     pub ports: std::sync::OnceLock<Vec<u16>>,
-    /// Counters of the TLS listeners (`[mqtt.tls]`).
-    pub tls: std::sync::Arc<crate::listener::ListenerStats>,
+    /// Counters of the public listeners (connection limit, TLS).
+    pub listener: std::sync::Arc<crate::listener::ListenerStats>,
 }
 
 /// Established TCP connections on the MQTT listener ports, read from

@@ -1,0 +1,598 @@
+//! sluice's MQTT front: it owns the public MQTT listeners (plain or TLS)
+//! and stands between each client and the embedded broker, which listens
+//! on loopback only.
+//!
+//! Why: rumqttd acknowledges a QoS 1 publish when its router receives it,
+//! and the router's in-memory log can drop publishes before a reader of it
+//! sees them (measured: 22.5% of acknowledged publishes lost with 100
+//! connections at full speed, through a `#` subscription). Here sluice
+//! reads every PUBLISH itself, queues it for the log, and sends the PUBACK
+//! (PUBREC for QoS 2) itself, in the order the publishes came in, once the
+//! records are appended, or durable for a `sync` service. The broker gets
+//! each publish as well, for live subscribers and retained messages; its
+//! own acknowledgements are dropped on the way back.
+//!
+//! ```text
+//! client ──► reader ──PUBLISH──► Intake (queues, scheduler) ──► writer thread
+//!              │   └─ack batch─► acker: waits for stored, in order ──┐
+//!              └─every packet (QoS 2 as QoS 1)─► broker (loopback)   │
+//! client ◄── writer ◄── broker's packets (minus its PUBACKs) ◄───────┘
+//! ```
+//!
+//! Per connection:
+//! - the CONNECT decides the broker listener (3.1.1 or 5: both protocol
+//!   versions on every public port); keep-alive 0 ("no keep-alive", which
+//!   MQTT allows and rumqttd refuses) reaches the broker as 65535 s;
+//! - nothing after the CONNECT is read before the broker's CONNACK, so
+//!   publishes are checked against the publish filters of the user the
+//!   broker authenticated;
+//! - QoS 2 is completed by sluice (PUBREC once stored, PUBCOMP on PUBREL);
+//!   a re-sent QoS 2 publish whose PUBREL is pending is not stored twice;
+//! - publishes outside the user's filters are neither stored nor passed
+//!   on: MQTT 5 gets reason 0x87, 3.1.1 a PUBACK (MQTT-3.3.5-2), counted;
+//! - when the connection ends without DISCONNECT, its will message is
+//!   stored (the broker publishes it to live subscribers).
+
+use super::auth::{Acl, Guard};
+use super::ingest::{Gather, Intake, NotStored, Pending, Refused};
+use super::packet::{self, kind, reason, PacketError};
+use super::route::Drop;
+use crate::listener::{Gate, ListenerStats, TlsListener};
+use anyhow::Context as _;
+use bytes::{Bytes, BytesMut};
+use sluice_config::MqttConfig;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How long a client has to send its CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the broker may take to answer a CONNECT (password checks
+/// included).
+const CONNACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Publishes gathered into one set of jobs, at most (bytes).
+const MAX_GATHER: u64 = 256 << 10;
+/// Batches of publishes awaiting their acknowledgements per connection;
+/// when full, the connection is not read (bounds memory per connection).
+const ACK_WINDOW: usize = 16;
+/// Read buffer per connection, to start with.
+const READ_BUF: usize = 16 << 10;
+
+/// What the front needs to serve connections.
+#[derive(Debug)]
+pub(super) struct Front {
+    pub(super) intake: Intake,
+    pub(super) guard: Arc<Guard>,
+    /// Loopback listener of the broker for MQTT 3.1 / 3.1.1.
+    pub(super) broker_v4: SocketAddr,
+    /// Loopback listener of the broker for MQTT 5.
+    pub(super) broker_v5: SocketAddr,
+    /// Largest remaining length accepted from a client.
+    pub(super) max_packet: usize,
+}
+
+/// The bound public listeners, before they serve.
+#[derive(Debug)]
+pub(super) struct Listeners {
+    tls: Option<TlsListener>,
+    listeners: Vec<std::net::TcpListener>,
+    gate: Gate,
+}
+
+impl Listeners {
+    /// Binds `mqtt.listen` (and `listen_v5`), and reads the TLS files when
+    /// `[mqtt.tls]` is configured.
+    pub(super) fn bind(mqtt: &MqttConfig, stats: Arc<ListenerStats>) -> anyhow::Result<Listeners> {
+        let tls = mqtt.tls.as_ref().map(|tls| TlsListener::new(tls, "mqtt.tls", &[b"mqtt"])).transpose()?;
+        let mut listeners = vec![bind(mqtt.listen, "mqtt.listen")?];
+        if let Some(v5) = mqtt.listen_v5 {
+            listeners.push(bind(v5, "mqtt.listen_v5")?);
+        }
+        Ok(Listeners { tls, listeners, gate: Gate::new(mqtt.max_connections, stats) })
+    }
+
+    /// Whether the listeners speak TLS.
+    pub(super) fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The public addresses: `listen`, then `listen_v5` if configured.
+    pub(super) fn addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        self.listeners.iter().map(|l| Ok(l.local_addr()?)).collect()
+    }
+
+    /// Serves every listener until `stop` turns true.
+    pub(super) fn serve(self, front: Arc<Front>, stop: &watch::Receiver<bool>) -> anyhow::Result<()> {
+        for listener in self.listeners {
+            listener.set_nonblocking(true)?;
+            let listener = TcpListener::from_std(listener)?;
+            let (tls, gate, front, stop) = (self.tls.clone(), self.gate.clone(), front.clone(), stop.clone());
+            tokio::spawn(accept_loop(listener, tls, gate, front, stop));
+        }
+        Ok(())
+    }
+}
+
+fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen for MQTT on {addr} ({field})"))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsListener>,
+    gate: Gate,
+    front: Arc<Front>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer, admitted) = tokio::select! {
+            accepted = gate.accept(&listener, "mqtt.max_connections") => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (tls, stats, front) = (tls.clone(), gate.stats().clone(), front.clone());
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let _ = tcp.set_nodelay(true);
+            let result = match tls {
+                Some(tls) => match tls.accept(tcp, peer, &stats).await {
+                    Some(stream) => session(stream, &front).await,
+                    None => return,
+                },
+                None => session(tcp, &front).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "MQTT connection ended");
+            }
+        });
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+    #[error("{0}")]
+    Protocol(&'static str),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no CONNECT within {0:?}")]
+    ConnectTimeout(Duration),
+}
+
+/// What goes to the client's writer.
+#[derive(Debug)]
+enum Out {
+    Bytes(Bytes),
+    /// Close the connection (a 3.1.1 publish that could not be stored).
+    Close,
+}
+
+/// How an acknowledgement is decided.
+#[derive(Debug, Clone, Copy)]
+enum Status {
+    /// At once, with this reason code (0: success).
+    Now(u8),
+    /// When group `n` of the batch is stored (or not).
+    Group(usize),
+}
+
+#[derive(Debug)]
+struct Ack {
+    kind: u8,
+    pkid: u16,
+    status: Status,
+}
+
+/// The acknowledgements of one read, and the groups they wait for.
+#[derive(Debug)]
+struct AckBatch {
+    acks: Vec<Ack>,
+    groups: Vec<Result<Pending, Refused>>,
+}
+
+/// How the client's side ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// DISCONNECT: no will (unless MQTT 5 reason 0x04 asks for it).
+    Disconnect { with_will: bool },
+    /// The client closed, the broker closed, or an error: the will applies.
+    Lost,
+}
+
+async fn session<S>(stream: S, front: &Arc<Front>) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut rd, &mut buf, front.max_packet))
+        .await
+        .map_err(|_| SessionError::ConnectTimeout(CONNECT_TIMEOUT))??
+        .ok_or(SessionError::Protocol("closed before CONNECT"))?;
+    if packet::kind_of(&first) != kind::CONNECT {
+        return Err(SessionError::Protocol("first packet is not CONNECT"));
+    }
+    let connect = packet::connect(&first)?;
+    let backend = TcpStream::connect(if connect.v5() { front.broker_v5 } else { front.broker_v4 }).await?;
+    let _ = backend.set_nodelay(true);
+    let (br, mut bw) = backend.into_split();
+    let mut hello = BytesMut::from(&first[..]);
+    if connect.keep_alive == 0 {
+        // rumqttd refuses keep-alive 0; the longest one it accepts is the
+        // closest thing to "none".
+        hello[connect.keep_alive_at..connect.keep_alive_at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+    }
+    bw.write_all(&hello).await?;
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let (out_tx, out_rx) = mpsc::channel::<Out>(64);
+    let (connack_tx, connack_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_loop(wr, out_rx, stop_tx.clone()));
+    let from_broker =
+        tokio::spawn(broker_loop(br, out_tx.clone(), connack_tx, stop_tx.clone(), front.max_packet));
+    let accepted = matches!(tokio::time::timeout(CONNACK_TIMEOUT, connack_rx).await, Ok(Ok(true)));
+    if !accepted {
+        // The broker's CONNACK (a refusal) is on its way to the client; the
+        // broker closes the connection, which ends both tasks.
+        drop((out_tx, bw));
+        let _ = tokio::time::timeout(CONNACK_TIMEOUT, from_broker).await;
+        let _ = writer.await;
+        return Ok(());
+    }
+    let (acks_tx, acks_rx) = mpsc::channel::<AckBatch>(ACK_WINDOW);
+    let acker = tokio::spawn(ack_loop(acks_rx, out_tx, front.clone(), connect.v5(), stop_tx.clone()));
+    let mut conn = Conn {
+        front: front.clone(),
+        level: connect.level,
+        acl: front.guard.acl_for(connect.username.as_deref()),
+        user: connect.username.clone(),
+        aliases: HashMap::new(),
+        qos2: HashSet::new(),
+    };
+    let ending = conn.pump(&mut rd, &mut buf, &mut bw, &acks_tx, &mut stop_rx).await;
+    let will_applies = match &ending {
+        Ok(Ending::Disconnect { with_will }) => *with_will,
+        Ok(Ending::Lost) | Err(_) => true,
+    };
+    if let (true, Some(will)) = (will_applies, &connect.will) {
+        conn.store_will(will, &acks_tx).await;
+    }
+    drop(acks_tx);
+    // Everything read so far is stored or refused before the broker hears
+    // that the client is gone.
+    let _ = acker.await;
+    drop(bw);
+    let _ = stop_tx.send(true);
+    let _ = from_broker.await;
+    let _ = writer.await;
+    ending.map(|_| ())
+}
+
+/// Reads until one whole frame is buffered; `None` on a clean EOF.
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Bytes>, SessionError> {
+    loop {
+        if let Some(frame) = packet::next_frame(buf, max)? {
+            return Ok(Some(frame));
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// The client-to-broker side of one connection.
+struct Conn {
+    front: Arc<Front>,
+    level: u8,
+    acl: Option<Arc<Acl>>,
+    user: Option<String>,
+    /// MQTT 5 topic aliases the client set up.
+    aliases: HashMap<u16, Bytes>,
+    /// QoS 2 packet ids stored and answered with PUBREC, awaiting PUBREL.
+    qos2: HashSet<u16>,
+}
+
+impl Conn {
+    fn v5(&self) -> bool {
+        self.level == 5
+    }
+
+    async fn pump<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        bw: &mut tokio::net::tcp::OwnedWriteHalf,
+        acks_tx: &mpsc::Sender<AckBatch>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Ending, SessionError> {
+        let max = self.front.max_packet;
+        loop {
+            let mut gather = Gather::default();
+            let mut to_broker = BytesMut::new();
+            let mut acks = Vec::new();
+            let mut ending = None;
+            let mut more = false;
+            while !more {
+                more = gather.bytes() >= MAX_GATHER;
+                let Some(frame) = packet::next_frame(buf, max)? else { break };
+                match packet::kind_of(&frame) {
+                    kind::PUBLISH => self.publish(&frame, &mut gather, &mut to_broker, &mut acks)?,
+                    kind::PUBREL => {
+                        let pkid = packet::pkid_of(&frame).ok_or(SessionError::Protocol("short PUBREL"))?;
+                        let code = if self.qos2.remove(&pkid) { 0 } else { reason::PKID_NOT_FOUND };
+                        acks.push(Ack { kind: kind::PUBCOMP, pkid, status: Status::Now(code) });
+                    }
+                    kind::CONNECT => return Err(SessionError::Protocol("second CONNECT")),
+                    kind::DISCONNECT => {
+                        // MQTT 5 reason 0x04: "disconnect with will message".
+                        let with_will = self.v5() && frame.get(2) == Some(&0x04);
+                        to_broker.extend_from_slice(&frame);
+                        ending = Some(Ending::Disconnect { with_will });
+                        break;
+                    }
+                    _ => to_broker.extend_from_slice(&frame),
+                }
+            }
+            if !gather.is_empty() || !acks.is_empty() {
+                let groups = self.front.intake.submit(gather).await;
+                if acks_tx.send(AckBatch { acks, groups }).await.is_err() {
+                    return Ok(Ending::Lost);
+                }
+            }
+            if !to_broker.is_empty() {
+                bw.write_all(&to_broker).await?;
+            }
+            if let Some(ending) = ending {
+                return Ok(ending);
+            }
+            if more {
+                // The gather filled up: the rest of the buffer first.
+                continue;
+            }
+            tokio::select! {
+                n = rd.read_buf(buf) => if n? == 0 { return Ok(Ending::Lost) },
+                _ = stop.wait_for(|s| *s) => return Ok(Ending::Lost),
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        frame: &Bytes,
+        gather: &mut Gather,
+        to_broker: &mut BytesMut,
+        acks: &mut Vec<Ack>,
+    ) -> Result<(), SessionError> {
+        let p = packet::publish(frame, self.level)?;
+        let topic = match p.alias {
+            Some(a) if p.topic.is_empty() => {
+                self.aliases.get(&a).cloned().ok_or(SessionError::Protocol("unknown topic alias"))?
+            }
+            Some(a) => {
+                self.aliases.insert(a, p.topic.clone());
+                p.topic.clone()
+            }
+            None => p.topic.clone(),
+        };
+        if topic.is_empty() {
+            return Err(SessionError::Protocol("PUBLISH without topic"));
+        }
+        let ack_kind = match p.qos {
+            1 => Some(kind::PUBACK),
+            2 => Some(kind::PUBREC),
+            _ => None,
+        };
+        if p.qos == 2 && self.qos2.contains(&p.pkid) {
+            // A re-send of a publish already stored: answer again, store once.
+            acks.push(Ack { kind: kind::PUBREC, pkid: p.pkid, status: Status::Now(0) });
+            return Ok(());
+        }
+        let allowed =
+            self.acl.as_ref().is_none_or(|acl| std::str::from_utf8(&topic).is_ok_and(|t| acl.allows(t)));
+        if !allowed {
+            self.front.guard.not_allowed(self.user.as_deref(), "publish", &topic);
+            if let Some(kind) = ack_kind {
+                // 3.1.1 has no negative acknowledgement: the code is written
+                // for MQTT 5 only (MQTT-3.3.5-2).
+                acks.push(Ack { kind, pkid: p.pkid, status: Status::Now(reason::NOT_AUTHORIZED) });
+                if p.qos == 2 && !self.v5() {
+                    self.qos2.insert(p.pkid);
+                }
+            }
+            return Ok(());
+        }
+        let status = match self.front.intake.add(gather, &topic, &p.payload, p.qos > 0) {
+            Ok(group) => Status::Group(group),
+            // Not for the log, but still for live subscribers.
+            Err(Drop::Unrouted) => Status::Now(reason::NO_MATCHING_SUBSCRIBERS),
+            Err(Drop::InvalidTopic) => Status::Now(reason::TOPIC_NAME_INVALID),
+        };
+        if let Some(kind) = ack_kind {
+            acks.push(Ack { kind, pkid: p.pkid, status });
+            if p.qos == 2 {
+                self.qos2.insert(p.pkid);
+            }
+        }
+        let at = to_broker.len();
+        to_broker.extend_from_slice(frame);
+        if p.qos == 2 {
+            // sluice completes the QoS 2 exchange; the broker gets QoS 1.
+            to_broker[at] = (to_broker[at] & !0x06) | 0x02;
+        }
+        Ok(())
+    }
+
+    /// Stores the will message (the connection ended without DISCONNECT).
+    async fn store_will(&mut self, will: &packet::Will, acks_tx: &mpsc::Sender<AckBatch>) {
+        let allowed =
+            self.acl.as_ref().is_none_or(|acl| std::str::from_utf8(&will.topic).is_ok_and(|t| acl.allows(t)));
+        if !allowed {
+            self.front.guard.not_allowed(self.user.as_deref(), "will message", &will.topic);
+            return;
+        }
+        let mut gather = Gather::default();
+        if self.front.intake.add(&mut gather, &will.topic, &will.payload, false).is_ok() {
+            let groups = self.front.intake.submit(gather).await;
+            let _ = acks_tx.send(AckBatch { acks: Vec::new(), groups }).await;
+        }
+    }
+}
+
+/// Sends the acknowledgements of each batch, in order, once its groups are
+/// stored; counts what was stored and what was not.
+async fn ack_loop(
+    mut rx: mpsc::Receiver<AckBatch>,
+    out: mpsc::Sender<Out>,
+    front: Arc<Front>,
+    v5: bool,
+    stop: Arc<watch::Sender<bool>>,
+) {
+    let services = &front.intake.shared().services;
+    while let Some(batch) = rx.recv().await {
+        // Per group: None = stored, Some((code, transient)) = not stored.
+        let mut outcome = Vec::with_capacity(batch.groups.len());
+        for group in batch.groups {
+            outcome.push(match group {
+                Ok(mut pending) => {
+                    let counters = &services.by_id(pending.service).counters;
+                    match pending.stored().await {
+                        Ok(()) => {
+                            counters.mqtt_stored.fetch_add(pending.records, Ordering::Relaxed);
+                            Ok(pending.service)
+                        }
+                        Err(NotStored::Evicted) => {
+                            counters.mqtt_dropped_full.fetch_add(pending.records, Ordering::Relaxed);
+                            Err((reason::UNSPECIFIED, true))
+                        }
+                        Err(NotStored::Failed(e)) => {
+                            counters.mqtt_failed.fetch_add(pending.records, Ordering::Relaxed);
+                            if pending.acked {
+                                tracing::warn!(error = %e, records = pending.records, "MQTT publishes not stored: not acknowledged");
+                            }
+                            Err((reason::UNSPECIFIED, true))
+                        }
+                    }
+                }
+                Err(Refused::InvalidTopic) => Err((reason::TOPIC_NAME_INVALID, false)),
+                Err(Refused::ShuttingDown) => Err((reason::SERVER_BUSY, true)),
+                Err(Refused::Policy) => Err((reason::QUOTA_EXCEEDED, false)),
+            });
+        }
+        let mut bytes = BytesMut::with_capacity(batch.acks.len() * 4);
+        let mut close = false;
+        for ack in &batch.acks {
+            let code = match ack.status {
+                Status::Now(code) => code,
+                Status::Group(g) => match outcome[g] {
+                    Ok(service) => {
+                        services.by_id(service).counters.mqtt_acked.fetch_add(1, Ordering::Relaxed);
+                        0
+                    }
+                    // 3.1.1 cannot say "not stored": close the connection,
+                    // the client sends the publish again when it reconnects.
+                    Err((_, true)) if !v5 => {
+                        close = true;
+                        break;
+                    }
+                    Err((code, _)) => code,
+                },
+            };
+            packet::ack(&mut bytes, ack.kind, ack.pkid, v5, code);
+        }
+        if !bytes.is_empty() && out.send(Out::Bytes(bytes.freeze())).await.is_err() {
+            break;
+        }
+        if close {
+            let _ = out.send(Out::Close).await;
+            let _ = stop.send(true);
+            // What is still queued is counted as it completes, not acked.
+            while let Some(batch) = rx.recv().await {
+                for mut pending in batch.groups.into_iter().flatten() {
+                    let counters = &services.by_id(pending.service).counters;
+                    match pending.stored().await {
+                        Ok(()) => counters.mqtt_stored.fetch_add(pending.records, Ordering::Relaxed),
+                        Err(_) => counters.mqtt_failed.fetch_add(pending.records, Ordering::Relaxed),
+                    };
+                }
+            }
+            break;
+        }
+    }
+}
+
+/// Broker to client: everything but the broker's acknowledgements of the
+/// client's publishes (sluice sends its own). Reports the CONNACK's verdict.
+async fn broker_loop(
+    mut br: tokio::net::tcp::OwnedReadHalf,
+    out: mpsc::Sender<Out>,
+    connack: oneshot::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
+    max: usize,
+) {
+    let mut connack = Some(connack);
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut stop_rx = stop.subscribe();
+    loop {
+        let mut chunk = BytesMut::new();
+        loop {
+            match packet::next_frame(&mut buf, max.saturating_mul(2)) {
+                Ok(Some(frame)) => match packet::kind_of(&frame) {
+                    kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {}
+                    kind::CONNACK => {
+                        if let Some(tx) = connack.take() {
+                            let _ = tx.send(packet::connack_code(&frame) == Some(0));
+                        }
+                        chunk.extend_from_slice(&frame);
+                    }
+                    _ => chunk.extend_from_slice(&frame),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unexpected bytes from the embedded MQTT broker");
+                    let _ = stop.send(true);
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() && out.send(Out::Bytes(chunk.freeze())).await.is_err() {
+            break;
+        }
+        tokio::select! {
+            n = br.read_buf(&mut buf) => if !matches!(n, Ok(n) if n > 0) { break },
+            _ = stop_rx.wait_for(|s| *s) => break,
+        }
+    }
+    let _ = stop.send(true);
+}
+
+/// Writes what the acker and the broker loop send, flushing when idle.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Out>,
+    stop: Arc<watch::Sender<bool>>,
+) {
+    while let Some(out) = rx.recv().await {
+        let Out::Bytes(bytes) = out else { break };
+        if wr.write_all(&bytes).await.is_err() {
+            let _ = stop.send(true);
+            return;
+        }
+        if rx.is_empty() && wr.flush().await.is_err() {
+            let _ = stop.send(true);
+            return;
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+}

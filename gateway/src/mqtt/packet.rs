@@ -1,0 +1,426 @@
+//! Just enough MQTT (3.1, 3.1.1 and 5) for sluice's connection front
+//! ([`super::front`]): framing, the fields of CONNECT and PUBLISH that
+//! sluice acts on, and the acknowledgements it sends itself.
+//!
+//! Every other packet passes through as the bytes it came in, so nothing
+//! here re-encodes what the broker parses anyway. Pure functions over
+//! bytes, no I/O.
+//!
+//! Framing (MQTT 3.1.1 section 2.2, MQTT 5 section 2.1): one byte of type
+//! and flags, then the remaining length as a variable byte integer of at
+//! most 4 bytes (7 bits each, least significant group first, high bit set
+//! on every byte but the last), then that many bytes.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Packet types sluice looks at (the high nibble of the first byte).
+pub(crate) mod kind {
+    pub(crate) const CONNECT: u8 = 1;
+    pub(crate) const CONNACK: u8 = 2;
+    pub(crate) const PUBLISH: u8 = 3;
+    pub(crate) const PUBACK: u8 = 4;
+    pub(crate) const PUBREC: u8 = 5;
+    pub(crate) const PUBREL: u8 = 6;
+    pub(crate) const PUBCOMP: u8 = 7;
+    pub(crate) const DISCONNECT: u8 = 14;
+}
+
+/// Why bytes from a client are not MQTT sluice can serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PacketError {
+    /// The remaining length exceeds the limit (`mqtt.max_payload` plus
+    /// headers) or MQTT's own 4-byte limit.
+    #[error("packet of {len} bytes is over the limit of {max} bytes (mqtt.max_payload)")]
+    TooLarge { len: usize, max: usize },
+    /// A length or field runs past the end of the packet, or a field is
+    /// malformed.
+    #[error("malformed {what}")]
+    Malformed { what: &'static str },
+}
+
+fn malformed(what: &'static str) -> PacketError {
+    PacketError::Malformed { what }
+}
+
+/// Takes the next whole packet off the front of `buf`, or `None` when it
+/// has not fully arrived yet. `max` bounds the remaining length.
+pub(crate) fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, PacketError> {
+    let mut len = 0usize;
+    let mut at = 1;
+    loop {
+        let Some(&b) = buf.get(at) else { return Ok(None) };
+        len |= usize::from(b & 0x7F) << (7 * (at - 1));
+        at += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if at > 4 {
+            return Err(malformed("remaining length"));
+        }
+    }
+    if len > max {
+        return Err(PacketError::TooLarge { len, max });
+    }
+    if buf.len() < at + len {
+        buf.reserve(at + len - buf.len());
+        return Ok(None);
+    }
+    Ok(Some(buf.split_to(at + len).freeze()))
+}
+
+/// The packet type of a frame.
+pub(crate) fn kind_of(frame: &[u8]) -> u8 {
+    frame.first().map_or(0, |b| b >> 4)
+}
+
+/// Offset of the variable header (after the fixed header).
+fn body_start(frame: &[u8]) -> usize {
+    1 + frame[1..].iter().take(4).position(|b| b & 0x80 == 0).map_or(4, |p| p + 1)
+}
+
+/// A cursor over a packet's fields.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PacketError> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or(malformed(self.what))?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, PacketError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, PacketError> {
+        Ok(self.take(2)?.get_u16())
+    }
+
+    /// A two-byte length followed by that many bytes (strings and binary
+    /// data).
+    fn prefixed(&mut self) -> Result<&'a [u8], PacketError> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
+
+    fn varint(&mut self) -> Result<usize, PacketError> {
+        let mut v = 0usize;
+        for i in 0..4 {
+            let b = self.u8()?;
+            v |= usize::from(b & 0x7F) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(malformed(self.what))
+    }
+
+    /// Skips an MQTT 5 property block.
+    fn skip_properties(&mut self) -> Result<(), PacketError> {
+        let n = self.varint()?;
+        self.take(n).map(|_| ())
+    }
+}
+
+/// A will message, from the CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Will {
+    pub(crate) topic: Bytes,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: u8,
+}
+
+/// What sluice needs of a CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Connect {
+    /// Protocol level: 3 (MQTT 3.1), 4 (3.1.1) or 5.
+    pub(crate) level: u8,
+    /// Keep-alive in seconds (0: none).
+    pub(crate) keep_alive: u16,
+    /// Offset of the keep-alive field in the frame.
+    pub(crate) keep_alive_at: usize,
+    pub(crate) client_id: String,
+    pub(crate) username: Option<String>,
+    pub(crate) will: Option<Will>,
+}
+
+impl Connect {
+    /// Whether the connection speaks MQTT 5.
+    pub(crate) fn v5(&self) -> bool {
+        self.level == 5
+    }
+}
+
+/// Parses a CONNECT frame.
+pub(crate) fn connect(frame: &Bytes) -> Result<Connect, PacketError> {
+    let mut r = Reader { bytes: frame, at: body_start(frame), what: "CONNECT" };
+    let name = r.prefixed()?;
+    if name != b"MQTT" && name != b"MQIsdp" {
+        return Err(malformed("CONNECT protocol name"));
+    }
+    let level = r.u8()?;
+    let flags = r.u8()?;
+    let keep_alive_at = r.at;
+    let keep_alive = r.u16()?;
+    if level == 5 {
+        r.skip_properties()?;
+    }
+    let client_id = String::from_utf8_lossy(r.prefixed()?).into_owned();
+    let will = if flags & 0x04 != 0 {
+        if level == 5 {
+            r.skip_properties()?;
+        }
+        let topic = r.prefixed()?;
+        let topic = frame.slice_ref(topic);
+        let payload = frame.slice_ref(r.prefixed()?);
+        Some(Will { topic, payload, qos: (flags >> 3) & 0x03 })
+    } else {
+        None
+    };
+    let username = (flags & 0x80 != 0)
+        .then(|| r.prefixed().map(|u| String::from_utf8_lossy(u).into_owned()))
+        .transpose()?;
+    Ok(Connect { level, keep_alive, keep_alive_at, client_id, username, will })
+}
+
+/// The reason (MQTT 5) or return (3.1.1) code of a CONNACK; 0 is success.
+pub(crate) fn connack_code(frame: &[u8]) -> Option<u8> {
+    frame.get(body_start(frame) + 1).copied()
+}
+
+/// What sluice needs of a PUBLISH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Publish {
+    pub(crate) qos: u8,
+    /// The topic; empty when an MQTT 5 topic alias stands for it.
+    pub(crate) topic: Bytes,
+    /// Packet identifier (0 for QoS 0).
+    pub(crate) pkid: u16,
+    /// MQTT 5 topic alias, if the publish carries one.
+    pub(crate) alias: Option<u16>,
+    pub(crate) payload: Bytes,
+}
+
+/// Parses a PUBLISH frame of a connection at protocol `level`.
+pub(crate) fn publish(frame: &Bytes, level: u8) -> Result<Publish, PacketError> {
+    let qos = (frame[0] >> 1) & 0x03;
+    if qos == 3 {
+        return Err(malformed("PUBLISH QoS"));
+    }
+    let mut r = Reader { bytes: frame, at: body_start(frame), what: "PUBLISH" };
+    let topic = frame.slice_ref(r.prefixed()?);
+    let pkid = if qos > 0 { r.u16()? } else { 0 };
+    let mut alias = None;
+    if level == 5 {
+        let n = r.varint()?;
+        let end = r.at.checked_add(n).filter(|&e| e <= frame.len()).ok_or(malformed("PUBLISH properties"))?;
+        while r.at < end {
+            match r.u8()? {
+                0x01 => r.take(1).map(|_| ())?,
+                0x02 => r.take(4).map(|_| ())?,
+                0x03 | 0x08 | 0x09 => r.prefixed().map(|_| ())?,
+                0x0B => r.varint().map(|_| ())?,
+                0x23 => alias = Some(r.u16()?),
+                0x26 => {
+                    r.prefixed()?;
+                    r.prefixed()?;
+                }
+                _ => return Err(malformed("PUBLISH property")),
+            }
+        }
+        if r.at != end {
+            return Err(malformed("PUBLISH properties"));
+        }
+    }
+    let payload = frame.slice(r.at..);
+    Ok(Publish { qos, topic, pkid, alias, payload })
+}
+
+/// Packet identifier of a PUBACK, PUBREC, PUBREL or PUBCOMP.
+pub(crate) fn pkid_of(frame: &[u8]) -> Option<u16> {
+    let at = body_start(frame);
+    frame.get(at..at + 2).map(|mut b| b.get_u16())
+}
+
+/// The MQTT 5 reason codes sluice puts in its acknowledgements.
+pub(crate) mod reason {
+    /// Success, but nobody takes it (no route to the log).
+    pub(crate) const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
+    /// Unspecified error (storage failed, shutting down).
+    pub(crate) const UNSPECIFIED: u8 = 0x80;
+    /// The publish is outside the user's publish filters.
+    pub(crate) const NOT_AUTHORIZED: u8 = 0x87;
+    /// Shutting down.
+    pub(crate) const SERVER_BUSY: u8 = 0x89;
+    /// The topic does not map to a log topic.
+    pub(crate) const TOPIC_NAME_INVALID: u8 = 0x90;
+    /// Dropped by the service's limits.
+    pub(crate) const QUOTA_EXCEEDED: u8 = 0x97;
+    /// Unknown packet identifier (a PUBREL for nothing).
+    pub(crate) const PKID_NOT_FOUND: u8 = 0x92;
+}
+
+/// Appends a PUBACK, PUBREC or PUBCOMP (`kind`) for `pkid`. A non-zero
+/// `reason` is written only for MQTT 5 (3.1.1 has no reason codes).
+pub(crate) fn ack(out: &mut BytesMut, kind: u8, pkid: u16, v5: bool, reason: u8) {
+    let [hi, lo] = pkid.to_be_bytes();
+    if v5 && reason != 0 {
+        out.extend_from_slice(&[kind << 4, 3, hi, lo, reason]);
+    } else {
+        out.extend_from_slice(&[kind << 4, 2, hi, lo]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        let mut len = body.len();
+        loop {
+            let mut b = (len & 0x7F) as u8;
+            len >>= 7;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn prefixed(s: &[u8]) -> Vec<u8> {
+        let mut v = (s.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(s);
+        v
+    }
+
+    fn publish_frame(qos: u8, topic: &[u8], pkid: u16, props: Option<&[u8]>, payload: &[u8]) -> Vec<u8> {
+        let mut body = prefixed(topic);
+        if qos > 0 {
+            body.extend_from_slice(&pkid.to_be_bytes());
+        }
+        if let Some(p) = props {
+            body.push(p.len() as u8);
+            body.extend_from_slice(p);
+        }
+        body.extend_from_slice(payload);
+        frame(0x30 | (qos << 1), &body)
+    }
+
+    #[test]
+    fn frames_split_across_reads_and_limits() {
+        let one = publish_frame(1, b"a/b", 7, None, &[9; 300]);
+        let mut buf = BytesMut::new();
+        for (i, b) in one.iter().enumerate() {
+            assert_eq!(next_frame(&mut buf, 1000).expect("valid"), None, "byte {i}");
+            buf.extend_from_slice(&[*b]);
+        }
+        let got = next_frame(&mut buf, 1000).expect("valid").expect("whole");
+        assert_eq!(&got[..], &one[..]);
+        assert!(buf.is_empty());
+        buf.extend_from_slice(&one);
+        assert_eq!(next_frame(&mut buf, 100), Err(PacketError::TooLarge { len: one.len() - 3, max: 100 }));
+        let mut bad = BytesMut::from(&[0x30u8, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..]);
+        assert!(matches!(next_frame(&mut bad, usize::MAX), Err(PacketError::Malformed { .. })));
+    }
+
+    #[test]
+    fn connect_fields_v4_and_v5() {
+        // 3.1.1, keep-alive 0, will QoS 1 on "w/t", user "u".
+        let mut body = prefixed(b"MQTT");
+        body.extend_from_slice(&[4, 0x80 | 0x40 | 0x08 | 0x04 | 0x02, 0, 0]);
+        body.extend(prefixed(b"cid"));
+        body.extend(prefixed(b"w/t"));
+        body.extend(prefixed(b"gone"));
+        body.extend(prefixed(b"u"));
+        body.extend(prefixed(b"pw"));
+        let f = Bytes::from(frame(0x10, &body));
+        let c = connect(&f).expect("valid");
+        assert_eq!((c.level, c.keep_alive, c.client_id.as_str()), (4, 0, "cid"));
+        assert_eq!(c.username.as_deref(), Some("u"));
+        let will = c.will.expect("will");
+        assert_eq!((&will.topic[..], &will.payload[..], will.qos), (&b"w/t"[..], &b"gone"[..], 1));
+        assert_eq!(&f[c.keep_alive_at..c.keep_alive_at + 2], &[0, 0]);
+        // MQTT 5 with connect and will properties, no user.
+        let mut body = prefixed(b"MQTT");
+        body.extend_from_slice(&[5, 0x04 | 0x02, 0, 30, 3, 0x21, 0, 10]);
+        body.extend(prefixed(b"c5"));
+        body.extend_from_slice(&[2, 0x01, 1]);
+        body.extend(prefixed(b"t"));
+        body.extend(prefixed(b"p"));
+        let c = connect(&Bytes::from(frame(0x10, &body))).expect("valid");
+        assert!(c.v5());
+        assert_eq!((c.keep_alive, c.username, c.will.map(|w| w.topic)), (30, None, Some(Bytes::from("t"))));
+        assert!(connect(&Bytes::from(frame(0x10, &prefixed(b"HTTP")))).is_err());
+    }
+
+    #[test]
+    fn publish_fields_and_v5_alias() {
+        let f = Bytes::from(publish_frame(1, b"s/1", 513, None, b"hello"));
+        let p = publish(&f, 4).expect("valid");
+        assert_eq!(
+            (p.qos, &p.topic[..], p.pkid, p.alias, &p.payload[..]),
+            (1, &b"s/1"[..], 513, None, &b"hello"[..])
+        );
+        // User property, content type, alias 3.
+        let props =
+            [&[0x26][..], &prefixed(b"k"), &prefixed(b"v"), &[0x03], &prefixed(b"json"), &[0x23, 0, 3]]
+                .concat();
+        let f = Bytes::from(publish_frame(2, b"", 9, Some(&props), b"{}"));
+        let p = publish(&f, 5).expect("valid");
+        assert_eq!((p.qos, p.topic.len(), p.pkid, p.alias, &p.payload[..]), (2, 0, 9, Some(3), &b"{}"[..]));
+        let f = Bytes::from(publish_frame(0, b"t", 0, Some(&[0x7F]), b""));
+        assert!(publish(&f, 5).is_err());
+        assert!(publish(&Bytes::from(frame(0x36, &prefixed(b"t"))), 4).is_err());
+    }
+
+    #[test]
+    fn acks_and_codes() {
+        let mut out = BytesMut::new();
+        ack(&mut out, kind::PUBACK, 0x0102, false, reason::NOT_AUTHORIZED);
+        ack(&mut out, kind::PUBREC, 5, true, 0);
+        ack(&mut out, kind::PUBACK, 6, true, reason::NOT_AUTHORIZED);
+        assert_eq!(&out[..], &[0x40, 2, 1, 2, 0x50, 2, 0, 5, 0x40, 3, 0, 6, 0x87]);
+        assert_eq!(pkid_of(&out[..4]), Some(0x0102));
+        assert_eq!(connack_code(&[0x20, 2, 0, 5]), Some(5));
+    }
+
+    proptest! {
+        /// Any byte soup: framing and field parsing never panic, and a
+        /// frame is exactly what its header says.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), level in 3u8..6) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(f)) = next_frame(&mut buf, 1 << 20) {
+                let _ = connect(&f);
+                if f.len() > 1 && kind_of(&f) == kind::PUBLISH {
+                    let _ = publish(&f, level);
+                }
+                let _ = pkid_of(&f);
+                let _ = connack_code(&f);
+            }
+        }
+
+        #[test]
+        fn publish_round_trip(qos in 0u8..3, topic in "[a-z/]{0,40}", pkid in 1u16.., payload in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let bytes = publish_frame(qos, topic.as_bytes(), pkid, None, &payload);
+            let mut buf = BytesMut::from(&bytes[..]);
+            let f = next_frame(&mut buf, 1 << 20).expect("valid").expect("whole");
+            let p = publish(&f, 4).expect("valid");
+            prop_assert_eq!(&p.topic[..], topic.as_bytes());
+            prop_assert_eq!(p.pkid, if qos > 0 { pkid } else { 0 });
+            prop_assert_eq!(&p.payload[..], &payload[..]);
+        }
+    }
+}
