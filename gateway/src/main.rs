@@ -264,7 +264,7 @@ fn hash_password() -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    init_panic_log();
+    sluice_gateway::metrics::install_panic_hook();
     let result = match cli.command {
         Command::Run { config, data_dir, http_listen, mqtt_listen, accept_data_loss } => {
             let overrides =
@@ -283,23 +283,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Panics go to the log like every other error. sled 0.34 panics on some
-/// damaged files; the store catches those and reports the data directory,
-/// so the message here is context for that error, not a crash.
-fn init_panic_log() {
-    std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(ToString::to_string).unwrap_or_default();
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("(no message)");
-        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
-        tracing::error!(%thread, %location, "internal error: {message}");
-    }));
 }
 
 fn init_tracing() {
