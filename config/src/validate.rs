@@ -287,6 +287,9 @@ impl Problems {
             if sasl.username.is_empty() {
                 self.add(format!("{label}.sasl.username"), "is empty; give the SASL user name");
             }
+            if sasl.password.is_empty() && sasl.password_file.is_none() {
+                self.add(format!("{label}.sasl.password"), "is missing: give password or password_file");
+            }
         }
     }
 

@@ -302,6 +302,9 @@ fn init_tracing() {
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     sluice_gateway::listener::check_tls_files(&config)?;
+    for warning in secret_warnings(&config, file) {
+        eprintln!("warning: {warning}");
+    }
     eprintln!(
         "{}: ok ({} services, {} topics, {} routes, {} uplinks)",
         file.display(),
@@ -313,9 +316,21 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Secrets of `config` (loaded from `file`) that other users may read.
+fn secret_warnings(config: &Config, file: &std::path::Path) -> Vec<String> {
+    let credentials = std::env::var_os(sluice_config::secrets::CREDENTIALS_DIRECTORY).map(PathBuf::from);
+    sluice_config::secrets::permission_warnings(config, file, credentials.as_deref())
+}
+
 fn run(config_file: Option<PathBuf>, overrides: sluice_gateway::run::Overrides) -> anyhow::Result<()> {
     let config = match &config_file {
-        Some(path) => Config::load(path)?,
+        Some(path) => {
+            let config = Config::load(path)?;
+            for warning in secret_warnings(&config, path) {
+                tracing::warn!("{warning}");
+            }
+            config
+        }
         None => Config::default(),
     };
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
