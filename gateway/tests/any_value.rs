@@ -30,6 +30,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use sluice_gateway::http::codec::json_bytes;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -87,11 +88,12 @@ fn nested(depth: usize) -> String {
     format!("{}{}", "[".repeat(depth), "]".repeat(depth))
 }
 
-async fn produce_raw(gw: &Gateway, topic: &str, query: &str, body: Vec<u8>) -> (u16, String) {
+/// Produces `body` as `content_type` (with `query` after the path).
+async fn produce(gw: &Gateway, topic: &str, query: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
     let r = gw
         .http
         .post(gw.url(&format!("/v1/topics/{topic}/records{query}")))
-        .header("content-type", "application/octet-stream")
+        .header("content-type", content_type)
         .body(body)
         .send()
         .await
@@ -99,16 +101,12 @@ async fn produce_raw(gw: &Gateway, topic: &str, query: &str, body: Vec<u8>) -> (
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+async fn produce_raw(gw: &Gateway, topic: &str, query: &str, body: Vec<u8>) -> (u16, String) {
+    produce(gw, topic, query, "application/octet-stream", body).await
+}
+
 async fn produce_json(gw: &Gateway, topic: &str, body: String) -> (u16, String) {
-    let r = gw
-        .http
-        .post(gw.url(&format!("/v1/topics/{topic}/records")))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    produce(gw, topic, "", "application/json", body.into_bytes()).await
 }
 
 /// Partition 0 of `topic` from offset 0 once it has `n` records (records
@@ -213,23 +211,10 @@ async fn deep_value_is_served_on_every_path() {
 
 /// JSON text without the whitespace between tokens.
 fn tokens(text: &[u8]) -> Vec<u8> {
-    let (mut out, mut in_string, mut escaped) = (Vec::with_capacity(text.len()), false, false);
-    for &b in text {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            continue;
-        }
-        out.push(b);
-    }
-    out
+    json_bytes(text)
+        .filter(|&(b, structural)| !(structural && b.is_ascii_whitespace()))
+        .map(|(b, _)| b)
+        .collect()
 }
 
 /// Every panic message of this process since the hook was installed.

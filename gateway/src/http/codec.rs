@@ -152,30 +152,36 @@ pub fn raw_record(key: Option<&str>, body: &[u8], timestamp_ms: i64) -> Record {
     }
 }
 
-/// True when JSON `text` nests arrays and objects deeper than `limit`.
-/// A scan, not a parse: it runs in constant stack on any input, and only
-/// needs to be right for valid JSON (brackets inside strings are skipped).
-pub fn deeper_than(text: &[u8], limit: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in text {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+/// The bytes of JSON `text`, each with whether it is structural (outside
+/// strings; the quotes of a string are not). A scan, not a parse: constant
+/// stack on any input, right for valid JSON.
+pub fn json_bytes(text: &[u8]) -> impl Iterator<Item = (u8, bool)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    text.iter().map(move |&b| {
+        let structural = !in_string && b != b'"';
         match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            _ => {}
+        }
+        (b, structural)
+    })
+}
+
+/// True when JSON `text` nests arrays and objects deeper than `limit`
+/// (brackets inside strings do not count).
+pub fn deeper_than(text: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    for (b, structural) in json_bytes(text) {
+        match b {
+            b'[' | b'{' if structural => {
                 depth += 1;
                 if depth > limit {
                     return true;
                 }
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
+            b']' | b'}' if structural => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
