@@ -306,7 +306,7 @@ fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {
         out.sample("sluice_uplink_eta_seconds", &[("uplink", &u.name)], u.eta_seconds().unwrap_or(-1.0));
     }
     type Get = fn(&sluice_uplink::ServiceLag) -> f64;
-    let per_service: [(&str, &str, &str, Get); 7] = [
+    let per_service: [(&str, &str, &str, Get); 8] = [
         ("sluice_uplink_lag_records", "gauge", "Records not forwarded yet", |s| s.lag_records as f64),
         ("sluice_uplink_lag_bytes", "gauge", "Bytes not forwarded yet (estimated)", |s| s.lag_bytes as f64),
         ("sluice_uplink_oldest_unsent_seconds", "gauge", "Age of the oldest record not forwarded", |s| {
@@ -322,6 +322,12 @@ fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {
             "counter",
             "Records deleted before they were forwarded",
             |s| s.lost_before_forward as f64,
+        ),
+        (
+            "sluice_uplink_unfit_skipped_total",
+            "counter",
+            "Records not forwarded: the sink can never carry them (e.g. over the broker's maximum packet size)",
+            |s| s.unfit_skipped as f64,
         ),
     ];
     for (name, kind, help, get) in per_service {
