@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-25}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(record_codec config_toml http_bodies)
+((${#targets[@]})) || targets=(record_codec config_toml http_bodies round_trip)
 
 if ! command -v c++ >/dev/null 2>&1; then
     echo "fuzz.sh: no C++ compiler (c++) found; libfuzzer-sys needs one: run deploy/install-test-peers.sh" >&2

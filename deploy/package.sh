@@ -94,7 +94,10 @@ build_one() { # build_one ARCH BINARY
     "${prefix}strip" -o "$stage/usr/bin/sluice" "$bin"
     chmod 755 "$stage/usr/bin/sluice"
     install -m 644 deploy/systemd/sluice.service "$stage/lib/systemd/system/sluice.service"
-    install -m 644 deploy/debian/sluice.toml "$stage/etc/sluice/sluice.toml"
+    # Not readable by other users: the unit passes it (and the secrets in
+    # credentials/) to the service as systemd credentials.
+    install -m 640 deploy/debian/sluice.toml "$stage/etc/sluice/sluice.toml"
+    install -d -m 700 "$stage/etc/sluice/credentials"
     install -m 644 README.md "$stage/usr/share/doc/sluice/README.md"
     install -m 644 deploy/debian/copyright "$stage/usr/share/doc/sluice/copyright"
     install -m 644 config/examples/sluice.toml config/examples/minimal.toml deploy/small-box.toml \

@@ -374,7 +374,8 @@ impl SaslMechanism {
 }
 
 /// `sasl = { mechanism = "...", username = "...", password = "..." }` of a
-/// Kafka uplink. Every field is required.
+/// Kafka uplink. Every field is required, the password given inline or as
+/// `password_file`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkSasl {
@@ -382,8 +383,14 @@ pub struct UplinkSasl {
     pub mechanism: SaslMechanism,
     /// User name.
     pub username: String,
-    /// Password (kept out of `Debug` output and logs).
+    /// Password (kept out of `Debug` output and logs). With
+    /// `password_file`, [`Config::load`](crate::Config::load) fills it from
+    /// the file.
+    #[serde(default)]
     pub password: String,
+    /// A file holding the password instead (see [`crate::secrets`]).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for UplinkSasl {
@@ -392,6 +399,7 @@ impl std::fmt::Debug for UplinkSasl {
             .field("mechanism", &self.mechanism)
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("password_file", &self.password_file)
             .finish()
     }
 }

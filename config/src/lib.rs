@@ -30,6 +30,8 @@
 //! - `items`: `[[service]]`, `[[topic]]`, `[[route]]`, `[[uplink]]`.
 //! - `size`, `duration`: human sizes (`"8MiB"`) and durations (`"50ms"`).
 //! - `security`: `[[mqtt.users]]` and `[[http.tokens]]`.
+//! - [`secrets`]: the `*_file` fields that keep secrets out of the file
+//!   (systemd credentials), and warnings about secrets others may read.
 //! - `names`: syntax of topic names, MQTT filters, route keys, brokers.
 //! - `validate`: cross-field rules; `error` and `locate`: messages.
 //! - [`tls`]: the certificate and key files named by the configuration,
@@ -56,12 +58,13 @@ mod locate;
 mod model;
 mod names;
 mod number;
+pub mod secrets;
 mod security;
 mod size;
 pub mod tls;
 mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, FieldError};
@@ -82,19 +85,46 @@ pub const DEFAULT_SERVICE: &str = "default";
 
 impl Config {
     /// Parses, normalizes and validates a configuration from TOML text.
+    /// Secrets given by `*_file` fields are not read (see [`secrets`]).
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(s).map_err(|e| ConfigError::from_toml(&e, s))?;
-        cfg.normalize();
-        cfg.validate()?;
-        Ok(cfg)
+        Config::parse(s, None)
     }
 
     /// Reads the file at `path` and loads it as [`Config::from_toml_str`]
-    /// does. A read error names the path.
+    /// does, then reads the secrets named by `*_file` fields, relative names
+    /// in `$CREDENTIALS_DIRECTORY` when it is set. A read error names the
+    /// path (of the file, or the `*_file` field).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let credentials = std::env::var_os(secrets::CREDENTIALS_DIRECTORY).map(PathBuf::from);
+        Config::load_with_credentials(path, credentials.as_deref())
+    }
+
+    /// [`Config::load`] with relative `*_file` names looked up in
+    /// `credentials` (`None`: the current directory).
+    pub fn load_with_credentials(path: &Path, credentials: Option<&Path>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-        Config::from_toml_str(&text)
+        Config::parse(&text, Some(credentials))
+    }
+
+    /// Parse, normalize, check where secrets come from, read the `*_file`
+    /// ones when `read_secrets` is given (with the credentials directory),
+    /// and validate; every problem is reported at once.
+    fn parse(s: &str, read_secrets: Option<Option<&Path>>) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(s).map_err(|e| ConfigError::from_toml(&e, s))?;
+        cfg.normalize();
+        let mut problems = secrets::source_problems(&cfg);
+        if let (true, Some(credentials)) = (problems.is_empty(), read_secrets) {
+            problems = secrets::resolve(&mut cfg, credentials);
+        }
+        if let Err(ConfigError::Invalid { problems: more }) = cfg.validate() {
+            problems.extend(more);
+        }
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
     }
 
     /// Adds the implicit [`DEFAULT_SERVICE`] (weight 1, buffered, other

@@ -172,6 +172,10 @@ pub struct HttpConfig {
     /// headers; a slower client is disconnected. Default 10s.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub header_timeout: Duration,
+    /// Longest time from the end of a request's headers to the end of its
+    /// body; a slower body is answered 408 and counted. Default 30s.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub body_timeout: Duration,
     /// Longest time a connection may go without a request: from accept, or
     /// from the end of the previous response, to the end of the next
     /// request's headers. Default 60s.
@@ -193,6 +197,7 @@ impl Default for HttpConfig {
             max_wait: Duration::from_secs(30),
             tokens: Vec::new(),
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1000,
             tls: None,

@@ -22,9 +22,14 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub struct MqttUser {
     /// Required. The MQTT user name (non-empty; unique).
     pub name: String,
-    /// Required. A PHC argon2id string, `$argon2id$v=19$m=...`, as printed by
-    /// `sluice hash-password`.
+    /// A PHC argon2id string, `$argon2id$v=19$m=...`, as printed by
+    /// `sluice hash-password`. Required unless `password_hash_file` is
+    /// given, from which [`Config::load`] fills it.
+    #[serde(default)]
     pub password_hash: String,
+    /// A file holding `password_hash` instead (see [`crate::secrets`]).
+    #[serde(default)]
+    pub password_hash_file: Option<std::path::PathBuf>,
     /// MQTT filters this user may publish to. Default `["#"]` (anything);
     /// `[]` makes a subscribe-only user.
     #[serde(default = "everything")]
@@ -33,7 +38,11 @@ pub struct MqttUser {
 
 impl std::fmt::Debug for MqttUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttUser").field("name", &self.name).field("publish", &self.publish).finish()
+        f.debug_struct("MqttUser")
+            .field("name", &self.name)
+            .field("password_hash_file", &self.password_hash_file)
+            .field("publish", &self.publish)
+            .finish()
     }
 }
 
@@ -46,8 +55,11 @@ pub(crate) fn everything() -> Vec<String> {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpToken {
     /// The secret itself (at least [`MIN_TOKEN_LEN`] characters). Exactly
-    /// one of `token` and `token_hash`.
+    /// one of `token`, `token_file` and `token_hash`.
     pub token: Option<String>,
+    /// A file holding the token instead (see [`crate::secrets`]);
+    /// [`Config::load`] fills `token` from it.
+    pub token_file: Option<std::path::PathBuf>,
     /// `"sha256:<64 hex digits>"`: the SHA-256 of the token, so the file
     /// need not hold the secret.
     pub token_hash: Option<String>,
@@ -69,6 +81,7 @@ impl std::fmt::Debug for HttpToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpToken")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .field("token_hash", &self.token_hash)
             .field("services", &self.services)
             .field("produce", &self.produce)
@@ -144,8 +157,18 @@ pub(crate) fn problems(cfg: &Config) -> Vec<FieldError> {
         } else if let Some(first) = seen.insert(&u.name, i) {
             add(format!("{label}.name"), format!("{:?} is defined twice (also mqtt.users[{first}])", u.name));
         }
-        if let Err(e) = check_password_hash(&u.password_hash) {
-            add(format!("{label}.password_hash"), e);
+        match (u.password_hash.is_empty(), &u.password_hash_file) {
+            // Read by Config::load; checked once it is.
+            (true, Some(_)) => {}
+            (true, None) => add(
+                format!("{label}.password_hash"),
+                "is missing: give password_hash or password_hash_file".into(),
+            ),
+            (false, _) => {
+                if let Err(e) = check_password_hash(&u.password_hash) {
+                    add(format!("{label}.password_hash"), e);
+                }
+            }
         }
         for (j, f) in u.publish.iter().enumerate() {
             if let Err(e) = check_mqtt_filter(f) {
@@ -158,11 +181,16 @@ pub(crate) fn problems(cfg: &Config) -> Vec<FieldError> {
         let label = format!("http.tokens[{i}]");
         let secret = match (&t.token, &t.token_hash) {
             (Some(_), Some(_)) => {
-                add(format!("{label}.token_hash"), "give token or token_hash, not both".into());
+                add(
+                    format!("{label}.token_hash"),
+                    "give token (or token_file) or token_hash, not both".into(),
+                );
                 None
             }
+            // Read by Config::load; checked once it is.
+            (None, None) if t.token_file.is_some() => None,
             (None, None) => {
-                add(format!("{label}.token"), "is missing: give token or token_hash".into());
+                add(format!("{label}.token"), "is missing: give token, token_file or token_hash".into());
                 None
             }
             (Some(tok), None) if tok.chars().count() < MIN_TOKEN_LEN => {

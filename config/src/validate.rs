@@ -71,6 +71,7 @@ impl Problems {
         self.check("http.max_body", at_least(cfg.http.max_body, ByteSize(1)));
         self.check("http.max_wait", dur_range(cfg.http.max_wait, (Duration::ZERO, limits::MAX_HTTP_WAIT)));
         self.check("http.header_timeout", dur_range(cfg.http.header_timeout, limits::LISTENER_TIMEOUT));
+        self.check("http.body_timeout", dur_range(cfg.http.body_timeout, limits::LISTENER_TIMEOUT));
         self.check("http.idle_timeout", dur_range(cfg.http.idle_timeout, limits::LISTENER_TIMEOUT));
         self.check("http.max_connections", range(cfg.http.max_connections, limits::CONNECTIONS));
         self.listener_tls("mqtt.tls", cfg.mqtt.tls.as_ref());
@@ -285,6 +286,9 @@ impl Problems {
             }
             if sasl.username.is_empty() {
                 self.add(format!("{label}.sasl.username"), "is empty; give the SASL user name");
+            }
+            if sasl.password.is_empty() && sasl.password_file.is_none() {
+                self.add(format!("{label}.sasl.password"), "is missing: give password or password_file");
             }
         }
     }

@@ -423,7 +423,7 @@ fn http_token_problems_name_the_field() {
     let tok = |body: &str| format!("{SERVICES}[[http.tokens]]\n{body}\n");
     assert_problem(&tok("token = \"\"\nadmin = true"), "http.tokens[0].token", &["is empty", "16"]);
     assert_problem(&tok("token = \"short\"\nadmin = true"), "http.tokens[0].token", &["too short"]);
-    assert_problem(&tok("admin = true"), "http.tokens[0].token", &["give token or token_hash"]);
+    assert_problem(&tok("admin = true"), "http.tokens[0].token", &["give token, token_file or token_hash"]);
     assert_problem(
         &tok(&format!("token = \"{TOKEN}\"\ntoken_hash = \"sha256:00\"\nadmin = true")),
         "http.tokens[0].token_hash",

@@ -34,6 +34,9 @@ pub struct ListenerStats {
     /// Connections closed because no request came in time
     /// (`http.idle_timeout`).
     pub idle_timeouts: AtomicU64,
+    /// Requests answered 408 because their body did not arrive within
+    /// `http.body_timeout`.
+    pub body_timeouts: AtomicU64,
 }
 
 /// Admits at most `max` connections at a time.

@@ -264,7 +264,7 @@ fn hash_password() -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    init_panic_log();
+    sluice_gateway::metrics::install_panic_hook();
     let result = match cli.command {
         Command::Run { config, data_dir, http_listen, mqtt_listen, accept_data_loss } => {
             let overrides =
@@ -285,23 +285,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Panics go to the log like every other error. sled 0.34 panics on some
-/// damaged files; the store catches those and reports the data directory,
-/// so the message here is context for that error, not a crash.
-fn init_panic_log() {
-    std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(ToString::to_string).unwrap_or_default();
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("(no message)");
-        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
-        tracing::error!(%thread, %location, "internal error: {message}");
-    }));
-}
-
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter =
@@ -319,6 +302,9 @@ fn init_tracing() {
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     sluice_gateway::listener::check_tls_files(&config)?;
+    for warning in secret_warnings(&config, file) {
+        eprintln!("warning: {warning}");
+    }
     eprintln!(
         "{}: ok ({} services, {} topics, {} routes, {} uplinks)",
         file.display(),
@@ -330,9 +316,21 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Secrets of `config` (loaded from `file`) that other users may read.
+fn secret_warnings(config: &Config, file: &std::path::Path) -> Vec<String> {
+    let credentials = std::env::var_os(sluice_config::secrets::CREDENTIALS_DIRECTORY).map(PathBuf::from);
+    sluice_config::secrets::permission_warnings(config, file, credentials.as_deref())
+}
+
 fn run(config_file: Option<PathBuf>, overrides: sluice_gateway::run::Overrides) -> anyhow::Result<()> {
     let config = match &config_file {
-        Some(path) => Config::load(path)?,
+        Some(path) => {
+            let config = Config::load(path)?;
+            for warning in secret_warnings(&config, path) {
+                tracing::warn!("{warning}");
+            }
+            config
+        }
         None => Config::default(),
     };
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);

@@ -3,7 +3,30 @@
 
 use crate::state::Shared;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Panics in this process so far (`sluice_panics_total`).
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Installs the process's panic hook: a panic goes to the log like every
+/// other error and is counted in `sluice_panics_total`, so monitoring sees
+/// what a log line alone would hide. sled 0.34 panics on some damaged
+/// files; the store catches those and reports the data directory, so the
+/// message logged here is context for that error, not a crash.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        tracing::error!(%thread, %location, "internal error: {message}");
+    }));
+}
 
 struct Out(String);
 
@@ -212,6 +235,8 @@ pub fn render(shared: &Shared) -> String {
         }
     }
     render_uplinks(&mut out, &shared.uplink_snapshots());
+    out.family("sluice_panics_total", "counter", "Panics (internal errors) in the sluice process");
+    out.sample("sluice_panics_total", &[], PANICS.load(Ordering::Relaxed));
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
     out.sample("sluice_uptime_seconds", &[], shared.started.elapsed().as_secs());
     out.0
@@ -256,6 +281,11 @@ fn render_listener(out: &mut Out, listener: Listener, stats: &crate::listener::L
             "connections closed by http.idle_timeout",
             &stats.idle_timeouts,
         ));
+        counters.push((
+            "body_timeouts_total",
+            "requests answered 408: the body took longer than http.body_timeout",
+            &stats.body_timeouts,
+        ));
     }
     for (name, help, value) in counters {
         let name = format!("{prefix}_{name}");
@@ -288,7 +318,7 @@ fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {
         out.sample("sluice_uplink_eta_seconds", &[("uplink", &u.name)], u.eta_seconds().unwrap_or(-1.0));
     }
     type Get = fn(&sluice_uplink::ServiceLag) -> f64;
-    let per_service: [(&str, &str, &str, Get); 7] = [
+    let per_service: [(&str, &str, &str, Get); 8] = [
         ("sluice_uplink_lag_records", "gauge", "Records not forwarded yet", |s| s.lag_records as f64),
         ("sluice_uplink_lag_bytes", "gauge", "Bytes not forwarded yet (estimated)", |s| s.lag_bytes as f64),
         ("sluice_uplink_oldest_unsent_seconds", "gauge", "Age of the oldest record not forwarded", |s| {
@@ -304,6 +334,12 @@ fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {
             "counter",
             "Records deleted before they were forwarded",
             |s| s.lost_before_forward as f64,
+        ),
+        (
+            "sluice_uplink_unfit_skipped_total",
+            "counter",
+            "Records not forwarded: the sink can never carry them (e.g. over the broker's maximum packet size)",
+            |s| s.unfit_skipped as f64,
         ),
     ];
     for (name, kind, help, get) in per_service {

@@ -1,5 +1,6 @@
 //! Bearer tokens of the HTTP API against the real binary on 127.0.0.1:0:
-//! 401 without a (known) token, 403 outside its scope, open probes.
+//! 401 without a (known) token, 403 outside its scope, open probes; a
+//! token read from a file in `$CREDENTIALS_DIRECTORY` (`token_file`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -135,4 +136,22 @@ async fn tokens_authenticate_and_scopes_authorize() {
     assert_eq!(call(&gw, "GET", "/metrics", Some(PRODUCER), None).await.0, 403);
     assert_eq!(call(&gw, "GET", "/metrics", Some(METRICS), None).await.0, 200);
     assert_eq!(call(&gw, "GET", "/metrics", Some(ADMIN), None).await.0, 200);
+}
+
+/// A token given as `token_file`, a relative name read from
+/// `$CREDENTIALS_DIRECTORY` as under the packaged systemd unit.
+#[tokio::test]
+async fn a_token_file_in_the_credentials_directory_authenticates() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("secret_admin-token"), format!("{ADMIN}\n")).unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[[http.tokens]]\ntoken_file = \"secret_admin-token\"\nadmin = true\n").unwrap();
+    let creds = creds.to_str().unwrap();
+    let gw =
+        Gateway::start_env(&dir.path().join("d"), Some(config), &[("CREDENTIALS_DIRECTORY", creds)]).await;
+    assert_eq!(call(&gw, "GET", "/v1/services", None, None).await.0, 401);
+    assert_eq!(call(&gw, "GET", "/v1/services", Some(METRICS), None).await.0, 401);
+    assert_eq!(call(&gw, "GET", "/v1/services", Some(ADMIN), None).await.0, 200);
 }

@@ -57,3 +57,57 @@ fn unusable_data_directory_is_a_clear_error() {
     assert!(err.contains("log"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `check-config` under systemd credentials: relative `*_file` names are
+/// read from `$CREDENTIALS_DIRECTORY`; a missing one names its field; a
+/// secret file or a config with inline secrets that every user may read
+/// is warned about, and the check still passes.
+#[test]
+fn check_config_reads_secret_files_and_warns_about_readable_ones() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let token = creds.join("secret_http-token");
+    std::fs::write(&token, "0123456789abcdef-token\n").unwrap();
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let config = dir.path().join("sluice.toml");
+    let check = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        mode(&config, 0o644);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check-config", config.to_str().unwrap()])
+            .env("CREDENTIALS_DIRECTORY", &creds)
+            .env("SLUICE_LOG", "off")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let by_file = "[[http.tokens]]\ntoken_file = \"secret_http-token\"\nadmin = true\n";
+
+    mode(&token, 0o400);
+    let (ok, err) = check(by_file);
+    assert!(ok && !err.contains("warning"), "{err}");
+    mode(&token, 0o644);
+    let (ok, err) = check(by_file);
+    assert!(ok, "{err}");
+    let warning = format!(
+        "warning: http.tokens[0].token_file: {} is readable by every user (mode 0644)",
+        token.display()
+    );
+    assert!(err.contains(&warning), "{err}");
+
+    let (ok, err) = check(&by_file.replace("secret_http-token", "secret_missing"));
+    assert!(!ok);
+    assert!(err.contains("http.tokens[0].token_file: cannot read "), "{err}");
+    assert!(err.contains("secret_missing: No such file or directory"), "{err}");
+
+    let (ok, err) = check("[[http.tokens]]\ntoken = \"0123456789abcdef-token\"\nadmin = true\n");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("holds secrets inline (http.tokens[0].token) and is readable by every user"),
+        "{err}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The limits of the HTTP listener, through the `sluice` binary with raw
 //! TCP clients: headers dribbled byte by byte are cut off by
-//! `http.header_timeout`, silent and idle keep-alive connections by
+//! `http.header_timeout`, a body trickled after complete headers is
+//! answered 408 by `http.body_timeout`, silent and idle keep-alive connections by
 //! `http.idle_timeout`, a long-poll longer than both is not, and
 //! `http.max_connections` closes connections over the limit while the
 //! others are served. Only lower bounds of time are asserted (a timer may
@@ -100,6 +101,69 @@ async fn slow_headers_and_idle_connections_are_closed_but_long_polls_are_not() {
     assert!(start.elapsed() >= Duration::from_secs(4));
     poll.write_all(REQUEST).unwrap();
     assert!(read_answer(&mut poll).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_answered_408_after_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[http]\nbody_timeout = \"1s\"\nheader_timeout = \"10s\"\n";
+    let gw = Gateway::start(&dir.path().join("d"), Some(cfg)).await;
+
+    // Complete headers, then one body byte every 100 ms, never the end.
+    let mut slow = connect(&gw);
+    slow.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let start = Instant::now();
+    slow.write_all(
+        b"POST /v1/topics/t/records HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n\
+          Content-Length: 1000\r\n\r\n{",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"}") {
+        assert!(
+            start.elapsed() < GUARD,
+            "no answer to a trickled body: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        // The server may stop reading once it answered.
+        let _ = slow.write_all(b" ");
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+            Err(e) => panic!("connection failed before the answer: {e}"),
+        }
+    }
+    let answered = start.elapsed();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"request body not complete within http.body_timeout (1s)"}"#),
+        "{answer}"
+    );
+    assert!(answered >= Duration::from_secs(1), "answered before body_timeout: {answered:?}");
+    // The rest of the body was never read: the connection is not reused.
+    slow.set_read_timeout(Some(GUARD)).unwrap();
+    wait_closed(&mut slow);
+    assert_eq!(gw.metric("sluice_http_body_timeouts_total").await, 1);
+    assert_eq!(gw.metric("sluice_http_header_timeouts_total").await, 0);
+
+    // A body sent in pieces that ends in time is served.
+    let mut ok = connect(&gw);
+    let body = br#"{"records":[{"value":1}]}"#;
+    ok.write_all(
+        format!("POST /v1/topics/t/records HTTP/1.1\r\nHost: s\r\nContent-Length: {}\r\n\r\n", body.len())
+            .as_bytes(),
+    )
+    .unwrap();
+    for piece in body.chunks(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        ok.write_all(piece).unwrap();
+    }
+    let answer = read_answer(&mut ok);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(gw.metric("sluice_http_body_timeouts_total").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

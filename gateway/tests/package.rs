@@ -100,7 +100,8 @@ fn package_contents_and_metadata() {
     let files = [
         ("./usr/bin/sluice", "-rwxr-xr-x"),
         ("./lib/systemd/system/sluice.service", "-rw-r--r--"),
-        ("./etc/sluice/sluice.toml", "-rw-r--r--"),
+        // Read by systemd (root) and passed to the service as a credential.
+        ("./etc/sluice/sluice.toml", "-rw-r-----"),
         ("./usr/share/doc/sluice/README.md", "-rw-r--r--"),
         ("./usr/share/doc/sluice/copyright", "-rw-r--r--"),
         ("./usr/share/doc/sluice/examples/sluice.toml", "-rw-r--r--"),
@@ -112,7 +113,9 @@ fn package_contents_and_metadata() {
     }
     for (path, (mode, owner)) in &entries {
         assert_eq!(owner, "root/root", "{path} in\n{listing}");
-        if path.ends_with('/') {
+        if path == "./etc/sluice/credentials/" {
+            assert_eq!(mode, "drwx------", "{path} in\n{listing}");
+        } else if path.ends_with('/') {
             assert_eq!(mode, "drwxr-xr-x", "{path} in\n{listing}");
         } else {
             assert!(files.iter().any(|f| f.0 == path), "unexpected {path} in\n{listing}");
@@ -159,14 +162,17 @@ fn package_contents_and_metadata() {
     let unit = std::fs::read_to_string(unpacked.join("lib/systemd/system/sluice.service")).unwrap();
     assert_eq!(unit, std::fs::read_to_string(repo().join("deploy/systemd/sluice.service")).unwrap());
     for line in [
-        "ExecStartPre=/usr/bin/sluice check-config /etc/sluice/sluice.toml",
-        "ExecStart=/usr/bin/sluice run --config /etc/sluice/sluice.toml --data-dir /var/lib/sluice",
+        "LoadCredential=sluice.toml:/etc/sluice/sluice.toml",
+        "LoadCredential=secret:/etc/sluice/credentials",
+        "ExecStartPre=/usr/bin/sluice check-config %d/sluice.toml",
+        "ExecStart=/usr/bin/sluice run --config %d/sluice.toml --data-dir /var/lib/sluice",
         "StateDirectory=sluice",
         "ConfigurationDirectory=sluice",
         "DynamicUser=yes",
     ] {
         assert!(unit.lines().any(|l| l == line), "unit lacks `{line}`");
     }
+    assert!(entries.contains_key("./etc/sluice/credentials/"), "no credentials directory in\n{listing}");
     let config = std::fs::read_to_string(unpacked.join("etc/sluice/sluice.toml")).unwrap();
     assert!(config.lines().any(|l| l == r#"data_dir = "/var/lib/sluice""#), "{config}");
     run(Command::new(&bin).arg("check-config").arg(unpacked.join("etc/sluice/sluice.toml")));

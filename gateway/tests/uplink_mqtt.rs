@@ -1,6 +1,8 @@
 //! Forwarding end to end from the `sluice` binary to a central Mosquitto
 //! broker: publish over HTTP and MQTT, everything arrives in order; an outage
-//! loses nothing and the express backlog arrives before the low-weight one.
+//! loses nothing and the express backlog arrives before the low-weight one;
+//! a record over the broker's maximum packet size is skipped and counted,
+//! and the records after it arrive.
 #![allow(clippy::unwrap_used, dead_code)]
 
 mod common;
@@ -10,7 +12,6 @@ mod mosquitto;
 use common::Gateway;
 use mosquitto::{Mosquitto, Subscriber};
 use serde_json::{json, Value};
-#[allow(unused_imports)]
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -118,4 +119,40 @@ async fn http_and_mqtt_records_are_forwarded_in_order_and_survive_an_outage() {
         }
     }
     assert!(first.windows(2).all(|w| w[0] < w[1]), "order kept: {first:?}");
+}
+
+/// The central broker announces a maximum packet size of 2000 bytes: a
+/// record of 5000 can never be delivered to it. It is skipped and counted,
+/// and the partition moves on to the records after it.
+#[tokio::test]
+async fn a_record_over_the_brokers_maximum_packet_size_is_skipped_and_counted() {
+    let central = Mosquitto::start_on(mosquitto::free_port(), "max_packet_size 2000");
+    let sub = Subscriber::start(central.port, "edge/#");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config(central.port))).await;
+
+    gw.produce("logs", &[json!("small-0"), json!("x".repeat(5000)), json!("small-2")]).await;
+    let mut offsets = BTreeSet::new();
+    while !offsets.contains(&2) {
+        let m = sub.next();
+        let offset: u64 = prop(&m, "sluice.offset").unwrap().parse().unwrap();
+        assert!(m.payload.len() < 100, "the large record arrived: offset {offset}");
+        offsets.insert(offset);
+    }
+    assert_eq!(offsets, BTreeSet::from([0, 2]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, u) = gw.get_json("/v1/uplinks").await;
+        let logs = &u["uplinks"][0]["services"]["logs"];
+        if logs["unfit_skipped"] == 1 && logs["lag_records"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not counted: {u}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let series = r#"sluice_uplink_unfit_skipped_total{uplink="central",service="logs"}"#;
+    assert_eq!(gw.metric(series).await, 1);
+    // Nothing else comes: the skipped record is not sent later either.
+    assert!(sub.next_within(Duration::from_millis(500)).is_none());
 }

@@ -448,7 +448,12 @@ mod tests {
 
     #[test]
     fn sasl_mechanisms_map() {
-        let sasl = |mechanism| UplinkSasl { mechanism, username: "u".into(), password: "p".into() };
+        let sasl = |mechanism| UplinkSasl {
+            mechanism,
+            username: "u".into(),
+            password: "p".into(),
+            password_file: None,
+        };
         assert!(
             matches!(sasl_config(&sasl(SaslMechanism::Plain)), SaslConfig::Plain(c) if c.username == "u")
         );

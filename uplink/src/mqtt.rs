@@ -18,6 +18,13 @@
 //! batch fail instead of being counted as delivered. A broker that only
 //! speaks MQTT 3.1.1 refuses the connection.
 //!
+//! Size: a broker may announce a maximum packet size in its CONNACK. A
+//! record whose PUBLISH would be larger can never be delivered to it: the
+//! sink says so ([`Sink::cannot_carry`]) and the worker skips it, counted
+//! (`unfit_skipped`) and logged, so one such record does not stop the
+//! partition. A batch that holds one when the limit is first learned fails
+//! once, before anything is published.
+//!
 //! Connection: the client id is `sluice-<node>-<uplink>`, with a clean
 //! start. With a `tls` table the connection is MQTT over TLS (rustls with
 //! ring): the broker's certificate must be signed by `tls.ca` (default the
@@ -30,7 +37,7 @@
 //! or calling [`Sink::reset`] aborts the task.
 
 use crate::sink::{Batch, OutRecord, Sink, SinkError};
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
@@ -87,6 +94,8 @@ pub struct MqttSink {
     /// Index into `brokers` tried first.
     preferred: usize,
     session: Option<Session>,
+    /// The maximum packet size the broker announced at the last connect.
+    max_packet: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +152,7 @@ impl MqttSink {
             tls: tls.map(Arc::new),
             preferred: 0,
             session: None,
+            max_packet: None,
         })
     }
 
@@ -158,7 +168,8 @@ impl MqttSink {
             let idx = (self.preferred + i) % self.brokers.len();
             let broker = &self.brokers[idx];
             match Session::open(broker, &self.client_id, &self.options, self.tls.clone()).await {
-                Ok(session) => {
+                Ok((session, max_packet)) => {
+                    self.max_packet = max_packet;
                     if idx != self.preferred {
                         tracing::info!(uplink = %self.uplink, broker = %broker, "connected to another MQTT broker");
                     }
@@ -185,6 +196,16 @@ impl Sink for MqttSink {
             Some(s) if usable => s,
             _ => self.connect().await?,
         };
+        // The broker's limit may have just been learned: fail before
+        // publishing anything, and the worker skips the record next time.
+        if let Some((offset, why)) = batch
+            .records
+            .iter()
+            .find_map(|r| self.cannot_carry(r, &batch.remote_topic).map(|w| (r.offset, w)))
+        {
+            self.session = Some(session);
+            return Err(SinkError(format!("the record at offset {offset} cannot be sent: {why}")));
+        }
         session.publish_batch(batch, self.options.ack_timeout).await?;
         self.session = Some(session);
         Ok(())
@@ -193,12 +214,24 @@ impl Sink for MqttSink {
     fn reset(&mut self) {
         self.session = None;
     }
+
+    fn cannot_carry(&self, record: &OutRecord, remote_topic: &str) -> Option<String> {
+        let max = self.max_packet?;
+        let mut publish =
+            Publish::new(remote_topic, QoS::AtLeastOnce, record.value.clone(), Some(properties(record)));
+        publish.pkid = 1;
+        let size = publish.size();
+        (size > max as usize).then(|| {
+            format!("its PUBLISH packet is {size} bytes, larger than the broker's maximum packet size ({max} bytes)")
+        })
+    }
 }
 
 /// What the event loop task reports to the sink.
 #[derive(Debug)]
 enum Note {
-    Connected,
+    /// CONNACK, with the broker's maximum packet size if it gave one.
+    Connected(Option<u32>),
     /// A publish was written with this packet id (in request order).
     Published(u16),
     Acked(PubAck),
@@ -226,7 +259,7 @@ impl Session {
         client_id: &str,
         options: &MqttSinkOptions,
         tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> Result<Session, String> {
+    ) -> Result<(Session, Option<u32>), String> {
         let mut mqtt = MqttOptions::new(client_id, broker.host.clone(), broker.port);
         if let Some(tls) = tls {
             mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
@@ -241,7 +274,7 @@ impl Session {
         let task = tokio::spawn(drive(eventloop, tx));
         let mut session = Session { broker: broker.to_string(), client, notes, task };
         match tokio::time::timeout(options.connect_timeout, session.notes.recv()).await {
-            Ok(Some(Note::Connected)) => Ok(session),
+            Ok(Some(Note::Connected(max_packet))) => Ok((session, max_packet)),
             Ok(Some(Note::Failed(e))) => Err(e),
             Ok(other) => Err(format!("unexpected event before CONNACK: {other:?}")),
             Err(_) => Err(format!("no CONNACK within {:?}", options.connect_timeout)),
@@ -324,7 +357,7 @@ impl Session {
                     acked += 1;
                     deadline = Instant::now() + ack_timeout;
                 }
-                Some(Note::Connected) => {
+                Some(Note::Connected(_)) => {
                     return Err(self.error(batch, acked, "unexpected reconnection while publishing"))
                 }
                 Some(Note::Failed(e)) => {
@@ -353,7 +386,9 @@ impl Session {
 async fn drive(mut eventloop: EventLoop, notes: mpsc::Sender<Note>) {
     loop {
         let note = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => Note::Connected,
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                Note::Connected(ack.properties.and_then(|p| p.max_packet_size))
+            }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Note::Published(pkid),
             Ok(Event::Incoming(Packet::PubAck(ack))) => Note::Acked(ack),
             Ok(_) => continue,

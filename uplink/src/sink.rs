@@ -73,6 +73,14 @@ pub trait Sink: Send + 'static {
     /// Delivers one batch.
     fn send(&mut self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
 
+    /// Why this sink can never carry `record` to `remote_topic` (e.g. it
+    /// is larger than the broker's maximum packet size), or `None`. The
+    /// worker skips such a record, counted and logged with its topic,
+    /// partition and offset, instead of failing its batch forever.
+    fn cannot_carry(&self, _record: &OutRecord, _remote_topic: &str) -> Option<String> {
+        None
+    }
+
     /// Drops connections after an error so the next send reconnects.
     fn reset(&mut self) {}
 }

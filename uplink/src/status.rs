@@ -49,6 +49,9 @@ pub struct ServiceLag {
     pub ttl_skipped: u64,
     /// Records deleted (retention or eviction) before they were forwarded.
     pub lost_before_forward: u64,
+    /// Records skipped because the sink can never carry them (e.g. larger
+    /// than the MQTT broker's maximum packet size).
+    pub unfit_skipped: u64,
 }
 
 /// Snapshot of one uplink.

@@ -12,6 +12,10 @@
 //! - **At least once**: the cursor is stored and flushed only after the sink
 //!   acknowledged the batch, so a crash re-sends at most the batch in flight
 //!   per partition.
+//! - **Nothing stops a partition**: records past their service's TTL and
+//!   records the sink can never carry ([`Sink::cannot_carry`]) are skipped,
+//!   counted, and the cursor moves past them with the batch they were read
+//!   in.
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::sink::{Batch, OutRecord, Sink};
@@ -137,7 +141,7 @@ impl<S: Sink> Worker<S> {
         let Some((key, lane)) = self.pick() else {
             return Step::Idle(if self.awaiting_flush { FLUSH_POLL } else { Duration::from_secs(1) });
         };
-        let batch = match self.read_batch(&key) {
+        let (batch, read) = match self.read_batch(&key) {
             Ok(Some(b)) => b,
             Ok(None) => return Step::Sent,
             Err(e) => {
@@ -165,7 +169,7 @@ impl<S: Sink> Worker<S> {
         };
         match result {
             Ok(()) => {
-                self.acknowledged(&key, &batch, bytes, started.elapsed(), lane).await;
+                self.acknowledged(&key, &batch, read, bytes, started.elapsed(), lane).await;
                 Step::Sent
             }
             Err(e) => {
@@ -182,9 +186,19 @@ impl<S: Sink> Worker<S> {
         }
     }
 
-    async fn acknowledged(&mut self, key: &Key, batch: &Batch, bytes: u64, took: Duration, lane: usize) {
-        let next = batch.records.last().map_or(Offset(0), |r| Offset(r.offset + 1));
-        let next = next.max(self.parts.get(key).map_or(Offset(0), |p| p.cursor));
+    /// The sink acknowledged `batch`: the cursor moves past every record
+    /// `read` for it, and the skipped ones are counted.
+    async fn acknowledged(
+        &mut self,
+        key: &Key,
+        batch: &Batch,
+        read: ReadEnd,
+        bytes: u64,
+        took: Duration,
+        lane: usize,
+    ) {
+        self.skipped(key, &batch.service, &read);
+        let next = read.next.max(self.parts.get(key).map_or(Offset(0), |p| p.cursor));
         self.advance(key, next);
         // Flushed before the next batch, so a crash re-sends at most one
         // batch per partition.
@@ -208,6 +222,22 @@ impl<S: Sink> Worker<S> {
             svc.sent_records += batch.records.len() as u64;
             svc.sent_bytes += bytes;
         });
+    }
+
+    /// Counts (and logs) the records skipped in a read, once its cursor
+    /// moves past them.
+    fn skipped(&self, key: &Key, service: &str, read: &ReadEnd) {
+        for (offset, why) in &read.unfit {
+            tracing::warn!(uplink = %self.config.name, topic = %key.0, partition = key.1, offset,
+                "record skipped: {why}");
+        }
+        if read.expired > 0 || !read.unfit.is_empty() {
+            self.status.update(|s| {
+                let svc = s.services.entry(service.to_owned()).or_default();
+                svc.ttl_skipped += read.expired;
+                svc.unfit_skipped += read.unfit.len() as u64;
+            });
+        }
     }
 
     fn advance(&mut self, key: &Key, next: Offset) {
@@ -372,10 +402,12 @@ impl<S: Sink> Worker<S> {
         }
     }
 
-    /// Reads the next batch of a partition from its cursor; skips records
-    /// past their service's TTL (counted, cursor moved past them). None when
-    /// only expired records were read.
-    fn read_batch(&mut self, key: &Key) -> Result<Option<Batch>, sluice_store::StoreError> {
+    /// Reads the next batch of a partition from its cursor, and where the
+    /// read ended; leaves out records past their service's TTL and records
+    /// the sink cannot carry (counted once the cursor moves past them).
+    /// None when only such records were read (then counted, and the cursor
+    /// moved past them, at once).
+    fn read_batch(&mut self, key: &Key) -> Result<Option<(Batch, ReadEnd)>, sluice_store::StoreError> {
         let Some(part) = self.parts.get(key) else { return Ok(None) };
         let (service, partitions, cursor) = (part.service.clone(), part.partitions, part.cursor);
         let max_bytes = usize::try_from(self.config.batch_max_bytes.as_u64()).unwrap_or(usize::MAX);
@@ -387,8 +419,9 @@ impl<S: Sink> Worker<S> {
             return Ok(None);
         }
         let cutoff = self.host.ttl(&service).map(|ttl| older_than_cutoff(now_ms(), ttl));
+        let remote_topic = self.config.remote_topic_for(&self.node, &key.0, &service);
         let mut records = Vec::with_capacity(read.records.len());
-        let mut expired = 0u64;
+        let (mut expired, mut unfit) = (0u64, Vec::new());
         let mut last = None;
         for r in read.records {
             last = Some(r.offset);
@@ -404,26 +437,39 @@ impl<S: Sink> Worker<S> {
                 ("sluice.partition".to_owned(), key.1.to_string().into_bytes()),
                 ("sluice.offset".to_owned(), r.offset.0.to_string().into_bytes()),
             ]);
-            records.push(OutRecord {
+            let record = OutRecord {
                 offset: r.offset.0,
                 key: r.record.key,
                 value: r.record.value,
                 headers,
                 timestamp_ms: r.record.timestamp_ms,
-            });
-        }
-        if expired > 0 {
-            self.status.update(|s| s.services.entry(service.clone()).or_default().ttl_skipped += expired);
-        }
-        if records.is_empty() {
-            if let Some(last) = last {
-                self.advance(key, last.next());
+            };
+            match self.sink.cannot_carry(&record, &remote_topic) {
+                Some(why) => unfit.push((r.offset.0, why)),
+                None => records.push(record),
             }
+        }
+        let Some(next) = last.map(Offset::next) else { return Ok(None) };
+        let read = ReadEnd { next, expired, unfit };
+        if records.is_empty() {
+            self.skipped(key, &service, &read);
+            self.advance(key, next);
             return Ok(None);
         }
-        let remote_topic = self.config.remote_topic_for(&self.node, &key.0, &service);
-        Ok(Some(Batch { topic: key.0.clone(), partition: key.1, partitions, remote_topic, service, records }))
+        let batch =
+            Batch { topic: key.0.clone(), partition: key.1, partitions, remote_topic, service, records };
+        Ok(Some((batch, read)))
     }
+}
+
+/// Where a read for a batch ended: the offset after its last record, and
+/// the records left out of the batch.
+struct ReadEnd {
+    next: Offset,
+    /// Records past their service's TTL.
+    expired: u64,
+    /// (offset, why) of records the sink cannot carry.
+    unfit: Vec<(u64, String)>,
 }
 
 enum Step {

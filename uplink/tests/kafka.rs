@@ -225,7 +225,12 @@ async fn sasl_scram_authenticates_and_a_wrong_password_fails() {
     tansu.restart_with(&["--authentication"]);
     let sasl_uplink = |mechanism, password: &str| {
         let mut config = uplink(&[tansu.bootstrap()]);
-        config.sasl = Some(UplinkSasl { mechanism, username: "edge".into(), password: password.into() });
+        config.sasl = Some(UplinkSasl {
+            mechanism,
+            username: "edge".into(),
+            password: password.into(),
+            password_file: None,
+        });
         config
     };
     let topic = "edge.pi-01.secure";

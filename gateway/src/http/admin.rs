@@ -132,6 +132,7 @@ pub(super) async fn uplinks(State(shared): State<Shared>) -> Json<serde_json::Va
                             "sent_bytes": s.sent_bytes,
                             "ttl_skipped": s.ttl_skipped,
                             "lost_before_forward": s.lost_before_forward,
+                            "unfit_skipped": s.unfit_skipped,
                         }),
                     )
                 })

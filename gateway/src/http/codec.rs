@@ -2,12 +2,23 @@
 //!
 //! In: `{"key": "dev-1" | null, "key_b64": "...", "value": <any JSON>,
 //! "value_b64": "<base64>", "headers": {"name": "value"}}`; exactly one of
-//! `value` / `value_b64`. A JSON `value` is stored as its JSON text.
+//! `value` / `value_b64`. A JSON `value` is stored as its JSON text, and
+//! refused when nested deeper than [`MAX_JSON_DEPTH`] (consumers' JSON
+//! parsers have limits of their own: serde_json's default is 128). A raw
+//! `application/octet-stream` body is one record ([`raw_record`]).
 //!
 //! Out: the same fields plus `offset`, `timestamp` (ms since the epoch) and,
 //! for group fetches, `topic` and `partition`. Stored bytes that are valid
 //! JSON come back as `value`, others as `value_b64`; keys that are not UTF-8
 //! come back as `key_b64`.
+//!
+//! Every record that was stored can be served: stored values are never
+//! parsed into a tree (`serde_json::Value` has a recursion limit, and one
+//! record past it used to fail every fetch reaching it). A value is checked
+//! as JSON without recursion and embedded as its own text
+//! ([`RawValue`]), whatever its depth and whichever path stored it (HTTP,
+//! MQTT, raw bodies). The reply encoders ([`fetch_reply`],
+//! [`group_fetch_reply`], [`record_json`]) are the ones the handlers use.
 
 use super::error::ApiError;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -17,6 +28,10 @@ use serde_json::value::RawValue;
 use sluice_store::record::{MAX_HEADERS, MAX_HEADER_NAME_LEN};
 use sluice_store::{Record, StoredRecord};
 use std::collections::BTreeMap;
+
+/// Deepest nesting of arrays and objects accepted in a JSON `value` at
+/// produce (the top-level array or object counts as 1).
+pub const MAX_JSON_DEPTH: usize = 128;
 
 /// Body of `POST /v1/topics/{topic}/records`.
 #[derive(Debug, Deserialize)]
@@ -91,7 +106,15 @@ impl InRecord {
                     "records[{i}]: give either value or value_b64, not both"
                 )))
             }
-            (Some(raw), None) => raw.get().as_bytes().to_vec(),
+            (Some(raw), None) => {
+                if deeper_than(raw.get().as_bytes(), MAX_JSON_DEPTH) {
+                    return Err(ApiError::bad_request(format!(
+                        "records[{i}].value: JSON nested deeper than {MAX_JSON_DEPTH} levels of arrays and \
+                         objects (the limit); send deeper values as value_b64"
+                    )));
+                }
+                raw.get().as_bytes().to_vec()
+            }
             (None, Some(b)) => B64
                 .decode(b.as_bytes())
                 .map_err(|e| ApiError::bad_request(format!("records[{i}].value_b64: invalid base64: {e}")))?,
@@ -116,6 +139,53 @@ impl InRecord {
         let headers = self.headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
         Ok(Record { key, value, headers, timestamp_ms })
     }
+}
+
+/// The record of a raw `application/octet-stream` produce body: the body is
+/// the value, `key` comes from `?key=`.
+pub fn raw_record(key: Option<&str>, body: &[u8], timestamp_ms: i64) -> Record {
+    Record {
+        key: key.map(|k| k.as_bytes().to_vec()),
+        value: body.to_vec(),
+        headers: Vec::new(),
+        timestamp_ms,
+    }
+}
+
+/// The bytes of JSON `text`, each with whether it is structural (outside
+/// strings; the quotes of a string are not). A scan, not a parse: constant
+/// stack on any input, right for valid JSON.
+pub fn json_bytes(text: &[u8]) -> impl Iterator<Item = (u8, bool)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    text.iter().map(move |&b| {
+        let structural = !in_string && b != b'"';
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            _ => {}
+        }
+        (b, structural)
+    })
+}
+
+/// True when JSON `text` nests arrays and objects deeper than `limit`
+/// (brackets inside strings do not count).
+pub fn deeper_than(text: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    for (b, structural) in json_bytes(text) {
+        match b {
+            b'[' | b'{' if structural => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' if structural => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// One record as returned to consumers.
@@ -175,6 +245,43 @@ impl<'a> OutRecord<'a> {
     }
 }
 
+/// Body of `GET /v1/topics/{topic}/partitions/{p}/records`.
+#[derive(Debug, Serialize)]
+struct FetchReply<'a> {
+    records: Vec<OutRecord<'a>>,
+    high_watermark: u64,
+    log_start: u64,
+}
+
+/// The JSON reply of a partition fetch.
+pub fn fetch_reply(
+    records: &[StoredRecord],
+    high_watermark: u64,
+    log_start: u64,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let records = records.iter().map(|r| OutRecord::new(r, None, None)).collect();
+    serde_json::to_vec(&FetchReply { records, high_watermark, log_start })
+}
+
+/// The JSON reply of a group fetch: (topic, partition, record) in delivery
+/// order.
+pub fn group_fetch_reply<'a>(
+    records: impl Iterator<Item = (&'a str, u32, &'a StoredRecord)>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    #[derive(Serialize)]
+    struct GroupFetchReply<'a> {
+        records: Vec<OutRecord<'a>>,
+    }
+    let records = records.map(|(t, p, r)| OutRecord::new(r, Some(t), Some(p))).collect();
+    serde_json::to_vec(&GroupFetchReply { records })
+}
+
+/// One record of a push stream (an SSE event's data, a WebSocket message):
+/// the record as JSON with its topic and partition.
+pub fn record_json(topic: &str, partition: u32, record: &StoredRecord) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&OutRecord::new(record, Some(topic), Some(partition)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +304,41 @@ mod tests {
             parse_produce(ok.as_bytes(), 0).expect("accepted")[0].headers[0].0.len(),
             MAX_HEADER_NAME_LEN
         );
+    }
+
+    #[test]
+    fn values_deeper_than_the_limit_are_refused() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let body = |v: &str| format!(r#"{{"records":[{{"value":1}},{{"value":{v}}}]}}"#);
+        assert_eq!(
+            parse_produce(body(&nested(MAX_JSON_DEPTH)).as_bytes(), 0).expect("at the limit").len(),
+            2
+        );
+        let err = parse_produce(body(&nested(MAX_JSON_DEPTH + 1)).as_bytes(), 0).expect_err("refused");
+        assert_eq!(err.status().as_u16(), 400);
+        assert!(err.message().starts_with("records[1].value: JSON nested deeper than 128 levels"), "{err}");
+        // Brackets inside strings are not nesting.
+        let text = format!(r#"{{"a":"{}\"[","b":[[]]}}"#, "[".repeat(500));
+        assert!(!deeper_than(text.as_bytes(), 3));
+        assert!(deeper_than(text.as_bytes(), 2));
+        assert!(deeper_than(nested(100_000).as_bytes(), MAX_JSON_DEPTH));
+    }
+
+    /// Regression: a stored value nested 100,000 arrays deep made the fetch
+    /// handlers panic (`serde_json::Value`'s recursion limit). It is served
+    /// as its own text, by every reply encoder.
+    #[test]
+    fn deep_values_are_served_as_they_are() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let rec =
+            StoredRecord { offset: sluice_store::Offset(7), record: raw_record(None, deep.as_bytes(), 0) };
+        let fetch =
+            String::from_utf8(fetch_reply(std::slice::from_ref(&rec), 8, 0).expect("fetch")).expect("utf-8");
+        assert!(fetch.starts_with(r#"{"records":[{"offset":7,"key":null,"value":[[[["#), "{}", &fetch[..60]);
+        assert!(fetch.contains(&deep));
+        let group = group_fetch_reply(std::iter::once(("t", 0, &rec))).expect("group fetch");
+        assert!(String::from_utf8(group).expect("utf-8").contains(&deep));
+        assert!(record_json("t", 0, &rec).expect("stream").contains(&deep));
     }
 
     #[test]

@@ -3,14 +3,15 @@
 //! and the commit path and checks shared with the push stream.
 
 use super::auth::Access;
-use super::codec::{parse_json, OutRecord};
+use super::codec::{group_fetch_reply, parse_json};
 use super::read::MAX_RECORDS;
-use super::{query_params, read_body, ApiError, QueryMap};
+use super::{json_reply, query_params, read_body, ApiError, QueryMap};
 use crate::delivery::fetch_group;
 use crate::state::Shared;
 use crate::topics::Topic;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use sluice_store::{Offset, PartitionId};
@@ -118,7 +119,7 @@ pub(super) async fn fetch(
     Extension(access): Extension<Access>,
     Path(group): Path<String>,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     check_group(&group)?;
     let max_wait = shared.config.http.max_wait.as_millis() as u64;
     let req = parse_fetch(&read_body(&shared, body).await?, max_wait)?;
@@ -126,9 +127,7 @@ pub(super) async fn fetch(
     let records =
         fetch_group(&shared, &group, &topics, req.max_records as usize, Duration::from_millis(req.wait_ms))
             .await?;
-    let out: Vec<_> =
-        records.iter().map(|r| OutRecord::new(&r.record, Some(&r.topic.name), Some(r.partition.0))).collect();
-    Ok(Json(serde_json::json!({ "records": out })))
+    json_reply(group_fetch_reply(records.iter().map(|r| (&*r.topic.name, r.partition.0, &r.record))))
 }
 
 pub(super) async fn commit(

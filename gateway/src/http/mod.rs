@@ -21,6 +21,7 @@ use crate::state::Shared;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query};
+use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
 use axum::Router;
 use std::collections::HashMap;
@@ -51,15 +52,42 @@ pub fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// Reads a body up to `http.max_body`.
+/// Reads a body up to `http.max_body`, within `http.body_timeout` (the
+/// handler runs once the headers are in, so the timer starts there). A body
+/// that is too slow is answered 408 and counted; hyper closes the
+/// connection, as the rest of the body was never read.
 pub(crate) async fn read_body(shared: &Shared, body: Body) -> Result<Bytes, ApiError> {
     let limit = shared.config.http.max_body;
-    axum::body::to_bytes(body, limit.as_u64() as usize).await.map_err(|e| {
-        ApiError::new(
+    let timeout = shared.config.http.body_timeout;
+    let read = axum::body::to_bytes(body, limit.as_u64() as usize);
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body exceeds http.max_body ({limit}) or could not be read: {e}"),
-        )
-    })
+        )),
+        Err(_) => {
+            shared.http_connections.body_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not complete within http.body_timeout ({})",
+                    sluice_config::format_duration(timeout)
+                ),
+            ))
+        }
+    }
+}
+
+/// A 200 answer with a JSON body encoded by one of the [`codec`] reply
+/// encoders.
+pub(crate) fn json_reply(
+    body: Result<Vec<u8>, serde_json::Error>,
+) -> Result<axum::response::Response, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the reply: {e}"))
+    })?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Query parameters as a map, with a JSON error when malformed.

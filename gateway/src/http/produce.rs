@@ -1,7 +1,7 @@
 //! `POST /v1/topics/{topic}/records`: JSON records or one raw body, through
 //! the service's bounded queue and the scheduler into the log.
 
-use super::codec::parse_produce;
+use super::codec::{parse_produce, raw_record};
 use super::{query_params, read_body, ApiError, QueryMap};
 use crate::ingest::{Job, Rejected};
 use crate::state::Shared;
@@ -10,7 +10,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use sluice_config::Durability;
-use sluice_store::Record;
 use tokio::sync::oneshot;
 
 pub(super) async fn produce(
@@ -32,12 +31,7 @@ pub(super) async fn produce(
         // curl -d sends application/x-www-form-urlencoded unless told
         // otherwise; a JSON body is what anyone posting here means.
         "application/json" | "application/x-www-form-urlencoded" | "" => parse_produce(&bytes, now)?,
-        "application/octet-stream" => vec![Record {
-            key: params.get("key").map(|k| k.clone().into_bytes()),
-            value: bytes.to_vec(),
-            headers: Vec::new(),
-            timestamp_ms: now,
-        }],
+        "application/octet-stream" => vec![raw_record(params.get("key").map(String::as_str), &bytes, now)],
         other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

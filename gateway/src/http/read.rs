@@ -1,10 +1,11 @@
 //! `GET /v1/topics` and `GET /v1/topics/{topic}/partitions/{p}/records`.
 
-use super::codec::OutRecord;
-use super::{partition_param, query_params, uint_param, ApiError, QueryMap};
+use super::codec::fetch_reply;
+use super::{json_reply, partition_param, query_params, uint_param, ApiError, QueryMap};
 use crate::delivery::fetch_partition;
 use crate::state::Shared;
 use axum::extract::{Path, State};
+use axum::response::Response;
 use axum::Json;
 use sluice_store::Offset;
 use std::time::Duration;
@@ -42,7 +43,7 @@ pub(super) async fn fetch(
     State(shared): State<Shared>,
     Path((topic, partition)): Path<(String, String)>,
     query: QueryMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let params = query_params(query, &["offset", "max_records", "wait_ms"])?;
     let topic = shared.topics.lookup(&topic)?;
     let partition = partition_param(&partition)?;
@@ -65,10 +66,5 @@ pub(super) async fn fetch(
         Duration::from_millis(wait_ms),
     )
     .await?;
-    let records: Vec<_> = res.records.iter().map(|r| OutRecord::new(r, None, None)).collect();
-    Ok(Json(serde_json::json!({
-        "records": records,
-        "high_watermark": res.high_watermark.0,
-        "log_start": res.log_start.0,
-    })))
+    json_reply(fetch_reply(&res.records, res.high_watermark.0, res.log_start.0))
 }

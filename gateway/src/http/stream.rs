@@ -227,5 +227,5 @@ impl GroupStream {
 
 /// A record as JSON text, with its topic and partition.
 pub(super) fn record_json(r: &GroupRecord) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&super::codec::OutRecord::new(&r.record, Some(&r.topic.name), Some(r.partition.0)))
+    super::codec::record_json(&r.topic.name, r.partition.0, &r.record)
 }

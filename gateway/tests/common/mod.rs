@@ -4,6 +4,7 @@
 
 pub mod load;
 pub mod mqtt;
+pub mod sse;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -130,7 +131,25 @@ impl Gateway {
             cmd.arg("--config").arg(c);
         }
         cmd.envs(env.iter().copied());
-        let mut child = cmd.spawn().expect("spawn sluice");
+        let child = cmd.spawn().expect("spawn sluice");
+        Self::connect(data_dir, Some(child), config, bin, ca).await
+    }
+
+    /// A gateway that runs inside the test process (`sluice_gateway::run::run`)
+    /// and writes its addresses to `data_dir`.
+    pub async fn attach(data_dir: &Path) -> Gateway {
+        let bin = Path::new(env!("CARGO_BIN_EXE_sluice"));
+        Self::started(Self::connect(data_dir, None, None, bin, None).await)
+    }
+
+    /// Waits for `listen.json` in `data_dir` and for `/readyz`.
+    async fn connect(
+        data_dir: &Path,
+        mut child: Option<Child>,
+        config: Option<PathBuf>,
+        bin: &Path,
+        ca: Option<&Path>,
+    ) -> Result<Gateway, std::process::ExitStatus> {
         let listen = data_dir.join("listen.json");
         let deadline = Instant::now() + Duration::from_secs(60);
         let listen = loop {
@@ -139,7 +158,7 @@ impl Gateway {
                     break v;
                 }
             }
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 return Err(status);
             }
             assert!(Instant::now() < deadline, "sluice did not write listen.json");
@@ -153,7 +172,7 @@ impl Gateway {
             http = http.use_preconfigured_tls(tls_client(ca));
         }
         let gw = Gateway {
-            child: Some(child),
+            child,
             data_dir: data_dir.to_owned(),
             base: format!("{scheme}://{addr}"),
             mqtt: listen["mqtt"].as_str().map(str::to_owned),
