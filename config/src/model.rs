@@ -75,14 +75,15 @@ impl Default for NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Address the embedded broker listens on; port 0 picks a free port.
+    /// Address the MQTT front listens on; port 0 picks a free port.
     /// Default `0.0.0.0:1883`.
     pub listen: SocketAddr,
     /// Largest accepted PUBLISH payload. Default 256KiB, at most 256MiB - 1
     /// (MQTT's own packet limit).
     pub max_payload: ByteSize,
-    /// Optional second listener speaking MQTT 5 (the embedded broker serves
-    /// one protocol version per listener; `listen` speaks 3.1.1).
+    /// Optional second MQTT listener (every listener serves MQTT 3.1.1 and
+    /// 5; kept for configurations that give MQTT 5 clients a port of their
+    /// own).
     pub listen_v5: Option<SocketAddr>,
     /// Most concurrent MQTT connections. Default 1000.
     pub max_connections: u32,
