@@ -97,6 +97,8 @@ pub struct MqttConfig {
     pub allow_anonymous: Option<bool>,
     /// MQTT filters anonymous clients may publish to. Default `["#"]`.
     pub anonymous_publish: Vec<String>,
+    /// MQTT filters anonymous clients may subscribe to. Default `["#"]`.
+    pub anonymous_subscribe: Vec<String>,
     /// `[[mqtt.users]]`: clients that authenticate with a user name and
     /// password. Default none.
     pub users: Vec<MqttUser>,
@@ -124,6 +126,7 @@ impl Default for MqttConfig {
             unrouted: Unrouted::FirstLevel,
             allow_anonymous: None,
             anonymous_publish: crate::security::everything(),
+            anonymous_subscribe: crate::security::everything(),
             users: Vec::new(),
             tls: None,
         }

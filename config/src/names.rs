@@ -77,6 +77,73 @@ pub fn mqtt_filter_matches(filter: &str, topic: &str) -> bool {
     topic_levels.next().is_none()
 }
 
+#[cfg(test)]
+mod covers_tests {
+    use super::{mqtt_filter_covers as covers, mqtt_filter_matches};
+
+    #[test]
+    fn a_subscription_is_covered_only_if_all_it_matches_is_allowed() {
+        for (allowed, filter, want) in [
+            ("#", "a/b", true),
+            ("#", "#", true),
+            ("#", "$SYS/x", false),
+            ("a/#", "a", true),
+            ("a/#", "a/+/c", true),
+            ("a/#", "a/#", true),
+            ("a/#", "#", false),
+            ("a/#", "b/c", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a/+", true),
+            ("a/+", "a/#", false),
+            ("a/+", "a/b/c", false),
+            ("a/+", "a", false),
+            ("a/b", "a/+", false),
+            ("a/b", "a/b", true),
+            ("+/b", "x/b", true),
+            ("+/b", "$x/b", false),
+            ("$SYS/#", "$SYS/broker", true),
+        ] {
+            assert_eq!(covers(allowed, filter), want, "{allowed} covers {filter}");
+        }
+    }
+
+    #[test]
+    fn covering_agrees_with_matching_on_topics() {
+        // A covered literal filter is exactly a matched topic.
+        for allowed in ["#", "a/#", "a/+", "+/b", "a/b", "+"] {
+            for topic in ["a", "a/b", "a/b/c", "x/b", "b"] {
+                assert_eq!(
+                    covers(allowed, topic),
+                    mqtt_filter_matches(allowed, topic),
+                    "{allowed} / {topic}"
+                );
+            }
+        }
+    }
+}
+
+/// Whether every topic the subscription `filter` can match is also matched
+/// by `allowed` (both valid filters): a subscription is granted only
+/// within a user's subscribe filters, wildcards included.
+pub fn mqtt_filter_covers(allowed: &str, filter: &str) -> bool {
+    // Wildcards at the first level do not match `$` topics.
+    if filter.starts_with('$') && allowed.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut granted = allowed.split('/');
+    for f in filter.split('/') {
+        match (granted.next(), f) {
+            (Some("#"), _) => return true,
+            (None, _) | (Some(_), "#") => return false,
+            (Some("+"), _) => {}
+            (Some(g), f) if g == f => {}
+            _ => return false,
+        }
+    }
+    // "a/#" also matches "a" itself.
+    matches!(granted.next(), None | Some("#")) && granted.next().is_none()
+}
+
 /// Where a route takes the record key from, parsed from `route.key`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RouteKey {

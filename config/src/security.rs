@@ -34,6 +34,11 @@ pub struct MqttUser {
     /// `[]` makes a subscribe-only user.
     #[serde(default = "everything")]
     pub publish: Vec<String>,
+    /// MQTT filters this user may subscribe to. Default `["#"]` (anything
+    /// but `$` topics); a subscription is granted only if everything it can
+    /// match lies within these; `[]` makes a publish-only user.
+    #[serde(default = "everything")]
+    pub subscribe: Vec<String>,
 }
 
 impl std::fmt::Debug for MqttUser {
@@ -42,6 +47,7 @@ impl std::fmt::Debug for MqttUser {
             .field("name", &self.name)
             .field("password_hash_file", &self.password_hash_file)
             .field("publish", &self.publish)
+            .field("subscribe", &self.subscribe)
             .finish()
     }
 }
@@ -144,9 +150,13 @@ pub(crate) fn problems(cfg: &Config) -> Vec<FieldError> {
                 .into(),
         );
     }
-    for (i, f) in mqtt.anonymous_publish.iter().enumerate() {
-        if let Err(e) = check_mqtt_filter(f) {
-            add(format!("mqtt.anonymous_publish[{i}]"), format!("{f:?} {e}"));
+    for (field, filters) in
+        [("anonymous_publish", &mqtt.anonymous_publish), ("anonymous_subscribe", &mqtt.anonymous_subscribe)]
+    {
+        for (i, f) in filters.iter().enumerate() {
+            if let Err(e) = check_mqtt_filter(f) {
+                add(format!("mqtt.{field}[{i}]"), format!("{f:?} {e}"));
+            }
         }
     }
     let labels = entry_labels("mqtt.users", mqtt.users.iter().map(|u| Some(u.name.as_str())));
@@ -170,9 +180,11 @@ pub(crate) fn problems(cfg: &Config) -> Vec<FieldError> {
                 }
             }
         }
-        for (j, f) in u.publish.iter().enumerate() {
-            if let Err(e) = check_mqtt_filter(f) {
-                add(format!("{label}.publish[{j}]"), format!("{f:?} {e}"));
+        for (field, filters) in [("publish", &u.publish), ("subscribe", &u.subscribe)] {
+            for (j, f) in filters.iter().enumerate() {
+                if let Err(e) = check_mqtt_filter(f) {
+                    add(format!("{label}.{field}[{j}]"), format!("{f:?} {e}"));
+                }
             }
         }
     }

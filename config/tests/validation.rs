@@ -400,6 +400,16 @@ fn mqtt_user_problems_name_the_field() {
     assert_problem(&user("", HASH, "[]"), "mqtt.users[0].name", &["is empty"]);
     assert_problem("[mqtt]\nallow_anonymous = false\n", "mqtt.allow_anonymous", &["every MQTT client"]);
     assert_problem("[mqtt]\nanonymous_publish = [\"\"]\n", "mqtt.anonymous_publish[0]", &["is empty"]);
+    assert_problem(
+        "[mqtt]\nanonymous_subscribe = [\"a/+b\"]\n",
+        "mqtt.anonymous_subscribe[0]",
+        &["\"a/+b\""],
+    );
+    assert_problem(
+        &(user("sensor", HASH, "[]") + "subscribe = [\"x/#/y\"]\n"),
+        "mqtt.users[\"sensor\"].subscribe[0]",
+        &["\"x/#/y\"", "'#' may only be the whole last level"],
+    );
 }
 
 const TOKEN: &str = "0123456789abcdef0123";

@@ -191,6 +191,12 @@ pub fn render(shared: &Shared) -> String {
             s.counters.mqtt_dropped_rate.load(Ordering::Relaxed),
         );
     }
+    out.family(
+        "sluice_mqtt_subscribe_refused_total",
+        "counter",
+        "MQTT subscription filters refused: outside the user's subscribe filters",
+    );
+    out.sample("sluice_mqtt_subscribe_refused_total", &[], m.subscribe_refused.load(Ordering::Relaxed));
     out.family("sluice_mqtt_connect_refused_total", "counter", "MQTT CONNECTs refused, by reason");
     for (reason, v) in [
         ("no_credentials", &m.refused_no_credentials),

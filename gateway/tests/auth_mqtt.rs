@@ -170,3 +170,58 @@ async fn mqtt5_clients_get_mqtt5_reason_codes_and_the_same_filters() {
     assert_eq!(status, 404);
     assert_eq!(gw.metric("sluice_mqtt_dropped_total{reason=\"not_allowed\"}").await, 1);
 }
+
+#[tokio::test]
+async fn subscriptions_outside_the_subscribe_filters_are_refused_in_the_suback() {
+    use rumqttc::{SubscribeFilter, SubscribeReasonCode};
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[mqtt]\nanonymous_subscribe = [\"plant/+/temp\", \"public/#\"]\n";
+    let gw = Gateway::start(&dir.path().join("d"), Some(text)).await;
+    let mut sub = try_client(&gw, "reader", |_| {}).await.unwrap();
+    let filters = ["public/#", "plant/#", "plant/x/temp", "#"];
+    sub.0
+        .subscribe_many(filters.iter().map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce)))
+        .await
+        .unwrap();
+    let codes = loop {
+        match tokio::time::timeout(Duration::from_secs(30), sub.2.recv()).await.unwrap().unwrap() {
+            Packet::SubAck(ack) => break ack.return_codes,
+            _ => continue,
+        }
+    };
+    // MQTT-3.9.3: one return code per filter, in order; 0x80 is failure.
+    assert_eq!(codes.len(), 4, "{codes:?}");
+    assert!(matches!(codes[0], SubscribeReasonCode::Success(_)), "{codes:?}");
+    assert_eq!(codes[1], SubscribeReasonCode::Failure, "a wildcard reaching beyond the filters");
+    assert!(matches!(codes[2], SubscribeReasonCode::Success(_)), "{codes:?}");
+    assert_eq!(codes[3], SubscribeReasonCode::Failure);
+    assert_eq!(gw.metric("sluice_mqtt_subscribe_refused_total").await, 2);
+
+    // Only what was granted is delivered.
+    let mut publisher = try_client(&gw, "writer", |_| {}).await.unwrap();
+    publish_acked(
+        &mut publisher,
+        &[("plant/x/secret", "no"), ("plant/x/temp", "yes"), ("public/a", "yes too")],
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let Packet::Publish(p) =
+            tokio::time::timeout(Duration::from_secs(30), sub.2.recv()).await.unwrap().unwrap()
+        {
+            got.push(p.topic.clone());
+        }
+    }
+    assert_eq!(got, ["plant/x/temp", "public/a"]);
+
+    // A SUBSCRIBE with nothing allowed is answered by sluice alone.
+    sub.0.subscribe("secret/#", QoS::AtMostOnce).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), sub.2.recv()).await.unwrap().unwrap() {
+            Packet::SubAck(ack) => break assert_eq!(ack.return_codes, [SubscribeReasonCode::Failure]),
+            Packet::Publish(p) => panic!("unexpected delivery on {:?}", p.topic),
+            _ => continue,
+        }
+    }
+    assert_eq!(gw.metric("sluice_mqtt_subscribe_refused_total").await, 3);
+}

@@ -57,6 +57,12 @@ impl Acl {
     pub fn allows(&self, topic: &str) -> bool {
         self.filters.iter().any(|f| sluice_config::mqtt_filter_matches(f, topic))
     }
+
+    /// Whether a subscription to `filter` is allowed: everything it can
+    /// match lies within the filters.
+    pub fn covers(&self, filter: &str) -> bool {
+        self.filters.iter().any(|f| sluice_config::mqtt_filter_covers(f, filter))
+    }
 }
 
 /// Why a CONNECT is refused (the CONNACK code).
@@ -83,6 +89,7 @@ pub enum Admission {
 struct User {
     hash: String,
     acl: Option<Arc<Acl>>,
+    subscribe: Option<Arc<Acl>>,
     name: Arc<str>,
 }
 
@@ -130,6 +137,7 @@ pub struct Guard {
     users: HashMap<String, User>,
     anonymous: bool,
     anonymous_acl: Option<Arc<Acl>>,
+    anonymous_subscribe: Option<Arc<Acl>>,
     verdicts: Mutex<Verdicts>,
     tickets: Mutex<HashMap<u64, Ticket>>,
     next_ticket: AtomicU64,
@@ -157,6 +165,7 @@ impl Guard {
                 let user = User {
                     hash: u.password_hash.clone(),
                     acl: Acl::restricting(&u.publish),
+                    subscribe: Acl::restricting(&u.subscribe),
                     name: Arc::from(u.name.as_str()),
                 };
                 (u.name.clone(), user)
@@ -172,6 +181,7 @@ impl Guard {
             users,
             anonymous: mqtt.anonymous_allowed(),
             anonymous_acl: Acl::restricting(&mqtt.anonymous_publish),
+            anonymous_subscribe: Acl::restricting(&mqtt.anonymous_subscribe),
             verdicts: Mutex::new(Verdicts::default()),
             tickets: Mutex::new(HashMap::new()),
             next_ticket: AtomicU64::new(0),
@@ -199,16 +209,19 @@ impl Guard {
         self.jobs.is_some()
     }
 
-    /// The publish filters of a client the broker accepted with
-    /// `username`; `None` allows everything.
-    pub fn acl_for(&self, username: Option<&str>) -> Option<Arc<Acl>> {
+    /// The publish and subscribe filters of a client the broker accepted
+    /// with `username`; `None` allows everything.
+    pub fn acls_for(&self, username: Option<&str>) -> (Option<Arc<Acl>>, Option<Arc<Acl>>) {
         match username.filter(|u| !u.is_empty()) {
             // Accepted, so the user exists; if not, nothing is allowed.
             Some(name) if self.authenticates() => match self.users.get(name) {
-                Some(user) => user.acl.clone(),
-                None => Some(Arc::new(Acl { filters: Vec::new() })),
+                Some(user) => (user.acl.clone(), user.subscribe.clone()),
+                None => {
+                    let nothing = Some(Arc::new(Acl { filters: Vec::new() }));
+                    (nothing.clone(), nothing)
+                }
             },
-            _ => self.anonymous_acl.clone(),
+            _ => (self.anonymous_acl.clone(), self.anonymous_subscribe.clone()),
         }
     }
 

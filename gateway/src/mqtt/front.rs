@@ -30,6 +30,8 @@
 //!   a re-sent QoS 2 publish whose PUBREL is pending is not stored twice;
 //! - publishes outside the user's filters are neither stored nor passed
 //!   on: MQTT 5 gets reason 0x87, 3.1.1 a PUBACK (MQTT-3.3.5-2), counted;
+//! - subscriptions outside the user's subscribe filters are taken out of
+//!   the SUBSCRIBE and answered 0x80 (MQTT 5: 0x87) in the SUBACK;
 //! - when the connection ends without DISCONNECT, its will message is
 //!   stored (the broker publishes it to live subscribers).
 
@@ -44,7 +46,7 @@ use sluice_config::MqttConfig;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -165,6 +167,9 @@ enum SessionError {
     ConnectTimeout(Duration),
 }
 
+/// Filters kept per SUBSCRIBE packet id (see [`Conn::subscribe`]).
+type Subacks = Arc<Mutex<HashMap<u16, Vec<bool>>>>;
+
 /// What goes to the client's writer.
 #[derive(Debug)]
 enum Out {
@@ -174,10 +179,12 @@ enum Out {
 }
 
 /// How an acknowledgement is decided.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Status {
     /// At once, with this reason code (0: success).
     Now(u8),
+    /// At once, these bytes (a SUBACK sluice answers itself).
+    Packet(Bytes),
     /// When group `n` of the batch is stored (or not).
     Group(usize),
 }
@@ -234,9 +241,15 @@ where
     let stop_tx = Arc::new(stop_tx);
     let (out_tx, out_rx) = mpsc::channel::<Out>(64);
     let (connack_tx, connack_rx) = oneshot::channel();
+    let subacks = Arc::new(Mutex::new(HashMap::new()));
     let writer = tokio::spawn(write_loop(wr, out_rx, stop_tx.clone()));
-    let from_broker =
-        tokio::spawn(broker_loop(br, out_tx.clone(), connack_tx, stop_tx.clone(), front.max_packet));
+    let from_broker = tokio::spawn(broker_loop(
+        br,
+        out_tx.clone(),
+        connack_tx,
+        stop_tx.clone(),
+        (front.max_packet, connect.level, subacks.clone()),
+    ));
     let accepted = matches!(tokio::time::timeout(CONNACK_TIMEOUT, connack_rx).await, Ok(Ok(true)));
     if !accepted {
         // The broker's CONNACK (a refusal) is on its way to the client; the
@@ -248,10 +261,13 @@ where
     }
     let (acks_tx, acks_rx) = mpsc::channel::<AckBatch>(ACK_WINDOW);
     let acker = tokio::spawn(ack_loop(acks_rx, out_tx, front.clone(), connect.v5(), stop_tx.clone()));
+    let (acl, subscribe_acl) = front.guard.acls_for(connect.username.as_deref());
     let mut conn = Conn {
         front: front.clone(),
         level: connect.level,
-        acl: front.guard.acl_for(connect.username.as_deref()),
+        acl,
+        subscribe_acl,
+        subacks,
         user: connect.username.clone(),
         aliases: HashMap::new(),
         qos2: HashSet::new(),
@@ -296,6 +312,11 @@ struct Conn {
     front: Arc<Front>,
     level: u8,
     acl: Option<Arc<Acl>>,
+    /// Subscribe filters; `None` allows every subscription.
+    subscribe_acl: Option<Arc<Acl>>,
+    /// SUBSCRIBEs passed on without some of their filters: which were kept,
+    /// by packet id, for the broker loop to merge the SUBACK.
+    subacks: Subacks,
     user: Option<String>,
     /// MQTT 5 topic aliases the client set up.
     aliases: HashMap<u16, Bytes>,
@@ -333,6 +354,7 @@ impl Conn {
                         let code = if self.qos2.remove(&pkid) { 0 } else { reason::PKID_NOT_FOUND };
                         acks.push(Ack { kind: kind::PUBCOMP, pkid, status: Status::Now(code) });
                     }
+                    kind::SUBSCRIBE => self.subscribe(&frame, &mut to_broker, &mut acks)?,
                     kind::CONNECT => return Err(SessionError::Protocol("second CONNECT")),
                     kind::DISCONNECT => {
                         // MQTT 5 reason 0x04: "disconnect with will message".
@@ -433,6 +455,44 @@ impl Conn {
         Ok(())
     }
 
+    /// Passes a SUBSCRIBE on with only the filters the user may subscribe
+    /// to; the others get SUBACK 0x80 (MQTT 5: 0x87), counted.
+    fn subscribe(
+        &mut self,
+        frame: &Bytes,
+        to_broker: &mut BytesMut,
+        acks: &mut Vec<Ack>,
+    ) -> Result<(), SessionError> {
+        let Some(acl) = &self.subscribe_acl else {
+            to_broker.extend_from_slice(frame);
+            return Ok(());
+        };
+        let sub = packet::subscribe(frame, self.level)?;
+        let keep: Vec<bool> =
+            sub.filters.iter().map(|(f, _)| std::str::from_utf8(f).is_ok_and(|f| acl.covers(f))).collect();
+        let refused = keep.iter().filter(|k| !**k).count();
+        if refused == 0 {
+            to_broker.extend_from_slice(frame);
+            return Ok(());
+        }
+        let stats = self.front.intake.stats();
+        stats.subscribe_refused.fetch_add(refused as u64, Ordering::Relaxed);
+        for (f, _) in sub.filters.iter().zip(&keep).filter(|(_, k)| !**k).map(|(f, _)| f) {
+            tracing::info!(user = self.user.as_deref().unwrap_or("<anonymous>"), filter = %String::from_utf8_lossy(f),
+                "MQTT subscription outside the user's subscribe filters: refused");
+        }
+        let code = if self.v5() { reason::NOT_AUTHORIZED } else { 0x80 };
+        if refused == keep.len() {
+            let mut out = BytesMut::new();
+            packet::suback(&mut out, sub.pkid, self.v5(), &vec![code; refused]);
+            acks.push(Ack { kind: kind::SUBACK, pkid: sub.pkid, status: Status::Packet(out.freeze()) });
+        } else {
+            self.subacks.lock().unwrap_or_else(PoisonError::into_inner).insert(sub.pkid, keep.clone());
+            sub.encode_kept(&keep, to_broker);
+        }
+        Ok(())
+    }
+
     /// Stores the will message (the connection ended without DISCONNECT).
     async fn store_will(&mut self, will: &packet::Will, acks_tx: &mpsc::Sender<AckBatch>) {
         let allowed =
@@ -492,9 +552,13 @@ async fn ack_loop(
         let mut bytes = BytesMut::with_capacity(batch.acks.len() * 4);
         let mut close = false;
         for ack in &batch.acks {
-            let code = match ack.status {
-                Status::Now(code) => code,
-                Status::Group(g) => match outcome[g] {
+            let code = match &ack.status {
+                Status::Now(code) => *code,
+                Status::Packet(packet) => {
+                    bytes.extend_from_slice(packet);
+                    continue;
+                }
+                Status::Group(g) => match outcome[*g] {
                     Ok(service) => {
                         services.by_id(service).counters.mqtt_acked.fetch_add(1, Ordering::Relaxed);
                         0
@@ -538,7 +602,7 @@ async fn broker_loop(
     out: mpsc::Sender<Out>,
     connack: oneshot::Sender<bool>,
     stop: Arc<watch::Sender<bool>>,
-    max: usize,
+    (max, level, subacks): (usize, u8, Subacks),
 ) {
     let mut connack = Some(connack);
     let mut buf = BytesMut::with_capacity(READ_BUF);
@@ -549,6 +613,19 @@ async fn broker_loop(
             match packet::next_frame(&mut buf, max.saturating_mul(2)) {
                 Ok(Some(frame)) => match packet::kind_of(&frame) {
                     kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {}
+                    kind::SUBACK => {
+                        let keep = packet::pkid_of(&frame).and_then(|pkid| {
+                            subacks.lock().unwrap_or_else(PoisonError::into_inner).remove(&pkid)
+                        });
+                        let refused = if level == 5 { reason::NOT_AUTHORIZED } else { 0x80 };
+                        match keep.map(|keep| packet::merge_suback(&frame, level, &keep, refused)) {
+                            None => chunk.extend_from_slice(&frame),
+                            Some(Ok(merged)) => chunk.extend_from_slice(&merged),
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "unexpected SUBACK from the embedded MQTT broker")
+                            }
+                        }
+                    }
                     kind::CONNACK => {
                         if let Some(tx) = connack.take() {
                             let _ = tx.send(packet::connack_code(&frame) == Some(0));

@@ -126,6 +126,10 @@ impl Intake {
         &self.shared
     }
 
+    pub(super) fn stats(&self) -> &Arc<MqttStats> {
+        &self.stats
+    }
+
     /// Routes one publish into `gather`; returns the index of its group,
     /// or why it is not stored (counted here).
     pub(super) fn add(

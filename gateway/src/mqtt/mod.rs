@@ -42,6 +42,8 @@ pub struct MqttStats {
     pub dropped_shutting_down: AtomicU64,
     /// Publishes (and will messages) outside the sender's publish filters.
     pub dropped_not_allowed: AtomicU64,
+    /// Subscription filters refused (outside the subscribe filters).
+    pub subscribe_refused: AtomicU64,
     /// CONNECTs refused: no credentials while anonymous access is off.
     pub refused_no_credentials: AtomicU64,
     /// CONNECTs refused: unknown user or wrong password.

@@ -22,6 +22,8 @@ pub(crate) mod kind {
     pub(crate) const PUBREC: u8 = 5;
     pub(crate) const PUBREL: u8 = 6;
     pub(crate) const PUBCOMP: u8 = 7;
+    pub(crate) const SUBSCRIBE: u8 = 8;
+    pub(crate) const SUBACK: u8 = 9;
     pub(crate) const DISCONNECT: u8 = 14;
 }
 
@@ -276,6 +278,108 @@ pub(crate) fn ack(out: &mut BytesMut, kind: u8, pkid: u16, v5: bool, reason: u8)
     }
 }
 
+/// Appends a remaining length as a variable byte integer.
+fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
+    loop {
+        let mut b = (len & 0x7F) as u8;
+        len >>= 7;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.extend_from_slice(&[b]);
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+/// A SUBSCRIBE: packet id, the MQTT 5 property block as it came (length
+/// included; empty for 3.1.1), and each filter with its options byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Subscribe {
+    pub(crate) pkid: u16,
+    props: Bytes,
+    pub(crate) filters: Vec<(Bytes, u8)>,
+}
+
+/// Parses a SUBSCRIBE frame of a connection at protocol `level`.
+pub(crate) fn subscribe(frame: &Bytes, level: u8) -> Result<Subscribe, PacketError> {
+    let mut r = Reader { bytes: frame, at: body_start(frame), what: "SUBSCRIBE" };
+    let pkid = r.u16()?;
+    let props_at = r.at;
+    if level == 5 {
+        r.skip_properties()?;
+    }
+    let props = frame.slice(props_at..r.at);
+    let mut filters = Vec::new();
+    while r.at < frame.len() {
+        let filter = frame.slice_ref(r.prefixed()?);
+        filters.push((filter, r.u8()?));
+    }
+    if filters.is_empty() {
+        return Err(malformed("SUBSCRIBE without filters"));
+    }
+    Ok(Subscribe { pkid, props, filters })
+}
+
+impl Subscribe {
+    /// The SUBSCRIBE again with only the filters whose `keep` is true.
+    pub(crate) fn encode_kept(&self, keep: &[bool], out: &mut BytesMut) {
+        let kept = || self.filters.iter().zip(keep).filter(|(_, k)| **k).map(|(f, _)| f);
+        let len = 2 + self.props.len() + kept().map(|(f, _)| 3 + f.len()).sum::<usize>();
+        out.extend_from_slice(&[0x82]);
+        put_remaining_length(out, len);
+        out.extend_from_slice(&self.pkid.to_be_bytes());
+        out.extend_from_slice(&self.props);
+        for (filter, options) in kept() {
+            out.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+            out.extend_from_slice(filter);
+            out.extend_from_slice(&[*options]);
+        }
+    }
+}
+
+/// Appends a SUBACK for `pkid` with one return (3.1.1) or reason (5) code
+/// per filter.
+pub(crate) fn suback(out: &mut BytesMut, pkid: u16, v5: bool, codes: &[u8]) {
+    out.extend_from_slice(&[kind::SUBACK << 4]);
+    put_remaining_length(out, 2 + usize::from(v5) + codes.len());
+    out.extend_from_slice(&pkid.to_be_bytes());
+    if v5 {
+        out.extend_from_slice(&[0]);
+    }
+    out.extend_from_slice(codes);
+}
+
+/// The broker's SUBACK for the filters that were passed on, with `refused`
+/// put in at the places of the filters that were not (`granted[i]` false).
+pub(crate) fn merge_suback(
+    frame: &Bytes,
+    level: u8,
+    granted: &[bool],
+    refused: u8,
+) -> Result<Bytes, PacketError> {
+    let mut r = Reader { bytes: frame, at: body_start(frame), what: "SUBACK" };
+    let pkid = r.u16()?;
+    let props_at = r.at;
+    if level == 5 {
+        r.skip_properties()?;
+    }
+    let props = &frame[props_at..r.at];
+    let mut theirs = frame[r.at..].iter();
+    let mut codes = Vec::with_capacity(granted.len());
+    for &g in granted {
+        codes.push(if g { *theirs.next().ok_or(malformed("SUBACK codes"))? } else { refused });
+    }
+    let mut out = BytesMut::with_capacity(frame.len() + granted.len());
+    out.extend_from_slice(&[kind::SUBACK << 4]);
+    put_remaining_length(&mut out, 2 + props.len() + codes.len());
+    out.extend_from_slice(&pkid.to_be_bytes());
+    out.extend_from_slice(props);
+    out.extend_from_slice(&codes);
+    Ok(out.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +498,40 @@ mod tests {
         assert_eq!(&out[..], &[0x40, 2, 1, 2, 0x50, 2, 0, 5, 0x40, 3, 0, 6, 0x87]);
         assert_eq!(pkid_of(&out[..4]), Some(0x0102));
         assert_eq!(connack_code(&[0x20, 2, 0, 5]), Some(5));
+    }
+
+    #[test]
+    fn subscribe_is_filtered_and_suback_merged() {
+        for level in [4u8, 5] {
+            let mut body = 7u16.to_be_bytes().to_vec();
+            if level == 5 {
+                body.extend_from_slice(&[2, 0x0B, 5]);
+            }
+            for f in [&b"a/#"[..], b"b/+", b"c"] {
+                body.extend(prefixed(f));
+                body.push(1);
+            }
+            let f = Bytes::from(frame(0x82, &body));
+            let sub = subscribe(&f, level).expect("valid");
+            assert_eq!(sub.pkid, 7);
+            assert_eq!(
+                sub.filters.iter().map(|(f, _)| &f[..]).collect::<Vec<_>>(),
+                [&b"a/#"[..], b"b/+", b"c"]
+            );
+            let mut out = BytesMut::new();
+            sub.encode_kept(&[true, false, true], &mut out);
+            let mut buf = out.clone();
+            let again =
+                subscribe(&next_frame(&mut buf, 1000).expect("valid").expect("whole"), level).expect("valid");
+            assert_eq!(again.filters.iter().map(|(f, _)| &f[..]).collect::<Vec<_>>(), [&b"a/#"[..], b"c"]);
+            // The broker grants the two it saw; the refused one goes between.
+            let mut theirs = BytesMut::new();
+            suback(&mut theirs, 7, level == 5, &[1, 0]);
+            let merged = merge_suback(&theirs.freeze(), level, &[true, false, true], 0x80).expect("valid");
+            let mut want = BytesMut::new();
+            suback(&mut want, 7, level == 5, &[1, 0x80, 0]);
+            assert_eq!(merged, want.freeze());
+        }
     }
 
     proptest! {
