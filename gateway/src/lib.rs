@@ -29,6 +29,7 @@ pub mod delivery;
 pub mod http;
 pub mod ingest;
 pub mod listener;
+pub mod logs;
 pub mod maintenance;
 pub mod metrics;
 pub mod mqtt;

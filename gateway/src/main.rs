@@ -286,17 +286,7 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
-    // Under systemd, journald adds its own timestamps and colours mean noise.
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if journald {
-        builder.with_ansi(false).without_time().init();
-    } else {
-        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
-    }
+    sluice_gateway::logs::init();
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {

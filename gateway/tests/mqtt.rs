@@ -245,3 +245,64 @@ service = "bulk"
         "all 5 alarms within the first 10: {topics:?}"
     );
 }
+
+/// `mosquitto_pub` QoS 1 at protocol `version` (`mqttv311`, `mqttv5`).
+fn mosquitto_pub(addr: &str, version: &str, topic: &str, message: &str) {
+    let a: std::net::SocketAddr = addr.parse().unwrap();
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(["-V", version, "-h", &a.ip().to_string(), "-p", &a.port().to_string(), "-q", "1"])
+        .args(["-i", &format!("pub-{version}"), "-t", topic, "-m", message])
+        .output()
+        .expect("mosquitto_pub is installed (deploy/install-test-peers.sh)");
+    assert!(out.status.success(), "mosquitto_pub {version}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// MQTT 3.1.1 over a raw socket: CONNECT with keep-alive 0 (MQTT-3.1.2-10:
+/// no keep-alive), then one QoS 1 PUBLISH; returns the CONNACK and PUBACK.
+async fn keep_alive_zero_publish(addr: &str, topic: &str, payload: &[u8]) -> ([u8; 4], [u8; 4]) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let id = b"ka-zero";
+    let mut connect =
+        vec![0x10, (12 + id.len()) as u8, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0, id.len() as u8];
+    connect.extend_from_slice(id);
+    s.write_all(&connect).await.unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    let mut publish = vec![0x32, (2 + topic.len() + 2 + payload.len()) as u8, 0, topic.len() as u8];
+    publish.extend_from_slice(topic.as_bytes());
+    publish.extend_from_slice(&[0x12, 0x34]);
+    publish.extend_from_slice(payload);
+    s.write_all(&publish).await.unwrap();
+    let mut puback = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut puback)).await.unwrap().unwrap();
+    s.write_all(&[0xE0, 0]).await.unwrap();
+    (connack, puback)
+}
+
+#[tokio::test]
+async fn one_port_serves_3_1_1_and_5_and_keep_alive_0_with_a_quiet_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let mut gw = Gateway::try_start(&data, None, &[]).await.unwrap();
+    let addr = gw.mqtt.clone().unwrap();
+    mosquitto_pub(&addr, "mqttv311", "both/v4", "\"four\"");
+    mosquitto_pub(&addr, "mqttv5", "both/v5", "\"five\"");
+    let (connack, puback) = keep_alive_zero_publish(&addr, "both/ka0", b"\"zero\"").await;
+    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepted");
+    assert_eq!(puback, [0x40, 2, 0x12, 0x34], "PUBACK of packet id 0x1234");
+    let records = read_n(&gw, "both", 0, 3).await;
+    let values: Vec<_> = records.iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(values, [json!("four"), json!("five"), json!("zero")]);
+    // A live subscriber comes and goes, too.
+    let (c, task, _rx) = client(&gw, "watcher").await;
+    c.subscribe("both/#", QoS::AtLeastOnce).await.unwrap();
+    c.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    gw.signal("TERM");
+    gw.terminate_wait();
+    // SLUICE_LOG=warn: a healthy run writes nothing at WARN or ERROR.
+    let log = std::fs::read_to_string(data.with_extension("stderr")).unwrap();
+    let noisy: Vec<_> = log.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
+    assert!(noisy.is_empty(), "log lines at WARN or ERROR in a healthy run:\n{}", noisy.join("\n"));
+}
