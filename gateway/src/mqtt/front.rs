@@ -62,8 +62,23 @@ const MAX_GATHER: u64 = 256 << 10;
 /// Batches of publishes awaiting their acknowledgements per connection;
 /// when full, the connection is not read (bounds memory per connection).
 const ACK_WINDOW: usize = 16;
-/// Read buffer per connection, to start with.
-const READ_BUF: usize = 16 << 10;
+/// Read buffer per direction of a connection, to start with: small, so
+/// thousands of idle sensors cost little; it doubles while reads fill it,
+/// up to [`READ_MAX`].
+const READ_BUF: usize = 2 << 10;
+/// Largest read buffer growth step.
+const READ_MAX: usize = 64 << 10;
+
+/// Reads into `buf`, making room first: as much again as the buffer holds
+/// (between [`READ_BUF`] and [`READ_MAX`]) when less than a quarter of that
+/// is free.
+async fn read_more<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let step = buf.capacity().clamp(READ_BUF, READ_MAX);
+    if buf.capacity() - buf.len() < step / 4 {
+        buf.reserve(step);
+    }
+    rd.read_buf(buf).await
+}
 
 /// What the front needs to serve connections.
 #[derive(Debug)]
@@ -301,7 +316,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
         if let Some(frame) = packet::next_frame(buf, max)? {
             return Ok(Some(frame));
         }
-        if rd.read_buf(buf).await? == 0 {
+        if read_more(rd, buf).await? == 0 {
             return Ok(None);
         }
     }
@@ -383,7 +398,7 @@ impl Conn {
                 continue;
             }
             tokio::select! {
-                n = rd.read_buf(buf) => if n? == 0 { return Ok(Ending::Lost) },
+                n = read_more(rd, buf) => if n? == 0 { return Ok(Ending::Lost) },
                 _ = stop.wait_for(|s| *s) => return Ok(Ending::Lost),
             }
         }
@@ -646,7 +661,7 @@ async fn broker_loop(
             break;
         }
         tokio::select! {
-            n = br.read_buf(&mut buf) => if !matches!(n, Ok(n) if n > 0) { break },
+            n = read_more(&mut br, &mut buf) => if !matches!(n, Ok(n) if n > 0) { break },
             _ = stop_rx.wait_for(|s| *s) => break,
         }
     }
