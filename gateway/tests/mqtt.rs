@@ -306,3 +306,45 @@ async fn one_port_serves_3_1_1_and_5_and_keep_alive_0_with_a_quiet_log() {
     let noisy: Vec<_> = log.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
     assert!(noisy.is_empty(), "log lines at WARN or ERROR in a healthy run:\n{}", noisy.join("\n"));
 }
+
+/// Reads one whole packet (remaining length under 128).
+async fn read_packet(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut head)).await.unwrap().unwrap();
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).await.unwrap();
+    [&head[..], &rest].concat()
+}
+
+#[tokio::test]
+async fn mqtt5_qos2_packet_id_is_free_again_after_a_failed_pubrec() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), None).await;
+    let mut s = tokio::net::TcpStream::connect(gw.mqtt.as_ref().unwrap()).await.unwrap();
+    let id = b"q2";
+    let mut connect =
+        vec![0x10, (13 + id.len()) as u8, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 2];
+    connect.extend_from_slice(id);
+    s.write_all(&connect).await.unwrap();
+    let connack = read_packet(&mut s).await;
+    assert_eq!((connack[0], connack[3]), (0x20, 0), "CONNACK success: {connack:?}");
+    let publish = |topic: &str, payload: &[u8]| {
+        let mut p = vec![0x34, (2 + topic.len() + 2 + 1 + payload.len()) as u8, 0, topic.len() as u8];
+        p.extend_from_slice(topic.as_bytes());
+        p.extend_from_slice(&[0, 5, 0]);
+        p.extend_from_slice(payload);
+        p
+    };
+    // "bad level" is no log topic name: PUBREC 0x90 ends the exchange.
+    s.write_all(&publish("bad level/x", b"1")).await.unwrap();
+    assert_eq!(read_packet(&mut s).await, [0x50, 3, 0, 5, 0x90]);
+    // So packet id 5 is new again: stored, PUBREC success, PUBCOMP on PUBREL.
+    s.write_all(&publish("plant/x", b"\"two\"")).await.unwrap();
+    assert_eq!(read_packet(&mut s).await, [0x50, 2, 0, 5]);
+    s.write_all(&[0x62, 2, 0, 5]).await.unwrap();
+    assert_eq!(read_packet(&mut s).await, [0x70, 2, 0, 5]);
+    let records = read_n(&gw, "plant", 0, 1).await;
+    assert_eq!(records[0]["value"], json!("two"));
+}

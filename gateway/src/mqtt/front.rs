@@ -182,6 +182,14 @@ enum SessionError {
     ConnectTimeout(Duration),
 }
 
+/// QoS 2 packet ids answered with PUBREC and awaiting PUBREL; shared with
+/// the acker, which closes an exchange whose PUBREC says failure.
+type Qos2 = Arc<Mutex<HashSet<u16>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Filters kept per SUBSCRIBE packet id (see [`Conn::subscribe`]).
 type Subacks = Arc<Mutex<HashMap<u16, Vec<bool>>>>;
 
@@ -275,7 +283,9 @@ where
         return Ok(());
     }
     let (acks_tx, acks_rx) = mpsc::channel::<AckBatch>(ACK_WINDOW);
-    let acker = tokio::spawn(ack_loop(acks_rx, out_tx, front.clone(), connect.v5(), stop_tx.clone()));
+    let qos2: Qos2 = Arc::new(Mutex::new(HashSet::new()));
+    let acker =
+        tokio::spawn(ack_loop(acks_rx, out_tx, front.clone(), (connect.v5(), qos2.clone()), stop_tx.clone()));
     let (acl, subscribe_acl) = front.guard.acls_for(connect.username.as_deref());
     let mut conn = Conn {
         front: front.clone(),
@@ -285,7 +295,7 @@ where
         subacks,
         user: connect.username.clone(),
         aliases: HashMap::new(),
-        qos2: HashSet::new(),
+        qos2: qos2.clone(),
     };
     let ending = conn.pump(&mut rd, &mut buf, &mut bw, &acks_tx, &mut stop_rx).await;
     let will_applies = match &ending {
@@ -336,7 +346,7 @@ struct Conn {
     /// MQTT 5 topic aliases the client set up.
     aliases: HashMap<u16, Bytes>,
     /// QoS 2 packet ids stored and answered with PUBREC, awaiting PUBREL.
-    qos2: HashSet<u16>,
+    qos2: Qos2,
 }
 
 impl Conn {
@@ -366,14 +376,14 @@ impl Conn {
                     kind::PUBLISH => self.publish(&frame, &mut gather, &mut to_broker, &mut acks)?,
                     kind::PUBREL => {
                         let pkid = packet::pkid_of(&frame).ok_or(SessionError::Protocol("short PUBREL"))?;
-                        let code = if self.qos2.remove(&pkid) { 0 } else { reason::PKID_NOT_FOUND };
+                        let code = if lock(&self.qos2).remove(&pkid) { 0 } else { reason::PKID_NOT_FOUND };
                         acks.push(Ack { kind: kind::PUBCOMP, pkid, status: Status::Now(code) });
                     }
                     kind::SUBSCRIBE => self.subscribe(&frame, &mut to_broker, &mut acks)?,
                     kind::CONNECT => return Err(SessionError::Protocol("second CONNECT")),
                     kind::DISCONNECT => {
                         // MQTT 5 reason 0x04: "disconnect with will message".
-                        let with_will = self.v5() && frame.get(2) == Some(&0x04);
+                        let with_will = self.v5() && packet::disconnect_reason(&frame) == 0x04;
                         to_broker.extend_from_slice(&frame);
                         ending = Some(Ending::Disconnect { with_will });
                         break;
@@ -416,9 +426,12 @@ impl Conn {
             Some(a) if p.topic.is_empty() => {
                 self.aliases.get(&a).cloned().ok_or(SessionError::Protocol("unknown topic alias"))?
             }
+            Some(0) => return Err(SessionError::Protocol("topic alias 0")),
             Some(a) => {
-                self.aliases.insert(a, p.topic.clone());
-                p.topic.clone()
+                // A copy: a slice would keep the whole read buffer alive.
+                let topic = Bytes::copy_from_slice(&p.topic);
+                self.aliases.insert(a, topic.clone());
+                topic
             }
             None => p.topic.clone(),
         };
@@ -430,7 +443,7 @@ impl Conn {
             2 => Some(kind::PUBREC),
             _ => None,
         };
-        if p.qos == 2 && self.qos2.contains(&p.pkid) {
+        if p.qos == 2 && lock(&self.qos2).contains(&p.pkid) {
             // A re-send of a publish already stored: answer again, store once.
             acks.push(Ack { kind: kind::PUBREC, pkid: p.pkid, status: Status::Now(0) });
             return Ok(());
@@ -444,7 +457,7 @@ impl Conn {
                 // for MQTT 5 only (MQTT-3.3.5-2).
                 acks.push(Ack { kind, pkid: p.pkid, status: Status::Now(reason::NOT_AUTHORIZED) });
                 if p.qos == 2 && !self.v5() {
-                    self.qos2.insert(p.pkid);
+                    lock(&self.qos2).insert(p.pkid);
                 }
             }
             return Ok(());
@@ -456,10 +469,14 @@ impl Conn {
             Err(Drop::InvalidTopic) => Status::Now(reason::TOPIC_NAME_INVALID),
         };
         if let Some(kind) = ack_kind {
-            acks.push(Ack { kind, pkid: p.pkid, status });
-            if p.qos == 2 {
-                self.qos2.insert(p.pkid);
+            // A QoS 2 exchange stays open (until PUBREL) unless its PUBREC
+            // says failure; the acker closes it when a stored-or-not answer
+            // turns out a failure.
+            let failed_now = matches!(status, Status::Now(code) if code >= 0x80 && self.v5());
+            if p.qos == 2 && !failed_now {
+                lock(&self.qos2).insert(p.pkid);
             }
+            acks.push(Ack { kind, pkid: p.pkid, status });
         }
         let at = to_broker.len();
         to_broker.extend_from_slice(frame);
@@ -530,7 +547,7 @@ async fn ack_loop(
     mut rx: mpsc::Receiver<AckBatch>,
     out: mpsc::Sender<Out>,
     front: Arc<Front>,
-    v5: bool,
+    (v5, qos2): (bool, Qos2),
     stop: Arc<watch::Sender<bool>>,
 ) {
     let services = &front.intake.shared().services;
@@ -560,6 +577,7 @@ async fn ack_loop(
                     }
                 }
                 Err(Refused::InvalidTopic) => Err((reason::TOPIC_NAME_INVALID, false)),
+                Err(Refused::StoreFailed) => Err((reason::UNSPECIFIED, true)),
                 Err(Refused::ShuttingDown) => Err((reason::SERVER_BUSY, true)),
                 Err(Refused::Policy) => Err((reason::QUOTA_EXCEEDED, false)),
             });
@@ -587,6 +605,10 @@ async fn ack_loop(
                     Err((code, _)) => code,
                 },
             };
+            if ack.kind == kind::PUBREC && code >= 0x80 && v5 {
+                // MQTT 5: a failed PUBREC ends the exchange; the id is free.
+                lock(&qos2).remove(&ack.pkid);
+            }
             packet::ack(&mut bytes, ack.kind, ack.pkid, v5, code);
         }
         if !bytes.is_empty() && out.send(Out::Bytes(bytes.freeze())).await.is_err() {

@@ -110,8 +110,10 @@ impl<P> Guarded<P> {
         let topic = match alias {
             Some(a) if publish.topic.is_empty() => self.aliases.get(&a).cloned().unwrap_or_default(),
             Some(a) => {
-                self.aliases.insert(a, publish.topic.clone());
-                publish.topic.clone()
+                // A copy: a slice would keep the read buffer alive.
+                let topic = Bytes::copy_from_slice(&publish.topic);
+                self.aliases.insert(a, topic.clone());
+                topic
             }
             None => publish.topic.clone(),
         };

@@ -90,9 +90,11 @@ impl Pending {
 /// Why a group was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refused {
-    /// Its log topic cannot be used (unknown while auto-creation is off,
-    /// or the store cannot create it).
+    /// Its log topic is unknown while auto-creation is off.
     InvalidTopic,
+    /// The store could not create its log topic (disk full, I/O error):
+    /// not a property of the publish, so 3.1.1 connections are closed.
+    StoreFailed,
     /// sluice is shutting down.
     ShuttingDown,
     /// QoS 0 publishes dropped by the `on_full` policy or the rate limit.
@@ -189,13 +191,13 @@ impl Intake {
         let count = group.records.len() as u64;
         let topic = match shared.topics.get_or_create(&group.topic, &shared.store, &shared.services) {
             Ok(t) => t,
+            Err(TopicError::Store(e)) => {
+                tracing::error!(topic = group.topic, error = %e, "cannot create topic for MQTT publishes");
+                self.stats.dropped_invalid_topic.fetch_add(count, Ordering::Relaxed);
+                return Err(Refused::StoreFailed);
+            }
             Err(e) => {
-                match e {
-                    TopicError::Store(e) => {
-                        tracing::error!(topic = group.topic, error = %e, "cannot create topic for MQTT publishes")
-                    }
-                    e => tracing::debug!(topic = group.topic, error = %e, "MQTT publishes dropped"),
-                }
+                tracing::debug!(topic = group.topic, error = %e, "MQTT publishes dropped");
                 self.stats.dropped_invalid_topic.fetch_add(count, Ordering::Relaxed);
                 return Err(Refused::InvalidTopic);
             }

@@ -177,9 +177,10 @@ pub(crate) fn connect(frame: &Bytes) -> Result<Connect, PacketError> {
         if level == 5 {
             r.skip_properties()?;
         }
-        let topic = r.prefixed()?;
-        let topic = frame.slice_ref(topic);
-        let payload = frame.slice_ref(r.prefixed()?);
+        // Copies: slices would keep the first read buffer alive for the
+        // whole connection.
+        let topic = Bytes::copy_from_slice(r.prefixed()?);
+        let payload = Bytes::copy_from_slice(r.prefixed()?);
         Some(Will { topic, payload, qos: (flags >> 3) & 0x03 })
     } else {
         None
@@ -188,6 +189,11 @@ pub(crate) fn connect(frame: &Bytes) -> Result<Connect, PacketError> {
         .then(|| r.prefixed().map(|u| String::from_utf8_lossy(u).into_owned()))
         .transpose()?;
     Ok(Connect { level, keep_alive, keep_alive_at, client_id, username, will })
+}
+
+/// The reason code of an MQTT 5 DISCONNECT (0 when it has none).
+pub(crate) fn disconnect_reason(frame: &[u8]) -> u8 {
+    frame.get(body_start(frame)).copied().unwrap_or(0)
 }
 
 /// The reason (MQTT 5) or return (3.1.1) code of a CONNACK; 0 is success.
@@ -498,6 +504,10 @@ mod tests {
         assert_eq!(&out[..], &[0x40, 2, 1, 2, 0x50, 2, 0, 5, 0x40, 3, 0, 6, 0x87]);
         assert_eq!(pkid_of(&out[..4]), Some(0x0102));
         assert_eq!(connack_code(&[0x20, 2, 0, 5]), Some(5));
+        assert_eq!(disconnect_reason(&[0xE0, 0]), 0);
+        assert_eq!(disconnect_reason(&[0xE0, 1, 4]), 4);
+        let long = frame(0xE0, &[&[0u8][..], &[200, 1], &[0x26; 200]].concat());
+        assert_eq!(disconnect_reason(&long), 0, "a two-byte remaining length");
     }
 
     #[test]
