@@ -21,6 +21,8 @@ MQTT_DURATION=${MQTT_DURATION:-10}
 DRAIN=${DRAIN:-1000}
 ALARM_RATE=${ALARM_RATE:-50}
 MQTT_RESULTS=${MQTT_RESULTS:-}
+# MQTT_PRIORITY=0 skips the priority scenario of the MQTT section.
+MQTT_PRIORITY=${MQTT_PRIORITY:-1}
 
 if [[ $what == all || $what == micro ]]; then
     cargo bench -p sluice-store --bench scheduler -- --quick
@@ -122,6 +124,28 @@ mosquitto_addr=127.0.0.1:$mosquitto_port
 results=$work/results.jsonl
 # Progress lines ([... 3s] ...) of the load tool are left out below.
 
+counts() { # counts -> JSON: sluice's MQTT conservation counters and log size (sums over services/partitions)
+    python3 - "$addr" <<'PY'
+import json, sys, urllib.request
+base = "http://" + sys.argv[1]
+m = {}
+for line in urllib.request.urlopen(base + "/metrics").read().decode().splitlines():
+    if line.startswith("#") or not line.strip():
+        continue
+    name = line.split("{")[0].split(" ")[0]
+    m[name] = m.get(name, 0) + float(line.rsplit(" ", 1)[1])
+topics = json.load(urllib.request.urlopen(base + "/v1/topics"))["topics"]
+print(json.dumps({
+    "received": int(m.get("sluice_mqtt_received_total", 0)),
+    "in": int(m.get("sluice_service_mqtt_in_total", 0)),
+    "stored": int(m.get("sluice_service_mqtt_stored_total", 0)),
+    "acked": int(m.get("sluice_service_mqtt_acked_total", 0)),
+    "failed": int(m.get("sluice_service_mqtt_failed_total", 0)),
+    "dropped": int(m.get("sluice_mqtt_dropped_total", 0)),
+    "log_records": sum(p["high_watermark"] - p["log_start"] for t in topics for p in t["partitions"]),
+}))
+PY
+}
 record() { # record SCENARIO TARGET JSON
     python3 -c 'import json,sys;r=json.loads(sys.argv[3]);r["scenario"]=sys.argv[1];r["target"]=sys.argv[2];print(json.dumps(r))' \
         "$1" "$2" "$3" >> "$results"
@@ -136,9 +160,17 @@ throughput() { # throughput SCENARIO TARGET ARGS...
     esac
     out=$("$bin" bench mqtt "${extra[@]}" "$@" --qos 1 --payload 100 --duration "$MQTT_DURATION" --json \
         2> >(grep -v '^\[' >&2))
-    [[ $target == sluice ]] && stop
+    if [[ $target == sluice ]]; then
+        # Every publish sluice acknowledged must be in the log.
+        out=$(python3 -c 'import json,sys;r=json.loads(sys.argv[1]);r["counts"]=json.loads(sys.argv[2]);print(json.dumps(r))' "$out" "$(counts)")
+        stop
+    fi
     record "$scenario" "$target" "$out"
-    python3 -c 'import json,sys;r=json.loads(sys.argv[1]);s=r.get("sluice");print("  %-9s %8.0f msg/s acked (median/s %8.0f), ack p50 %6.2f ms p99 %7.2f ms%s"%(sys.argv[2],r["msgs_per_s"],r["median_msgs_per_s"],r["ack_latency"]["p50_ms"],r["ack_latency"]["p99_ms"],"" if not s else ", persisted %d of %d received, dropped %d"%(s["persisted"],s["received"],s["dropped"])))' "$out" "$target"
+    python3 -c 'import json,sys;r=json.loads(sys.argv[1]);s=r.get("sluice");print("  %-9s %8.0f msg/s acked (median/s %8.0f), ack p50 %6.2f ms p99 %7.2f ms%s"%(sys.argv[2],r["msgs_per_s"],r["median_msgs_per_s"],r["ack_latency"]["p50_ms"],r["ack_latency"]["p99_ms"],"" if not s else ", persisted %d of %d received, dropped %d"%(s["persisted"],s["received"],s["dropped"])))
+c=r.get("counts")
+if c:
+    lost=c["acked"]-min(c["stored"],c["log_records"])
+    print("  %-9s acked %d, stored %d, in log %d, received %d, dropped %d%s"%("",c["acked"],c["stored"],c["log_records"],c["received"],c["dropped"],"  LOST %d ACKNOWLEDGED PUBLISHES"%lost if lost>0 else ""))' "$out" "$target"
 }
 priority() { # priority TARGET
     local target=$1 out extra=()
@@ -164,8 +196,11 @@ for run in $(seq "$RUNS"); do
     echo "== MQTT run $run of $RUNS"
     echo " QoS 1 ingest, 100 B, 1 publisher with 100 in flight"
     for target in sluice rumqttd mosquitto; do throughput one-publisher "$target" --publishers 1 --inflight 100; done
+    echo " QoS 1 ingest, 100 B, 100 publishers with 100 in flight each"
+    for target in sluice rumqttd mosquitto; do throughput many-pipelined "$target" --publishers 100 --inflight 100; done
     echo " QoS 1 ingest, 100 B, 100 publishers with 1 in flight each"
     for target in sluice rumqttd mosquitto; do throughput many-publishers "$target" --publishers 100 --inflight 1; done
+    [[ $MQTT_PRIORITY == 0 ]] && continue
     echo " priority: alarms (express) ${ALARM_RATE}/s, telemetry (weight 4) ${DRAIN}/s, logs (weight 1) $((10 * DRAIN))/s, consumer drains ${DRAIN}/s"
     for target in sluice mosquitto sluice-fifo; do priority "$target"; done
 done
@@ -179,13 +214,20 @@ def med(scenario, target, f):
     v = [f(r) for r in rows if r["scenario"] == scenario and r["target"] == target]
     v = [x for x in v if x is not None and x == x]
     return statistics.median(v) if v else float("nan")
-for scenario, label in [("one-publisher", "1 publisher x 100 in flight"), ("many-publishers", "100 publishers x 1 in flight")]:
+for scenario, label in [("one-publisher", "1 publisher x 100 in flight"), ("many-pipelined", "100 publishers x 100 in flight"),
+                        ("many-publishers", "100 publishers x 1 in flight")]:
     rate = {t: med(scenario, t, lambda r: r["msgs_per_s"]) for t in ("sluice", "rumqttd", "mosquitto")}
     p99 = {t: med(scenario, t, lambda r: r["ack_latency"]["p99_ms"]) for t in rate}
     print(f"QoS 1, 100 B, {label}: acknowledged msg/s (median)")
     for t in rate:
         print(f"  {t:<10} {rate[t]:>9.0f} msg/s   ack p99 {p99[t]:7.2f} ms")
     print(f"  sluice / rumqttd = {rate['sluice'] / rate['rumqttd']:.2f}x, sluice / mosquitto = {rate['sluice'] / rate['mosquitto']:.2f}x")
+    c = [r["counts"] for r in rows if r["scenario"] == scenario and r["target"] == "sluice" and "counts" in r]
+    lost = sum(max(0, x["acked"] - min(x["stored"], x["log_records"])) for x in c)
+    print(f"  sluice: acknowledged {sum(x['acked'] for x in c)}, stored {sum(x['stored'] for x in c)}, "
+          f"in the log {sum(x['log_records'] for x in c)} over {len(c)} runs: " + (f"LOST {lost}" if lost else "0 lost"))
+if not any(r["scenario"] == "priority" for r in rows):
+    sys.exit(0)
 print("priority: alarms publish -> consumer p99 (median of runs; >N: more than 1% not delivered within the N ms grace time)")
 names = [s["name"] for s in next(r for r in rows if r["scenario"] == "priority")["services"]]
 grace_ms = 1000 * next(r for r in rows if r["scenario"] == "priority")["grace_s"]
@@ -203,4 +245,7 @@ for t in ("sluice", "sluice-fifo", "mosquitto"):
     print(f"  {t:<11} idle {cens(t, 'idle_p99_ms'):>8} ms  loaded {cens(t, 'loaded_p99_ms'):>8} ms  loaded/idle {'n/a' if ratio.startswith('>') else ratio}")
     print(f"  {'':<11} delivered shares: {shares}; delivered of published: {got}")
 EOF
-[[ -z $MQTT_RESULTS ]] || cp "$results" "$MQTT_RESULTS"
+[[ -z $MQTT_RESULTS ]] || { cp "$results" "$MQTT_RESULTS"; cp "$work/sluice.log" "$MQTT_RESULTS.sluice.log"; }
+errors=$(grep -c 'ERROR' "$work/sluice.log" || true)
+echo "sluice log: $errors ERROR lines"
+[[ $errors == 0 ]] || grep -m 5 'ERROR' "$work/sluice.log" || true
