@@ -91,8 +91,11 @@ if ! complete; then
     ((minor >= 88)) ||
         die "apt's rustc-web is $want; the locked dependencies need >= 1.88, which is in bookworm-security: add it to the apt sources, apt-get update, and rerun"
     for a in "${arches[@]}"; do
-        if ! apt-cache show "libstd-rust-web-dev:$a=$want" >/dev/null 2>&1; then
-            die "apt cannot serve libstd-rust-web-dev:$a version $want (the version of rustc-web); its versions there: $(apt-cache policy "libstd-rust-web-dev:$a" | sed -nE 's/^ +(\*\*\* )?([0-9][^ ]*) [0-9]+$/\2/p' | paste -sd' ')
+        # madison lists what the archives offer (apt-cache show exits 0 for
+        # a missing version); awk reads to the end (no SIGPIPE under pipefail).
+        offered=$(apt-cache madison "libstd-rust-web-dev:$a" | awk -F' *[|] *' '{printf "%s ", $2}')
+        if [[ " $offered" != *" $want "* ]]; then
+            die "apt cannot serve libstd-rust-web-dev:$a version $want (the version of rustc-web); the archives offer: ${offered:-nothing}
   The $a index of the mirror may lag behind the amd64 one (a security update in progress): wait, then rerun
   (it runs apt-get update); or point apt at a consistent mirror. Nothing is downloaded around apt."
         fi
