@@ -92,10 +92,6 @@ fn unit_security_exposure_stays_low() {
         .output()
         .expect("systemd-analyze from Debian's systemd package (deploy/install-test-peers.sh)");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exposure above 1.2:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "exposure above 1.2:\n{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("Overall exposure level for sluice.service"), "{text}");
 }
