@@ -106,8 +106,10 @@ lint() {
         DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get -o DPkg::Lock::Timeout=600 -qq install -y \
             --no-install-recommends lintian >/dev/null || die "cannot install lintian with apt-get"
     fi
-    out=$(lintian --fail-on error,warning "$1" 2>&1 | grep -v '^running with root privileges') ||
-        die "lintian found errors or warnings in $1:
+    local status=0
+    out=$(lintian --fail-on error,warning "$1" 2>&1) || status=$?
+    out=$(sed '/^running with root privileges/d' <<<"$out")
+    ((status == 0)) || die "lintian found errors or warnings in $1:
 $out"
     echo "lintian $(basename "$1"): ${out:-clean}" >&2
 }
