@@ -2,7 +2,7 @@
 # Cross builds for the Raspberry Pi, then proves each binary under qemu
 # user-mode emulation against a smoke test on 127.0.0.1.
 #
-#   deploy/cross.sh [--no-smoke] [aarch64|armv7 ...]     (default: both)
+#   deploy/cross.sh [--no-smoke] [--profile P] [aarch64|armv7 ...]   (default: both)
 #
 # aarch64 = aarch64-unknown-linux-gnu (64-bit Raspberry Pi OS, Pi 3/4/5/Zero 2),
 # armv7   = armv7-unknown-linux-gnueabihf (32-bit Raspberry Pi OS, Pi 2 and later).
@@ -10,9 +10,10 @@
 # OS bookworm has 2.36); the script prints what each one needs.
 #
 # Builds with Debian's rustc-web 1.96 and its target standard libraries
-# (deploy/install-cross-toolchain.sh installs them with apt), the release
-# profile and the Cargo.lock as is. Output:
-#   $SLUICE_CROSS_TARGET_DIR/<triple>/release/sluice
+# (deploy/install-cross-toolchain.sh installs them with apt, only for the
+# targets asked for), the release profile (or --profile P, e.g. ci-cross:
+# thin LTO, for the CI smoke build) and the Cargo.lock as is. Output:
+#   $SLUICE_CROSS_TARGET_DIR/<triple>/<profile>/sluice
 #   SLUICE_CROSS_TARGET_DIR   cargo target dir (default target/cross in the repo)
 # Smoke test per binary: start `sluice run` under qemu on 127.0.0.1 port 0,
 # /readyz, HTTP produce and fetch, an MQTT QoS 1 publish (mosquitto_pub)
@@ -20,21 +21,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-smoke=1
-targets=()
-for arg in "$@"; do
-    case $arg in
+smoke=1 profile=release
+targets=() short=()
+while (($#)); do
+    case $1 in
     --no-smoke) smoke=0 ;;
-    aarch64) targets+=(aarch64-unknown-linux-gnu) ;;
-    armv7) targets+=(armv7-unknown-linux-gnueabihf) ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) echo "cross.sh: unknown argument '$arg' (expected --no-smoke, aarch64 or armv7)" >&2; exit 2 ;;
+    --profile) profile=${2:?--profile needs a cargo profile name}; shift ;;
+    aarch64) targets+=(aarch64-unknown-linux-gnu) short+=(aarch64) ;;
+    armv7) targets+=(armv7-unknown-linux-gnueabihf) short+=(armv7) ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "cross.sh: unknown argument '$1' (expected --no-smoke, --profile P, aarch64 or armv7)" >&2; exit 2 ;;
     esac
+    shift
 done
-((${#targets[@]})) || targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+((${#targets[@]})) || targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf) short=(aarch64 armv7)
 target_dir=${SLUICE_CROSS_TARGET_DIR:-$repo/target/cross}
 
-deploy/install-cross-toolchain.sh
+deploy/install-cross-toolchain.sh "${short[@]}"
 
 # Per target: the GNU triple of its cross tools and its qemu.
 gnu_triple() {
@@ -74,8 +77,8 @@ for t in "${targets[@]}"; do
     build_args+=(--target "$t")
 done
 start=$(date +%s)
-echo "building ${targets[*]} into $target_dir with $(/usr/bin/cargo --version)" >&2
-/usr/bin/cargo build --release --locked -p sluice-gateway --bin sluice "${build_args[@]}" --target-dir "$target_dir"
+echo "building ${targets[*]} ($profile profile) into $target_dir with $(/usr/bin/cargo --version)" >&2
+/usr/bin/cargo build --profile "$profile" --locked -p sluice-gateway --bin sluice "${build_args[@]}" --target-dir "$target_dir"
 echo "build took $(($(date +%s) - start)) s" >&2
 
 # The highest GLIBC_x.y symbol version a binary needs.
@@ -138,7 +141,7 @@ EOF
 }
 
 for t in "${targets[@]}"; do
-    bin="$target_dir/$t/release/sluice"
+    bin="$target_dir/$t/$profile/sluice"
     machine=$("$(gnu_triple "$t")-readelf" -h "$bin" | sed -nE 's/^ *Machine: *//p')
     echo "$t: $bin, $(stat -c %s "$bin") bytes, $machine, needs $(glibc_needed "$t" "$bin")" >&2
     if ((smoke)); then

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# Installs what deploy/cross.sh needs, on Debian 12 (bookworm) amd64, from
-# Debian's archive only:
-#   - rustc-web / cargo-web (bookworm-security, Rust 1.96) with Debian's
-#     standard library for the host and for arm64 (libstd-rust-web-dev:arm64);
-#   - the armhf standard library (armv7-unknown-linux-gnueabihf) of exactly
-#     the same rustc-web version, from the armhf .deb (see below);
-#   - the cross C compilers and C libraries (ring, lz4 and zstd have C parts)
-#     and qemu user-mode emulation for the smoke tests, curl and
-#     mosquitto_pub to drive them.
+# Installs what deploy/cross.sh needs, on Debian 12 (bookworm) amd64, with
+# apt from the machine's configured Debian archive and nothing else:
+#   - rustc-web / cargo-web (bookworm-security, Rust >= 1.88; 1.96 today);
+#   - per target, Debian's standard library of exactly the same version as a
+#     foreign architecture (dpkg --add-architecture arm64 / armhf, then
+#     libstd-rust-web-dev:arm64 / libstd-rust-web-dev:armhf), its cross C
+#     compiler, binutils and C library (also used for the C parts of ring,
+#     lz4 and zstd);
+#   - qemu user-mode emulation, curl and mosquitto_pub for the smoke tests.
 # rustup's toolchain is not used: it has only the host target here and
-# cannot download others. Idempotent; does nothing when all is in place.
-#   SLUICE_CACHE            cache root (default ~/.cache/sluice); the armhf std lives there
-#   SLUICE_DEBIAN_SECURITY  Debian security archive (default http://deb.debian.org/debian-security)
+# cannot download others.
+#
+#   deploy/install-cross-toolchain.sh [aarch64|armv7 ...]   (default: both)
+#
+# Installs only what the named targets need. Idempotent: does nothing (not
+# even apt-get update) when all is in place. When apt cannot serve a
+# package (no candidate, or not the version of rustc-web), it stops and
+# says what to do; it never downloads packages by URL.
 set -euo pipefail
-cache=${SLUICE_CACHE:-$HOME/.cache/sluice}
-security=${SLUICE_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
 export DEBIAN_FRONTEND=noninteractive
@@ -23,83 +26,92 @@ die() { echo "install-cross-toolchain: $*" >&2; exit 1; }
 
 [[ $(dpkg --print-architecture) == amd64 ]] || die "needs an amd64 Debian host, this is $(dpkg --print-architecture)"
 
-# arm64 comes through apt as a foreign architecture. armhf deliberately
-# does not: on mirrors where the armhf security index lags behind the
-# others, apt then refuses the whole install.
-pkgs=(rustc-web cargo-web libstd-rust-web-dev:arm64
-    gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
-    gcc-arm-linux-gnueabihf libc6-dev-armhf-cross binutils-arm-linux-gnueabihf
-    qemu-user mosquitto-clients curl ca-certificates xz-utils gpgv debian-archive-keyring)
-missing=()
-for p in "${pkgs[@]}"; do
-    [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null) == ii* ]] || missing+=("$p")
+# Per target: the Debian architecture of its standard library and the
+# packages of its cross tools.
+arches=() pkgs=(rustc-web cargo-web qemu-user mosquitto-clients curl ca-certificates)
+for arg in "$@"; do
+    case $arg in
+    aarch64 | aarch64-unknown-linux-gnu)
+        arches+=(arm64)
+        pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu) ;;
+    armv7 | armv7-unknown-linux-gnueabihf)
+        arches+=(armhf)
+        pkgs+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross binutils-arm-linux-gnueabihf) ;;
+    *) die "unknown target '$arg' (aarch64 or armv7)" ;;
+    esac
 done
-if ((${#missing[@]})); then
-    echo "installing ${missing[*]}" >&2
-    if ! grep -qx arm64 <<<"$(dpkg --print-foreign-architectures)"; then
-        "${sudo_cmd[@]}" dpkg --add-architecture arm64
+if ((!$#)); then
+    exec "$0" aarch64 armv7
+fi
+mapfile -t arches < <(printf '%s\n' "${arches[@]}" | sort -u)
+
+installed() { [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null) == ii* ]]; }
+version_of() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null; }
+
+# An earlier version of this script unpacked the armhf standard library into
+# ~/.cache/sluice and linked it into /usr/lib/rustlib: the link would make
+# dpkg put the package's files through it into the cache. Remove it first.
+for a in "${arches[@]}"; do
+    [[ $a == armhf ]] || continue
+    link=/usr/lib/rustlib/armv7-unknown-linux-gnueabihf
+    if [[ -L $link ]] && ! installed libstd-rust-web-dev:armhf; then
+        echo "removing $link -> $(readlink "$link") (left by an older install-cross-toolchain.sh)" >&2
+        "${sudo_cmd[@]}" rm "$link"
     fi
-    apt_get update
-    apt_get install -y --no-install-recommends "${pkgs[@]}" >/dev/null
+done
+
+# Everything in place, at matching versions?
+complete() {
+    local p v
+    for p in "${pkgs[@]}"; do installed "$p" || return 1; done
+    v=$(version_of rustc-web)
+    for a in "${arches[@]}"; do
+        installed "libstd-rust-web-dev:$a" && [[ $(version_of "libstd-rust-web-dev:$a") == "$v" ]] || return 1
+    done
+}
+
+if ! complete; then
+    foreign=$(dpkg --print-foreign-architectures)
+    for a in "${arches[@]}"; do
+        if ! grep -qx "$a" <<<"$foreign"; then
+            echo "adding the dpkg architecture $a" >&2
+            "${sudo_cmd[@]}" dpkg --add-architecture "$a"
+        fi
+    done
+    echo "apt-get update" >&2
+    apt_get update || die "apt-get update failed (see above); fix the apt sources or the network and rerun"
+    # The standard libraries must be exactly rustc-web's version (they are
+    # Multi-Arch: same with the host's libstd-rust-web-dev); check that the
+    # archive offers it for every architecture before installing anything,
+    # so a lagging mirror gives this message rather than a dependency error.
+    want=$(apt-cache policy rustc-web | sed -nE 's/^ *Candidate: //p')
+    [[ -n $want && $want != "(none)" ]] ||
+        die "apt has no candidate for rustc-web: add bookworm-security (deb http://deb.debian.org/debian-security bookworm-security main) to the apt sources, apt-get update, and rerun"
+    minor=$(sed -E 's/^([0-9]+:)?1\.([0-9]+).*/\2/' <<<"$want")
+    ((minor >= 88)) ||
+        die "apt's rustc-web is $want; the locked dependencies need >= 1.88, which is in bookworm-security: add it to the apt sources, apt-get update, and rerun"
+    for a in "${arches[@]}"; do
+        # madison lists what the archives offer (apt-cache show exits 0 for
+        # a missing version); awk reads to the end (no SIGPIPE under pipefail).
+        offered=$(apt-cache madison "libstd-rust-web-dev:$a" | awk -F' *[|] *' '{printf "%s ", $2}')
+        if [[ " $offered" != *" $want "* ]]; then
+            die "apt cannot serve libstd-rust-web-dev:$a version $want (the version of rustc-web); the archives offer: ${offered:-nothing}
+  The $a index of the mirror may lag behind the amd64 one (a security update in progress): wait, then rerun
+  (it runs apt-get update); or point apt at a consistent mirror. Nothing is downloaded around apt."
+        fi
+    done
+    install=("${pkgs[@]/#rustc-web/rustc-web=$want}")
+    install=("${install[@]/#cargo-web/cargo-web=$want}")
+    install+=(libstd-rust-web-dev="$want")
+    for a in "${arches[@]}"; do install+=("libstd-rust-web-dev:$a=$want"); done
+    echo "installing ${install[*]}" >&2
+    apt_get install -y --no-install-recommends "${install[@]}" >/dev/null ||
+        die "apt-get install ${install[*]} failed (see above); nothing was installed around apt"
 fi
 
-version=$(dpkg-query -W -f='${Version}' rustc-web)
-arm64_version=$(dpkg-query -W -f='${Version}' libstd-rust-web-dev:arm64)
-[[ $arm64_version == "$version" ]] ||
-    die "libstd-rust-web-dev:arm64 is $arm64_version but rustc-web is $version; run apt-get update && apt-get install rustc-web libstd-rust-web-dev:arm64"
-# rustc-web 1.85 (bookworm main) is too old for the locked dependencies;
-# 1.96 comes from bookworm-security.
-minor=$(/usr/bin/rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
-((minor >= 88)) || die "/usr/bin/rustc is $(/usr/bin/rustc --version); need >= 1.88 from bookworm-security (is it in /etc/apt/sources.list.d?)"
-
-# The armhf standard library: the armhf .deb of exactly rustc-web's version,
-# unpacked into the cache and linked into /usr/lib/rustlib/.
-triple=armv7-unknown-linux-gnueabihf
-upstream=${version#*:}
-root="$cache/libstd-rust-web-dev-armhf/$upstream"
-link=/usr/lib/rustlib/$triple
-if [[ ! -f $root/usr/lib/rustlib/$triple/lib/libstd.rlib && -z $(compgen -G "$root/usr/lib/rustlib/$triple/lib/libstd-*.rlib") ]]; then
-    deb="libstd-rust-web-dev_${upstream}_armhf.deb"
-    echo "fetching $deb" >&2
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
-    # Its SHA-256 from the signed index when the mirror's index is
-    # consistent (InRelease signature -> Packages.xz hash -> .deb hash).
-    # Mirrors have been seen serving an armhf Packages.xz that does not match
-    # their InRelease; then only a hash recorded here for this exact version
-    # is accepted.
-    expected=
-    curl -fsSL -o "$work/InRelease" "$security/dists/bookworm-security/InRelease"
-    gpgv --quiet --keyring /usr/share/keyrings/debian-archive-keyring.gpg \
-        --output "$work/Release" "$work/InRelease" 2>/dev/null || die "bad signature on $security InRelease"
-    index_hash=$(awk '$3 == "main/binary-armhf/Packages.xz" {h = $1} END {print h}' "$work/Release")
-    curl -fsSL -o "$work/Packages.xz" "$security/dists/bookworm-security/main/binary-armhf/Packages.xz"
-    if [[ -n $index_hash && $(sha256sum "$work/Packages.xz" | cut -d' ' -f1) == "$index_hash" ]]; then
-        expected=$(xz -dc "$work/Packages.xz" | awk -v v="$version" '
-            /^Package: / {p = ($2 == "libstd-rust-web-dev")}
-            p && /^Version: / {ok = ($2 == v)}
-            p && ok && /^SHA256: / {print $2; exit}')
-    else
-        echo "the armhf index of $security does not match its signed InRelease; using the recorded hash" >&2
-    fi
-    if [[ -z $expected ]]; then
-        case $upstream in
-        # Recorded 2026-11-26 from deb.debian.org's bookworm-security armhf
-        # Packages.xz, which did not match the signed InRelease that day:
-        # verify it against the signed index once the mirror is consistent.
-        1.96.0+dfsg1-1~deb12u2) expected=b9f9dd1d03a903680f918cb2bba00a2a3d76558545d5e6a8061072ab461bb989 ;;
-        *) die "no verifiable SHA-256 for $deb: the mirror's armhf index is inconsistent and this version has no recorded hash; add it to $0 once the index verifies" ;;
-        esac
-    fi
-    curl -fsSL -o "$work/$deb" "$security/pool/updates/main/r/rustc-web/$deb" ||
-        die "cannot download $security/pool/updates/main/r/rustc-web/$deb"
-    echo "$expected  $work/$deb" | sha256sum --quiet -c - || die "$deb does not have the expected SHA-256 $expected"
-    rm -rf "$root.tmp" && mkdir -p "$root.tmp"
-    dpkg-deb -x "$work/$deb" "$root.tmp"
-    [[ -d $root.tmp/usr/lib/rustlib/$triple/lib ]] || die "$deb has no usr/lib/rustlib/$triple/lib"
-    rm -rf "$root" && mv "$root.tmp" "$root"
-fi
-if [[ $(readlink "$link" 2>/dev/null) != "$root/usr/lib/rustlib/$triple" ]]; then
-    [[ ! -e $link || -L $link ]] || die "$link exists and is not a link; remove it"
-    "${sudo_cmd[@]}" ln -sfn "$root/usr/lib/rustlib/$triple" "$link"
-fi
+complete || die "packages missing or at different versions after apt-get install: rustc-web $(version_of rustc-web), $(for a in "${arches[@]}"; do printf 'libstd-rust-web-dev:%s %s ' "$a" "$(version_of "libstd-rust-web-dev:$a")"; done)"
+for a in "${arches[@]}"; do
+    case $a in arm64) t=aarch64-unknown-linux-gnu ;; armhf) t=armv7-unknown-linux-gnueabihf ;; esac
+    [[ -n $(compgen -G "/usr/lib/rustlib/$t/lib/libstd-*.rlib") ]] ||
+        die "libstd-rust-web-dev:$a is installed but /usr/lib/rustlib/$t/lib has no libstd; reinstall it (apt-get install --reinstall libstd-rust-web-dev:$a)"
+done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to, from Debian's packages
-# (systemd-analyze for the unit file check, g++ for the fuzz build, and):
+# (systemd-analyze for the unit file check and its exposure score, lintian
+# for the package, g++ for the fuzz build, and):
 # mosquitto-clients (mosquitto_pub / mosquitto_sub) for the MQTT
 # end-to-end test and mosquitto (the broker) for benchmark comparisons.
 # Idempotent; does nothing when they are already there.
@@ -11,6 +12,8 @@ command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || need+=(m
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # g++: libfuzzer-sys compiles libFuzzer's C++ sources for deploy/fuzz.sh.
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# lintian: gateway/tests/package.rs checks the .deb with it.
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
 if ((${#need[@]})); then
     echo "installing ${need[*]}" >&2
     sudo_cmd=()

@@ -11,8 +11,11 @@
 # Output: DIR/sluice_<version>_<arch>.deb (default DIR: target/debian).
 # Contents: /usr/bin/sluice, /lib/systemd/system/sluice.service,
 # /etc/sluice/sluice.toml (conffile), /usr/share/doc/sluice/ (README,
-# example configs, copyright) and the maintainer scripts in deploy/debian/.
-# Depends is computed from the binary's ELF symbol versions.
+# example configs, copyright, changelog), the manual page, lintian overrides
+# and the maintainer scripts in deploy/debian/. Depends is computed from the
+# binary's ELF symbol versions. The all-three build then runs lintian on each
+# package (installed with apt when missing) and fails on any error or
+# warning (README, "Building the binaries and packages").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -78,6 +81,39 @@ depends_of() {
     echo "${deps[*]}" | sed 's/,/, /g'
 }
 
+# A Debian changelog (a native package's: one entry for this version),
+# dated by the last commit (or SOURCE_DATE_EPOCH) so rebuilds are identical.
+changelog() {
+    local epoch
+    epoch=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}
+    cat <<EOF
+sluice ($version) unstable; urgency=medium
+
+  * Release $version; see /usr/share/doc/sluice/README.md.
+
+ -- sluice developers <sluice@example.invalid>  $(LC_ALL=C date -u -R -d "@$epoch")
+EOF
+}
+
+# lintian on a package: any error or warning fails (the lintian overrides
+# shipped in the package cover the intended ones; README explains them).
+lint() {
+    local out
+    if ! command -v lintian >/dev/null 2>&1; then
+        echo "installing lintian" >&2
+        local sudo_cmd=()
+        [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+        DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get -o DPkg::Lock::Timeout=600 -qq install -y \
+            --no-install-recommends lintian >/dev/null || die "cannot install lintian with apt-get"
+    fi
+    local status=0
+    out=$(lintian --fail-on error,warning "$1" 2>&1) || status=$?
+    out=$(sed '/^running with root privileges/d' <<<"$out")
+    ((status == 0)) || die "lintian found errors or warnings in $1:
+$out"
+    echo "lintian $(basename "$1"): ${out:-clean}" >&2
+}
+
 build_one() { # build_one ARCH BINARY
     local arch=$1 bin=$2 prefix machine stage deb size
     prefix=$(tools_prefix "$arch")
@@ -88,10 +124,11 @@ build_one() { # build_one ARCH BINARY
     chmod 755 "$stage"
     umask 022
     install -d -m 755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" "$stage/etc/sluice" \
-        "$stage/usr/share/doc/sluice/examples"
+        "$stage/usr/share/doc/sluice/examples" "$stage/usr/share/man/man1" "$stage/usr/share/lintian/overrides"
     # Stripped (the release profile strips already; a debug binary given
-    # with --binary would otherwise carry hundreds of MB of debug info).
-    "${prefix}strip" -o "$stage/usr/bin/sluice" "$bin"
+    # with --binary would otherwise carry hundreds of MB of debug info),
+    # and without the .comment and .note sections, as dh_strip does.
+    "${prefix}strip" --remove-section=.comment --remove-section=.note -o "$stage/usr/bin/sluice" "$bin"
     chmod 755 "$stage/usr/bin/sluice"
     install -m 644 deploy/systemd/sluice.service "$stage/lib/systemd/system/sluice.service"
     # Not readable by other users: the unit passes it (and the secrets in
@@ -100,11 +137,18 @@ build_one() { # build_one ARCH BINARY
     install -d -m 700 "$stage/etc/sluice/credentials"
     install -m 644 README.md "$stage/usr/share/doc/sluice/README.md"
     install -m 644 deploy/debian/copyright "$stage/usr/share/doc/sluice/copyright"
+    changelog >"$stage/usr/share/doc/sluice/changelog"
+    gzip -9n "$stage/usr/share/doc/sluice/changelog"
+    gzip -9n <deploy/debian/sluice.1 >"$stage/usr/share/man/man1/sluice.1.gz"
+    install -m 644 deploy/debian/lintian-overrides "$stage/usr/share/lintian/overrides/sluice"
+    chmod 644 "$stage/usr/share/doc/sluice/changelog.gz" "$stage/usr/share/man/man1/sluice.1.gz"
     install -m 644 config/examples/sluice.toml config/examples/minimal.toml deploy/small-box.toml \
         "$stage/usr/share/doc/sluice/examples/"
     install -m 755 deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm "$stage/DEBIAN/"
     echo /etc/sluice/sluice.toml >"$stage/DEBIAN/conffiles"
-    chmod 644 "$stage/DEBIAN/conffiles"
+    (cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
+        xargs -0 md5sum) >"$stage/DEBIAN/md5sums"
+    chmod 644 "$stage/DEBIAN/conffiles" "$stage/DEBIAN/md5sums"
     size=$(du -sk --apparent-size --exclude=DEBIAN "$stage" | cut -f1)
     cat >"$stage/DEBIAN/control" <<EOF
 Package: sluice
@@ -145,6 +189,9 @@ cargo build --release --locked -p sluice-gateway --bin sluice
 amd64_bin=${CARGO_TARGET_DIR:-$repo/target}/release/sluice
 deploy/cross.sh
 cross_dir=${SLUICE_CROSS_TARGET_DIR:-$repo/target/cross}
-build_one amd64 "$amd64_bin"
-build_one arm64 "$cross_dir/aarch64-unknown-linux-gnu/release/sluice"
-build_one armhf "$cross_dir/armv7-unknown-linux-gnueabihf/release/sluice"
+for deb in "$(build_one amd64 "$amd64_bin")" \
+    "$(build_one arm64 "$cross_dir/aarch64-unknown-linux-gnu/release/sluice")" \
+    "$(build_one armhf "$cross_dir/armv7-unknown-linux-gnueabihf/release/sluice")"; do
+    lint "$deb"
+    echo "$deb"
+done

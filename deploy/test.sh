@@ -2,7 +2,8 @@
 # The test command (README): lints, then every test of the workspace.
 # Needs the Rust toolchain (uses cargo-nextest when installed) and installs
 # the test peers from Debian's packages (deploy/install-test-peers.sh); ends
-# with a short run of the fuzz targets (deploy/fuzz.sh).
+# with the aarch64 cross build smoke-tested under qemu (deploy/cross.sh) and
+# a short run of the fuzz targets (deploy/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -21,5 +22,15 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 cargo test --workspace --doc --locked
+# The Raspberry Pi cross build and its qemu smoke test (README, "Building
+# the binaries and packages"): the aarch64 binary with the ci-cross profile
+# (the release profile with thin LTO), its target directory kept in the
+# cache between runs. SLUICE_CI_CROSS="aarch64 armv7" adds armv7, "none"
+# skips it.
+if [[ ${SLUICE_CI_CROSS:-aarch64} != none ]]; then
+    # shellcheck disable=SC2086
+    SLUICE_CROSS_TARGET_DIR=${SLUICE_CROSS_TARGET_DIR:-${SLUICE_CACHE:-$HOME/.cache/sluice}/cross-target} \
+        deploy/cross.sh --profile ci-cross ${SLUICE_CI_CROSS:-aarch64}
+fi
 # A short fuzz smoke run (20 s per target); deploy/fuzz.sh runs them longer.
 deploy/fuzz.sh "${SLUICE_FUZZ_SECONDS:-20}"

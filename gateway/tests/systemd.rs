@@ -76,3 +76,22 @@ fn unit_file_passes_systemd_analyze_verify() {
     let ours: Vec<&str> = err.lines().filter(|l| l.contains("sluice.service")).collect();
     assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify: {err}");
 }
+
+/// `systemd-analyze security` on the unit: the exposure score stays at the
+/// README's figure (1.2 with systemd 252). What is left is the network the
+/// service exists for (AF_INET/AF_INET6, no PrivateNetwork, no IP allow
+/// list), AF_UNIX for sd_notify, ProtectClock's read access to the RTC,
+/// the host's root directory and PrivateUsers (see README, "Running under
+/// systemd").
+#[test]
+fn unit_security_exposure_stays_low() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd/sluice.service");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=12", "--no-pager"])
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze from Debian's systemd package (deploy/install-test-peers.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exposure above 1.2:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Overall exposure level for sluice.service"), "{text}");
+}
