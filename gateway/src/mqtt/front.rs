@@ -43,6 +43,7 @@ use crate::listener::{Gate, ListenerStats, TlsListener};
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
 use sluice_config::MqttConfig;
+use sluice_store::scheduler::ServiceId;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -556,26 +557,7 @@ async fn ack_loop(
         let mut outcome = Vec::with_capacity(batch.groups.len());
         for group in batch.groups {
             outcome.push(match group {
-                Ok(mut pending) => {
-                    let counters = &services.by_id(pending.service).counters;
-                    match pending.stored().await {
-                        Ok(()) => {
-                            counters.mqtt_stored.fetch_add(pending.records, Ordering::Relaxed);
-                            Ok(pending.service)
-                        }
-                        Err(NotStored::Evicted) => {
-                            counters.mqtt_dropped_full.fetch_add(pending.records, Ordering::Relaxed);
-                            Err((reason::UNSPECIFIED, true))
-                        }
-                        Err(NotStored::Failed(e)) => {
-                            counters.mqtt_failed.fetch_add(pending.records, Ordering::Relaxed);
-                            if pending.acked {
-                                tracing::warn!(error = %e, records = pending.records, "MQTT publishes not stored: not acknowledged");
-                            }
-                            Err((reason::UNSPECIFIED, true))
-                        }
-                    }
-                }
+                Ok(pending) => settle(pending, services).await.map_err(|()| (reason::UNSPECIFIED, true)),
                 Err(Refused::InvalidTopic) => Err((reason::TOPIC_NAME_INVALID, false)),
                 Err(Refused::StoreFailed) => Err((reason::UNSPECIFIED, true)),
                 Err(Refused::ShuttingDown) => Err((reason::SERVER_BUSY, true)),
@@ -619,15 +601,34 @@ async fn ack_loop(
             let _ = stop.send(true);
             // What is still queued is counted as it completes, not acked.
             while let Some(batch) = rx.recv().await {
-                for mut pending in batch.groups.into_iter().flatten() {
-                    let counters = &services.by_id(pending.service).counters;
-                    match pending.stored().await {
-                        Ok(()) => counters.mqtt_stored.fetch_add(pending.records, Ordering::Relaxed),
-                        Err(_) => counters.mqtt_failed.fetch_add(pending.records, Ordering::Relaxed),
-                    };
+                for pending in batch.groups.into_iter().flatten() {
+                    let _ = settle(pending, services).await;
                 }
             }
             break;
+        }
+    }
+}
+
+/// Waits for a queued group to be stored and counts the outcome in its
+/// service's counters; `Ok` names the service, `Err` means not stored.
+async fn settle(mut pending: Pending, services: &crate::services::Services) -> Result<ServiceId, ()> {
+    let counters = &services.by_id(pending.service).counters;
+    match pending.stored().await {
+        Ok(()) => {
+            counters.mqtt_stored.fetch_add(pending.records, Ordering::Relaxed);
+            Ok(pending.service)
+        }
+        Err(NotStored::Evicted) => {
+            counters.mqtt_dropped_full.fetch_add(pending.records, Ordering::Relaxed);
+            Err(())
+        }
+        Err(NotStored::Failed(e)) => {
+            counters.mqtt_failed.fetch_add(pending.records, Ordering::Relaxed);
+            if pending.acked {
+                tracing::warn!(error = %e, records = pending.records, "MQTT publishes not stored: not acknowledged");
+            }
+            Err(())
         }
     }
 }
