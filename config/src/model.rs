@@ -231,7 +231,7 @@ pub struct StoreConfig {
     /// RSS can grow to several times this. Default 4MiB, at least 1MiB.
     pub cache_capacity: ByteSize,
     /// A partition's segment file is rolled at this size; retention and
-    /// eviction delete whole segments. Default 16MiB, 64KiB..=1GiB.
+    /// eviction delete whole segments. Default 16MiB, 4KiB..=1GiB.
     pub segment_bytes: ByteSize,
     /// A segment is rolled once its first record is this old, so retention
     /// by age can delete it. Default 1h, 1s..=7d.
@@ -335,7 +335,7 @@ pub(crate) mod limits {
     pub(crate) const MAX_MQTT_PAYLOAD: ByteSize = ByteSize((1 << 28) - 1);
     pub(crate) const MIN_BATCH: ByteSize = ByteSize::kib(1);
     pub(crate) const MAX_SYNC_WINDOW: Duration = Duration::from_secs(1);
-    pub(crate) const SEGMENT_BYTES: (ByteSize, ByteSize) = (ByteSize::kib(64), ByteSize::gib(1));
+    pub(crate) const SEGMENT_BYTES: (ByteSize, ByteSize) = (ByteSize::kib(4), ByteSize::gib(1));
     pub(crate) const SEGMENT_AGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
     pub(crate) const WRITEBACK_STEP: (ByteSize, ByteSize) = (ByteSize::kib(4), ByteSize::mib(64));
     pub(crate) const MIN_DIRTY: ByteSize = ByteSize::kib(64);

@@ -548,12 +548,15 @@ impl Ingest {
             None => {
                 service.counters.records_in.fetch_add(total as u64, Ordering::Relaxed);
                 service.counters.bytes_in.fetch_add(job.cost, Ordering::Relaxed);
-                let parts: Vec<(Arc<Topic>, PartitionId)> =
-                    job.parts.iter().map(|p| (job.topic.clone(), p.partition)).collect();
-                let synced = self.sync_soon(parts);
                 // Express records are made durable at once (their own lane)
                 // so consumers see them without waiting for the bulk lane.
-                let durable = job.sync.then_some(synced);
+                let durable = if durable_now {
+                    let parts = job.parts.iter().map(|p| (job.topic.clone(), p.partition)).collect();
+                    let synced = self.sync_soon(parts);
+                    job.sync.then_some(synced)
+                } else {
+                    None
+                };
                 Ok(Appended { offsets, durable })
             }
         };

@@ -50,8 +50,9 @@ pub trait Fs: Send + Sync + Debug {
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Makes the directory's entries durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Called after each metadata checkpoint made the metadata under
-    /// `meta_dir` durable (a test layer snapshots it there).
+    /// Called after each sled flush (checkpoints, and every other sync of
+    /// the metadata) made the metadata under `meta_dir` durable (a test
+    /// layer snapshots it there).
     fn checkpointed(&self, _meta_dir: &Path) {}
 }
 

@@ -10,7 +10,7 @@
 //! | `meta`        | `next/<topic>/<partition u32>`   | u64: lowest next offset after an accepted data loss |
 //! | `segments`    | `<tp> <base u64>`                | sealed segment: end offset u64, bytes u64, first ts i64, max ts i64 |
 //! | `index`       | `<tp> <offset u64>`              | u64 file position of the batch starting at that offset (sparse: one entry per [`super::partition::INDEX_EVERY`] bytes) |
-//! | `checkpoints` | `<tp>`                           | segment base u64, file position u64, end offset u64: durable at the last checkpoint |
+//! | `checkpoints` | `<tp>`                           | segment base u64, file position u64, end offset u64: durable at the last checkpoint; then the active segment's newest timestamp i64 (absent in older checkpoints) |
 //! | `groups`      | `<group> 0 <tp>`                 | u64 committed offset (next to read) |
 //! | `cursors`     | `<uplink> 0 <tp>`                | u64 next offset to forward |
 //! | `atomic`      | `last`                           | u64: highest atomic commit id done |
@@ -24,6 +24,7 @@
 //! miss one).
 
 use super::durable::FileSync;
+use super::fs::Fs;
 use crate::error::StoreError;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -69,6 +70,8 @@ impl Trees {
 /// Shared handle to the metadata; reopened after sled fails a write.
 pub(crate) struct Meta {
     path: PathBuf,
+    /// Told after each sync (a power-cut test layer snapshots sled then).
+    fs: Arc<dyn Fs>,
     cache_capacity: u64,
     trees: RwLock<Option<Arc<Trees>>>,
     /// Highest atomic commit id known done.
@@ -85,7 +88,7 @@ impl std::fmt::Debug for Meta {
 }
 
 impl Meta {
-    pub(crate) fn new(path: &Path, cache_capacity: u64, trees: Trees) -> Meta {
+    pub(crate) fn new(path: &Path, cache_capacity: u64, trees: Trees, fs: Arc<dyn Fs>) -> Meta {
         let last = trees.atomic.get("last").ok().flatten().and_then(|v| val_u64(&v, 0)).unwrap_or(0);
         let aborted = trees
             .atomic
@@ -95,6 +98,7 @@ impl Meta {
             .collect();
         Meta {
             path: path.to_owned(),
+            fs,
             cache_capacity,
             trees: RwLock::new(Some(Arc::new(trees))),
             last_committed: std::sync::atomic::AtomicU64::new(last),
@@ -182,6 +186,8 @@ impl Meta {
         drop(trees);
         if r.is_err() {
             self.after_error();
+        } else {
+            self.fs.checkpointed(&self.path);
         }
         r
     }

@@ -284,7 +284,7 @@ impl Store {
         let mut store = Store {
             slot: Arc::new(Slot {
                 opts: opts.clone(),
-                meta: Arc::new(Meta::new(&opts.path, opts.cache_capacity, trees)),
+                meta: Arc::new(Meta::new(&opts.path, opts.cache_capacity, trees, opts.fs.clone())),
                 topics: RwLock::new(BTreeMap::new()),
                 accepted_loss: Vec::new(),
                 topic_changes: Mutex::new(()),
@@ -331,6 +331,7 @@ impl Store {
     fn skip_lost(&self, lost: &[LostRange]) -> Result<(), StoreError> {
         for l in lost {
             if let Ok(p) = self.partition(&l.topic, PartitionId(l.partition)) {
+                p.accept_damage()?;
                 p.skip_to(Offset(l.to))?;
             }
         }
@@ -583,8 +584,8 @@ impl Store {
         }
         trees.checkpoints.apply_batch(batch).map_err(StoreError::io("checkpoint"))?;
         drop(trees);
+        // (`Meta::sync` tells the file layer: `Fs::checkpointed`.)
         self.slot.meta.sync()?;
-        self.slot.opts.fs.checkpointed(&self.slot.opts.path);
         self.slot.meta_bytes.store(self.slot.meta.size_on_disk(), Ordering::Relaxed);
         *last = Instant::now();
         Ok(())

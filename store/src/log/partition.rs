@@ -37,7 +37,7 @@ pub(super) struct TopicMeta {
 }
 
 /// Largest batch the appender builds (bigger appends make several).
-pub(super) const MAX_BATCH: usize = 256 << 10;
+pub(super) const MAX_BATCH: usize = 64 << 10;
 
 /// Bytes between two entries of the sparse offset index.
 pub(crate) const INDEX_EVERY: u64 = 64 << 10;
@@ -177,7 +177,16 @@ impl Partition {
         recovered: &mut Recovered,
     ) -> Result<Partition, StoreError> {
         let dir = partition_dir(root, topic, id);
+        let existed = fs.list(&dir).is_ok();
         fs.create_dir_all(&dir).map_err(io_err("creating partition directory"))?;
+        if !existed {
+            // A new directory's entry is durable only once its parent is
+            // synced (and `segments/` itself may be new).
+            fs.sync_dir(root).map_err(io_err("creating partition directory"))?;
+            if let Some(top) = root.parent() {
+                fs.sync_dir(top).map_err(io_err("creating partition directory"))?;
+            }
+        }
         let trees = meta.trees()?;
         let log_start = read_offset(&trees.meta, &start_key(topic, id), "log start", topic, id)?;
         let floor = read_offset(&trees.meta, &floor_key(topic, id), "accepted data loss", topic, id)?;
@@ -185,7 +194,14 @@ impl Partition {
             .checkpoints
             .get(meta::tp_key(topic, id.0))
             .map_err(StoreError::io("reading checkpoint"))?
-            .and_then(|v| Some((meta::val_u64(&v, 0)?, meta::val_u64(&v, 1)?, meta::val_u64(&v, 2)?)));
+            .and_then(|v| {
+                Some((
+                    meta::val_u64(&v, 0)?,
+                    meta::val_u64(&v, 1)?,
+                    meta::val_u64(&v, 2)?,
+                    meta::val_u64(&v, 3),
+                ))
+            });
         let mut bases: Vec<Offset> = fs
             .list(&dir)
             .map_err(io_err("listing segments"))?
@@ -241,7 +257,7 @@ impl Partition {
                     // Not in the catalog (sealed after the last checkpoint)
                     // or the active one: scan from the checkpoint on.
                     let from = match checkpoint {
-                        Some((b, pos, end)) if b == base.0 && pos <= len => Some((pos, Offset(end))),
+                        Some((b, pos, end, _)) if b == base.0 && pos <= len => Some((pos, Offset(end))),
                         _ => None,
                     };
                     let index = trees.index.clone();
@@ -260,7 +276,19 @@ impl Partition {
                     }
                     seg.len = good_len;
                     seg.end = good_end;
-                    seg.max_ts = max_ts;
+                    // The scan saw only what came after the checkpoint: the
+                    // newest timestamp before it is in the checkpoint (or,
+                    // from an older checkpoint, in the batch headers).
+                    seg.max_ts = if start_pos == 0 {
+                        max_ts
+                    } else {
+                        let before = match checkpoint.and_then(|c| c.3) {
+                            Some(ts) => ts as i64,
+                            None => max_timestamp_before(&*seg.file, start_pos)
+                                .map_err(io_err("scanning segment"))?,
+                        };
+                        max_ts.max(before)
+                    };
                     seg.first_ts = if start_pos == 0 {
                         first_ts
                     } else {
@@ -271,7 +299,22 @@ impl Partition {
             segs.push(seg);
         }
         let recovered_end = segs.last().map_or(log_start, |s| s.end).max(log_start);
-        if let Some((_, _, ckpt_end)) = checkpoint {
+        // Sealed segments the catalog names whose file is gone (a missing
+        // tail is found by the checkpoint comparison below).
+        let prefix = meta::tp_key(topic, id.0);
+        for item in trees.segments.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(StoreError::io("reading segment catalog"))?;
+            if k.len() != prefix.len() + 8 {
+                continue;
+            }
+            let base = meta::key_u64(&k);
+            let end = meta::val_u64(&v, 0).unwrap_or(0);
+            if end <= log_start.0 || base >= recovered_end.0 || segs.iter().any(|s| s.base.0 == base) {
+                continue;
+            }
+            recovered.damaged.push((dir.join(segment::file_name(Offset(base))), base.max(log_start.0), end));
+        }
+        if let Some((_, _, ckpt_end, _)) = checkpoint {
             if recovered_end.0 < ckpt_end {
                 recovered.lost = Some((recovered_end.0, ckpt_end));
             }
@@ -324,6 +367,12 @@ impl Partition {
         lock(&self.state)
     }
 
+    /// Largest batch built: [`MAX_BATCH`], or a quarter of a segment when
+    /// segments are small (so retention can still delete at a fine grain).
+    fn batch_limit(&self) -> usize {
+        MAX_BATCH.min(usize::try_from(self.limits.max_bytes / 4).unwrap_or(MAX_BATCH).max(1024))
+    }
+
     pub(crate) fn info(&self) -> PartitionInfo {
         let (log_start, next, unwritten) = {
             let s = self.state();
@@ -356,7 +405,9 @@ impl Partition {
 
     /// Appended bytes not yet durable.
     pub(crate) fn undurable_bytes(&self) -> u64 {
-        self.state().unwritten + lock(&self.io).dirty
+        // Never both locks at once here: `sync_io` takes `io`, then `state`.
+        let unwritten = self.state().unwritten;
+        unwritten + lock(&self.io).dirty
     }
 
     /// Appends; returns the first offset and the bytes added. Not durable
@@ -366,7 +417,7 @@ impl Partition {
         let first = s.next;
         let mut added = 0u64;
         for r in records {
-            if s.builder.count() > 0 && s.builder.len() + r.encoded_len() + 4 > MAX_BATCH {
+            if s.builder.count() > 0 && s.builder.len() + r.encoded_len() + 4 > self.batch_limit() {
                 seal(&mut s);
             }
             if s.builder.count() == 0 {
@@ -554,11 +605,7 @@ impl Partition {
             self.fs.remove(&active.path).map_err(io_err("replacing an empty segment"))?;
             self.fs.create(&path).map_err(io_err("creating segment"))?
         } else {
-            let mut v = Vec::with_capacity(32);
-            v.extend_from_slice(&active.end.0.to_be_bytes());
-            v.extend_from_slice(&active.len.to_be_bytes());
-            v.extend_from_slice(&(active.first_ts.unwrap_or(0) as u64).to_be_bytes());
-            v.extend_from_slice(&(active.max_ts as u64).to_be_bytes());
+            let v = catalog_value(&active);
             let trees = self.meta.trees()?;
             trees
                 .segments
@@ -592,10 +639,14 @@ impl Partition {
         } else {
             (io.synced_len, io.queue.front().map_or(flushed, |b| b.base.0))
         };
-        let mut v = Vec::with_capacity(24);
+        // Newest timestamp of the active segment (retention by age needs
+        // it after a restart; recovery scans only what follows `pos`).
+        let max_ts = active.map_or(i64::MIN, |s| s.max_ts);
+        let mut v = Vec::with_capacity(32);
         v.extend_from_slice(&base.to_be_bytes());
         v.extend_from_slice(&pos.to_be_bytes());
         v.extend_from_slice(&end.to_be_bytes());
+        v.extend_from_slice(&(max_ts as u64).to_be_bytes());
         v
     }
 
@@ -622,6 +673,29 @@ impl Partition {
         self.roll(&mut io, to)?;
         self.flushed.fetch_max(to.0, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// After an accepted data loss: the segment catalog is rewritten to
+    /// what recovery found (damaged sealed segments keep their good
+    /// prefix, missing ones are forgotten), so the next open is clean.
+    /// Durable with the next checkpoint.
+    pub(super) fn accept_damage(&self) -> Result<(), StoreError> {
+        let _io = lock(&self.io);
+        let trees = self.meta.trees()?;
+        let segs = super::read(&self.segs);
+        let sealed = &segs[..segs.len().saturating_sub(1)];
+        let prefix = meta::tp_key(&self.topic, self.id.0);
+        let mut batch = sled::Batch::default();
+        for item in trees.segments.scan_prefix(&prefix) {
+            let (k, _) = item.map_err(StoreError::io("rewriting the segment catalog"))?;
+            if k.len() == prefix.len() + 8 && !sealed.iter().any(|s| s.base.0 == meta::key_u64(&k)) {
+                batch.remove(k);
+            }
+        }
+        for seg in sealed {
+            batch.insert(meta::tp_offset_key(&self.topic, self.id.0, seg.base.0), catalog_value(seg));
+        }
+        trees.segments.apply_batch(batch).map_err(StoreError::io("rewriting the segment catalog"))
     }
 
     /// Reads durable records from `from` on.
@@ -848,6 +922,17 @@ impl Partition {
 
 }
 
+/// A sealed segment's catalog entry: end offset, bytes, first and max
+/// timestamp.
+fn catalog_value(seg: &Seg) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32);
+    v.extend_from_slice(&seg.end.0.to_be_bytes());
+    v.extend_from_slice(&seg.len.to_be_bytes());
+    v.extend_from_slice(&(seg.first_ts.unwrap_or(0) as u64).to_be_bytes());
+    v.extend_from_slice(&(seg.max_ts as u64).to_be_bytes());
+    v
+}
+
 fn seal(s: &mut State) {
     let base = s.builder_base;
     let end = s.next;
@@ -880,6 +965,19 @@ fn read_exact_at(f: &dyn SegFile, pos: u64, len: usize) -> std::io::Result<Vec<u
     let n = f.read_at(pos, &mut buf)?;
     buf.truncate(n);
     Ok(buf)
+}
+
+/// Newest timestamp of the batches before `upto` (walking their headers).
+fn max_timestamp_before(f: &dyn SegFile, upto: u64) -> std::io::Result<i64> {
+    let mut max_ts = i64::MIN;
+    let mut pos = 0;
+    while pos + HEADER_LEN as u64 <= upto {
+        let b = read_exact_at(f, pos, HEADER_LEN)?;
+        let Ok(h) = segment::parse_header(&b) else { break };
+        max_ts = max_ts.max(h.max_ts);
+        pos += h.total_len();
+    }
+    Ok(max_ts)
 }
 
 /// First record timestamp of a segment (its first batch header).

@@ -52,8 +52,9 @@ impl RetentionReport {
 impl Store {
     /// Applies every topic's retention (age and bytes) at time `now_ms`,
     /// deleting whole segments: a segment goes when its newest record is
-    /// older than `max_age`, or while the partition holds more than its
-    /// share of `max_bytes` without it.
+    /// older than `max_age` (the active one is rolled first), or, if it is
+    /// sealed, while the partition holds at least its share of `max_bytes`
+    /// without it.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
         for topic in self.topics_snapshot() {
@@ -64,9 +65,13 @@ impl Store {
                 continue;
             }
             for part in topic.partitions() {
-                while let Some((_, _, bytes, max_ts, _)) = part.oldest_segment() {
+                while let Some((_, _, bytes, max_ts, active)) = part.oldest_segment() {
                     let too_old = cutoff.is_some_and(|c| max_ts < c);
-                    let too_big = per_partition.is_some_and(|max| part.bytes() > max && bytes > 0);
+                    // As Kafka: a segment goes when the rest still holds the
+                    // share, so the newest `max_bytes` are always kept; the
+                    // active segment is never deleted for size.
+                    let too_big = !active
+                        && per_partition.is_some_and(|max| part.bytes().saturating_sub(bytes) >= max && bytes > 0);
                     if !(too_old || too_big) {
                         break;
                     }
