@@ -336,7 +336,8 @@ pub(crate) mod limits {
     pub(crate) const MIN_BATCH: ByteSize = ByteSize::kib(1);
     pub(crate) const MAX_SYNC_WINDOW: Duration = Duration::from_secs(1);
     pub(crate) const SEGMENT_BYTES: (ByteSize, ByteSize) = (ByteSize::kib(4), ByteSize::gib(1));
-    pub(crate) const SEGMENT_AGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
+    pub(crate) const SEGMENT_AGE: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
     pub(crate) const WRITEBACK_STEP: (ByteSize, ByteSize) = (ByteSize::kib(4), ByteSize::mib(64));
     pub(crate) const MIN_DIRTY: ByteSize = ByteSize::kib(64);
     pub(crate) const CHECKPOINT: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));

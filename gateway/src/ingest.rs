@@ -469,7 +469,8 @@ impl Ingest {
                 *flag = false;
             }
             let stopping = !self.writer_alive.load(Ordering::Acquire);
-            let topics = std::mem::take(&mut *self.dirty_topics.lock().unwrap_or_else(PoisonError::into_inner));
+            let topics =
+                std::mem::take(&mut *self.dirty_topics.lock().unwrap_or_else(PoisonError::into_inner));
             if self.dirty.swap(false, Ordering::AcqRel) || stopping {
                 let appended = self.flush_stats.appended_jobs.load(Ordering::Acquire);
                 let started = Instant::now();
@@ -485,7 +486,9 @@ impl Ingest {
                     }
                 }
                 self.flush_stats.flushes.fetch_add(1, Ordering::Relaxed);
-                self.flush_stats.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.flush_stats
+                    .flush_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 self.dirty_bytes.store(store.undurable_bytes(), Ordering::Release);
                 for t in &topics {
                     t.notify_appended();
@@ -620,11 +623,8 @@ fn sync_lane(
         }
         let started = Instant::now();
         let names: Vec<(String, PartitionId)> = parts.iter().map(|(t, p)| (t.name.to_string(), *p)).collect();
-        let mut result = if shutting_down {
-            store.flush().map(|_| ())
-        } else {
-            store.sync_partitions(&names)
-        };
+        let mut result =
+            if shutting_down { store.flush().map(|_| ()) } else { store.sync_partitions(&names) };
         if checkpoint && result.is_ok() && !shutting_down {
             result = store.checkpoint();
         }

@@ -10,8 +10,8 @@ pub mod scheduler;
 
 pub use error::{CorruptRecord, LostRange, StoreError};
 pub use log::{
-    AtomicWrite, EvictionPolicy, SegmentLimits, PartitionInfo, ReadResult, Retention, RetentionReport, Store, StoreOptions, TopicInfo,
-    TopicSpec,
+    AtomicWrite, EvictionPolicy, PartitionInfo, ReadResult, Retention, RetentionReport, SegmentLimits, Store,
+    StoreOptions, TopicInfo, TopicSpec,
 };
 pub use partitioner::partition_for_key;
 pub use record::{now_ms, older_than_cutoff, Offset, PartitionId, Record, StoredRecord};

@@ -313,10 +313,15 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (_, body) = self.get_json("/v1/topics").await;
-            let mut found = body["topics"].as_array().into_iter().flatten().filter(|t| t["name"] == topic).peekable();
+            let mut found =
+                body["topics"].as_array().into_iter().flatten().filter(|t| t["name"] == topic).peekable();
             let settled = found.peek().is_some()
                 && found.all(|t| {
-                    t["partitions"].as_array().into_iter().flatten().all(|p| p["durable"] == p["high_watermark"])
+                    t["partitions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .all(|p| p["durable"] == p["high_watermark"])
                 });
             if settled {
                 return;

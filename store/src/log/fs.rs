@@ -111,7 +111,8 @@ fn sync_range(f: &std::fs::File, pos: u64, len: u64) -> io::Result<()> {
     let (Ok(pos), Ok(len)) = (libc::off64_t::try_from(pos), libc::off64_t::try_from(len)) else {
         return f.sync_data();
     };
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let flags =
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: plain system call on a file descriptor `f` keeps open for the
     // duration of the call; no memory is passed.
     let r = unsafe { libc::sync_file_range(f.as_raw_fd(), pos, len, flags) };

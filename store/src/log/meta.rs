@@ -90,12 +90,8 @@ impl std::fmt::Debug for Meta {
 impl Meta {
     pub(crate) fn new(path: &Path, cache_capacity: u64, trees: Trees, fs: Arc<dyn Fs>) -> Meta {
         let last = trees.atomic.get("last").ok().flatten().and_then(|v| val_u64(&v, 0)).unwrap_or(0);
-        let aborted = trees
-            .atomic
-            .scan_prefix("aborted/")
-            .filter_map(|kv| kv.ok())
-            .map(|(k, _)| key_u64(&k))
-            .collect();
+        let aborted =
+            trees.atomic.scan_prefix("aborted/").filter_map(|kv| kv.ok()).map(|(k, _)| key_u64(&k)).collect();
         Meta {
             path: path.to_owned(),
             fs,
@@ -151,7 +147,8 @@ impl Meta {
             .open()
             .map_err(StoreError::io("reopening the metadata after a failed write"))?;
         let trees = Arc::new(
-            Trees::open(db, &self.path).map_err(StoreError::io("reopening the metadata after a failed write"))?,
+            Trees::open(db, &self.path)
+                .map_err(StoreError::io("reopening the metadata after a failed write"))?,
         );
         tracing::info!(path = %self.path.display(), "metadata database reopened after a failed write");
         *slot = Some(trees.clone());

@@ -26,8 +26,13 @@ pub(super) fn from_v2(store: &Store, floors: &[(Vec<u8>, Vec<u8>)]) -> Result<()
         for part in topic.partitions() {
             let tree_name = format!("log/{name}/{}", part.id.0);
             let tree = trees.db.open_tree(&tree_name).map_err(StoreError::io("migrating"))?;
-            let log_start =
-                partition::read_offset(&trees.meta, &partition::start_key(&name, part.id), "log start", &name, part.id)?;
+            let log_start = partition::read_offset(
+                &trees.meta,
+                &partition::start_key(&name, part.id),
+                "log start",
+                &name,
+                part.id,
+            )?;
             let mut pending: Vec<Record> = Vec::new();
             let mut pending_first = Offset(0);
             for item in tree.iter() {
@@ -81,8 +86,11 @@ pub(super) fn from_v2(store: &Store, floors: &[(Vec<u8>, Vec<u8>)]) -> Result<()
     }
     trees.sync().map_err(StoreError::io("migrating"))?;
     let _ = std::fs::remove_file(store.path().join("sluice-watermarks"));
-    tracing::info!(records = copied, elapsed_ms = started.elapsed().as_millis() as u64,
-        "migrated the data directory from sluice-store/2 to sluice-store/3");
+    tracing::info!(
+        records = copied,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "migrated the data directory from sluice-store/2 to sluice-store/3"
+    );
     Ok(())
 }
 

@@ -232,7 +232,9 @@ fn open_sled(opts: &StoreOptions) -> Result<(sled::Db, bool), StoreError> {
     let deadline = Instant::now() + LOCK_PATIENCE;
     let db = loop {
         match open_once() {
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && Instant::now() < deadline => {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
             other => break other.map_err(unreadable).map_err(open_err)?,
@@ -250,7 +252,14 @@ impl Store {
         let mut migrate_from_v2 = false;
         match trees.meta.get("format").map_err(open_err)? {
             None if had_log => {
-                return Err(open_err(damaged("sled's log file is not empty but holds no sluice format marker")))
+                return Err(open_err(damaged(
+                    "sled's log file is not empty but holds no sluice format marker",
+                )))
+            }
+            None if opts.fs.list(&opts.path.join("segments")).is_ok_and(|l| !l.is_empty()) => {
+                return Err(open_err(damaged(
+                    "the metadata database is missing or empty but segments/ holds partitions",
+                )))
             }
             None => {
                 trees.meta.insert("format", FORMAT).map_err(open_err)?;
@@ -269,9 +278,7 @@ impl Store {
         let mut floors = Vec::new();
         if migrate_from_v2 {
             // Anything under segments/ is a migration a crash interrupted.
-            opts.fs
-                .remove_dir_all(&opts.path.join("segments"))
-                .map_err(|e| open_err(sled::Error::Io(e)))?;
+            opts.fs.remove_dir_all(&opts.path.join("segments")).map_err(|e| open_err(sled::Error::Io(e)))?;
             // Floors apply after the records below them are copied.
             for item in trees.meta.scan_prefix("next/") {
                 let (k, v) = item.map_err(open_err)?;
@@ -295,9 +302,10 @@ impl Store {
         };
         let mut lost = Vec::new();
         // Reading a damaged tree panics in sled too.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load_topics(&mut lost))).unwrap_or_else(
-            |panic| Err(open_err(damaged(&format!("sled cannot read its log ({})", panic_message(&*panic))))),
-        )?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load_topics(&mut lost)))
+            .unwrap_or_else(|panic| {
+                Err(open_err(damaged(&format!("sled cannot read its log ({})", panic_message(&*panic)))))
+            })?;
         store.slot.next_commit.store(store.slot.meta.last_committed(), Ordering::Relaxed);
         if migrate_from_v2 {
             migrate::from_v2(&store, &floors)?;
@@ -357,9 +365,8 @@ impl Store {
         for item in trees.meta.scan_prefix("topic/") {
             let (k, v) = item.map_err(StoreError::io("loading topics"))?;
             let name = String::from_utf8_lossy(&k["topic/".len()..]).into_owned();
-            let stored: partition::TopicMeta = serde_json::from_slice(&v).map_err(|e| StoreError::Metadata {
-                what: format!("topic {name:?}"),
-                detail: e.to_string(),
+            let stored: partition::TopicMeta = serde_json::from_slice(&v).map_err(|e| {
+                StoreError::Metadata { what: format!("topic {name:?}"), detail: e.to_string() }
             })?;
             specs.push(TopicSpec {
                 name,
@@ -386,7 +393,8 @@ impl Store {
         let mut partitions = Vec::with_capacity(spec.partitions as usize);
         partitions.extend_from_slice(keep);
         for p in keep.len() as u32..spec.partitions {
-            let mut rec = partition::Recovered::default();
+            let mut rec =
+                partition::Recovered { verify_sealed: self.slot.opts.accept_data_loss, ..Default::default() };
             let part = Partition::open(
                 &self.segments_root(),
                 self.slot.opts.fs.clone(),
@@ -490,7 +498,12 @@ impl Store {
     /// Appends records to one partition; they get consecutive offsets and
     /// the first one is returned. In memory only: not durable, and not
     /// visible to readers, until a sync or flush.
-    pub fn append(&self, topic: &str, partition: PartitionId, records: &[Record]) -> Result<Offset, StoreError> {
+    pub fn append(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        records: &[Record],
+    ) -> Result<Offset, StoreError> {
         let part = self.partition(topic, partition)?;
         Ok(part.append(records).0)
     }
@@ -593,12 +606,7 @@ impl Store {
 
     /// A checkpoint when the last one is older than `every`.
     pub fn checkpoint_if_due(&self, every: Duration) -> Result<bool, StoreError> {
-        let due = self
-            .slot
-            .checkpointing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .elapsed()
+        let due = self.slot.checkpointing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed()
             >= every;
         if due {
             self.checkpoint()?;
@@ -610,7 +618,8 @@ impl Store {
     /// written, and sled's files (as of the last checkpoint). What the disk
     /// budget counts.
     pub fn total_bytes(&self) -> u64 {
-        let parts: u64 = self.topics_snapshot().iter().flat_map(|t| t.partitions().iter()).map(|p| p.bytes()).sum();
+        let parts: u64 =
+            self.topics_snapshot().iter().flat_map(|t| t.partitions().iter()).map(|p| p.bytes()).sum();
         parts + self.slot.meta_bytes.load(Ordering::Relaxed)
     }
 
@@ -630,13 +639,24 @@ impl Store {
     /// group will read. A position past the durable end is refused, so
     /// committed offsets are never ahead of the data. Durable with the next
     /// checkpoint.
-    pub fn commit(&self, group: &str, topic: &str, partition: PartitionId, offset: Offset) -> Result<(), StoreError> {
+    pub fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<(), StoreError> {
         let tree = self.slot.meta.trees()?.groups.clone();
         self.set_position(&tree, "commit", group, topic, partition, offset)
     }
 
     /// A group's committed position in one partition, if any.
-    pub fn committed(&self, group: &str, topic: &str, partition: PartitionId) -> Result<Option<Offset>, StoreError> {
+    pub fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Option<Offset>, StoreError> {
         let tree = self.slot.meta.trees()?.groups.clone();
         position(&tree, "reading group offset", group, topic, partition)
     }
@@ -645,13 +665,24 @@ impl Store {
     /// only after the central side acknowledged everything before it.
     /// Recorded at once, durable with the next checkpoint (a crash re-sends
     /// at most what was acknowledged since).
-    pub fn set_cursor(&self, uplink: &str, topic: &str, partition: PartitionId, offset: Offset) -> Result<(), StoreError> {
+    pub fn set_cursor(
+        &self,
+        uplink: &str,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<(), StoreError> {
         let tree = self.slot.meta.trees()?.cursors.clone();
         self.set_position(&tree, "uplink cursor", uplink, topic, partition, offset)
     }
 
     /// An uplink's cursor in one partition, if any.
-    pub fn cursor(&self, uplink: &str, topic: &str, partition: PartitionId) -> Result<Option<Offset>, StoreError> {
+    pub fn cursor(
+        &self,
+        uplink: &str,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Option<Offset>, StoreError> {
         let tree = self.slot.meta.trees()?.cursors.clone();
         position(&tree, "reading uplink cursor", uplink, topic, partition)
     }
@@ -706,7 +737,12 @@ impl Store {
         }
         for (_, topic, p, offset) in &w.positions {
             let info = self.partition(topic, *p)?.info();
-            let written = w.records.iter().filter(|(t, q, _)| t == topic && q == p).map(|(_, _, r)| r.len() as u64).sum::<u64>();
+            let written = w
+                .records
+                .iter()
+                .filter(|(t, q, _)| t == topic && q == p)
+                .map(|(_, _, r)| r.len() as u64)
+                .sum::<u64>();
             if offset.0 > info.high_watermark.0 + written {
                 return Err(StoreError::CommitPastEnd {
                     topic: topic.clone(),
@@ -752,7 +788,9 @@ impl Store {
                     op: "atomic commit",
                     source: match e {
                         sled::transaction::TransactionError::Storage(e) => e,
-                        sled::transaction::TransactionError::Abort(()) => sled::Error::Unsupported("aborted".into()),
+                        sled::transaction::TransactionError::Abort(()) => {
+                            sled::Error::Unsupported("aborted".into())
+                        }
                     },
                 })?;
             drop(trees);
@@ -772,7 +810,14 @@ impl Store {
 
     /// State written by [`Self::commit_atomic`].
     pub fn state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.slot.meta.trees()?.state.get(key).map_err(StoreError::io("reading state"))?.map(|v| v.to_vec()))
+        Ok(self
+            .slot
+            .meta
+            .trees()?
+            .state
+            .get(key)
+            .map_err(StoreError::io("reading state"))?
+            .map(|v| v.to_vec()))
     }
 
     pub(crate) fn topics_snapshot(&self) -> Vec<Arc<Topic>> {

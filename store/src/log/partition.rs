@@ -146,6 +146,10 @@ pub(crate) struct Recovered {
     pub(crate) truncated: u64,
     /// Damaged ranges (file, from, to) in sealed segments.
     pub(crate) damaged: Vec<(PathBuf, u64, u64)>,
+    /// Input: verify every sealed segment's CRCs at open (with
+    /// `accept_data_loss`, so damage inside a sealed segment is cut out and
+    /// skipped instead of failing every read that reaches it).
+    pub(crate) verify_sealed: bool,
     /// Durable offsets (from, to) the checkpoint promised that the files
     /// no longer hold.
     pub(crate) lost: Option<(u64, u64)>,
@@ -234,11 +238,17 @@ impl Partition {
                         meta::val_u64(&v, 2).unwrap_or(0) as i64,
                         meta::val_u64(&v, 3).unwrap_or(0) as i64,
                     );
-                    if len < bytes {
-                        // Cut short: find what is left and name the rest.
+                    if len < bytes || recovered.verify_sealed {
+                        // Cut short (or checked in full): find what is left
+                        // and name the rest.
                         let (good_len, good_end, first_ts, max_ts) =
                             scan(&*seg.file, 0, base, len, topic, id, &mut |_, _| {}, &|_| true)?;
-                        recovered.damaged.push((seg.path.clone(), good_end.0, end));
+                        if good_len < bytes || good_end.0 < end {
+                            recovered.damaged.push((seg.path.clone(), good_end.0, end));
+                            if good_len < len {
+                                seg.file.truncate(good_len).map_err(io_err("cutting a damaged segment"))?;
+                            }
+                        }
                         seg.len = good_len;
                         seg.end = good_end;
                         seg.first_ts = first_ts;
@@ -256,7 +266,7 @@ impl Partition {
                 _ => {
                     // Not in the catalog (sealed after the last checkpoint)
                     // or the active one: scan from the checkpoint on.
-                    let from = match checkpoint {
+                    let from = match checkpoint.filter(|_| !recovered.verify_sealed) {
                         Some((b, pos, end, _)) if b == base.0 && pos <= len => Some((pos, Offset(end))),
                         _ => None,
                     };
@@ -266,7 +276,9 @@ impl Partition {
                     };
                     let (start_pos, start_end) = from.unwrap_or((0, base));
                     let (good_len, good_end, first_ts, max_ts) =
-                        scan(&*seg.file, start_pos, start_end, len, topic, id, &mut add_index, &|c| meta.is_settled(c))?;
+                        scan(&*seg.file, start_pos, start_end, len, topic, id, &mut add_index, &|c| {
+                            meta.is_settled(c)
+                        })?;
                     if good_len < len {
                         recovered.truncated += len - good_len;
                         tracing::warn!(file = %seg.path.display(), from = good_len, to = len,
@@ -297,6 +309,17 @@ impl Partition {
                 }
             }
             segs.push(seg);
+        }
+        // Sealed segments the catalog lists whose file is gone.
+        for item in trees.segments.scan_prefix(meta::tp_key(topic, id.0)) {
+            let (k, v) = item.map_err(StoreError::io("reading segment catalog"))?;
+            let base = Offset(meta::key_u64(&k));
+            let end = meta::val_u64(&v, 0).unwrap_or(0);
+            if end > log_start.0 && !bases.contains(&base) {
+                let path = dir.join(segment::file_name(base));
+                tracing::error!(file = %path.display(), "a sealed segment is missing");
+                recovered.damaged.push((path, base.0.max(log_start.0), end));
+            }
         }
         let recovered_end = segs.last().map_or(log_start, |s| s.end).max(log_start);
         // Sealed segments the catalog names whose file is gone (a missing
@@ -499,8 +522,10 @@ impl Partition {
                 (b.base, b.bytes.len() as u64)
             };
             let active = super::read(&self.segs).last().cloned().ok_or_else(|| no_segment(self))?;
-            let age_due = active.first_ts.is_some_and(|t| crate::record::now_ms() - t >= self.limits.max_age_ms);
-            if active.end != base || (active.len > 0 && (active.len + len > self.limits.max_bytes || age_due)) {
+            let age_due =
+                active.first_ts.is_some_and(|t| crate::record::now_ms() - t >= self.limits.max_age_ms);
+            if active.end != base || (active.len > 0 && (active.len + len > self.limits.max_bytes || age_due))
+            {
                 self.roll(io, base)?;
                 step_start = 0;
                 continue;
@@ -522,7 +547,9 @@ impl Partition {
             if pos >= io.last_index + INDEX_EVERY {
                 io.last_index = pos;
                 if let Ok(t) = self.meta.trees() {
-                    let _ = t.index.insert(meta::tp_offset_key(&self.topic, self.id.0, base.0), &pos.to_be_bytes());
+                    let _ = t
+                        .index
+                        .insert(meta::tp_offset_key(&self.topic, self.id.0, base.0), &pos.to_be_bytes());
                 }
             }
             {
@@ -699,7 +726,12 @@ impl Partition {
     }
 
     /// Reads durable records from `from` on.
-    pub(super) fn read(&self, from: Offset, max_records: usize, max_bytes: usize) -> Result<ReadResult, StoreError> {
+    pub(super) fn read(
+        &self,
+        from: Offset,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult, StoreError> {
         let (log_start, next) = {
             let s = self.state();
             (s.log_start, s.next)
@@ -758,12 +790,17 @@ impl Partition {
                 }
                 if off as u64 + total > buf.len() as u64 {
                     buf_at = pos;
-                    buf = read_exact_at(&*seg.file, pos, total.max(READ_CHUNK as u64).min(seg.len - pos) as usize)
-                        .map_err(io_err("reading segment"))?;
+                    buf = read_exact_at(
+                        &*seg.file,
+                        pos,
+                        total.max(READ_CHUNK as u64).min(seg.len - pos) as usize,
+                    )
+                    .map_err(io_err("reading segment"))?;
                 }
                 let off = (pos - buf_at) as usize;
                 let (h, recs) = segment::decode(&buf[off..]).map_err(|e| self.corrupt(seg, pos, want, e))?;
-                let aborted = h.flags & segment::FLAG_ATOMIC != 0 && self.meta.is_aborted(h.producer_id as u64);
+                let aborted =
+                    h.flags & segment::FLAG_ATOMIC != 0 && self.meta.is_aborted(h.producer_id as u64);
                 for (offset, raw) in recs {
                     if aborted {
                         break;
@@ -771,7 +808,10 @@ impl Partition {
                     if offset < want {
                         continue;
                     }
-                    if offset >= until || out.len() >= max_records || (!out.is_empty() && bytes + raw.len() > max_bytes) {
+                    if offset >= until
+                        || out.len() >= max_records
+                        || (!out.is_empty() && bytes + raw.len() > max_bytes)
+                    {
                         self.remember(offset, seg, pos, h);
                         return Ok(());
                     }
@@ -839,7 +879,12 @@ impl Partition {
             topic: self.topic.clone(),
             partition: self.id.0,
             offset: offset.0,
-            source: CorruptRecord(format!("{} at byte {pos}: {}", seg.path.display(), e.0)),
+            source: CorruptRecord(format!(
+                "{} at byte {pos}: {} (the segment file is damaged: restore it from a backup, or restart with \
+                 --accept-data-loss to cut the damaged batches out; their offsets are not reused)",
+                seg.path.display(),
+                e.0
+            )),
         }
     }
 
@@ -853,7 +898,10 @@ impl Partition {
     pub(crate) fn oldest_segment(&self) -> Option<(Offset, Offset, u64, i64, bool)> {
         let segs = super::read(&self.segs);
         let n = segs.len();
-        segs.iter().enumerate().find(|(_, s)| s.len > 0).map(|(i, s)| (s.base, s.end, s.len, s.max_ts, i + 1 == n))
+        segs.iter()
+            .enumerate()
+            .find(|(_, s)| s.len > 0)
+            .map(|(i, s)| (s.base, s.end, s.len, s.max_ts, i + 1 == n))
     }
 
     /// Deletes the oldest segment holding data (rolling the active one first
@@ -919,7 +967,6 @@ impl Partition {
         drop(io);
         Ok((dropped_records, victim.len))
     }
-
 }
 
 /// A sealed segment's catalog entry: end offset, bytes, first and max
@@ -1009,7 +1056,8 @@ fn scan(
     while pos + (HEADER_LEN as u64) <= len {
         if pos < buf_at || pos + HEADER_LEN as u64 > buf_at + buf.len() as u64 {
             buf_at = pos;
-            buf = read_exact_at(f, pos, (1usize << 20).min((len - pos) as usize)).map_err(io_err("scanning segment"))?;
+            buf = read_exact_at(f, pos, (1usize << 20).min((len - pos) as usize))
+                .map_err(io_err("scanning segment"))?;
         }
         let off = (pos - buf_at) as usize;
         let Ok(h) = segment::parse_header(&buf[off..]) else { break };
@@ -1022,7 +1070,8 @@ fn scan(
         }
         if off as u64 + total > buf.len() as u64 {
             buf_at = pos;
-            buf = read_exact_at(f, pos, total.max(1 << 20).min(len - pos) as usize).map_err(io_err("scanning segment"))?;
+            buf = read_exact_at(f, pos, total.max(1 << 20).min(len - pos) as usize)
+                .map_err(io_err("scanning segment"))?;
         }
         let off = (pos - buf_at) as usize;
         if segment::check_crc(&buf[off..off + total as usize]).is_err() {

@@ -71,7 +71,8 @@ impl Store {
                     // share, so the newest `max_bytes` are always kept; the
                     // active segment is never deleted for size.
                     let too_big = !active
-                        && per_partition.is_some_and(|max| part.bytes().saturating_sub(bytes) >= max && bytes > 0);
+                        && per_partition
+                            .is_some_and(|max| part.bytes().saturating_sub(bytes) >= max && bytes > 0);
                     if !(too_old || too_big) {
                         break;
                     }

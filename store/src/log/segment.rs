@@ -250,7 +250,8 @@ pub fn file_name(base: Offset) -> String {
 /// The base offset of a segment file name, if it is one.
 pub fn parse_file_name(name: &str) -> Option<Offset> {
     let digits = name.strip_suffix(".log")?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok().map(Offset))?
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok().map(Offset))?
 }
 
 #[cfg(test)]
