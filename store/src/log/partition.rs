@@ -310,17 +310,6 @@ impl Partition {
             }
             segs.push(seg);
         }
-        // Sealed segments the catalog lists whose file is gone.
-        for item in trees.segments.scan_prefix(meta::tp_key(topic, id.0)) {
-            let (k, v) = item.map_err(StoreError::io("reading segment catalog"))?;
-            let base = Offset(meta::key_u64(&k));
-            let end = meta::val_u64(&v, 0).unwrap_or(0);
-            if end > log_start.0 && !bases.contains(&base) {
-                let path = dir.join(segment::file_name(base));
-                tracing::error!(file = %path.display(), "a sealed segment is missing");
-                recovered.damaged.push((path, base.0.max(log_start.0), end));
-            }
-        }
         let recovered_end = segs.last().map_or(log_start, |s| s.end).max(log_start);
         // Sealed segments the catalog names whose file is gone (a missing
         // tail is found by the checkpoint comparison below).
@@ -335,7 +324,9 @@ impl Partition {
             if end <= log_start.0 || base >= recovered_end.0 || segs.iter().any(|s| s.base.0 == base) {
                 continue;
             }
-            recovered.damaged.push((dir.join(segment::file_name(Offset(base))), base.max(log_start.0), end));
+            let path = dir.join(segment::file_name(Offset(base)));
+            tracing::error!(file = %path.display(), "a sealed segment is missing");
+            recovered.damaged.push((path, base.max(log_start.0), end));
         }
         if let Some((_, _, ckpt_end, _)) = checkpoint {
             if recovered_end.0 < ckpt_end {
