@@ -34,8 +34,9 @@ const GROUPS: [&str; 2] = ["g0", "g1"];
 const SEGMENT_BYTES: u64 = 800;
 /// Bytes of a batch header.
 const BATCH_HEADER: u64 = sluice_store::log::segment::HEADER_LEN as u64;
-/// Largest batch the appender builds (`partition::MAX_BATCH`).
-const MAX_BATCH: u64 = 256 << 10;
+/// Largest batch the appender builds: `partition::MAX_BATCH` (64 KiB) or a
+/// quarter of a segment, at least 1 KiB.
+const MAX_BATCH: u64 = 1024;
 
 /// `cases` per property, unless `PROPTEST_CASES` asks for a longer soak.
 fn config(cases: u32) -> ProptestConfig {
@@ -566,15 +567,18 @@ fn apply(store: &Store, model: &mut Model, op: &Op) {
             let report = store.enforce_retention(model.now).unwrap();
             let now = model.now;
             // Whole segments go, oldest first: while the newest record of
-            // the oldest is past the age, or the partition is over its
-            // share of the bytes (counting batches not yet written).
+            // the oldest is past the age, or (as Kafka; never the active
+            // segment) the rest still holds the partition's share of the
+            // bytes (counting batches not yet written).
             for t in model.topics.values_mut() {
                 let per_partition = t.retention.max_bytes.map(|b| b / t.partitions.len() as u64);
                 let cutoff = t.retention.max_age.map(|a| now - a.as_millis() as i64);
                 for mp in &mut t.partitions {
                     while let Some(i) = mp.oldest_segment() {
                         let too_old = cutoff.is_some_and(|c| mp.segments[i].max_ts().unwrap() < c);
-                        let too_big = per_partition.is_some_and(|m| mp.bytes() > m);
+                        let active = i + 1 == mp.segments.len();
+                        let seg_bytes = mp.segments[i].bytes();
+                        let too_big = !active && per_partition.is_some_and(|m| mp.bytes() - seg_bytes >= m);
                         if !(too_old || too_big) {
                             break;
                         }

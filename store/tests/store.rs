@@ -478,10 +478,10 @@ fn a_damaged_tail_of_the_active_segment_is_cut() {
     assert_eq!(store.append("t", P1, &[rec(1, 1)]).unwrap(), Offset(102));
 }
 
-/// sled's metadata deleted, the segments left: nothing is invented and
-/// nothing readable is lost; declaring the topic again finds its records.
+/// sled's metadata deleted, the segments left: refused (group offsets,
+/// cursors and the catalog are gone), never started as an empty store.
 #[test]
-fn deleted_metadata_finds_the_records_again_when_the_topic_is_declared() {
+fn deleted_metadata_with_segments_left_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data");
     populated(&path, 50);
@@ -495,12 +495,12 @@ fn deleted_metadata_finds_the_records_again_when_the_topic_is_declared() {
             }
         }
     }
-    let store = open(&path).unwrap();
-    assert!(store.topics().is_empty());
-    store.ensure_topic(&spec("t", 2, "s")).unwrap();
-    assert_eq!(all(&store, "t", P0).len(), 25);
-    assert_eq!(all(&store, "t", P1).len(), 25);
-    assert_eq!(store.append("t", P0, &[rec(1, 1)]).unwrap(), Offset(25));
+    let err = open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert_names_path(&err, &path);
+    assert!(err.to_string().contains("segments"), "{err}");
+    // Refusing wrote nothing: the same answer again.
+    assert!(matches!(open(&path).unwrap_err(), StoreError::Open { .. }));
 }
 
 #[test]
@@ -647,19 +647,26 @@ fn retention_by_bytes_keeps_the_newest_within_the_per_partition_share() {
     let store = open_small(dir.path());
     let one = stored_len(&rec(0, 100));
     let mut s = spec("t", 2, "s");
-    // 2 partitions share 7 records' worth: 3.5 each, so 3 stay per partition.
+    // 2 partitions share 7 records' worth: 3.5 each. As in Kafka, a
+    // segment goes only while the rest still holds the share, so 4 stay.
     s.retention.max_bytes = Some(7 * one);
     store.ensure_topic(&s).unwrap();
     append_each(&store, "t", P0, &(0..10).map(|i| rec(100 + i, 100)).collect::<Vec<_>>());
     append_each(&store, "t", P1, &[rec(1, 100), rec(2, 100)]);
     let report = store.enforce_retention(0).unwrap();
-    assert_eq!(report.deleted.get("s"), Some(&(7, 7 * one)));
-    assert_eq!(timestamps(&store, "t", P0), [107, 108, 109]);
+    assert_eq!(report.deleted.get("s"), Some(&(6, 6 * one)));
+    assert_eq!(timestamps(&store, "t", P0), [106, 107, 108, 109]);
     assert_eq!(timestamps(&store, "t", P1), [1, 2]);
     let info = store.topic("t").unwrap();
-    assert_eq!((info.partitions[0].log_start, info.partitions[0].bytes), (Offset(7), 3 * one));
-    assert_eq!(partition_bytes(&store), 5 * one);
-    assert_eq!(file_bytes(dir.path(), "t", 0), 3 * one);
+    assert_eq!((info.partitions[0].log_start, info.partitions[0].bytes), (Offset(6), 4 * one));
+    assert_eq!(partition_bytes(&store), 6 * one);
+    assert_eq!(file_bytes(dir.path(), "t", 0), 4 * one);
+    // The active segment is never deleted for size.
+    s.retention.max_bytes = Some(0);
+    store.ensure_topic(&s).unwrap();
+    assert_eq!(store.enforce_retention(0).unwrap().deleted.get("s"), Some(&(4, 4 * one)));
+    assert_eq!(timestamps(&store, "t", P0), [109]);
+    assert_eq!(timestamps(&store, "t", P1), [2]);
 }
 
 #[test]
