@@ -32,6 +32,10 @@ pub trait SegFile: Send + Sync + Debug {
     fn truncate(&self, len: u64) -> io::Result<()>;
     /// Current length.
     fn len(&self) -> io::Result<u64>;
+    /// True when the file holds no bytes.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
 }
 
 /// Directory and file operations of the segment store.

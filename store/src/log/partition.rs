@@ -1028,6 +1028,7 @@ fn first_timestamp(f: &dyn SegFile) -> std::io::Result<Option<i64>> {
 /// checking every CRC; returns (good length, end offset, first ts, max ts)
 /// of the valid prefix. `index` is called for each batch that starts a
 /// new sparse index entry.
+#[allow(clippy::too_many_arguments)]
 fn scan(
     f: &dyn SegFile,
     mut pos: u64,

@@ -93,6 +93,11 @@ impl Builder {
         self.count
     }
 
+    /// True when no record was pushed since the last seal.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// Bytes of the batch once sealed.
     pub fn len(&self) -> usize {
         if self.count == 0 {
@@ -213,9 +218,12 @@ pub fn check_crc(b: &[u8]) -> Result<(), CorruptRecord> {
     }
 }
 
+/// The records of a batch: (offset, encoded record).
+pub type Entries<'a> = Vec<(Offset, &'a [u8])>;
+
 /// Parses and verifies one whole batch at the start of `b`; returns the
 /// header and the (offset, encoded record) pairs.
-pub fn decode(b: &[u8]) -> Result<(Header, Vec<(Offset, &[u8])>), CorruptRecord> {
+pub fn decode(b: &[u8]) -> Result<(Header, Entries<'_>), CorruptRecord> {
     let h = parse_header(b)?;
     let total = h.total_len() as usize;
     if b.len() < total {
