@@ -469,12 +469,27 @@ impl Ingest {
                 *flag = false;
             }
             let stopping = !self.writer_alive.load(Ordering::Acquire);
+            let dirty = self.dirty.swap(false, Ordering::AcqRel);
             let topics =
                 std::mem::take(&mut *self.dirty_topics.lock().unwrap_or_else(PoisonError::into_inner));
-            if self.dirty.swap(false, Ordering::AcqRel) || stopping {
+            if !dirty && self.dirty_bytes.load(Ordering::Acquire) > self.opts.max_dirty {
+                // Never leave the writer gated on a stale count.
+                self.dirty_bytes.store(store.undurable_bytes(), Ordering::Release);
+                self.wake.notify_all();
+            }
+            if dirty || stopping {
                 let appended = self.flush_stats.appended_jobs.load(Ordering::Acquire);
                 let started = Instant::now();
                 let result = store.flush_paced(self.opts.writeback_step, &|_| true);
+                if result.is_err() {
+                    // Wake them again after the next attempt.
+                    let mut again = self.dirty_topics.lock().unwrap_or_else(PoisonError::into_inner);
+                    for t in &topics {
+                        if !again.iter().any(|u| Arc::ptr_eq(u, t)) {
+                            again.push(t.clone());
+                        }
+                    }
+                }
                 match result {
                     Ok(()) => {
                         self.flush_stats.durable_jobs.fetch_max(appended, Ordering::AcqRel);
@@ -529,7 +544,6 @@ impl Ingest {
         }
         service.release(job.cost);
         self.flush_stats.appended_jobs.fetch_add(1, Ordering::AcqRel);
-        self.dirty.store(true, Ordering::Release);
         let durable_now = job.sync || service.class().express;
         if !durable_now {
             self.dirty_bytes.fetch_add(job.cost, Ordering::AcqRel);
@@ -538,6 +552,9 @@ impl Ingest {
                 topics.push(job.topic.clone());
             }
         }
+        // Last: the bulk lane that sees the flag also sees the bytes and the
+        // topic to wake.
+        self.dirty.store(true, Ordering::Release);
         let result = match failure {
             Some(err) => {
                 service.counters.rejected_error.fetch_add(total as u64, Ordering::Relaxed);
@@ -596,12 +613,13 @@ fn sync_lane(
 ) {
     let mut shutting_down = false;
     while !shutting_down {
+        // (sender, wants a checkpoint)
         let mut waiters = Vec::new();
         let mut parts: Vec<(Arc<Topic>, PartitionId)> = Vec::new();
         let mut checkpoint = false;
         let mut take = |req: FlushRequest, shutting_down: &mut bool| match req {
             FlushRequest::Wait { tx, parts: p, checkpoint: c } => {
-                waiters.extend(tx);
+                waiters.extend(tx.map(|tx| (tx, c)));
                 for (t, id) in p {
                     if !parts.iter().any(|(u, q)| *q == id && Arc::ptr_eq(u, &t)) {
                         parts.push((t, id));
@@ -623,24 +641,33 @@ fn sync_lane(
         }
         let started = Instant::now();
         let names: Vec<(String, PartitionId)> = parts.iter().map(|(t, p)| (t.name.to_string(), *p)).collect();
-        let mut result =
-            if shutting_down { store.flush().map(|_| ()) } else { store.sync_partitions(&names) };
-        if checkpoint && result.is_ok() && !shutting_down {
-            result = store.checkpoint();
-        }
-        let result = result.map_err(|e| {
+        let failed = |e: sluice_store::StoreError| {
             stats.failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "sync failed");
             IngestError::Storage { message: e.to_string(), disk_full: e.is_disk_full() }
-        });
+        };
+        let synced = if shutting_down { store.flush().map(|_| ()) } else { store.sync_partitions(&names) }
+            .map_err(failed);
         count_discarded(store, services);
-        stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         for (t, _) in &parts {
             t.notify_appended();
         }
-        for tx in waiters {
-            let _ = tx.send(result.clone());
+        // Sync waiters are answered before a checkpoint runs: a consumer's
+        // commit never delays a producer's acknowledgement.
+        let (ckpt_waiters, sync_waiters): (Vec<_>, Vec<_>) = waiters.into_iter().partition(|(_, c)| *c);
+        for (tx, _) in sync_waiters {
+            let _ = tx.send(synced.clone());
         }
+        if !ckpt_waiters.is_empty() {
+            let result = match &synced {
+                Ok(()) if checkpoint && !shutting_down => store.checkpoint().map_err(failed),
+                other => other.clone(),
+            };
+            for (tx, _) in ckpt_waiters {
+                let _ = tx.send(result.clone());
+            }
+        }
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 }

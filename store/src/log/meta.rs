@@ -102,6 +102,13 @@ impl Meta {
         }
     }
 
+    /// Highest atomic commit id ever handed out that the metadata knows
+    /// (done or aborted): new commits take ids above it.
+    pub(crate) fn highest_commit_id(&self) -> u64 {
+        let aborted = super::read(&self.aborted).iter().copied().max().unwrap_or(0);
+        self.last_committed().max(aborted)
+    }
+
     /// Highest atomic commit id done.
     pub(crate) fn last_committed(&self) -> u64 {
         self.last_committed.load(std::sync::atomic::Ordering::Acquire)

@@ -19,6 +19,10 @@ const COPY_BATCH: usize = 512;
 pub(super) fn from_v2(store: &Store, floors: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
     let trees = store.meta().trees()?;
     let started = std::time::Instant::now();
+    // Left by an interrupted earlier attempt (its segments were removed).
+    for tree in [&trees.checkpoints, &trees.segments, &trees.index] {
+        tree.clear().map_err(StoreError::io("migrating"))?;
+    }
     let mut copied = 0u64;
     let mut old_trees = Vec::new();
     for topic in store.topics_snapshot() {

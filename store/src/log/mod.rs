@@ -306,7 +306,7 @@ impl Store {
             .unwrap_or_else(|panic| {
                 Err(open_err(damaged(&format!("sled cannot read its log ({})", panic_message(&*panic)))))
             })?;
-        store.slot.next_commit.store(store.slot.meta.last_committed(), Ordering::Relaxed);
+        store.slot.next_commit.store(store.slot.meta.highest_commit_id(), Ordering::Relaxed);
         if migrate_from_v2 {
             migrate::from_v2(&store, &floors)?;
         }
@@ -726,7 +726,7 @@ impl Store {
     pub fn commit_atomic(&self, w: &AtomicWrite) -> Result<Vec<Offset>, StoreError> {
         let _serial = self.slot.checkpointing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let meta = &self.slot.meta;
-        let id = meta.last_committed().max(self.slot.next_commit.load(Ordering::Relaxed)) + 1;
+        let id = meta.highest_commit_id().max(self.slot.next_commit.load(Ordering::Relaxed)) + 1;
         self.slot.next_commit.store(id, Ordering::Relaxed);
         let mut parts: Vec<Arc<Partition>> = Vec::new();
         for (topic, p, _) in &w.records {
@@ -737,18 +737,22 @@ impl Store {
         }
         for (_, topic, p, offset) in &w.positions {
             let info = self.partition(topic, *p)?.info();
+            // A partition this commit writes: up to its new records (they
+            // become durable with it); any other: up to its durable end.
+            let writes = w.records.iter().any(|(t, q, _)| t == topic && q == p);
             let written = w
                 .records
                 .iter()
                 .filter(|(t, q, _)| t == topic && q == p)
                 .map(|(_, _, r)| r.len() as u64)
                 .sum::<u64>();
-            if offset.0 > info.high_watermark.0 + written {
+            let limit = if writes { info.high_watermark.0 + written } else { info.flushed.0 };
+            if offset.0 > limit {
                 return Err(StoreError::CommitPastEnd {
                     topic: topic.clone(),
                     partition: p.0,
                     offset: offset.0,
-                    high_watermark: info.high_watermark.0,
+                    high_watermark: limit,
                 });
             }
         }
@@ -757,7 +761,12 @@ impl Store {
         let mut guards: Vec<_> = parts.iter().map(|p| p.lock_io()).collect();
         let mut firsts = Vec::with_capacity(w.records.len());
         for (topic, p, records) in &w.records {
-            let part = self.partition(topic, *p)?;
+            // Held above: found among `parts` (no lookup that could fail
+            // and leave the partitions held).
+            let part = parts
+                .iter()
+                .find(|q| q.topic == *topic && q.id == *p)
+                .expect("every partition of the commit was resolved above");
             firsts.push(part.append_atomic(records, id).0);
         }
         let result = (|| {
@@ -796,13 +805,20 @@ impl Store {
             drop(trees);
             meta.sync()
         })();
-        match &result {
-            Ok(()) => meta.set_committed(id),
-            // Batches that may be on disk stay, skipped by every reader.
-            Err(_) => meta.abort(id),
-        }
+        let checkpoint = match &result {
+            Ok(()) => {
+                meta.set_committed(id);
+                true
+            }
+            // Batches that may be on disk stay, skipped by every reader;
+            // the abort is made durable before anything after them shows.
+            Err(_) => {
+                meta.abort(id);
+                meta.sync().is_ok()
+            }
+        };
         for (part, io) in parts.iter().zip(guards.iter_mut()) {
-            part.publish(io);
+            part.publish(io, checkpoint);
         }
         drop(guards);
         result.map(|()| firsts)

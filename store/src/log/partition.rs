@@ -137,6 +137,12 @@ pub(crate) struct Partition {
     file_bytes: AtomicU64,
     /// Recent read positions: (offset of a batch start, segment base, position).
     hints: Mutex<VecDeque<(u64, u64, u64)>>,
+    /// What a checkpoint records: (active segment base, synced length,
+    /// durable end, newest timestamp of the active segment). Kept apart
+    /// from `io` so a checkpoint never waits for a paced bulk writeback.
+    ckpt: Mutex<[u64; 4]>,
+    /// Wall-clock time (ms) the active segment was started (age rolls).
+    active_since: AtomicU64,
 }
 
 /// What recovery found in one partition.
@@ -242,7 +248,7 @@ impl Partition {
                         // Cut short (or checked in full): find what is left
                         // and name the rest.
                         let (good_len, good_end, first_ts, max_ts) =
-                            scan(&*seg.file, 0, base, len, topic, id, &mut |_, _| {}, &|_| true)?;
+                            scan(&*seg.file, 0, base, len, topic, id, &mut |_| {}, &|_| true)?;
                         if good_len < bytes || good_end.0 < end {
                             recovered.damaged.push((seg.path.clone(), good_end.0, end));
                             if good_len < len {
@@ -271,14 +277,26 @@ impl Partition {
                         _ => None,
                     };
                     let index = trees.index.clone();
-                    let mut add_index = |off: Offset, pos: u64| {
-                        let _ = index.insert(meta::tp_offset_key(topic, id.0, off.0), &pos.to_be_bytes());
+                    let mut add_index = |ev: ScanEvent| match ev {
+                        ScanEvent::Index(off, pos) => {
+                            let _ = index.insert(meta::tp_offset_key(topic, id.0, off.0), &pos.to_be_bytes());
+                        }
+                        ScanEvent::Abort(commit) => meta.abort(commit),
                     };
                     let (start_pos, start_end) = from.unwrap_or((0, base));
                     let (good_len, good_end, first_ts, max_ts) =
                         scan(&*seg.file, start_pos, start_end, len, topic, id, &mut add_index, &|c| {
                             meta.is_settled(c)
                         })?;
+                    if good_len < len && !is_last {
+                        // A sealed segment (synced before its roll) that is
+                        // not whole: damage, not a torn tail.
+                        recovered.damaged.push((
+                            seg.path.clone(),
+                            good_end.0,
+                            next_base.map_or(good_end.0, |n| n.0),
+                        ));
+                    }
                     if good_len < len {
                         recovered.truncated += len - good_len;
                         tracing::warn!(file = %seg.path.display(), from = good_len, to = len,
@@ -349,6 +367,9 @@ impl Partition {
         let active_len = segs.last().map_or(0, |s| s.len);
         let file_bytes = segs.iter().map(|s| s.len).sum();
         let log_start = log_start.max(segs.first().map_or(next, |s| s.base));
+        let ckpt_init = segs
+            .last()
+            .map_or([next.0, 0, next.0, i64::MIN as u64], |a| [a.base.0, a.len, a.end.0, a.max_ts as u64]);
         Ok(Partition {
             topic: topic.to_owned(),
             id,
@@ -374,6 +395,8 @@ impl Partition {
             flushed: AtomicU64::new(next.0),
             file_bytes: AtomicU64::new(file_bytes),
             hints: Mutex::new(VecDeque::new()),
+            ckpt: Mutex::new(ckpt_init),
+            active_since: AtomicU64::new(crate::record::now_ms().max(0) as u64),
         })
     }
 
@@ -486,10 +509,17 @@ impl Partition {
     }
 
     /// Ends an atomic commit's hold: what was synced becomes visible.
-    pub(super) fn publish(&self, io: &mut Io) {
+    pub(super) fn publish(&self, io: &mut Io, checkpoint: bool) {
         io.hold = false;
         if let Some(end) = io.held.take() {
             self.flushed.fetch_max(end.0, Ordering::AcqRel);
+            // An aborted commit whose abort is not durable stays after the
+            // checkpoint position, so recovery sees (and settles) it.
+            if io.written == 0 && checkpoint {
+                if let Some(active) = super::read(&self.segs).last().cloned() {
+                    self.set_ckpt(&active);
+                }
+            }
         }
     }
 
@@ -513,8 +543,9 @@ impl Partition {
                 (b.base, b.bytes.len() as u64)
             };
             let active = super::read(&self.segs).last().cloned().ok_or_else(|| no_segment(self))?;
-            let age_due =
-                active.first_ts.is_some_and(|t| crate::record::now_ms() - t >= self.limits.max_age_ms);
+            let age_due = active.len > 0
+                && crate::record::now_ms() - self.active_since.load(Ordering::Relaxed) as i64
+                    >= self.limits.max_age_ms;
             if active.end != base || (active.len > 0 && (active.len + len > self.limits.max_bytes || age_due))
             {
                 self.roll(io, base)?;
@@ -584,12 +615,19 @@ impl Partition {
         io.synced_len = active.len;
         if let Some(end) = end {
             if io.hold {
+                // Not visible, and not in a checkpoint, until the atomic
+                // commit is done: recovery must see (and settle) the batch.
                 io.held = Some(end);
             } else {
                 self.flushed.fetch_max(end.0, Ordering::AcqRel);
+                self.set_ckpt(&active);
             }
         }
         Ok(Offset(self.flushed.load(Ordering::Acquire)))
+    }
+
+    fn set_ckpt(&self, active: &Seg) {
+        *lock(&self.ckpt) = [active.base.0, active.len, active.end.0, active.max_ts as u64];
     }
 
     /// After a failed writeback or sync: the written, unsynced batches are
@@ -618,53 +656,57 @@ impl Partition {
         }
         let active = super::read(&self.segs).last().cloned().ok_or_else(|| no_segment(self))?;
         let path = self.dir.join(segment::file_name(base));
-        let file = if active.len == 0 {
+        if active.len == 0 {
             // An empty active segment is replaced, not kept.
             self.fs.remove(&active.path).map_err(io_err("replacing an empty segment"))?;
-            self.fs.create(&path).map_err(io_err("creating segment"))?
-        } else {
-            let v = catalog_value(&active);
+        }
+        let file = match self.fs.create(&path) {
+            Ok(f) => f,
+            // Left by an attempt whose directory sync failed.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let f = self.fs.open(&path).map_err(io_err("creating segment"))?;
+                if f.len().map_err(io_err("creating segment"))? != 0 {
+                    return Err(io_err("creating segment")(e));
+                }
+                f
+            }
+            Err(e) => return Err(io_err("creating segment")(e)),
+        };
+        // The new file's entry is durable before the catalog says the old
+        // segment is sealed (a catalog entry for the last segment would
+        // otherwise be trusted after a crash).
+        self.fs.sync_dir(&self.dir).map_err(io_err("creating segment"))?;
+        if active.len > 0 {
             let trees = self.meta.trees()?;
             trees
                 .segments
-                .insert(meta::tp_offset_key(&self.topic, self.id.0, active.base.0), v)
+                .insert(meta::tp_offset_key(&self.topic, self.id.0, active.base.0), catalog_value(&active))
                 .map_err(StoreError::io("recording a sealed segment"))?;
-            self.fs.create(&path).map_err(io_err("creating segment"))?
-        };
-        self.fs.sync_dir(&self.dir).map_err(io_err("creating segment"))?;
+        }
         let mut segs = super::write(&self.segs);
         if active.len == 0 {
             segs.pop();
         }
         segs.push(Seg { base, end: base, len: 0, first_ts: None, max_ts: i64::MIN, file, path });
+        let new_active = segs.last().cloned();
+        drop(segs);
         io.synced_len = 0;
         io.last_index = 0;
+        self.active_since.store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
+        if let (Some(a), false) = (new_active, io.hold) {
+            self.set_ckpt(&a);
+        }
         Ok(())
     }
 
     /// The durable position for the checkpoint: (active segment base,
     /// synced length, durable end).
     pub(super) fn checkpoint_value(&self) -> Vec<u8> {
-        let io = lock(&self.io);
-        let segs = super::read(&self.segs);
-        let active = segs.last();
-        let base = active.map_or(0, |s| s.base.0);
-        let flushed = self.flushed.load(Ordering::Acquire);
-        // The synced length matches `flushed` only when nothing written is
-        // waiting for its sync; otherwise use the last synced state.
-        let (pos, end) = if io.written == 0 {
-            (active.map_or(0, |s| s.len), active.map_or(flushed, |s| s.end.0))
-        } else {
-            (io.synced_len, io.queue.front().map_or(flushed, |b| b.base.0))
-        };
-        // Newest timestamp of the active segment (retention by age needs
-        // it after a restart; recovery scans only what follows `pos`).
-        let max_ts = active.map_or(i64::MIN, |s| s.max_ts);
+        let c = *lock(&self.ckpt);
         let mut v = Vec::with_capacity(32);
-        v.extend_from_slice(&base.to_be_bytes());
-        v.extend_from_slice(&pos.to_be_bytes());
-        v.extend_from_slice(&end.to_be_bytes());
-        v.extend_from_slice(&(max_ts as u64).to_be_bytes());
+        for x in c {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
         v
     }
 
@@ -833,7 +875,12 @@ impl Partition {
             let lo = meta::tp_offset_key(&self.topic, self.id.0, seg.base.0);
             let hi = meta::tp_offset_key(&self.topic, self.id.0, offset.0);
             let (k, v) = t.index.range(lo..=hi).next_back()?.ok()?;
-            Some((meta::key_u64(&k), meta::val_u64(&v, 0)?))
+            let (at, pos) = (meta::key_u64(&k), meta::val_u64(&v, 0)?);
+            // An entry is trusted only when a batch starting at that offset
+            // is really there (entries are written before the batch's sync
+            // and may outlive it after a crash).
+            let head = read_exact_at(&*seg.file, pos, HEADER_LEN).ok()?;
+            (segment::parse_header(&head).ok()?.base.0 == at).then_some((at, pos))
         });
         match (hint, indexed) {
             (Some(h), Some(i)) => {
@@ -1036,9 +1083,13 @@ fn scan(
     len: u64,
     topic: &str,
     id: PartitionId,
-    index: &mut dyn FnMut(Offset, u64),
+    events: &mut dyn FnMut(ScanEvent),
     keep_atomic: &dyn Fn(u64) -> bool,
 ) -> Result<(u64, Offset, Option<i64>, i64), StoreError> {
+    // The first batch of an atomic commit that never completed, and the
+    // state before it: cut there if it is the tail; if valid batches follow
+    // (the commit failed and later writes went on), it was aborted.
+    let mut unsettled: Option<(u64, Offset, Option<i64>, i64, u64)> = None;
     let mut first_ts = None;
     let mut max_ts = i64::MIN;
     let mut last_index = pos / INDEX_EVERY * INDEX_EVERY;
@@ -1069,20 +1120,35 @@ fn scan(
         if segment::check_crc(&buf[off..off + total as usize]).is_err() {
             break;
         }
-        // An atomic commit that never completed: cut here (it is the tail).
-        if h.flags & segment::FLAG_ATOMIC != 0 && !keep_atomic(h.producer_id as u64) {
-            break;
+        let atomic = h.flags & segment::FLAG_ATOMIC != 0;
+        if atomic && !keep_atomic(h.producer_id as u64) {
+            if unsettled.is_none() {
+                unsettled = Some((pos, end, first_ts, max_ts, h.producer_id as u64));
+            }
+        } else if let Some((.., id)) = unsettled.take() {
+            events(ScanEvent::Abort(id));
         }
         if pos >= last_index + INDEX_EVERY {
             last_index = pos;
-            index(h.base, pos);
+            events(ScanEvent::Index(h.base, pos));
         }
         first_ts.get_or_insert(h.first_ts);
         max_ts = max_ts.max(h.max_ts);
         end = h.end();
         pos += total;
     }
+    if let Some((p, e, f, m, _)) = unsettled {
+        return Ok((p, e, f, m));
+    }
     Ok((pos.min(len), end, first_ts, max_ts))
+}
+
+/// What a recovery scan reports besides its result.
+pub(crate) enum ScanEvent {
+    /// A batch starting at this offset and position wants an index entry.
+    Index(Offset, u64),
+    /// This atomic commit failed: its batches stay, readers skip them.
+    Abort(u64),
 }
 
 pub(super) fn start_key(topic: &str, id: PartitionId) -> Vec<u8> {
