@@ -195,6 +195,10 @@ struct Slot {
     meta_bytes: AtomicU64,
     /// Next atomic commit id.
     next_commit: AtomicU64,
+    /// A group offset or cursor moved since the last checkpoint.
+    positions_moved: std::sync::atomic::AtomicBool,
+    /// What the last checkpoint wrote (skipped when nothing moved).
+    last_checkpoint: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// The topic log. Cheap to clone; all clones share one store.
@@ -298,6 +302,8 @@ impl Store {
                 checkpointing: Mutex::new(Instant::now()),
                 meta_bytes: AtomicU64::new(0),
                 next_commit: AtomicU64::new(0),
+                positions_moved: std::sync::atomic::AtomicBool::new(false),
+                last_checkpoint: Mutex::new(Vec::new()),
             }),
         };
         let mut lost = Vec::new();
@@ -586,21 +592,50 @@ impl Store {
     /// sealed segments) durably: one sled flush. Recovery after a crash
     /// scans only what was written after it.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.checkpoint_unless_unchanged(false).map(|_| ())
+    }
+
+    /// The checkpoint; with `skip_unchanged`, nothing is written when no
+    /// durable position and no group offset or cursor moved since the last
+    /// one (an idle node writes nothing). Returns whether it wrote.
+    fn checkpoint_unless_unchanged(&self, skip_unchanged: bool) -> Result<bool, StoreError> {
         let mut last = self.slot.checkpointing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let trees = self.slot.meta.trees()?;
-        let mut batch = sled::Batch::default();
+        let mut values = Vec::new();
         for topic in self.topics_snapshot() {
             let name = topic.spec().name;
             for part in topic.partitions() {
-                batch.insert(meta::tp_key(&name, part.id.0), part.checkpoint_value());
+                values.push((meta::tp_key(&name, part.id.0), part.checkpoint_value()));
             }
+        }
+        let positions_moved = self.slot.positions_moved.swap(false, Ordering::AcqRel);
+        if skip_unchanged
+            && !positions_moved
+            && *self.slot.last_checkpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == values
+        {
+            *last = Instant::now();
+            return Ok(false);
+        }
+        let written = self.write_checkpoint(&values);
+        if written.is_err() {
+            self.slot.positions_moved.store(true, Ordering::Release);
+        }
+        written?;
+        *self.slot.last_checkpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = values;
+        self.slot.meta_bytes.store(self.slot.meta.size_on_disk(), Ordering::Relaxed);
+        *last = Instant::now();
+        Ok(true)
+    }
+
+    fn write_checkpoint(&self, values: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let trees = self.slot.meta.trees()?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in values {
+            batch.insert(k.as_slice(), v.as_slice());
         }
         trees.checkpoints.apply_batch(batch).map_err(StoreError::io("checkpoint"))?;
         drop(trees);
         // (`Meta::sync` tells the file layer: `Fs::checkpointed`.)
         self.slot.meta.sync()?;
-        self.slot.meta_bytes.store(self.slot.meta.size_on_disk(), Ordering::Relaxed);
-        *last = Instant::now();
         Ok(())
     }
 
@@ -609,9 +644,9 @@ impl Store {
         let due = self.slot.checkpointing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed()
             >= every;
         if due {
-            self.checkpoint()?;
+            return self.checkpoint_unless_unchanged(true);
         }
-        Ok(due)
+        Ok(false)
     }
 
     /// Bytes the data directory holds: segment files, batches about to be
@@ -705,6 +740,7 @@ impl Store {
                 high_watermark: info.flushed.0,
             });
         }
+        self.slot.positions_moved.store(true, Ordering::Release);
         tree.insert(position_key(owner, topic, partition), &offset.0.to_be_bytes()).map_err(|e| {
             self.slot.meta.after_error();
             StoreError::Io { op, source: e }
