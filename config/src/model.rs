@@ -239,7 +239,7 @@ pub struct StoreConfig {
     pub segment_age: Duration,
     /// Bulk writeback is paced in steps of this many bytes
     /// (`sync_file_range`), so an express sync never waits behind more than
-    /// one step. Default 128KiB, 4KiB..=64MiB.
+    /// one step. Default 64KiB, 4KiB..=64MiB.
     pub writeback_step: ByteSize,
     /// Most bytes buffered services may have appended and not yet made
     /// durable; beyond it their jobs wait in their queues (HTTP gets 429,
@@ -267,7 +267,7 @@ impl Default for StoreConfig {
             cache_capacity: ByteSize::mib(4),
             segment_bytes: ByteSize::mib(16),
             segment_age: Duration::from_secs(3600),
-            writeback_step: ByteSize::kib(128),
+            writeback_step: ByteSize::kib(64),
             max_dirty: ByteSize::mib(4),
             checkpoint_interval: Duration::from_secs(1),
             auto_create_topics: true,

@@ -42,7 +42,7 @@ fn default_values() {
     assert_eq!(cfg.store.cache_capacity, ByteSize::mib(4));
     assert_eq!(cfg.store.segment_bytes, ByteSize::mib(16));
     assert_eq!(cfg.store.segment_age, Duration::from_secs(3600));
-    assert_eq!(cfg.store.writeback_step, ByteSize::kib(128));
+    assert_eq!(cfg.store.writeback_step, ByteSize::kib(64));
     assert_eq!(cfg.store.max_dirty, ByteSize::mib(4));
     assert_eq!(cfg.store.checkpoint_interval, Duration::from_secs(1));
     assert!(cfg.store.auto_create_topics);

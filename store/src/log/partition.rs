@@ -594,6 +594,9 @@ impl Partition {
                         io_err("writing back a segment")(e)
                     })?;
                     step_start = pos + len;
+                    // Let a sync waiting for the device (an alarm's commit)
+                    // go before the next step.
+                    std::thread::yield_now();
                 }
             }
         }
