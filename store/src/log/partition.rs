@@ -477,13 +477,11 @@ impl Partition {
         }
         let first = s.next;
         let mut b = Builder::default();
-        let mut max_ts = i64::MIN;
         for r in records {
             b.push(r);
-            max_ts = max_ts.max(r.timestamp_ms);
         }
         let end = Offset(first.0 + records.len() as u64);
-        let first_ts = records.first().map_or(0, |r| r.timestamp_ms);
+        let (first_ts, max_ts) = if records.is_empty() { (0, i64::MIN) } else { b.timestamps() };
         let bytes = b.seal(first, segment::FLAG_ATOMIC, id as i64, -1);
         s.unwritten += bytes.len() as u64;
         s.sealed.push(Batch { base: first, end, bytes, first_ts, max_ts });
@@ -1022,19 +1020,10 @@ fn catalog_value(seg: &Seg) -> Vec<u8> {
 }
 
 fn seal(s: &mut State) {
-    let base = s.builder_base;
-    let end = s.next;
-    let first_ts;
-    let max_ts;
-    {
-        // The builder knows its timestamps only through the header it
-        // writes; read them back from the sealed bytes.
-        let bytes = s.builder.seal(base, 0, -1, -1);
-        let h = segment::parse_header(&bytes).ok();
-        first_ts = h.map_or(0, |h| h.first_ts);
-        max_ts = h.map_or(0, |h| h.max_ts);
-        s.sealed.push(Batch { base, end, bytes, first_ts, max_ts });
-    }
+    let (base, end) = (s.builder_base, s.next);
+    let (first_ts, max_ts) = s.builder.timestamps();
+    let bytes = s.builder.seal(base, 0, -1, -1);
+    s.sealed.push(Batch { base, end, bytes, first_ts, max_ts });
     s.builder_base = end;
 }
 

@@ -107,6 +107,12 @@ impl Builder {
         }
     }
 
+    /// (first, max) record timestamp of the records pushed so far (0, 0
+    /// when none).
+    pub fn timestamps(&self) -> (i64, i64) {
+        (self.first_ts, self.max_ts)
+    }
+
     /// Adds one record; returns the bytes it takes in the segment.
     pub fn push(&mut self, r: &Record) -> u64 {
         if self.count == 0 {
