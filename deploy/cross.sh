@@ -125,8 +125,13 @@ EOF
     body=$(curl -sS -XPOST "http://$http/v1/topics/smoke/records" -H 'content-type: application/json' \
         -d '{"records":[{"key":"dev-1","value":{"t":21.5}}]}')
     [[ $body == '{"offsets":[{"offset":0,"partition":0}]}' ]] || { fail "produce answered $body"; return 1; }
-    body=$(curl -sS "http://$http/v1/topics/smoke/partitions/0/records?offset=0")
-    [[ $body == *'"key":"dev-1"'*'"value":{"t":21.5}'* ]] || { fail "fetch answered $body"; return 1; }
+    # Reads see durable records only: a buffered service's record becomes
+    # readable at the next flush (flush_interval), so poll with a long-poll.
+    until body=$(curl -sS "http://$http/v1/topics/smoke/partitions/0/records?offset=0&wait_ms=1000") &&
+        [[ $body == *'"key":"dev-1"'*'"value":{"t":21.5}'* ]]; do
+        ((SECONDS < deadline)) || { fail "fetch answered $body"; return 1; }
+        sleep 0.2
+    done
     mosquitto_pub -h 127.0.0.1 -p "${mqtt##*:}" -q 1 -t plant/dev-7/temp -m '{"t":20.1}' ||
         { fail "mosquitto_pub failed"; return 1; }
     until body=$(curl -sS "http://$http/v1/topics/plant/partitions/0/records?offset=0&wait_ms=1000") &&
