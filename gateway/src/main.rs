@@ -422,7 +422,7 @@ fn bench(scenario: Bench) -> anyhow::Result<()> {
                     },
                     ConsumerKind::Mqtt => bench::consume::Source::Mqtt {
                         addr: publish.addr,
-                        filters: services.iter().map(|s| s.topic.clone()).collect(),
+                        filters: services.iter().map(|s| s.topic.replace("{i}", "+")).collect(),
                         qos: qos(sub_qos),
                     },
                 };
