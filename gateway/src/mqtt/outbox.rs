@@ -492,8 +492,13 @@ weight = 1
         assert!(matches!(out.take(1 << 20), Next::Wait));
         assert!(out.acked(1));
         assert!(!out.acked(1), "an id is acknowledged once");
+        // The one publish taken when the window was full goes first, then
+        // the alarm, before the 5 bulk publishes still queued.
         let Next::Bytes(next) = out.take(1 << 20) else { panic!("bytes expected") };
-        assert_eq!(topics(&next), vec![("alarm/1".into(), 5)]);
+        assert_eq!(topics(&next), vec![("bulk/x".into(), 5)]);
+        assert!(out.acked(2));
+        let Next::Bytes(next) = out.take(1 << 20) else { panic!("bytes expected") };
+        assert_eq!(topics(&next), vec![("alarm/1".into(), 6)]);
     }
 
     #[test]
