@@ -64,7 +64,10 @@ impl Problems {
             "mqtt.delivery_target_delay",
             dur_range(cfg.mqtt.delivery_target_delay, (Duration::from_millis(1), Duration::from_secs(10))),
         );
-        self.check("mqtt.delivery_queue", range(cfg.mqtt.delivery_queue, (ByteSize::kib(64), ByteSize::gib(1))));
+        self.check(
+            "mqtt.delivery_queue",
+            range(cfg.mqtt.delivery_queue, (ByteSize::kib(64), ByteSize::gib(1))),
+        );
         if let Some(v5) = cfg.mqtt.listen_v5 {
             if v5 == cfg.mqtt.listen && v5.port() != 0 {
                 self.check(

@@ -129,7 +129,8 @@ async fn qos1_bulk_flood_alarms_overtake_at_a_paused_subscriber_and_nothing_is_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_bulk_flood_alarms_overtake_what_waits_in_sluice() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&dir.path().join("d"), Some(&config("[mqtt]\ndelivery_queue = \"64MiB\"\n"))).await;
+    let gw =
+        Gateway::start(&dir.path().join("d"), Some(&config("[mqtt]\ndelivery_queue = \"64MiB\"\n"))).await;
     let (_sub, mut events) =
         subscriber(&gw, "slow", &[("bulk/#", QoS::AtMostOnce), ("alarms/#", QoS::AtLeastOnce)], true).await;
     // rumqttd keeps 3 segments of 1 MiB per filter: a burst larger than
@@ -157,7 +158,8 @@ async fn qos0_bulk_flood_alarms_overtake_what_waits_in_sluice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_subscriber_queue_drops_the_oldest_bulk_and_keeps_alarms() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&dir.path().join("d"), Some(&config("[mqtt]\ndelivery_queue = \"64KiB\"\n"))).await;
+    let gw =
+        Gateway::start(&dir.path().join("d"), Some(&config("[mqtt]\ndelivery_queue = \"64KiB\"\n"))).await;
     let (_sub, mut events) =
         subscriber(&gw, "slow", &[("bulk/#", QoS::AtLeastOnce), ("alarms/#", QoS::AtLeastOnce)], true).await;
     const BULK: usize = 2000;

@@ -40,7 +40,9 @@ impl std::str::FromStr for ServiceSpec {
 
     fn from_str(s: &str) -> Result<ServiceSpec, String> {
         let shape = || {
-            format!("{s:?}: expected NAME:MQTT_TOPIC:RATE[/qQOS][/xCONNECTIONS], e.g. alarms:alarms/dev-1:20/q1")
+            format!(
+                "{s:?}: expected NAME:MQTT_TOPIC:RATE[/qQOS][/xCONNECTIONS], e.g. alarms:alarms/dev-1:20/q1"
+            )
         };
         let (name, rest) = s.split_once(':').ok_or_else(shape)?;
         let (topic, rate) = rest.rsplit_once(':').ok_or_else(shape)?;

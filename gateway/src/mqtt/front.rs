@@ -41,7 +41,13 @@
 //! - subscriptions outside the user's subscribe filters are taken out of
 //!   the SUBSCRIBE and answered 0x80 (MQTT 5: 0x87) in the SUBACK;
 //! - when the connection ends without DISCONNECT, its will message is
-//!   stored (the broker publishes it to live subscribers).
+//!   stored (the broker publishes it to live subscribers);
+//! - before the end of a connection (DISCONNECT or close) reaches the
+//!   broker, the front sends it a PINGREQ and waits for the PINGRESP (at
+//!   most 2 s): rumqttd drops the publishes it reads in one batch with the
+//!   end of a connection, so a publisher that disconnected right after its
+//!   PUBACKs lost its last publishes for live subscribers (measured: 31 to
+//!   68 of a burst of 3000).
 
 use super::auth::{Acl, Guard};
 use super::ingest::{Gather, Intake, NotStored, Pending, Refused};
@@ -288,7 +294,8 @@ where
     let (connack_tx, connack_rx) = oneshot::channel();
     let subacks = Arc::new(Mutex::new(HashMap::new()));
     let pings = Arc::new(Pings::default());
-    let writer = tokio::spawn(write_loop(wr, outbox.clone(), stop_tx.clone(), (sock, mqtt.delivery_target_delay)));
+    let writer =
+        tokio::spawn(write_loop(wr, outbox.clone(), stop_tx.clone(), (sock, mqtt.delivery_target_delay)));
     let from_broker = tokio::spawn(broker_loop(
         br,
         (outbox.clone(), bw.acks.clone()),
@@ -851,7 +858,8 @@ impl BrokerWriter {
     }
 
     async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
-        let closed = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "embedded broker connection closed");
+        let closed =
+            || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "embedded broker connection closed");
         let Some(data) = &self.data else { return Err(closed()) };
         data.send(bytes).await.map_err(|_| closed())
     }
@@ -937,7 +945,14 @@ impl SendBuffer {
     const EVERY: Duration = Duration::from_millis(200);
 
     fn new(sock: Option<socket2::Socket>, target: Duration) -> SendBuffer {
-        SendBuffer { sock, target, since: std::time::Instant::now(), bytes: 0, blocked: Duration::ZERO, size: 0 }
+        SendBuffer {
+            sock,
+            target,
+            since: std::time::Instant::now(),
+            bytes: 0,
+            blocked: Duration::ZERO,
+            size: 0,
+        }
     }
 
     fn wrote(&mut self, n: usize, started: std::time::Instant) {

@@ -487,7 +487,10 @@ weight = 1
         }
         let Next::Bytes(first) = out.take(1 << 20) else { panic!("bytes expected") };
         // The window (4) lets 4 bulk publishes out, under sluice's ids.
-        assert_eq!(topics(&first), vec![("bulk/x".into(), 1), ("bulk/x".into(), 2), ("bulk/x".into(), 3), ("bulk/x".into(), 4)]);
+        assert_eq!(
+            topics(&first),
+            vec![("bulk/x".into(), 1), ("bulk/x".into(), 2), ("bulk/x".into(), 3), ("bulk/x".into(), 4)]
+        );
         out.publish(publish("alarm/1", 1, 7), alarms);
         assert!(matches!(out.take(1 << 20), Next::Wait));
         assert!(out.acked(1));
