@@ -93,7 +93,7 @@ pub struct MqttConfig {
     /// sluice keeps that subscriber's unacknowledged QoS 1 window at about
     /// what it acknowledges in this long (learned from its PUBACKs, at
     /// least 2, at most `max_inflight`), and orders the rest by service
-    /// priority. Default 10ms, 1ms to 10s.
+    /// priority. Default 5ms, 1ms to 10s.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub delivery_target_delay: Duration,
     /// Publishes sluice queues for one live subscriber that does not keep
@@ -134,7 +134,7 @@ impl Default for MqttConfig {
             listen_v5: None,
             max_connections: 1000,
             max_inflight: 100,
-            delivery_target_delay: Duration::from_millis(10),
+            delivery_target_delay: Duration::from_millis(5),
             delivery_queue: ByteSize::mib(4),
             unrouted: Unrouted::FirstLevel,
             allow_anonymous: None,

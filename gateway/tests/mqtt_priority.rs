@@ -35,9 +35,9 @@ async fn subscriber(gw: &Gateway, id: &str, subs: &[(&str, QoS)], clean: bool) -
     }
     let mut acked = 0;
     while acked < subs.len() {
-        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await.unwrap().unwrap() {
-            Event::Incoming(Packet::SubAck(_)) => acked += 1,
-            _ => {}
+        let event = tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await.unwrap().unwrap();
+        if let Event::Incoming(Packet::SubAck(_)) = event {
+            acked += 1;
         }
     }
     (client, eventloop)

@@ -219,12 +219,6 @@ impl GroupStream {
         self.window.size.saturating_sub(self.unacked_len)
     }
 
-    /// The current window (tests).
-    #[cfg(test)]
-    pub(super) fn window_size(&self) -> usize {
-        self.window.size
-    }
-
     fn sent(&mut self, r: &GroupRecord) {
         let key = TopicPartition { topic: r.topic.name.clone(), partition: r.partition };
         self.unacked.entry(key).or_default().push_back(r.record.offset);
@@ -317,4 +311,41 @@ impl Window {
 /// A record as JSON text, with its topic and partition.
 pub(super) fn record_json(r: &GroupRecord) -> Result<String, serde_json::Error> {
     super::codec::record_json(&r.topic.name, r.partition.0, &r.record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_window_follows_the_consumers_commits() {
+        let t0 = Instant::now();
+        let mut w = Window::new(1000, Duration::from_millis(10));
+        assert_eq!(w.size, 1000, "max_unacked to start with");
+        w.full = true;
+        w.committed(200, 800, t0);
+        // A consumer committing 200 records every 100 ms with a backlog.
+        for i in 1..=10 {
+            w.full = true;
+            w.committed(200, 20, t0 + Duration::from_millis(100 * i));
+        }
+        // 2000/s x (100 ms + 10 ms).
+        assert!((215..=225).contains(&w.size), "window {}", w.size);
+        // Without a backlog nothing is learned.
+        w.committed(5, 0, t0 + Duration::from_millis(1200));
+        assert!((215..=225).contains(&w.size), "window {}", w.size);
+        // It went through everything it had: the window was too small.
+        w.full = true;
+        let before = w.size;
+        w.committed(before, 0, t0 + Duration::from_millis(1300));
+        assert_eq!(w.size, 2 * before);
+        // Never past max_unacked, never below the minimum.
+        let mut small = Window::new(1000, Duration::from_millis(10));
+        for i in 0..20 {
+            small.full = true;
+            small.committed(1, 1, t0 + Duration::from_secs(i));
+        }
+        assert_eq!(small.size, MIN_WINDOW);
+    }
 }

@@ -77,8 +77,6 @@ pub(super) const MIN_WINDOW: usize = 2;
 const START_WINDOW: usize = 16;
 /// How often the window is resized from the acknowledgements.
 const MEASURE_EVERY: Duration = Duration::from_millis(50);
-/// How long the lowest acknowledgement delay (the round trip) is kept.
-const MIN_DELAY_KEPT: Duration = Duration::from_secs(10);
 /// How often service weights are re-read (they change at run time).
 const CLASSES_EVERY: Duration = Duration::from_secs(1);
 
@@ -117,8 +115,12 @@ pub(super) struct Window {
     since: Instant,
     /// The window was full at some point since `since`.
     limited: bool,
-    /// Lowest acknowledgement delay seen, and when.
-    min_delay: Option<(Duration, Instant)>,
+    /// Lowest acknowledgement delay seen on the connection: its round trip
+    /// plus one publish's processing. Kept for the connection's life: under
+    /// a standing backlog every later delay includes the window itself,
+    /// and taking that for the round trip would grow the window without
+    /// end.
+    min_delay: Option<Duration>,
 }
 
 impl Window {
@@ -163,9 +165,8 @@ impl Window {
     pub(super) fn ack(&mut self, pkid: u16, now: Instant) -> bool {
         let Some(sent) = self.inflight.remove(&pkid) else { return false };
         let delay = now.saturating_duration_since(sent);
-        match self.min_delay {
-            Some((d, at)) if d <= delay && now.saturating_duration_since(at) < MIN_DELAY_KEPT => {}
-            _ => self.min_delay = Some((delay, now)),
+        if self.min_delay.is_none_or(|d| delay < d) {
+            self.min_delay = Some(delay);
         }
         self.acked += 1;
         self.resize(now);
@@ -182,7 +183,7 @@ impl Window {
         }
         if self.limited && self.acked > 0 {
             let rate = self.acked as f64 / elapsed.as_secs_f64();
-            let rtt = self.min_delay.map_or(Duration::ZERO, |(d, _)| d);
+            let rtt = self.min_delay.unwrap_or(Duration::ZERO);
             let want = (rate * (self.target + rtt).as_secs_f64()).ceil() as usize;
             self.size = want.clamp(MIN_WINDOW, self.max);
         }
@@ -558,6 +559,15 @@ weight = 1
             assert!(w.ack(pkid, now), "ack {i}");
         }
         // 2000/s x (10 ms + 0.5 ms) = 21.
+        assert!((19..=23).contains(&w.size()), "window {}", w.size());
+        // A standing backlog: each acknowledgement now waits for the whole
+        // window; the window stays put instead of growing.
+        for _ in 0..400u32 {
+            w.limited = true;
+            let pkid = w.take_pkid(now);
+            now += Duration::from_micros(500);
+            w.ack(pkid, now + Duration::from_millis(10));
+        }
         assert!((19..=23).contains(&w.size()), "window {}", w.size());
         assert_eq!(Outbox::new(services(), setup(true)).window(), 4);
     }
