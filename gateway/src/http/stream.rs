@@ -115,6 +115,8 @@ pub(super) struct GroupStream {
     /// Offsets sent and not yet committed past, ascending per partition.
     unacked: HashMap<TopicPartition, VecDeque<Offset>>,
     unacked_len: usize,
+    /// Records freed by commits since the window last learned.
+    freed: usize,
     window: Window,
     appended: watch::Receiver<u64>,
     commits: watch::Receiver<u64>,
@@ -143,6 +145,7 @@ impl GroupStream {
             rounds: Rounds::default(),
             unacked: HashMap::new(),
             unacked_len: 0,
+            freed: 0,
             window,
         })
     }
@@ -182,6 +185,15 @@ impl GroupStream {
                 if let Err(e) = self.sync_commits() {
                     return Some(Err(e));
                 }
+            }
+            if self.freed > 0 {
+                // One commit (or ack message) may free records of several
+                // partitions: the window learns from all of them at once.
+                self.window.committed(
+                    std::mem::take(&mut self.freed),
+                    self.unacked_len,
+                    std::time::Instant::now(),
+                );
             }
             let room = self.window().min(BATCH);
             if room > 0 {
@@ -238,9 +250,7 @@ impl GroupStream {
             }
         }
         self.unacked_len -= done;
-        if done > 0 {
-            self.window.committed(done, self.unacked_len, std::time::Instant::now());
-        }
+        self.freed += done;
         if self.topics.iter().any(|t| t.name == topic) {
             self.positions.advance(&topic, partition, next);
         }
