@@ -7,6 +7,10 @@
 #   deploy/bench.sh footprint  memory, threads and disk writes idle and at
 #                              1k and 10k MQTT msg/s (package default config
 #                              and deploy/small-box.toml), binary size
+#   deploy/bench.sh store      card wear (bytes written per record byte by
+#                              flush_interval), restart after kill -9 with
+#                              1 GiB stored, express latency on a slow-card
+#                              model (see deploy/bench/store.sh)
 # Each end-to-end scenario runs RUNS times (default 3); report the medians.
 # Builds into CARGO_TARGET_DIR when it is set (default target/); with
 # SLUICE_BIN=path, uses that binary and builds nothing.
@@ -28,7 +32,7 @@ if [[ $what == all || $what == micro ]]; then
     cargo bench -p sluice-store --bench scheduler -- --quick
     cargo bench -p sluice-store --bench store -- --quick
 fi
-[[ $what == all || $what == http || $what == mqtt || $what == footprint ]] || exit 0
+[[ $what == all || $what == http || $what == mqtt || $what == footprint || $what == store ]] || exit 0
 
 if [[ -n ${SLUICE_BIN:-} ]]; then
     bin=$SLUICE_BIN
@@ -96,6 +100,10 @@ fi
 if [[ $what == all || $what == footprint ]]; then
     source deploy/bench/footprint.sh
     footprint "$bin"
+fi
+if [[ $what == all || $what == store ]]; then
+    source deploy/bench/store.sh
+    store_bench "$bin"
 fi
 [[ $what == all || $what == mqtt ]] || exit 0
 

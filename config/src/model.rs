@@ -230,18 +230,40 @@ pub struct StoreConfig {
     /// priority (lowest priority and oldest first, never below a service's
     /// `reserved_bytes`). Default 1GiB, at least 1MiB.
     pub max_bytes: ByteSize,
-    /// Group-commit window for `durability = "sync"`: appends arriving
-    /// within it share one flush. Default 2ms, at most 1s (0 = flush each
-    /// append on its own).
+    /// Extra linger of a `sync` group commit. A group commit takes
+    /// everything that queued while the previous sync was in flight, so no
+    /// linger is needed; a non-zero window delays every sync acknowledgement
+    /// by up to this much to gather more. Default 0, at most 1s.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub sync_window: Duration,
     /// Background flush period for `durability = "buffered"`; also the
     /// bound on what a crash can lose from MQTT. Default 50ms, 1ms..=10s.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub flush_interval: Duration,
-    /// sled page cache. RSS can grow to several times this, so keep it small
-    /// on a Pi. Default 16MiB, at least 1MiB.
+    /// sled page cache (metadata only since records live in segment files).
+    /// RSS can grow to several times this. Default 4MiB, at least 1MiB.
     pub cache_capacity: ByteSize,
+    /// A partition's segment file is rolled at this size; retention and
+    /// eviction delete whole segments. Default 16MiB, 4KiB..=1GiB.
+    pub segment_bytes: ByteSize,
+    /// A segment is rolled once its first record is this old, so retention
+    /// by age can delete it. Default 1h, 1s..=7d.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub segment_age: Duration,
+    /// Bulk writeback is paced in steps of this many bytes
+    /// (`sync_file_range`), so an express sync never waits behind more than
+    /// one step. Default 64KiB, 4KiB..=64MiB.
+    pub writeback_step: ByteSize,
+    /// Most bytes buffered services may have appended and not yet made
+    /// durable; beyond it their jobs wait in their queues (HTTP gets 429,
+    /// MQTT is not read) while `sync` and express services keep going.
+    /// Default 4MiB, at least 64KiB.
+    pub max_dirty: ByteSize,
+    /// How often the metadata (group offsets, uplink cursors, the durable
+    /// position of each partition) is made durable. A crash re-delivers or
+    /// re-sends at most this much. Default 1s, 10ms..=60s.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub checkpoint_interval: Duration,
     /// Create unknown topics on first use (under the default service, with
     /// `default_partitions` partitions). Default true.
     pub auto_create_topics: bool,
@@ -253,9 +275,14 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             max_bytes: ByteSize::gib(1),
-            sync_window: Duration::from_millis(2),
+            sync_window: Duration::ZERO,
             flush_interval: Duration::from_millis(50),
-            cache_capacity: ByteSize::mib(16),
+            cache_capacity: ByteSize::mib(4),
+            segment_bytes: ByteSize::mib(16),
+            segment_age: Duration::from_secs(3600),
+            writeback_step: ByteSize::kib(64),
+            max_dirty: ByteSize::mib(4),
+            checkpoint_interval: Duration::from_secs(1),
             auto_create_topics: true,
             default_partitions: 1,
         }
@@ -321,6 +348,12 @@ pub(crate) mod limits {
     pub(crate) const MAX_MQTT_PAYLOAD: ByteSize = ByteSize((1 << 28) - 1);
     pub(crate) const MIN_BATCH: ByteSize = ByteSize::kib(1);
     pub(crate) const MAX_SYNC_WINDOW: Duration = Duration::from_secs(1);
+    pub(crate) const SEGMENT_BYTES: (ByteSize, ByteSize) = (ByteSize::kib(4), ByteSize::gib(1));
+    pub(crate) const SEGMENT_AGE: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
+    pub(crate) const WRITEBACK_STEP: (ByteSize, ByteSize) = (ByteSize::kib(4), ByteSize::mib(64));
+    pub(crate) const MIN_DIRTY: ByteSize = ByteSize::kib(64);
+    pub(crate) const CHECKPOINT: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
     pub(crate) const FLUSH_INTERVAL: (Duration, Duration) =
         (Duration::from_millis(1), Duration::from_secs(10));
     pub(crate) const MAX_HTTP_WAIT: Duration = Duration::from_secs(3600);

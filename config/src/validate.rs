@@ -90,6 +90,11 @@ impl Problems {
         self.check("store.sync_window", dur_range(store.sync_window, sync_window));
         self.check("store.flush_interval", dur_range(store.flush_interval, limits::FLUSH_INTERVAL));
         self.check("store.cache_capacity", at_least(store.cache_capacity, limits::MIN_CACHE));
+        self.check("store.segment_bytes", size_range(store.segment_bytes, limits::SEGMENT_BYTES));
+        self.check("store.segment_age", dur_range(store.segment_age, limits::SEGMENT_AGE));
+        self.check("store.writeback_step", size_range(store.writeback_step, limits::WRITEBACK_STEP));
+        self.check("store.max_dirty", at_least(store.max_dirty, limits::MIN_DIRTY));
+        self.check("store.checkpoint_interval", dur_range(store.checkpoint_interval, limits::CHECKPOINT));
         self.check("store.default_partitions", range(store.default_partitions, limits::PARTITIONS));
         let share = cfg.scheduler.express_max_share;
         if !(share > 0.0 && share <= 1.0) {
@@ -376,6 +381,14 @@ fn remote_topic(cfg: &Config, u: &crate::UplinkConfig) -> Result<(), String> {
 fn range<T: PartialOrd + Display>(value: T, (lo, hi): (T, T)) -> Result<(), String> {
     if value < lo || value > hi {
         return Err(format!("{value} is out of range {lo}..={hi}"));
+    }
+    Ok(())
+}
+
+fn size_range(value: ByteSize, (lo, hi): (ByteSize, ByteSize)) -> Result<(), String> {
+    at_least(value, lo)?;
+    if value.as_u64() > hi.as_u64() {
+        return Err(format!("{value} is more than the maximum of {hi}"));
     }
     Ok(())
 }

@@ -37,9 +37,14 @@ fn default_values() {
     assert_eq!(cfg.http.max_body, ByteSize::mib(4));
     assert_eq!(cfg.http.max_wait, Duration::from_secs(30));
     assert_eq!(cfg.store.max_bytes, ByteSize::gib(1));
-    assert_eq!(cfg.store.sync_window, Duration::from_millis(2));
+    assert_eq!(cfg.store.sync_window, Duration::ZERO);
     assert_eq!(cfg.store.flush_interval, Duration::from_millis(50));
-    assert_eq!(cfg.store.cache_capacity, ByteSize::mib(16));
+    assert_eq!(cfg.store.cache_capacity, ByteSize::mib(4));
+    assert_eq!(cfg.store.segment_bytes, ByteSize::mib(16));
+    assert_eq!(cfg.store.segment_age, Duration::from_secs(3600));
+    assert_eq!(cfg.store.writeback_step, ByteSize::kib(64));
+    assert_eq!(cfg.store.max_dirty, ByteSize::mib(4));
+    assert_eq!(cfg.store.checkpoint_interval, Duration::from_secs(1));
     assert!(cfg.store.auto_create_topics);
     assert_eq!(cfg.store.default_partitions, 1);
     assert_eq!(cfg.scheduler.mode, SchedulerMode::Weighted);

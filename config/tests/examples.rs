@@ -181,7 +181,7 @@ fn full_example_shows_every_documented_field() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 87, "number of documented fields changed");
+    assert_eq!(checked, 92, "number of documented fields changed");
 }
 
 #[test]
@@ -244,7 +244,8 @@ fn package_config_is_the_defaults() {
 fn small_box_profile_loads() {
     let cfg = load(&deploy_file("small-box.toml"));
     assert_eq!(cfg.node.data_dir, Path::new("/var/lib/sluice"));
-    assert_eq!(cfg.store.cache_capacity, ByteSize::mib(4));
+    assert_eq!(cfg.store.cache_capacity, ByteSize::mib(2));
+    assert_eq!(cfg.store.segment_bytes, ByteSize::mib(4));
     assert_eq!(cfg.store.max_bytes, ByteSize::mib(256));
     assert_eq!(cfg.mqtt.max_payload, ByteSize::kib(64));
     assert_eq!((cfg.mqtt.max_connections, cfg.mqtt.max_inflight), (100, 20));

@@ -1,17 +1,27 @@
 //! The ingest pipeline: bounded per-service queues ordered by the weighted
-//! scheduler, one writer thread that persists jobs in that order, and one
-//! flusher thread that makes them durable.
+//! scheduler, one writer thread that appends jobs in that order, and two
+//! durability lanes that make them durable.
 //!
 //! ```text
 //! HTTP / MQTT ──submit──► Scheduler<Job> (pending bytes bounded per service)
 //!                              │ writer thread: pop by priority, append
 //!                              ▼
-//!                         sled (in memory) ──► flusher thread:
-//!                                               sync jobs: group commit after sync_window
-//!                                               buffered: flush every flush_interval if dirty
+//!                     store (batches in memory) ──► sync lane (sync and express jobs):
+//!                              │                     group commit of just their partitions,
+//!                              │                     taking all that queued during the last sync
+//!                              └──────────────────► bulk lane: every flush_interval, paced
+//!                                                    writeback of everything, then a checkpoint
+//!                                                    every checkpoint_interval
 //! ```
 //!
-//! Both threads block on sled, so neither runs on the async reactor.
+//! The lanes are separate threads over separate files, so an alarm's
+//! `fdatasync` never waits for a flood's writeback (beyond one
+//! `writeback_step` the device may be busy with). When buffered services
+//! have more than `max_dirty` bytes not yet durable, the writer serves only
+//! `sync` and express services until the bulk lane catches up: the flood
+//! waits in its own queue (HTTP 429, MQTT not read), nobody else does.
+//! Consumers are woken when records become durable (they cannot see them
+//! before). All threads block on the disk, so none runs on the reactor.
 
 use crate::services::Services;
 use crate::topics::Topic;
@@ -168,11 +178,12 @@ pub struct QueueStats {
 }
 
 enum FlushRequest {
-    /// Answer after the next flush. `urgent` (express services) closes the
-    /// group-commit window at once instead of waiting for more company.
+    /// Make these partitions durable (and checkpoint, when asked), then
+    /// answer.
     Wait {
-        tx: oneshot::Sender<Result<(), IngestError>>,
-        urgent: bool,
+        tx: Option<oneshot::Sender<Result<(), IngestError>>>,
+        parts: Vec<(Arc<Topic>, PartitionId)>,
+        checkpoint: bool,
     },
     Shutdown,
 }
@@ -185,6 +196,15 @@ pub struct Ingest {
     services: Arc<Services>,
     flush_tx: Mutex<mpsc::Sender<FlushRequest>>,
     dirty: Arc<AtomicBool>,
+    /// Bytes buffered jobs appended that are not durable yet (approximate:
+    /// reset from the store after each bulk flush).
+    dirty_bytes: AtomicU64,
+    /// Topics with buffered appends not yet durable (woken by the bulk lane).
+    dirty_topics: Mutex<Vec<Arc<Topic>>>,
+    /// Wakes the bulk lane early (over `max_dirty`, shutdown).
+    bulk_wake: Condvar,
+    bulk_flag: Mutex<bool>,
+    opts: IngestOptions,
     /// Flush statistics.
     pub flush_stats: Arc<FlushStats>,
     /// False once the writer thread has stopped (health check).
@@ -211,6 +231,12 @@ pub struct IngestOptions {
     pub sync_window: Duration,
     /// Background flush period for buffered jobs.
     pub flush_interval: Duration,
+    /// Bulk writeback step (bytes).
+    pub writeback_step: u64,
+    /// Most not-yet-durable bytes of buffered services.
+    pub max_dirty: u64,
+    /// Metadata checkpoint period.
+    pub checkpoint_interval: Duration,
 }
 
 /// The two pipeline threads; join them after [`Ingest::close`].
@@ -218,6 +244,7 @@ pub struct IngestOptions {
 pub struct IngestThreads {
     writer: JoinHandle<()>,
     flusher: JoinHandle<()>,
+    bulk: JoinHandle<()>,
 }
 
 impl IngestThreads {
@@ -227,7 +254,10 @@ impl IngestThreads {
             tracing::error!("ingest writer thread panicked");
         }
         if self.flusher.join().is_err() {
-            tracing::error!("flusher thread panicked");
+            tracing::error!("sync lane thread panicked");
+        }
+        if self.bulk.join().is_err() {
+            tracing::error!("bulk lane thread panicked");
         }
     }
 }
@@ -251,15 +281,24 @@ impl Ingest {
             services,
             flush_tx: Mutex::new(flush_tx),
             dirty: Arc::new(AtomicBool::new(false)),
+            dirty_bytes: AtomicU64::new(0),
+            dirty_topics: Mutex::new(Vec::new()),
+            bulk_wake: Condvar::new(),
+            bulk_flag: Mutex::new(false),
+            opts,
             flush_stats: Arc::new(FlushStats::default()),
             writer_alive: AtomicBool::new(true),
         });
         let flusher = {
-            let (store, dirty, stats) = (store.clone(), ingest.dirty.clone(), ingest.flush_stats.clone());
+            let (store, stats) = (store.clone(), ingest.flush_stats.clone());
             let services = ingest.services.clone();
             std::thread::Builder::new()
-                .name("sluice-flusher".into())
-                .spawn(move || flusher_loop(&store, &services, &flush_rx, &dirty, &stats, opts))?
+                .name("sluice-sync".into())
+                .spawn(move || sync_lane(&store, &services, &flush_rx, &stats, opts))?
+        };
+        let bulk = {
+            let (store, ingest) = (store.clone(), ingest.clone());
+            std::thread::Builder::new().name("sluice-bulk".into()).spawn(move || ingest.bulk_lane(&store))?
         };
         let writer = {
             let ingest = ingest.clone();
@@ -267,7 +306,7 @@ impl Ingest {
                 .name("sluice-writer".into())
                 .spawn(move || ingest.writer_loop(&store))?
         };
-        Ok((ingest, IngestThreads { writer, flusher }))
+        Ok((ingest, IngestThreads { writer, flusher, bulk }))
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -300,17 +339,31 @@ impl Ingest {
         Some(job.record_count())
     }
 
-    /// A receiver that resolves after the next flush has made every write
-    /// so far durable (sync ingest, consumer-group commits). `urgent` skips
-    /// the rest of the group-commit window.
-    pub fn flush_soon(&self, urgent: bool) -> oneshot::Receiver<Result<(), IngestError>> {
+    /// A receiver that resolves once every write so far that a consumer
+    /// may see, and the metadata (group offsets, cursors), are durable: a
+    /// checkpoint through the sync lane (consumer-group commits). `urgent`
+    /// is kept for callers; the sync lane never lingers for them.
+    pub fn flush_soon(&self, _urgent: bool) -> oneshot::Receiver<Result<(), IngestError>> {
+        self.request(Vec::new(), true)
+    }
+
+    /// Makes `parts` durable through the sync lane.
+    fn sync_soon(&self, parts: Vec<(Arc<Topic>, PartitionId)>) -> oneshot::Receiver<Result<(), IngestError>> {
+        self.request(parts, false)
+    }
+
+    fn request(
+        &self,
+        parts: Vec<(Arc<Topic>, PartitionId)>,
+        checkpoint: bool,
+    ) -> oneshot::Receiver<Result<(), IngestError>> {
         let (tx, rx) = oneshot::channel();
-        let sent = self
-            .flush_tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(FlushRequest::Wait { tx, urgent });
-        if let Err(mpsc::SendError(FlushRequest::Wait { tx, .. })) = sent {
+        let sent = self.flush_tx.lock().unwrap_or_else(PoisonError::into_inner).send(FlushRequest::Wait {
+            tx: Some(tx),
+            parts,
+            checkpoint,
+        });
+        if let Err(mpsc::SendError(FlushRequest::Wait { tx: Some(tx), .. })) = sent {
             let _ = tx.send(Err(IngestError::ShuttingDown));
         }
         rx
@@ -348,6 +401,20 @@ impl Ingest {
             let job = {
                 let mut q = self.queue();
                 loop {
+                    if self.dirty_bytes.load(Ordering::Acquire) > self.opts.max_dirty && !q.closed {
+                        // Buffered services wait for the bulk lane; sync and
+                        // express services go on.
+                        if let Some(job) = self.pop_durable_lane(&mut q) {
+                            break Some(job);
+                        }
+                        self.kick_bulk();
+                        q = self
+                            .wake
+                            .wait_timeout(q, Duration::from_millis(5))
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                        continue;
+                    }
                     if let Some((_, job)) = q.sched.pop() {
                         break Some(job);
                     }
@@ -364,6 +431,95 @@ impl Ingest {
         }
         self.writer_alive.store(false, Ordering::Relaxed);
         let _ = self.flush_tx.lock().unwrap_or_else(PoisonError::into_inner).send(FlushRequest::Shutdown);
+        self.kick_bulk();
+    }
+
+    /// The oldest job of the most important `sync` or express service with
+    /// work queued (while buffered services are held back).
+    fn pop_durable_lane(&self, q: &mut Queue) -> Option<Job> {
+        let id = self
+            .services
+            .iter()
+            .filter(|s| {
+                (s.class().express || s.durability == sluice_config::Durability::Sync)
+                    && q.sched.queued_items(s.id) > 0
+            })
+            .max_by_key(|s| (s.class().express, s.class().weight))
+            .map(|s| s.id)?;
+        q.sched.pop_oldest_of(id).map(|(_, job)| job)
+    }
+
+    /// Wakes the bulk lane now.
+    fn kick_bulk(&self) {
+        *self.bulk_flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.bulk_wake.notify_one();
+    }
+
+    /// The bulk lane: every `flush_interval` (or when kicked), paced
+    /// writeback of every partition with buffered bytes, a checkpoint when
+    /// due, and consumers woken.
+    fn bulk_lane(&self, store: &Store) {
+        loop {
+            {
+                let flag = self.bulk_flag.lock().unwrap_or_else(PoisonError::into_inner);
+                let (mut flag, _) = self
+                    .bulk_wake
+                    .wait_timeout_while(flag, self.opts.flush_interval, |kicked| !*kicked)
+                    .unwrap_or_else(PoisonError::into_inner);
+                *flag = false;
+            }
+            let stopping = !self.writer_alive.load(Ordering::Acquire);
+            let dirty = self.dirty.swap(false, Ordering::AcqRel);
+            let topics =
+                std::mem::take(&mut *self.dirty_topics.lock().unwrap_or_else(PoisonError::into_inner));
+            if !dirty && self.dirty_bytes.load(Ordering::Acquire) > self.opts.max_dirty {
+                // Never leave the writer gated on a stale count.
+                self.dirty_bytes.store(store.undurable_bytes(), Ordering::Release);
+                self.wake.notify_all();
+            }
+            if dirty || stopping {
+                let appended = self.flush_stats.appended_jobs.load(Ordering::Acquire);
+                let started = Instant::now();
+                let result = store.flush_paced(self.opts.writeback_step, &|_| true);
+                if result.is_err() {
+                    // Wake them again after the next attempt.
+                    let mut again = self.dirty_topics.lock().unwrap_or_else(PoisonError::into_inner);
+                    for t in &topics {
+                        if !again.iter().any(|u| Arc::ptr_eq(u, t)) {
+                            again.push(t.clone());
+                        }
+                    }
+                }
+                match result {
+                    Ok(()) => {
+                        self.flush_stats.durable_jobs.fetch_max(appended, Ordering::AcqRel);
+                    }
+                    Err(e) => {
+                        self.flush_stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.dirty.store(true, Ordering::Release);
+                        tracing::error!(error = %e, "flush failed");
+                    }
+                }
+                self.flush_stats.flushes.fetch_add(1, Ordering::Relaxed);
+                self.flush_stats
+                    .flush_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.dirty_bytes.store(store.undurable_bytes(), Ordering::Release);
+                for t in &topics {
+                    t.notify_appended();
+                }
+                self.wake.notify_all();
+            }
+            if let Err(e) = store.checkpoint_if_due(self.opts.checkpoint_interval) {
+                tracing::error!(error = %e, "metadata checkpoint failed");
+            }
+            if stopping {
+                if let Err(e) = store.flush() {
+                    tracing::error!(error = %e, "final flush failed");
+                }
+                break;
+            }
+        }
     }
 
     fn persist(&self, store: &Store, job: Job) {
@@ -388,18 +544,39 @@ impl Ingest {
         }
         service.release(job.cost);
         self.flush_stats.appended_jobs.fetch_add(1, Ordering::AcqRel);
+        let durable_now = job.sync || service.class().express;
+        if !durable_now {
+            self.dirty_bytes.fetch_add(job.cost, Ordering::AcqRel);
+            let mut topics = self.dirty_topics.lock().unwrap_or_else(PoisonError::into_inner);
+            if !topics.iter().any(|t| Arc::ptr_eq(t, &job.topic)) {
+                topics.push(job.topic.clone());
+            }
+        }
+        // Last: the bulk lane that sees the flag also sees the bytes and the
+        // topic to wake.
         self.dirty.store(true, Ordering::Release);
-        job.topic.notify_appended();
         let result = match failure {
             Some(err) => {
                 service.counters.rejected_error.fetch_add(total as u64, Ordering::Relaxed);
+                if durable_now {
+                    // Whatever was appended before the failure still goes out.
+                    let parts = job.parts.iter().map(|p| (job.topic.clone(), p.partition)).collect();
+                    drop(self.sync_soon(parts));
+                }
                 Err(err)
             }
             None => {
                 service.counters.records_in.fetch_add(total as u64, Ordering::Relaxed);
                 service.counters.bytes_in.fetch_add(job.cost, Ordering::Relaxed);
-                let urgent = service.class().express;
-                let durable = job.sync.then(|| self.flush_soon(urgent));
+                // Express records are made durable at once (their own lane)
+                // so consumers see them without waiting for the bulk lane.
+                let durable = if durable_now {
+                    let parts = job.parts.iter().map(|p| (job.topic.clone(), p.partition)).collect();
+                    let synced = self.sync_soon(parts);
+                    job.sync.then_some(synced)
+                } else {
+                    None
+                };
                 Ok(Appended { offsets, durable })
             }
         };
@@ -423,76 +600,74 @@ fn count_discarded(store: &Store, services: &Services) {
     }
 }
 
-fn flusher_loop(
+/// The sync lane: each group commit takes every request that queued while
+/// the previous one was syncing (plus `sync_window` of linger, default
+/// none), syncs just the partitions they touched, checkpoints when a
+/// request asked for it, wakes their consumers and answers.
+fn sync_lane(
     store: &Store,
     services: &Services,
     rx: &mpsc::Receiver<FlushRequest>,
-    dirty: &AtomicBool,
     stats: &FlushStats,
     opts: IngestOptions,
 ) {
-    let mut waiters: Vec<oneshot::Sender<Result<(), IngestError>>> = Vec::new();
-    let mut window_end = Instant::now();
-    let mut last_flush = Instant::now();
     let mut shutting_down = false;
     while !shutting_down {
-        let now = Instant::now();
-        let deadline = if waiters.is_empty() { last_flush + opts.flush_interval } else { window_end };
-        match rx.recv_timeout(deadline.saturating_duration_since(now)) {
-            Ok(FlushRequest::Wait { tx, urgent }) => {
-                if waiters.is_empty() {
-                    window_end = Instant::now() + opts.sync_window;
-                }
-                if urgent {
-                    window_end = Instant::now();
-                }
-                waiters.push(tx);
-                if Instant::now() < window_end {
-                    continue;
-                }
-            }
-            Ok(FlushRequest::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => shutting_down = true,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        // Everything that queued up while we waited joins this group.
-        while let Ok(req) = rx.try_recv() {
-            match req {
-                FlushRequest::Wait { tx, urgent } => {
-                    if urgent {
-                        window_end = Instant::now();
+        // (sender, wants a checkpoint)
+        let mut waiters = Vec::new();
+        let mut parts: Vec<(Arc<Topic>, PartitionId)> = Vec::new();
+        let mut checkpoint = false;
+        let mut take = |req: FlushRequest, shutting_down: &mut bool| match req {
+            FlushRequest::Wait { tx, parts: p, checkpoint: c } => {
+                waiters.extend(tx.map(|tx| (tx, c)));
+                for (t, id) in p {
+                    if !parts.iter().any(|(u, q)| *q == id && Arc::ptr_eq(u, &t)) {
+                        parts.push((t, id));
                     }
-                    waiters.push(tx);
                 }
-                FlushRequest::Shutdown => shutting_down = true,
+                checkpoint |= c;
             }
+            FlushRequest::Shutdown => *shutting_down = true,
+        };
+        match rx.recv() {
+            Ok(req) => take(req, &mut shutting_down),
+            Err(_) => break,
         }
-        let now = Instant::now();
-        let due_sync = !waiters.is_empty() && now >= window_end;
-        let due_buffered = dirty.load(Ordering::Acquire) && now >= last_flush + opts.flush_interval;
-        if !(due_sync || due_buffered || shutting_down) {
-            if !dirty.load(Ordering::Acquire) {
-                last_flush = now;
-            }
-            continue;
+        if !opts.sync_window.is_zero() && !shutting_down {
+            std::thread::sleep(opts.sync_window);
         }
-        dirty.store(false, Ordering::Release);
-        let appended = stats.appended_jobs.load(Ordering::Acquire);
+        while let Ok(req) = rx.try_recv() {
+            take(req, &mut shutting_down);
+        }
         let started = Instant::now();
-        let result = store.flush().map(|_| ()).map_err(|e| {
+        let names: Vec<(String, PartitionId)> = parts.iter().map(|(t, p)| (t.name.to_string(), *p)).collect();
+        let failed = |e: sluice_store::StoreError| {
             stats.failures.fetch_add(1, Ordering::Relaxed);
-            dirty.store(true, Ordering::Release);
-            tracing::error!(error = %e, "flush failed");
+            tracing::error!(error = %e, "sync failed");
             IngestError::Storage { message: e.to_string(), disk_full: e.is_disk_full() }
-        });
+        };
+        let synced = if shutting_down { store.flush().map(|_| ()) } else { store.sync_partitions(&names) }
+            .map_err(failed);
         count_discarded(store, services);
-        if result.is_ok() {
-            stats.durable_jobs.fetch_max(appended, Ordering::AcqRel);
+        for (t, _) in &parts {
+            t.notify_appended();
+        }
+        // Sync waiters are answered before a checkpoint runs: a consumer's
+        // commit never delays a producer's acknowledgement.
+        let (ckpt_waiters, sync_waiters): (Vec<_>, Vec<_>) = waiters.into_iter().partition(|(_, c)| *c);
+        for (tx, _) in sync_waiters {
+            let _ = tx.send(synced.clone());
+        }
+        if !ckpt_waiters.is_empty() {
+            let result = match &synced {
+                Ok(()) if checkpoint && !shutting_down => store.checkpoint().map_err(failed),
+                other => other.clone(),
+            };
+            for (tx, _) in ckpt_waiters {
+                let _ = tx.send(result.clone());
+            }
         }
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        last_flush = Instant::now();
-        for tx in waiters.drain(..) {
-            let _ = tx.send(result.clone());
-        }
     }
 }

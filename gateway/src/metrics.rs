@@ -126,6 +126,13 @@ pub fn render(shared: &Shared) -> String {
             );
         }
     }
+    out.family("sluice_topic_durable", "gauge", "Next offset not yet durable: readers see records below it");
+    for t in &topics {
+        for p in &t.partitions {
+            let part = p.partition.0.to_string();
+            out.sample("sluice_topic_durable", &[("topic", &t.spec.name), ("partition", &part)], p.flushed.0);
+        }
+    }
     out.family("sluice_topic_log_start", "gauge", "First offset still stored");
     for t in &topics {
         for p in &t.partitions {

@@ -64,9 +64,13 @@ pub async fn run(
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let opened = Instant::now();
     let store = Store::open(&StoreOptions {
-        path: data_dir.join("log"),
         cache_capacity: config.store.cache_capacity.as_u64(),
         accept_data_loss: overrides.accept_data_loss,
+        segments: sluice_store::SegmentLimits {
+            max_bytes: config.store.segment_bytes.as_u64(),
+            max_age_ms: config.store.segment_age.as_millis() as i64,
+        },
+        ..StoreOptions::new(data_dir.join("log"))
     })?;
     tracing::info!(path = %data_dir.display(), topics = store.topics().len(), bytes = store.total_bytes(),
         elapsed_ms = opened.elapsed().as_millis() as u64, "store opened");
@@ -81,6 +85,9 @@ pub async fn run(
             express_max_share: config.scheduler.express_max_share,
             sync_window: config.store.sync_window,
             flush_interval: config.store.flush_interval,
+            writeback_step: config.store.writeback_step.as_u64(),
+            max_dirty: config.store.max_dirty.as_u64(),
+            checkpoint_interval: config.store.checkpoint_interval,
         },
     )
     .context("cannot start the ingest threads")?;

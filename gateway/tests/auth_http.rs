@@ -98,7 +98,8 @@ async fn tokens_authenticate_and_scopes_authorize() {
     assert_eq!(call(&gw, "POST", "/v1/topics/%61larms/records", Some(PRODUCER), record()).await.0, 400);
 
     // Consume: reading partitions and groups; the hashed token works.
-    let read = "/v1/topics/telemetry/partitions/0/records";
+    // (Long-poll: the buffered record becomes visible once durable.)
+    let read = "/v1/topics/telemetry/partitions/0/records?wait_ms=5000";
     assert_eq!(call(&gw, "GET", read, Some(PRODUCER), None).await.0, 403);
     let (status, _, body) = call(&gw, "GET", read, Some(CONSUMER), None).await;
     assert_eq!((status, body["records"].as_array().map(Vec::len)), (200, Some(1)), "{body}");

@@ -23,6 +23,7 @@ async fn produce_and_fetch_round_trip() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(offsets(&body), vec![(0, 0), (0, 1), (0, 2), (0, 3)]);
+    gw.settle("sensors").await;
 
     let (status, body) = gw.get_json("/v1/topics/sensors/partitions/0/records?offset=0&max_records=10").await;
     assert_eq!(status, 200, "{body}");
@@ -56,6 +57,7 @@ async fn produce_and_fetch_round_trip() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    gw.settle("raw").await;
     let (_, body) = gw.get_json("/v1/topics/raw/partitions/0/records").await;
     assert_eq!(body["records"][0]["key"], "k1");
     assert_eq!(body["records"][0]["value_b64"], "/wAQ");

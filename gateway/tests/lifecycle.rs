@@ -37,6 +37,7 @@ async fn over_budget_evicts_lowest_priority_first_but_keeps_reservations() {
     let cfg = r#"
 [store]
 max_bytes = "1MiB"
+segment_bytes = "16KiB"
 [[service]]
 name = "alarms"
 express = true
@@ -70,7 +71,8 @@ service = "logs"
         .await;
     let bytes = stored_bytes(&gw).await;
     assert!(bytes["logs"] >= 100 * 1024, "reserved bytes kept: {bytes:?}");
-    assert!(bytes["logs"] < 110 * 1024, "logs evicted first, down to its reservation: {bytes:?}");
+    // Whole segments go: down to the reservation plus at most one segment.
+    assert!(bytes["logs"] < (100 + 17) * 1024, "logs evicted first, down to its reservation: {bytes:?}");
     let (_, t) = gw.get_json("/v1/topics/telemetry/partitions/0/records?max_records=1").await;
     assert!(t["log_start"].as_u64().unwrap() > 0, "then the next lowest priority, telemetry: {bytes:?}");
     let (_, a) = gw.get_json("/v1/topics/alarms/partitions/0/records").await;
@@ -94,6 +96,8 @@ ttl = "1s"
 [[topic]]
 name = "short"
 retention = { max_bytes = "8KiB" }
+[store]
+segment_bytes = "4KiB"
 [[topic]]
 name = "fleeting"
 service = "fleeting"
@@ -101,9 +105,11 @@ service = "fleeting"
     let gw = Gateway::start(&dir.path().join("d"), Some(cfg)).await;
     let vals: Vec<Value> = (0..40).map(|i| json!(format!("{i}-{}", "r".repeat(1000)))).collect();
     gw.produce("short", &vals).await;
+    // Whole segments of 4 KiB go while 8 KiB remain without them: at most
+    // 8 KiB plus one segment (about 12 records of 1 KiB) is kept.
     eventually("retention by bytes", || async {
         let (_, b) = gw.get_json("/v1/topics/short/partitions/0/records?max_records=1000").await;
-        b["records"].as_array().unwrap().len() <= 8
+        b["records"].as_array().unwrap().len() <= 12
     })
     .await;
     let (_, b) = gw.get_json("/v1/topics/short/partitions/0/records?max_records=1000").await;

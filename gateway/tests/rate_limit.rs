@@ -81,6 +81,8 @@ async fn mqtt_qos0_over_the_rate_is_dropped_and_qos1_is_held_back() {
             acks += 1;
         }
     }
+    // Acknowledged means appended; readers see it once durable.
+    gw.settle("limited").await;
     let (_, body) = gw.get_json("/v1/topics/limited/partitions/0/records?max_records=1000").await;
     assert_eq!(body["records"].as_array().map_or(0, Vec::len) as u64, stored_qos0 + ACKED, "{body}");
     assert_eq!(gw.metric(dropped_series).await, dropped_qos0);

@@ -1,5 +1,5 @@
-//! sluice-store: the durable, partitioned, append-only topic log of sluice (on
-//! sled) and the weighted priority scheduler that orders work everywhere it
+//! sluice-store: the durable, partitioned, append-only topic log of sluice (records in
+//! segment files, metadata in sled) and the weighted priority scheduler that orders work everywhere it
 //! queues up.
 
 pub mod error;
@@ -10,8 +10,8 @@ pub mod scheduler;
 
 pub use error::{CorruptRecord, LostRange, StoreError};
 pub use log::{
-    EvictionPolicy, PartitionInfo, ReadResult, Retention, RetentionReport, Store, StoreOptions, TopicInfo,
-    TopicSpec,
+    AtomicWrite, EvictionPolicy, PartitionInfo, ReadResult, Retention, RetentionReport, SegmentLimits, Store,
+    StoreOptions, TopicInfo, TopicSpec,
 };
 pub use partitioner::partition_for_key;
 pub use record::{now_ms, older_than_cutoff, Offset, PartitionId, Record, StoredRecord};

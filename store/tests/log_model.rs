@@ -1,19 +1,26 @@
 //! Model-based test of the topic log: random sequences of topic creation and
-//! growth, appends, reads, commits, retention, eviction, flushes and reopens
-//! run against a real [`Store`] and against a plain in-memory model (a `Vec`
-//! of records and a log start per partition). After every operation the
-//! watermarks, sizes and topic list must agree; reads must return exactly the
-//! model's records; committed offsets must survive reopening.
+//! growth, appends, syncs, reads, commits, retention, eviction, flushes and
+//! reopens run against a real [`Store`] and against a plain in-memory model
+//! (per partition: the durable segments as lists of batches, the batches
+//! appended but not yet durable, a log start). After every operation the
+//! watermarks, sizes and topic list must agree; reads must return exactly
+//! the model's durable records (nothing appended is visible before a flush
+//! or sync); commits past the durable end are refused; a reopen keeps what
+//! was durable and hands the offsets of what was not out again; committed
+//! offsets survive reopening.
 //!
-//! Eviction deletes in chunks the model does not try to predict. Instead the
-//! log is read back and must be a suffix of what was there, and the model
-//! follows the store's new log start; the eviction contract (budget,
-//! priority order, reservations, oldest first) is checked as invariants.
+//! The model knows how batches are framed and when segments roll (small
+//! segments, no rolling by age), so sizes and whole-segment retention are
+//! predicted exactly. Eviction is checked as a contract instead: the log
+//! read back must be a suffix of what was there, cut at segment
+//! boundaries, and the model follows the store's new log start; budget,
+//! priority order, reservations and oldest-segment-first are invariants.
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
 use sluice_store::{
-    EvictionPolicy, Offset, PartitionId, Record, Retention, Store, StoreError, StoreOptions, TopicSpec,
+    EvictionPolicy, Offset, PartitionId, Record, Retention, SegmentLimits, Store, StoreError, StoreOptions,
+    TopicSpec,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -22,6 +29,14 @@ use std::time::Duration;
 const TOPICS: [&str; 3] = ["t0", "t1", "t2"];
 const SERVICES: [&str; 3] = ["s0", "s1", "s2"];
 const GROUPS: [&str; 2] = ["g0", "g1"];
+
+/// Small segments (a few batches each), never rolled by age.
+const SEGMENT_BYTES: u64 = 800;
+/// Bytes of a batch header.
+const BATCH_HEADER: u64 = sluice_store::log::segment::HEADER_LEN as u64;
+/// Largest batch the appender builds: `partition::MAX_BATCH` (64 KiB) or a
+/// quarter of a segment, at least 1 KiB.
+const MAX_BATCH: u64 = 1024;
 
 /// `cases` per property, unless `PROPTEST_CASES` asks for a longer soak.
 fn config(cases: u32) -> ProptestConfig {
@@ -86,6 +101,11 @@ enum Op {
         policies: Vec<Option<(u32, bool, u64)>>,
     },
     Flush,
+    /// The sync lane: makes one partition durable.
+    Sync {
+        topic: usize,
+        partition: u32,
+    },
     Reopen,
 }
 
@@ -127,43 +147,150 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::collection::vec(proptest::option::of((1..=3u32, any::<bool>(), 0..1500u64)), 3)
         )
             .prop_map(|(budget_pct, policies)| Op::Evict { budget_pct, policies }),
-        1 => Just(Op::Flush),
+        2 => Just(Op::Flush),
+        2 => (0..TOPICS.len(), partition()).prop_map(|(topic, partition)| Op::Sync { topic, partition }),
         1 => Just(Op::Reopen),
     ]
 }
 
-/// Bytes a record counts for in partition sizes (encoded + offset key).
+/// Bytes a record adds to its batch (length prefix and encoded record).
 fn size(r: &Record) -> u64 {
-    r.encoded_len() as u64 + 8
+    r.encoded_len() as u64 + 4
 }
 
 #[derive(Debug, Clone, Default)]
+struct Batch {
+    records: Vec<(u64, Record)>,
+}
+
+impl Batch {
+    fn bytes(&self) -> u64 {
+        BATCH_HEADER + self.records.iter().map(|(_, r)| size(r)).sum::<u64>()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Segment {
+    batches: Vec<Batch>,
+}
+
+impl Segment {
+    fn bytes(&self) -> u64 {
+        self.batches.iter().map(Batch::bytes).sum()
+    }
+
+    fn records(&self) -> impl Iterator<Item = &(u64, Record)> {
+        self.batches.iter().flat_map(|b| b.records.iter())
+    }
+
+    fn first_ts(&self) -> Option<i64> {
+        self.records().next().map(|(_, r)| r.timestamp_ms)
+    }
+
+    fn max_ts(&self) -> Option<i64> {
+        self.records().map(|(_, r)| r.timestamp_ms).max()
+    }
+
+    fn end(&self) -> Option<u64> {
+        self.records().last().map(|(o, _)| o + 1)
+    }
+}
+
+#[derive(Debug, Clone)]
 struct ModelPartition {
     log_start: u64,
+    /// Next offset to hand out.
     next: u64,
-    /// The stored records, oldest first; the first has offset `log_start`
-    /// unless the partition is empty.
-    records: Vec<(u64, Record)>,
+    /// Durable end: reads stop here.
+    flushed: u64,
+    /// Durable segments, oldest first; the last is the active one (never
+    /// missing, maybe empty).
+    segments: Vec<Segment>,
+    /// Appended, not durable: sealed batches, then the open one when
+    /// `open`.
+    pending: Vec<Batch>,
+    open: bool,
+}
+
+impl Default for ModelPartition {
+    fn default() -> Self {
+        ModelPartition {
+            log_start: 0,
+            next: 0,
+            flushed: 0,
+            segments: vec![Segment::default()],
+            pending: Vec::new(),
+            open: false,
+        }
+    }
 }
 
 impl ModelPartition {
     fn bytes(&self) -> u64 {
-        self.records.iter().map(|(_, r)| size(r)).sum()
+        self.segments.iter().map(Segment::bytes).sum::<u64>()
+            + self.pending.iter().map(Batch::bytes).sum::<u64>()
     }
 
-    /// Deletes from the front while `delete(record, bytes_left)` says so.
-    fn delete_oldest(&mut self, mut delete: impl FnMut(&Record, u64) -> bool) {
-        let mut left = self.bytes();
-        let mut n = 0;
-        while let Some((offset, r)) = self.records.get(n) {
-            if !delete(r, left) {
-                break;
+    /// Durable records, oldest first.
+    fn durable(&self) -> Vec<(u64, Record)> {
+        self.segments.iter().flat_map(|s| s.records().cloned()).collect()
+    }
+
+    fn records(&self) -> u64 {
+        (self.durable().len() + self.pending.iter().map(|b| b.records.len()).sum::<usize>()) as u64
+    }
+
+    fn append(&mut self, records: Vec<Record>) {
+        for r in records {
+            let len = size(&r);
+            if self.open && self.pending.last().unwrap().bytes() + len > MAX_BATCH {
+                self.open = false;
             }
-            left -= size(r);
-            self.log_start = offset + 1;
-            n += 1;
+            if !self.open {
+                self.pending.push(Batch::default());
+                self.open = true;
+            }
+            self.pending.last_mut().unwrap().records.push((self.next, r));
+            self.next += 1;
         }
-        self.records.drain(..n);
+    }
+
+    /// Writes the pending batches to the segments (rolling a non-empty
+    /// active segment a batch would take past the size limit).
+    fn sync(&mut self) {
+        for b in std::mem::take(&mut self.pending) {
+            let active = self.segments.last().unwrap();
+            if active.bytes() > 0 && active.bytes() + b.bytes() > SEGMENT_BYTES {
+                self.segments.push(Segment::default());
+            }
+            self.segments.last_mut().unwrap().batches.push(b);
+        }
+        self.open = false;
+        self.flushed = self.next;
+    }
+
+    /// A crash or a drop without a flush: what was not durable is gone,
+    /// its offsets are handed out again.
+    fn lose_pending(&mut self) {
+        self.pending.clear();
+        self.open = false;
+        self.next = self.flushed;
+    }
+
+    /// Index of the oldest segment holding records.
+    fn oldest_segment(&self) -> Option<usize> {
+        self.segments.iter().position(|s| s.bytes() > 0)
+    }
+
+    /// Deletes segment `i` (rolling first when it is the active one);
+    /// returns it.
+    fn delete_segment(&mut self, i: usize) -> Segment {
+        if i + 1 == self.segments.len() {
+            self.segments.push(Segment::default());
+        }
+        let seg = self.segments.remove(i);
+        self.log_start = self.log_start.max(seg.end().unwrap());
+        seg
     }
 }
 
@@ -194,6 +321,7 @@ impl Model {
         }
     }
 
+    /// Partition bytes (the store's total adds sled's files).
     fn total_bytes(&self) -> u64 {
         self.topics.values().flat_map(|t| &t.partitions).map(ModelPartition::bytes).sum()
     }
@@ -220,7 +348,12 @@ impl Model {
 }
 
 fn open(path: &Path) -> Store {
-    Store::open(&StoreOptions { cache_capacity: 1 << 20, ..StoreOptions::new(path) }).unwrap()
+    Store::open(&StoreOptions {
+        cache_capacity: 1 << 20,
+        segments: SegmentLimits { max_bytes: SEGMENT_BYTES, max_age_ms: i64::MAX / 2 },
+        ..StoreOptions::new(path)
+    })
+    .unwrap()
 }
 
 fn assert_lookup_error(err: StoreError, expected: &(String, Option<u32>), partition: u32) {
@@ -248,15 +381,16 @@ fn check_state(store: &Store, model: &Model) {
         for (i, (p, mp)) in info.partitions.iter().zip(&mt.partitions).enumerate() {
             assert_eq!(p.partition, PartitionId(i as u32));
             assert_eq!(
-                (p.log_start.0, p.high_watermark.0, p.records, p.bytes),
-                (mp.log_start, mp.next, mp.records.len() as u64, mp.bytes()),
+                (p.log_start.0, p.high_watermark.0, p.flushed.0, p.records, p.bytes),
+                (mp.log_start, mp.next, mp.flushed, mp.records(), mp.bytes()),
                 "{}/{i}",
                 info.spec.name
             );
             sum += p.bytes;
         }
     }
-    assert_eq!(store.total_bytes(), sum);
+    // The total adds sled's files.
+    assert!(store.total_bytes() >= sum);
     assert_eq!(sum, model.total_bytes());
 }
 
@@ -291,6 +425,9 @@ fn run(ops: &[Op]) {
         apply(s, &mut model, op);
         if matches!(op, Op::Reopen) {
             drop(store.take());
+            for t in model.topics.values_mut() {
+                t.partitions.iter_mut().for_each(ModelPartition::lose_pending);
+            }
             let s = open(&path);
             // Topics and data come back, with default retention.
             for name in model.topics.keys() {
@@ -308,7 +445,7 @@ fn run(ops: &[Op]) {
     check_committed(&s, &model);
     for (name, t) in &model.topics {
         for (p, mp) in t.partitions.iter().enumerate() {
-            assert_eq!(read_all(&s, name, p as u32), mp.records, "{name}/{p}");
+            assert_eq!(read_all(&s, name, p as u32), mp.durable(), "{name}/{p}");
         }
     }
 }
@@ -363,10 +500,7 @@ fn apply(store: &Store, model: &mut Model, op: &Op) {
             }
             let mp = &mut model.topics.get_mut(name).unwrap().partitions[*partition as usize];
             assert_eq!(result.unwrap(), Offset(mp.next), "first offset of the batch");
-            for r in records {
-                mp.records.push((mp.next, r));
-                mp.next += 1;
-            }
+            mp.append(records);
         }
         Op::Read { topic, partition, from, max_records, max_bytes } => {
             let name = TOPICS[*topic];
@@ -378,16 +512,17 @@ fn apply(store: &Store, model: &mut Model, op: &Op) {
             let start = (*from).max(mp.log_start);
             let mut expected = Vec::new();
             let mut bytes = 0;
-            for (o, r) in mp.records.iter().filter(|(o, _)| *o >= start) {
+            for (o, r) in mp.durable().into_iter().filter(|(o, _)| *o >= start) {
                 let len = r.encoded_len();
                 if expected.len() >= *max_records || (!expected.is_empty() && bytes + len > *max_bytes) {
                     break;
                 }
                 bytes += len;
-                expected.push((*o, r.clone()));
+                expected.push((o, r));
             }
             let got = result.unwrap();
-            assert_eq!((got.log_start.0, got.high_watermark.0), (mp.log_start, mp.next));
+            // Reads stop at the durable end.
+            assert_eq!((got.log_start.0, got.high_watermark.0), (mp.log_start, mp.flushed));
             let got: Vec<(u64, Record)> = got.records.into_iter().map(|s| (s.offset.0, s.record)).collect();
             assert_eq!(
                 got, expected,
@@ -396,20 +531,22 @@ fn apply(store: &Store, model: &mut Model, op: &Op) {
         }
         Op::Commit { group, topic, partition, back, past_end } => {
             let (group, name) = (GROUPS[*group], TOPICS[*topic]);
-            let hw = model
+            let (hw, flushed) = model
                 .topics
                 .get(name)
                 .and_then(|t| t.partitions.get(*partition as usize))
-                .map_or(0, |p| p.next);
+                .map_or((0, 0), |p| (p.next, p.flushed));
+            // Around the appended end: between the durable end and it,
+            // a position is refused too.
             let offset = (hw + past_end).saturating_sub(2).saturating_sub(*back);
             let result = store.commit(group, name, PartitionId(*partition), Offset(offset));
             if let Some(expected) = model.lookup_error(name, *partition) {
                 return assert_lookup_error(result.unwrap_err(), &expected, *partition);
             }
-            if offset > hw {
+            if offset > flushed {
                 let err = result.unwrap_err();
                 assert!(
-                    matches!(err, StoreError::CommitPastEnd { offset: o, high_watermark: h, .. } if o == offset && h == hw),
+                    matches!(err, StoreError::CommitPastEnd { offset: o, high_watermark: h, .. } if o == offset && h == flushed),
                     "{err:?}"
                 );
             } else {
@@ -429,13 +566,24 @@ fn apply(store: &Store, model: &mut Model, op: &Op) {
             let before = model.service_bytes();
             let report = store.enforce_retention(model.now).unwrap();
             let now = model.now;
+            // Whole segments go, oldest first: while the newest record of
+            // the oldest is past the age, or (as Kafka; never the active
+            // segment) the rest still holds the partition's share of the
+            // bytes (counting batches not yet written).
             for t in model.topics.values_mut() {
                 let per_partition = t.retention.max_bytes.map(|b| b / t.partitions.len() as u64);
                 let cutoff = t.retention.max_age.map(|a| now - a.as_millis() as i64);
                 for mp in &mut t.partitions {
-                    mp.delete_oldest(|r, left| {
-                        cutoff.is_some_and(|c| r.timestamp_ms < c) || per_partition.is_some_and(|m| left > m)
-                    });
+                    while let Some(i) = mp.oldest_segment() {
+                        let too_old = cutoff.is_some_and(|c| mp.segments[i].max_ts().unwrap() < c);
+                        let active = i + 1 == mp.segments.len();
+                        let seg_bytes = mp.segments[i].bytes();
+                        let too_big = !active && per_partition.is_some_and(|m| mp.bytes() - seg_bytes >= m);
+                        if !(too_old || too_big) {
+                            break;
+                        }
+                        mp.delete_segment(i);
+                    }
                 }
             }
             check_report(&report.deleted, &before, &model.service_bytes());
@@ -443,6 +591,18 @@ fn apply(store: &Store, model: &mut Model, op: &Op) {
         Op::Evict { budget_pct, policies } => evict(store, model, *budget_pct, policies),
         Op::Flush => {
             store.flush().unwrap();
+            for t in model.topics.values_mut() {
+                t.partitions.iter_mut().for_each(ModelPartition::sync);
+            }
+        }
+        Op::Sync { topic, partition } => {
+            let name = TOPICS[*topic];
+            let result = store.sync_partitions(&[(name.to_owned(), PartitionId(*partition))]);
+            if let Some(expected) = model.lookup_error(name, *partition) {
+                return assert_lookup_error(result.unwrap_err(), &expected, *partition);
+            }
+            result.unwrap();
+            model.topics.get_mut(name).unwrap().partitions[*partition as usize].sync();
         }
         Op::Reopen => {}
     }
@@ -475,55 +635,71 @@ fn evict(store: &Store, model: &mut Model, budget_pct: u64, policies: &[Option<(
         policies.get(s).copied().unwrap_or(EvictionPolicy { weight: 1, express: false, reserved_bytes: 0 })
     };
     let total_before = model.total_bytes();
+    // The store's budget counts sled's files too (unchanged by eviction).
+    let sled = store.total_bytes() - total_before;
     let budget = total_before * budget_pct / 100;
     let before_services = model.service_bytes();
 
-    let report = store.evict_to_budget(budget, &policies).unwrap();
+    let report = store.evict_to_budget(sled + budget, &policies).unwrap();
 
-    // Every partition keeps a suffix of its records; the model follows.
-    let mut deleted: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    // Every partition keeps a suffix of its durable records, cut at a
+    // segment boundary; the model follows.
+    let mut deleted: BTreeMap<String, Vec<Segment>> = BTreeMap::new();
     for (name, t) in model.topics.iter_mut() {
         for (p, mp) in t.partitions.iter_mut().enumerate() {
+            let durable = mp.durable();
             let left = read_all(store, name, p as u32);
-            let gone = mp.records.len() - left.len();
-            assert_eq!(left[..], mp.records[gone..], "{name}/{p} after eviction is not a suffix");
+            let gone = durable.len() - left.len();
+            assert_eq!(left[..], durable[gone..], "{name}/{p} after eviction is not a suffix");
             let (log_start, hw) = store.watermarks(name, PartitionId(p as u32)).unwrap();
             assert_eq!(hw.0, mp.next);
             assert!(log_start.0 >= mp.log_start, "log start moved back");
-            assert_eq!(log_start.0, left.first().map_or(mp.next, |(o, _)| *o));
-            deleted.entry(t.service.clone()).or_default().extend(mp.records.drain(..gone).map(|(_, r)| r));
-            mp.log_start = log_start.0;
+            assert_eq!(log_start.0, left.first().map_or(mp.flushed, |(o, _)| *o));
+            while let Some(i) = mp.oldest_segment() {
+                if mp.segments[i].end().unwrap() > log_start.0 {
+                    break;
+                }
+                let seg = mp.delete_segment(i);
+                deleted.entry(t.service.clone()).or_default().push(seg);
+            }
+            assert_eq!(mp.log_start, log_start.0, "{name}/{p}: eviction cut inside a segment");
         }
     }
     let after_services = model.service_bytes();
     check_report(&report.deleted, &before_services, &after_services);
     let total_after = model.total_bytes();
-    let max_deleted = deleted.values().flatten().map(size).max();
+    let max_deleted = deleted.values().flatten().map(Segment::bytes).max();
 
     if total_before <= budget {
         assert_eq!(max_deleted, None, "evicted while within budget");
         return;
     }
-    // Not more than needed: the last record deleted crossed the budget.
+    // Not more than needed: the last segment deleted crossed the budget.
     if let Some(max) = max_deleted {
         assert!(total_after + max > budget, "over-evicted: {total_after} left, budget {budget}");
     }
     let rank = |s: &str| (policy(s).express, policy(s).weight, s.to_owned());
-    // A service that cannot give its oldest record without going below its
-    // reservation (or has nothing left).
-    let exhausted = |service: &str| {
-        let heads: Vec<&Record> = model
+    // The oldest durable segment of each of a service's partitions.
+    let heads = |service: &str| -> Vec<Segment> {
+        model
             .topics
             .values()
             .filter(|t| t.service == service)
-            .flat_map(|t| t.partitions.iter().filter_map(|p| p.records.first().map(|(_, r)| r)))
-            .collect();
-        let Some(oldest) = heads.iter().map(|r| r.timestamp_ms).min() else { return true };
+            .flat_map(|t| {
+                t.partitions.iter().filter_map(|p| p.oldest_segment().map(|i| p.segments[i].clone()))
+            })
+            .collect()
+    };
+    // A service that cannot give its oldest segment without going below its
+    // reservation (or has none left).
+    let exhausted = |service: &str| {
+        let heads = heads(service);
+        let Some(oldest) = heads.iter().filter_map(Segment::first_ts).min() else { return true };
         let bytes = after_services[service];
         heads
             .iter()
-            .filter(|r| r.timestamp_ms == oldest)
-            .any(|r| bytes - size(r) < policy(service).reserved_bytes)
+            .filter(|s| s.first_ts() == Some(oldest))
+            .any(|s| bytes.saturating_sub(s.bytes()) < policy(service).reserved_bytes)
     };
     if total_after > budget {
         for s in after_services.keys() {
@@ -539,17 +715,20 @@ fn evict(store: &Store, model: &mut Model, budget_pct: u64, policies: &[Option<(
             for lower in before_services.keys().filter(|l| rank(l) < rank(service)) {
                 assert!(exhausted(lower), "{service} lost data while lower-ranked {lower} could give more");
             }
-            // Oldest first within the service.
-            let newest_deleted = deleted[service].iter().map(|r| r.timestamp_ms).max().unwrap();
+            // Oldest first within the service: no segment kept started
+            // before one deleted.
+            let newest_deleted = deleted[service].iter().filter_map(Segment::first_ts).max().unwrap();
             let oldest_kept = model
                 .topics
                 .values()
                 .filter(|t| &t.service == service)
-                .flat_map(|t| t.partitions.iter().flat_map(|p| p.records.iter().map(|(_, r)| r.timestamp_ms)))
+                .flat_map(|t| {
+                    t.partitions.iter().flat_map(|p| p.segments.iter().filter_map(Segment::first_ts))
+                })
                 .min();
             assert!(
                 oldest_kept.is_none_or(|k| newest_deleted <= k),
-                "{service}: deleted a record at {newest_deleted} but kept one at {oldest_kept:?}"
+                "{service}: deleted a segment starting at {newest_deleted} but kept one starting at {oldest_kept:?}"
             );
         }
     }
@@ -584,6 +763,9 @@ fn every_operation_once() {
         Op::Append { topic: 2, partition: 0, tick: 1, records: vec![rec(1)] },
         Op::Append { topic: 0, partition: 3, tick: 1, records: vec![rec(1)] },
         Op::Read { topic: 0, partition: 1, from: 2, max_records: 3, max_bytes: 1 },
+        Op::Sync { topic: 0, partition: 1 },
+        Op::Sync { topic: 2, partition: 0 },
+        Op::Read { topic: 0, partition: 1, from: 2, max_records: 3, max_bytes: 1 },
         Op::Commit { group: 0, topic: 0, partition: 1, back: 0, past_end: 2 },
         Op::Commit { group: 1, topic: 0, partition: 1, back: 0, past_end: 3 },
         Op::EnsureTopic { topic: 0, partitions: 3, service: 2 },
@@ -592,6 +774,9 @@ fn every_operation_once() {
         Op::Flush,
         Op::Reopen,
         Op::Append { topic: 0, partition: 1, tick: 1, records: vec![rec(3)] },
+        Op::Append { topic: 1, partition: 0, tick: 1, records: (1..=5).map(rec).collect() },
+        Op::Flush,
+        Op::Append { topic: 0, partition: 0, tick: 1, records: vec![rec(4)] },
         Op::Evict { budget_pct: 50, policies: vec![Some((1, false, 100)), Some((2, true, 0)), None] },
         Op::Retention { topic: 1, max_bytes: None, max_age_ms: Some(0) },
         Op::Reopen,

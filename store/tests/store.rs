@@ -1,22 +1,48 @@
 //! Behaviour of the store through its public API: restart, corrupt or
-//! foreign data directories, retention by age and size, eviction by
-//! priority, error cases, partition growth and the key partitioner.
+//! foreign data directories (sled metadata and segment files), retention
+//! and eviction by whole segments, error cases, partition growth and the
+//! key partitioner.
 #![allow(clippy::unwrap_used)]
 
 use sluice_store::{
-    partition_for_key, EvictionPolicy, Offset, PartitionId, Record, Retention, Store, StoreError,
-    StoreOptions, TopicSpec,
+    partition_for_key, EvictionPolicy, Offset, PartitionId, Record, Retention, SegmentLimits, Store,
+    StoreError, StoreOptions, TopicSpec,
 };
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const P0: PartitionId = PartitionId(0);
 const P1: PartitionId = PartitionId(1);
 
+/// Bytes of a batch header in a segment file.
+const BATCH_HEADER: u64 = sluice_store::log::segment::HEADER_LEN as u64;
+
+/// Segments of up to 14 000 bytes, never rolled by age (the test records carry
+/// timestamps from 1970).
+const LIMITS: SegmentLimits = SegmentLimits { max_bytes: 14_000, max_age_ms: i64::MAX / 2 };
+
+/// Every batch gets a segment of its own: retention and eviction, which
+/// delete whole segments, then work record by record when each record is
+/// made durable on its own.
+const ONE_PER_SEGMENT: SegmentLimits = SegmentLimits { max_bytes: 1, max_age_ms: i64::MAX / 2 };
+
+fn open_with(path: &Path, segments: SegmentLimits, accept_data_loss: bool) -> Result<Store, StoreError> {
+    Store::open(&StoreOptions {
+        cache_capacity: 1 << 20,
+        segments,
+        accept_data_loss,
+        ..StoreOptions::new(path)
+    })
+}
+
 fn open(path: &Path) -> Result<Store, StoreError> {
-    Store::open(&StoreOptions { cache_capacity: 1 << 20, ..StoreOptions::new(path) })
+    open_with(path, LIMITS, false)
+}
+
+fn open_small(path: &Path) -> Store {
+    open_with(path, ONE_PER_SEGMENT, false).unwrap()
 }
 
 fn spec(name: &str, partitions: u32, service: &str) -> TopicSpec {
@@ -34,10 +60,25 @@ fn rec(ts: i64, len: usize) -> Record {
     }
 }
 
-/// Bytes a record counts for in partition sizes and the disk budget
-/// (encoded record plus the 8-byte offset key).
+/// Bytes a batch of `records` takes in a segment file (header, then a
+/// length and the encoded record each): what partition sizes and the disk
+/// budget count.
+fn batch_len(records: &[Record]) -> u64 {
+    BATCH_HEADER + records.iter().map(|r| 4 + r.encoded_len() as u64).sum::<u64>()
+}
+
+/// Bytes of a record made durable on its own (a batch of one).
 fn stored_len(r: &Record) -> u64 {
-    r.encoded_len() as u64 + 8
+    batch_len(std::slice::from_ref(r))
+}
+
+/// Appends each record as its own durable batch (and, with
+/// [`ONE_PER_SEGMENT`], its own segment).
+fn append_each(store: &Store, topic: &str, p: PartitionId, records: &[Record]) {
+    for r in records {
+        store.append(topic, p, std::slice::from_ref(r)).unwrap();
+        store.sync_partitions(&[(topic.to_owned(), p)]).unwrap();
+    }
 }
 
 fn all(store: &Store, topic: &str, p: PartitionId) -> Vec<(u64, Record)> {
@@ -49,19 +90,56 @@ fn timestamps(store: &Store, topic: &str, p: PartitionId) -> Vec<i64> {
     all(store, topic, p).into_iter().map(|(_, r)| r.timestamp_ms).collect()
 }
 
+/// Bytes of all partitions (segments and batches not yet written).
+fn partition_bytes(store: &Store) -> u64 {
+    store.topics().iter().flat_map(|t| t.partitions.iter()).map(|p| p.bytes).sum()
+}
+
+/// What the disk budget counts besides the partitions: sled's files (as
+/// of the last checkpoint).
+fn sled_bytes(store: &Store) -> u64 {
+    store.total_bytes() - partition_bytes(store)
+}
+
+fn seg_dir(path: &Path, topic: &str, p: u32) -> PathBuf {
+    path.join("segments").join(format!("{topic}-{p}"))
+}
+
+/// The segment files of a partition, oldest first.
+fn segment_files(path: &Path, topic: &str, p: u32) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(seg_dir(path, topic, p))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|x| x == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn segment_file(path: &Path, topic: &str, p: u32, base: u64) -> PathBuf {
+    seg_dir(path, topic, p).join(format!("{base:020}.log"))
+}
+
+/// Bytes of a partition's segment files on disk.
+fn file_bytes(path: &Path, topic: &str, p: u32) -> u64 {
+    segment_files(path, topic, p).iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
+}
+
 fn assert_names_path(err: &StoreError, path: &Path) {
     let msg = err.to_string();
     assert!(msg.contains(&path.display().to_string()), "error does not name {}: {msg}", path.display());
 }
 
-/// A store with one topic and `records` flushed records of 500 bytes, then
-/// closed. 3000 records span several of sled's 512 KiB segments.
+/// A store with one topic of 2 partitions and `records` flushed records of
+/// 500 bytes (alternating partitions, a flush every 10 records: batches of
+/// 5 records, segments of 5 batches = 25 records; above 200 records a
+/// flush every 100), then closed.
 fn populated(path: &Path, records: u32) {
     let store = open(path).unwrap();
     store.ensure_topic(&spec("t", 2, "s")).unwrap();
     for i in 0..records {
         store.append("t", PartitionId(i % 2), &[rec(i64::from(i), 500)]).unwrap();
-        if i % 100 == 0 {
+        if i % 10 == 9 && (records <= 200 || i % 100 == 99) {
             store.flush().unwrap();
         }
     }
@@ -73,6 +151,13 @@ fn overwrite(file: &Path, at: u64, len: usize) {
     f.seek(SeekFrom::Start(at)).unwrap();
     let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
     f.write_all(&garbage).unwrap();
+}
+
+/// Flips one byte of `file` at `at`.
+fn flip(file: &Path, at: u64) {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at as usize] ^= 0x5a;
+    std::fs::write(file, bytes).unwrap();
 }
 
 #[test]
@@ -90,21 +175,22 @@ fn restart_keeps_topics_data_and_committed_offsets() {
             written.push(r);
         }
         store.append("alarms", P0, &[rec(5, 1), rec(6, 2)]).unwrap();
+        store.flush().unwrap();
         store.commit("g", "telemetry", P1, Offset(7)).unwrap();
         store.commit("g", "alarms", P0, Offset(2)).unwrap();
         store.commit("other", "telemetry", P1, Offset(0)).unwrap();
         store.flush().unwrap();
-        (written, store.total_bytes())
+        (written, partition_bytes(&store))
     };
     let store = open(&path).unwrap();
     let names: Vec<String> = store.topics().into_iter().map(|t| t.spec.name).collect();
     assert_eq!(names, ["alarms", "telemetry"]);
     let t = store.topic("telemetry").unwrap();
     assert_eq!((t.spec.partitions, t.spec.service.as_str()), (2, "telemetry"));
-    assert_eq!(t.partitions[1].high_watermark, Offset(10));
+    assert_eq!((t.partitions[1].high_watermark, t.partitions[1].flushed), (Offset(10), Offset(10)));
     assert_eq!(t.partitions[1].records, 10);
     assert_eq!(all(&store, "telemetry", P1).into_iter().map(|(_, r)| r).collect::<Vec<_>>(), written);
-    assert_eq!(store.total_bytes(), bytes);
+    assert_eq!(partition_bytes(&store), bytes);
     assert_eq!(store.committed("g", "telemetry", P1).unwrap(), Some(Offset(7)));
     assert_eq!(store.committed("g", "alarms", P0).unwrap(), Some(Offset(2)));
     assert_eq!(store.committed("other", "telemetry", P1).unwrap(), Some(Offset(0)));
@@ -112,6 +198,41 @@ fn restart_keeps_topics_data_and_committed_offsets() {
     // Offsets continue.
     assert_eq!(store.append("telemetry", P1, &[rec(1, 1)]).unwrap(), Offset(10));
     assert_eq!(store.append("alarms", P0, &[rec(1, 1)]).unwrap(), Offset(2));
+}
+
+/// Appends are in memory until a flush: nothing is readable before, and a
+/// store dropped without a flush comes back without them.
+#[test]
+fn nothing_is_readable_or_kept_until_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    {
+        let store = open(&path).unwrap();
+        store.ensure_topic(&spec("t", 2, "s")).unwrap();
+        store.append("t", P0, &[rec(1, 10), rec(2, 10)]).unwrap();
+        let r = store.read("t", P0, Offset(0), usize::MAX, usize::MAX).unwrap();
+        assert_eq!((r.records.len(), r.high_watermark, r.log_start), (0, Offset(0), Offset(0)));
+        let info = store.topic("t").unwrap().partitions[0];
+        assert_eq!((info.high_watermark, info.flushed, info.records), (Offset(2), Offset(0), 2));
+        // sync_partitions makes only the partitions named durable.
+        store.append("t", P1, &[rec(3, 10)]).unwrap();
+        store.sync_partitions(&[("t".to_owned(), P0)]).unwrap();
+        assert_eq!(timestamps(&store, "t", P0), [1, 2]);
+        assert_eq!(store.read("t", P1, Offset(0), 10, usize::MAX).unwrap().high_watermark, Offset(0));
+        // flush_paced only the topics it includes.
+        store.ensure_topic(&spec("u", 1, "s")).unwrap();
+        store.append("u", P0, &[rec(4, 10)]).unwrap();
+        store.flush_paced(4096, &|t| t == "u").unwrap();
+        assert_eq!(timestamps(&store, "u", P0), [4]);
+        assert_eq!(store.read("t", P1, Offset(0), 10, usize::MAX).unwrap().records.len(), 0);
+        store.append("t", P0, &[rec(5, 10)]).unwrap();
+        assert!(store.undurable_bytes() > 0);
+    }
+    let store = open(&path).unwrap();
+    assert_eq!(timestamps(&store, "t", P0), [1, 2]);
+    assert_eq!(timestamps(&store, "t", P1), Vec::<i64>::new());
+    assert_eq!(timestamps(&store, "u", P0), [4]);
+    assert_eq!(store.append("t", P0, &[rec(6, 10)]).unwrap(), Offset(2));
 }
 
 #[test]
@@ -149,17 +270,21 @@ fn assert_open_fails(path: &Path, what: &str) {
     }
 }
 
-/// Damage at the start of every 512 KiB segment: sled either panics
-/// ("tried to serialize Uninitialized", spacejam/sled#1387) or recovers an
-/// empty database; both must be an error naming the directory.
+/// Damage at the start of sled's log (the metadata: topics, catalog,
+/// checkpoints): sled either panics ("tried to serialize Uninitialized",
+/// spacejam/sled#1387) or recovers an empty database; both must be an
+/// error naming the directory.
 #[test]
 fn damaged_sled_log_is_an_error_not_a_panic_nor_an_empty_store() {
     let dir = tempfile::tempdir().unwrap();
-    for at in [0u64, 20, 4096] {
+    for at in [0u64, 20] {
         let path = dir.path().join(format!("garbage-at-{at}"));
         populated(&path, 3000);
-        for segment in 0..8 {
+        let len = std::fs::metadata(path.join("db")).unwrap().len();
+        let mut segment = 0;
+        while at + segment * 512 * 1024 < len {
             overwrite(&path.join("db"), at + segment * 512 * 1024, 64);
+            segment += 1;
         }
         assert_open_fails(&path, &format!("a db file with garbage at {at} of each segment"));
     }
@@ -173,15 +298,18 @@ fn damaged_sled_log_is_an_error_not_a_panic_nor_an_empty_store() {
     assert_open_fails(&path, "a db file replaced by 10 bytes");
 }
 
-/// Damage in one place of a multi-segment log: sled panics on some, skips
-/// or truncates at others (dropping everything after the damage). The store
+/// Damage in one place of sled's log: sled panics on some, skips or
+/// truncates at others (dropping everything after the damage). The store
 /// must never panic nor lose flushed records silently: either an error
 /// naming the directory, or every record is there.
 #[test]
 fn local_damage_in_sled_log_never_panics_nor_loses_silently() {
     let dir = tempfile::tempdir().unwrap();
     let mut refused = 0;
-    for at in [20u64, 200_000, 600_000, 1_048_600, 1_300_000] {
+    let probe = dir.path().join("probe");
+    populated(&probe, 3000);
+    let len = std::fs::metadata(probe.join("db")).unwrap().len();
+    for at in [20u64, len / 5, len / 2, len * 4 / 5, len.saturating_sub(100)] {
         let path = dir.path().join(format!("garbage-at-{at}"));
         populated(&path, 3000);
         overwrite(&path.join("db"), at, 64);
@@ -204,42 +332,40 @@ fn local_damage_in_sled_log_never_panics_nor_loses_silently() {
     assert!(refused > 0, "no damage was detected: the test damages nothing");
 }
 
-/// Removes the last `n` chunks of `t`/`p` behind the store's back, the way
-/// sled recovers a log damaged in the middle: a clean prefix.
-fn drop_tail(path: &Path, p: u32, n: usize) {
-    let db = raw_sled(path);
-    let tree = db.open_tree(format!("log/t/{p}")).unwrap();
-    let keys: Vec<_> = tree.iter().keys().rev().take(n).map(Result::unwrap).collect();
-    for k in keys {
-        tree.remove(k).unwrap();
-    }
-    db.flush().unwrap();
+/// `populated(.., 200)`: partition 1 holds offsets 0..100 in segments of
+/// 25 records (5 batches of 5): sealed 0, 25, 50; active 75.
+fn sealed_segment_of_p1(path: &Path, base: u64) -> PathBuf {
+    let files = segment_files(path, "t", 1);
+    assert_eq!(files.len(), 4, "{files:?}");
+    segment_file(path, "t", 1, base)
 }
 
-fn open_accepting(path: &Path) -> Result<Store, StoreError> {
-    Store::open(&StoreOptions { cache_capacity: 1 << 20, accept_data_loss: true, ..StoreOptions::new(path) })
-}
-
-#[test]
-fn flushed_records_missing_from_the_log_are_refused_naming_file_and_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data");
-    populated(&path, 200);
-    drop_tail(&path, 1, 10);
-    let err = open(&path).unwrap_err();
-    match &err {
+fn expect_data_loss(err: &StoreError, path: &Path, ranges: &[(u32, u64, u64)]) {
+    match err {
         StoreError::DataLoss { file, lost } => {
-            assert_eq!(file, &path.join("db"));
-            assert_eq!(lost.len(), 1, "{lost:?}");
+            assert_eq!(file, &seg_dir(path, "t", ranges[0].0));
             assert_eq!(
-                (lost[0].topic.as_str(), lost[0].partition, lost[0].from, lost[0].to),
-                ("t", 1, 90, 100)
+                lost.iter().map(|l| (l.topic.as_str(), l.partition, l.from, l.to)).collect::<Vec<_>>(),
+                ranges.iter().map(|&(p, from, to)| ("t", p, from, to)).collect::<Vec<_>>()
             );
         }
         other => panic!("expected DataLoss, got {other:?}"),
     }
+}
+
+#[test]
+fn a_truncated_sealed_segment_is_refused_naming_directory_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 200);
+    let seg = sealed_segment_of_p1(&path, 50);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    // Cut into the last batch (offsets 70..75).
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 100).unwrap();
+    let err = open(&path).unwrap_err();
+    expect_data_loss(&err, &path, &[(1, 70, 75)]);
     let msg = err.to_string();
-    for needle in ["db", "t/1 offsets 90..100", "--accept-data-loss", "backup"] {
+    for needle in ["segments/t-1", "t/1 offsets 70..75", "--accept-data-loss", "backup"] {
         assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
     }
     // Refusing changed nothing: the same answer again.
@@ -248,59 +374,133 @@ fn flushed_records_missing_from_the_log_are_refused_naming_file_and_offsets() {
     // Accepted: the gap is skipped, offsets are not reused, and the next
     // open is clean.
     {
-        let store = open_accepting(&path).unwrap();
+        let store = open_with(&path, LIMITS, true).unwrap();
         assert_eq!(store.accepted_loss().len(), 1);
         assert_eq!(store.watermarks("t", P1).unwrap().1, Offset(100));
-        assert_eq!(all(&store, "t", P1).len(), 90);
+        let offsets: Vec<u64> = all(&store, "t", P1).into_iter().map(|(o, _)| o).collect();
+        assert_eq!(offsets, (0..70).chain(75..100).collect::<Vec<_>>());
         assert_eq!(all(&store, "t", P0).len(), 100);
         assert_eq!(store.append("t", P1, &[rec(1, 1)]).unwrap(), Offset(100));
         store.flush().unwrap();
     }
     let store = open(&path).unwrap();
     assert!(store.accepted_loss().is_empty());
+    assert_eq!(all(&store, "t", P1).len(), 96);
     assert_eq!(store.append("t", P1, &[rec(2, 1)]).unwrap(), Offset(101));
 }
 
 #[test]
-fn a_deleted_log_file_is_refused_not_started_empty() {
+fn a_missing_sealed_segment_is_refused_naming_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    for (base, from, to) in [(25u64, 25u64, 50u64), (0, 0, 25)] {
+        let path = dir.path().join(format!("missing-{base}"));
+        populated(&path, 200);
+        std::fs::remove_file(sealed_segment_of_p1(&path, base)).unwrap();
+        expect_data_loss(&open(&path).unwrap_err(), &path, &[(1, from, to)]);
+        {
+            let store = open_with(&path, LIMITS, true).unwrap();
+            let offsets: Vec<u64> = all(&store, "t", P1).into_iter().map(|(o, _)| o).collect();
+            assert_eq!(offsets, (0..from).chain(to..100).collect::<Vec<_>>());
+            assert_eq!(store.append("t", P1, &[rec(1, 1)]).unwrap(), Offset(100));
+            store.flush().unwrap();
+        }
+        let store = open(&path).unwrap();
+        assert!(store.accepted_loss().is_empty());
+        assert_eq!(store.watermarks("t", P1).unwrap().1, Offset(101));
+    }
+}
+
+/// A partition whose whole directory is gone (its durable end was in the
+/// checkpoint) is refused; accepted, its offsets continue after the lost
+/// ones.
+#[test]
+fn a_deleted_partition_directory_is_refused_not_started_empty() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data");
     populated(&path, 50);
-    std::fs::remove_file(path.join("db")).unwrap();
+    std::fs::remove_dir_all(seg_dir(&path, "t", 0)).unwrap();
     let err = open(&path).unwrap_err();
-    let StoreError::DataLoss { lost, .. } = &err else { panic!("expected DataLoss, got {err:?}") };
-    assert_eq!(
-        lost.iter().map(|l| (l.partition, l.from, l.to)).collect::<Vec<_>>(),
-        [(0, 0, 25), (1, 0, 25)]
-    );
-    // Accepted: the topic comes back (its definition was in the lost log)
-    // and its offsets continue after the lost ones.
-    let store = open_accepting(&path).unwrap();
-    assert_eq!(store.topic("t").unwrap().spec.partitions, 2);
-    assert_eq!(store.append("t", P0, &[rec(1, 1)]).unwrap(), Offset(25));
+    expect_data_loss(&err, &path, &[(0, 0, 25)]);
+    {
+        let store = open_with(&path, LIMITS, true).unwrap();
+        assert_eq!(store.topic("t").unwrap().spec.partitions, 2);
+        assert_eq!(all(&store, "t", P1).len(), 25);
+        assert_eq!(store.append("t", P0, &[rec(1, 1)]).unwrap(), Offset(25));
+        store.flush().unwrap();
+    }
+    let store = open(&path).unwrap();
+    assert_eq!(all(&store, "t", P0).into_iter().map(|(o, _)| o).collect::<Vec<_>>(), [25]);
 }
 
+/// A damaged byte inside a sealed segment is not looked at on open (only
+/// the data after the checkpoint is scanned); reading it is an error
+/// naming the file, never wrong data.
 #[test]
-fn a_damaged_watermark_file_is_refused_naming_it() {
+fn a_damaged_sealed_segment_is_a_read_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data");
-    populated(&path, 20);
-    let file = path.join("sluice-watermarks");
-    let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains("t 1 10"), "{text}");
-    std::fs::write(&file, &text[..text.len() / 2]).unwrap();
-    let err = open(&path).unwrap_err();
-    assert!(matches!(err, StoreError::Watermarks { .. }), "{err:?}");
-    assert_names_path(&err, &file);
-    assert!(err.to_string().contains("--accept-data-loss"), "{err}");
-    // Accepted: rebuilt from the log, nothing lost.
-    drop(open_accepting(&path).unwrap());
+    populated(&path, 200);
+    let seg = sealed_segment_of_p1(&path, 25);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    flip(&seg, len / 2);
     let store = open(&path).unwrap();
-    assert_eq!(all(&store, "t", P1).len(), 10);
-    // A missing file (a store from before the file existed) is no error.
-    drop(store);
-    std::fs::remove_file(&file).unwrap();
-    assert_eq!(all(&open(&path).unwrap(), "t", P0).len(), 10);
+    let err = store.read("t", P1, Offset(0), usize::MAX, usize::MAX).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { partition: 1, .. }), "{err:?}");
+    assert_names_path(&err, &seg);
+    // Before the damage and after it reads fine.
+    assert_eq!(store.read("t", P1, Offset(0), 25, usize::MAX).unwrap().records.len(), 25);
+    assert_eq!(store.read("t", P1, Offset(50), usize::MAX, usize::MAX).unwrap().records.len(), 50);
+}
+
+/// A damaged batch at the end of the active segment, written after the
+/// last checkpoint, is a torn tail: cut on open, the rest kept.
+#[test]
+fn a_damaged_tail_of_the_active_segment_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 200);
+    {
+        let store = open(&path).unwrap();
+        store.append("t", P1, &[rec(1000, 10), rec(1001, 10)]).unwrap();
+        store.sync_partitions(&[("t".to_owned(), P1)]).unwrap();
+        store.append("t", P1, &[rec(1002, 10), rec(1003, 10)]).unwrap();
+        store.sync_partitions(&[("t".to_owned(), P1)]).unwrap();
+    }
+    let active = segment_files(&path, "t", 1).pop().unwrap();
+    let len = std::fs::metadata(&active).unwrap().len();
+    flip(&active, len - 3);
+    let store = open(&path).unwrap();
+    assert!(store.accepted_loss().is_empty());
+    let ts: Vec<i64> = timestamps(&store, "t", P1);
+    assert_eq!(ts.len(), 102);
+    assert_eq!(ts[100..], [1000, 1001]);
+    assert_eq!(std::fs::metadata(&active).unwrap().len(), len - batch_len(&[rec(1002, 10), rec(1003, 10)]));
+    assert_eq!(store.append("t", P1, &[rec(1, 1)]).unwrap(), Offset(102));
+}
+
+/// sled's metadata deleted, the segments left: refused (group offsets,
+/// cursors and the catalog are gone), never started as an empty store.
+#[test]
+fn deleted_metadata_with_segments_left_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    populated(&path, 50);
+    for f in std::fs::read_dir(&path).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap() != "segments" {
+            if f.is_dir() {
+                std::fs::remove_dir_all(&f).unwrap();
+            } else {
+                std::fs::remove_file(&f).unwrap();
+            }
+        }
+    }
+    let err = open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert_names_path(&err, &path);
+    assert!(err.to_string().contains("segments"), "{err}");
+    // Refusing wrote nothing: the same answer again.
+    assert!(matches!(open(&path).unwrap_err(), StoreError::Open { .. }));
 }
 
 #[test]
@@ -338,7 +538,7 @@ fn format_marker_mismatch_is_refused() {
     match &err {
         StoreError::Format { found, expected, .. } => {
             assert_eq!(found, "sluice-store/999");
-            assert_eq!(*expected, "sluice-store/2");
+            assert_eq!(*expected, "sluice-store/3");
         }
         other => panic!("expected a format error, got {other:?}"),
     }
@@ -364,27 +564,29 @@ fn corrupt_topic_metadata_is_an_error_naming_the_topic() {
 }
 
 #[test]
-fn retention_by_age_deletes_old_records_and_advances_log_start() {
+fn retention_by_age_deletes_old_segments_and_advances_log_start() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).unwrap();
+    let store = open_small(dir.path());
     let mut s = spec("t", 2, "s");
     s.retention.max_age = Some(Duration::from_secs(60));
     store.ensure_topic(&s).unwrap();
     store.ensure_topic(&spec("forever", 1, "s")).unwrap();
     let now = 1_000_000_000;
-    // Partition 0: five old, three new. Partition 1: all new.
-    for age_s in [600, 300, 120, 61, 60, 59, 10, 0] {
-        store.append("t", P0, &[rec(now - age_s * 1000, 20)]).unwrap();
-    }
-    store.append("t", P1, &[rec(now - 1000, 20), rec(now, 20)]).unwrap();
-    store.append("forever", P0, &[rec(0, 20)]).unwrap();
+    // Partition 0: five old, three new, a segment each. Partition 1: all
+    // new.
+    let p0: Vec<Record> =
+        [600, 300, 120, 61, 60, 59, 10, 0].iter().map(|age_s| rec(now - age_s * 1000, 20)).collect();
+    append_each(&store, "t", P0, &p0);
+    append_each(&store, "t", P1, &[rec(now - 1000, 20), rec(now, 20)]);
+    append_each(&store, "forever", P0, &[rec(0, 20)]);
     let before = store.total_bytes();
 
     let report = store.enforce_retention(now).unwrap();
 
-    // Strictly older than the cutoff goes; exactly 60 s old stays.
+    // A segment whose newest record is strictly older than the cutoff
+    // goes; exactly 60 s old stays.
     assert_eq!(report.records(), 4);
-    let freed: u64 = (0..4).map(|_| stored_len(&rec(0, 20))).sum();
+    let freed = 4 * stored_len(&rec(0, 20));
     assert_eq!(report.deleted.get("s"), Some(&(4, freed)));
     assert_eq!(store.total_bytes(), before - freed);
     assert_eq!(timestamps(&store, "t", P0), [now - 60_000, now - 59_000, now - 10_000, now]);
@@ -398,26 +600,73 @@ fn retention_by_age_deletes_old_records_and_advances_log_start() {
     assert_eq!(store.enforce_retention(now).unwrap().records(), 0);
 }
 
+/// Retention deletes whole segments: an old record shares the fate of the
+/// newest one in its segment.
+#[test]
+fn retention_by_age_keeps_a_segment_holding_a_new_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let mut s = spec("t", 1, "s");
+    s.retention.max_age = Some(Duration::from_secs(60));
+    store.ensure_topic(&s).unwrap();
+    let now = 1_000_000_000;
+    store.append("t", P0, &[rec(now - 600_000, 20), rec(now, 20)]).unwrap();
+    store.flush().unwrap();
+    assert_eq!(store.enforce_retention(now).unwrap().records(), 0);
+    assert_eq!(timestamps(&store, "t", P0), [now - 600_000, now]);
+    assert_eq!(store.enforce_retention(now + 61_000).unwrap().records(), 2);
+    assert_eq!(store.watermarks("t", P0).unwrap(), (Offset(2), Offset(2)));
+}
+
+/// After a restart the active segment's newest timestamp is known (not
+/// only that of what recovery scanned after the checkpoint): retention by
+/// age keeps recent records.
+#[test]
+fn retention_by_age_after_a_restart_keeps_recent_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    let mut s = spec("t", 1, "s");
+    s.retention.max_age = Some(Duration::from_secs(60));
+    let now = 1_000_000_000;
+    {
+        let store = open(&path).unwrap();
+        store.ensure_topic(&s).unwrap();
+        store.append("t", P0, &[rec(now - 1000, 20), rec(now, 20)]).unwrap();
+        store.flush().unwrap();
+    }
+    let store = open(&path).unwrap();
+    store.ensure_topic(&s).unwrap();
+    assert_eq!(store.enforce_retention(now).unwrap().records(), 0);
+    assert_eq!(timestamps(&store, "t", P0), [now - 1000, now]);
+    assert_eq!(store.enforce_retention(now + 60_001).unwrap().records(), 2);
+}
+
 #[test]
 fn retention_by_bytes_keeps_the_newest_within_the_per_partition_share() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).unwrap();
+    let store = open_small(dir.path());
     let one = stored_len(&rec(0, 100));
     let mut s = spec("t", 2, "s");
-    // 2 partitions share 7 records' worth: 3.5 each, so 3 stay per partition.
+    // 2 partitions share 7 records' worth: 3.5 each. As in Kafka, a
+    // segment goes only while the rest still holds the share, so 4 stay.
     s.retention.max_bytes = Some(7 * one);
     store.ensure_topic(&s).unwrap();
-    for i in 0..10 {
-        store.append("t", P0, &[rec(100 + i, 100)]).unwrap();
-    }
-    store.append("t", P1, &[rec(1, 100), rec(2, 100)]).unwrap();
+    append_each(&store, "t", P0, &(0..10).map(|i| rec(100 + i, 100)).collect::<Vec<_>>());
+    append_each(&store, "t", P1, &[rec(1, 100), rec(2, 100)]);
     let report = store.enforce_retention(0).unwrap();
-    assert_eq!(report.deleted.get("s"), Some(&(7, 7 * one)));
-    assert_eq!(timestamps(&store, "t", P0), [107, 108, 109]);
+    assert_eq!(report.deleted.get("s"), Some(&(6, 6 * one)));
+    assert_eq!(timestamps(&store, "t", P0), [106, 107, 108, 109]);
     assert_eq!(timestamps(&store, "t", P1), [1, 2]);
     let info = store.topic("t").unwrap();
-    assert_eq!((info.partitions[0].log_start, info.partitions[0].bytes), (Offset(7), 3 * one));
-    assert_eq!(store.total_bytes(), 5 * one);
+    assert_eq!((info.partitions[0].log_start, info.partitions[0].bytes), (Offset(6), 4 * one));
+    assert_eq!(partition_bytes(&store), 6 * one);
+    assert_eq!(file_bytes(dir.path(), "t", 0), 4 * one);
+    // The active segment is never deleted for size.
+    s.retention.max_bytes = Some(0);
+    store.ensure_topic(&s).unwrap();
+    assert_eq!(store.enforce_retention(0).unwrap().deleted.get("s"), Some(&(4, 4 * one)));
+    assert_eq!(timestamps(&store, "t", P0), [109]);
+    assert_eq!(timestamps(&store, "t", P1), [2]);
 }
 
 #[test]
@@ -430,9 +679,10 @@ fn offsets_are_not_reused_after_everything_is_deleted_and_reopened() {
         let store = open(&path).unwrap();
         store.ensure_topic(&s).unwrap();
         store.append("t", P0, &[rec(1, 5), rec(2, 5), rec(3, 5)]).unwrap();
+        store.flush().unwrap();
         store.enforce_retention(1_000).unwrap();
         assert_eq!(store.watermarks("t", P0).unwrap(), (Offset(3), Offset(3)));
-        assert_eq!(store.total_bytes(), 0);
+        assert_eq!(partition_bytes(&store), 0);
         store.flush().unwrap();
     }
     let store = open(&path).unwrap();
@@ -451,34 +701,36 @@ fn service_bytes(store: &Store, service: &str) -> u64 {
 #[test]
 fn eviction_takes_lowest_priority_first_and_respects_reservations() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).unwrap();
+    let store = open_small(dir.path());
     store.ensure_topic(&spec("alarms", 1, "alarms")).unwrap();
     store.ensure_topic(&spec("telemetry", 2, "telemetry")).unwrap();
     store.ensure_topic(&spec("logs", 1, "logs")).unwrap();
     let one = stored_len(&rec(0, 100));
     // The express alarms are the oldest data: age alone must not pick them.
     for i in 0..10 {
-        store.append("alarms", P0, &[rec(i, 100)]).unwrap();
-        store.append("telemetry", PartitionId((i % 2) as u32), &[rec(100 + i, 100)]).unwrap();
-        store.append("logs", P0, &[rec(200 + i, 100)]).unwrap();
+        append_each(&store, "alarms", P0, &[rec(i, 100)]);
+        append_each(&store, "telemetry", PartitionId((i % 2) as u32), &[rec(100 + i, 100)]);
+        append_each(&store, "logs", P0, &[rec(200 + i, 100)]);
     }
+    // The budget counts sled's files too; they do not change meanwhile.
+    let sled = sled_bytes(&store);
     let policies: HashMap<String, EvictionPolicy> = [
         ("alarms".to_owned(), policy(1, true, 0)),
         ("telemetry".to_owned(), policy(4, false, 0)),
         ("logs".to_owned(), policy(1, false, 4 * one)),
     ]
     .into();
-    assert_eq!(store.total_bytes(), 30 * one);
+    assert_eq!(store.total_bytes(), sled + 30 * one);
 
     // 3 records over: logs (weight 1) alone pays.
-    let report = store.evict_to_budget(27 * one, &policies).unwrap();
+    let report = store.evict_to_budget(sled + 27 * one, &policies).unwrap();
     assert_eq!(report.deleted.len(), 1, "{report:?}");
     assert_eq!(report.deleted.get("logs"), Some(&(3, 3 * one)));
     assert_eq!(timestamps(&store, "logs", P0), (203..210).collect::<Vec<_>>());
 
     // 10 more over: logs down to its 4 reserved records, then telemetry's
     // oldest 7, across both partitions in timestamp order.
-    let report = store.evict_to_budget(17 * one, &policies).unwrap();
+    let report = store.evict_to_budget(sled + 17 * one, &policies).unwrap();
     assert_eq!(report.deleted.get("logs"), Some(&(3, 3 * one)));
     assert_eq!(report.deleted.get("telemetry"), Some(&(7, 7 * one)));
     assert_eq!(report.deleted.get("alarms"), None);
@@ -488,26 +740,25 @@ fn eviction_takes_lowest_priority_first_and_respects_reservations() {
 
     // Far over: telemetry goes entirely, then express alarms, oldest first;
     // logs keep their reservation.
-    let report = store.evict_to_budget(6 * one, &policies).unwrap();
+    let report = store.evict_to_budget(sled + 6 * one, &policies).unwrap();
     assert_eq!(report.deleted.get("telemetry"), Some(&(3, 3 * one)));
     assert_eq!(report.deleted.get("alarms"), Some(&(8, 8 * one)));
     assert_eq!(timestamps(&store, "alarms", P0), [8, 9]);
     assert_eq!(service_bytes(&store, "logs"), 4 * one);
-    assert_eq!(store.total_bytes(), 6 * one);
+    assert_eq!(store.total_bytes(), sled + 6 * one);
 
     // Below every reservation nothing more can go: eviction stops.
     let report = store.evict_to_budget(0, &policies).unwrap();
     assert_eq!(report.deleted.get("logs"), None);
     assert_eq!(service_bytes(&store, "logs"), 4 * one);
-    assert_eq!(store.total_bytes(), 4 * one);
-    let sum: u64 = store.topics().iter().flat_map(|t| t.partitions.iter()).map(|p| p.bytes).sum();
-    assert_eq!(store.total_bytes(), sum);
+    assert_eq!(store.total_bytes(), sled + 4 * one);
+    assert_eq!(partition_bytes(&store), 4 * one);
 }
 
 #[test]
 fn eviction_is_oldest_first_across_a_services_partitions_and_topics() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).unwrap();
+    let store = open_small(dir.path());
     store.ensure_topic(&spec("a", 2, "svc")).unwrap();
     store.ensure_topic(&spec("b", 1, "svc")).unwrap();
     let one = stored_len(&rec(0, 50));
@@ -518,9 +769,9 @@ fn eviction_is_oldest_first_across_a_services_partitions_and_topics() {
             1 => ("a", P1),
             _ => ("b", P0),
         };
-        store.append(topic, p, &[rec(ts, 50)]).unwrap();
+        append_each(&store, topic, p, &[rec(ts, 50)]);
     }
-    let report = store.evict_to_budget(20 * one, &HashMap::new()).unwrap();
+    let report = store.evict_to_budget(sled_bytes(&store) + 20 * one, &HashMap::new()).unwrap();
     assert_eq!(report.deleted.get("svc"), Some(&(10, 10 * one)));
     let mut left: Vec<i64> = timestamps(&store, "a", P0);
     left.extend(timestamps(&store, "a", P1));
@@ -532,34 +783,35 @@ fn eviction_is_oldest_first_across_a_services_partitions_and_topics() {
 #[test]
 fn eviction_never_takes_a_service_below_its_reservation() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).unwrap();
+    let store = open_small(dir.path());
     store.ensure_topic(&spec("logs", 1, "logs")).unwrap();
     store.ensure_topic(&spec("telemetry", 1, "telemetry")).unwrap();
     let one = stored_len(&rec(0, 100));
     for i in 0..10 {
-        store.append("logs", P0, &[rec(i, 100)]).unwrap();
-        store.append("telemetry", P0, &[rec(100 + i, 100)]).unwrap();
+        append_each(&store, "logs", P0, &[rec(i, 100)]);
+        append_each(&store, "telemetry", P0, &[rec(100 + i, 100)]);
     }
+    let sled = sled_bytes(&store);
     // Reservation of 4.5 records: logs may drop to 5 records, not to 4.
     let policies: HashMap<String, EvictionPolicy> = [
         ("logs".to_owned(), policy(1, false, 4 * one + one / 2)),
         ("telemetry".to_owned(), policy(5, false, 0)),
     ]
     .into();
-    let report = store.evict_to_budget(12 * one, &policies).unwrap();
+    let report = store.evict_to_budget(sled + 12 * one, &policies).unwrap();
     assert!(service_bytes(&store, "logs") >= 4 * one + one / 2, "{report:?}");
     assert_eq!(report.deleted.get("logs"), Some(&(5, 5 * one)));
     // The rest came from the next service rather than stopping over budget.
     assert_eq!(report.deleted.get("telemetry"), Some(&(3, 3 * one)));
-    assert_eq!(store.total_bytes(), 12 * one);
+    assert_eq!(store.total_bytes(), sled + 12 * one);
 }
 
 #[test]
 fn eviction_within_budget_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).unwrap();
+    let store = open_small(dir.path());
     store.ensure_topic(&spec("t", 1, "s")).unwrap();
-    store.append("t", P0, &[rec(1, 10), rec(2, 10)]).unwrap();
+    append_each(&store, "t", P0, &[rec(1, 10), rec(2, 10)]);
     let total = store.total_bytes();
     assert_eq!(store.evict_to_budget(total, &HashMap::new()).unwrap().records(), 0);
     // One byte over: exactly one record goes (the oldest).
@@ -596,7 +848,7 @@ fn unknown_topics_and_partitions_are_errors() {
 }
 
 #[test]
-fn commit_past_the_high_watermark_is_refused() {
+fn commit_past_the_durable_end_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).unwrap();
     store.ensure_topic(&spec("t", 1, "s")).unwrap();
@@ -604,7 +856,14 @@ fn commit_past_the_high_watermark_is_refused() {
     assert!(matches!(err, StoreError::CommitPastEnd { offset: 1, high_watermark: 0, .. }), "{err:?}");
     store.commit("g", "t", P0, Offset(0)).unwrap();
     store.append("t", P0, &[rec(0, 1), rec(1, 1)]).unwrap();
+    // Not durable yet: a position there would be ahead of the data.
+    let err = store.commit("g", "t", P0, Offset(1)).unwrap_err();
+    assert!(matches!(err, StoreError::CommitPastEnd { offset: 1, high_watermark: 0, .. }), "{err:?}");
+    assert!(store.set_cursor("u", "t", P0, Offset(2)).is_err());
+    store.flush().unwrap();
     store.commit("g", "t", P0, Offset(2)).unwrap();
+    store.set_cursor("u", "t", P0, Offset(2)).unwrap();
+    assert!(store.set_cursor("u", "t", P0, Offset(3)).is_err());
     assert!(store.commit("g", "t", P0, Offset(3)).is_err());
     assert_eq!(store.committed("g", "t", P0).unwrap(), Some(Offset(2)));
     // Moving back is allowed (a consumer may rewind).
@@ -619,6 +878,7 @@ fn reads_respect_limits_but_return_at_least_one_record() {
     store.ensure_topic(&spec("t", 1, "s")).unwrap();
     let recs: Vec<Record> = (0..5).map(|i| rec(i, 100)).collect();
     store.append("t", P0, &recs).unwrap();
+    store.flush().unwrap();
     let len = recs[0].encoded_len();
     let offsets = |from, max_records, max_bytes| -> Vec<u64> {
         let r = store.read("t", P0, Offset(from), max_records, max_bytes).unwrap();
@@ -645,12 +905,13 @@ fn partitions_grow_keeping_data_and_never_shrink() {
         let store = open(&path).unwrap();
         store.ensure_topic(&spec("t", 1, "s")).unwrap();
         store.append("t", P0, &[rec(1, 10), rec(2, 10)]).unwrap();
-        let bytes = store.total_bytes();
+        store.flush().unwrap();
+        let bytes = partition_bytes(&store);
         let info = store.ensure_topic(&spec("t", 3, "other")).unwrap();
         assert_eq!(info.partitions.len(), 3);
         assert_eq!(info.spec.service, "other");
         assert_eq!(info.partitions[0].high_watermark, Offset(2));
-        assert_eq!(store.total_bytes(), bytes);
+        assert_eq!(partition_bytes(&store), bytes);
         assert_eq!(store.append("t", P0, &[rec(3, 10)]).unwrap(), Offset(2));
         assert_eq!(store.append("t", PartitionId(2), &[rec(4, 10)]).unwrap(), Offset(0));
 
@@ -659,6 +920,7 @@ fn partitions_grow_keeping_data_and_never_shrink() {
         assert_eq!(store.topic("t").unwrap().partitions.len(), 3);
         // Zero partitions means one, which is a shrink here too.
         assert!(store.ensure_topic(&spec("t", 0, "s")).is_err());
+        store.flush().unwrap();
     }
     let store = open(&path).unwrap();
     let info = store.topic("t").unwrap();
@@ -689,12 +951,15 @@ fn growing_a_topic_during_appends_keeps_offsets_unique() {
         store.ensure_topic(&spec("t", n, "s")).unwrap();
     }
     let offsets = appender.join().unwrap();
+    store.flush().unwrap();
     let reused = offsets.windows(2).filter(|w| w[1] != w[0] + 1).count();
     assert_eq!(reused, 0, "{reused} appends did not get the next offset (last {:?})", offsets.last());
     let info = store.topic("t").unwrap();
     assert_eq!((info.partitions[0].high_watermark, info.partitions[0].records), (Offset(4000), 4000));
     assert_eq!(all(&store, "t", P0).len(), 4000);
-    assert_eq!(store.total_bytes(), 4000 * stored_len(&rec(0, 8)));
+    assert_eq!(info.partitions[0].bytes, file_bytes(dir.path(), "t", 0));
+    let sum: u64 = (0..200).map(|p| file_bytes(dir.path(), "t", p)).sum();
+    assert_eq!(partition_bytes(&store), sum);
 }
 
 #[test]
@@ -719,14 +984,39 @@ fn total_bytes_matches_partitions_and_disk_size_is_reported() {
     let store = open(dir.path()).unwrap();
     store.ensure_topic(&spec("a", 2, "x")).unwrap();
     store.ensure_topic(&spec("b", 1, "y")).unwrap();
+    let sled = sled_bytes(&store);
+    assert!(sled > 0, "sled's files count");
     store.append("a", P1, &[rec(1, 1000), rec(2, 0)]).unwrap();
     store.append("b", P0, &[Record::default()]).unwrap();
-    let sum: u64 = store.topics().iter().flat_map(|t| t.partitions.iter()).map(|p| p.bytes).sum();
-    assert_eq!(store.total_bytes(), sum);
-    assert_eq!(sum, stored_len(&rec(1, 1000)) + stored_len(&rec(2, 0)) + stored_len(&Record::default()));
+    // Batches not yet written count already.
+    let sum = partition_bytes(&store);
+    assert_eq!(store.total_bytes(), sled + sum);
+    assert_eq!(sum, batch_len(&[rec(1, 1000), rec(2, 0)]) + stored_len(&Record::default()));
     assert_eq!(service_bytes(&store, "y"), stored_len(&Record::default()));
     store.flush().unwrap();
-    assert!(store.size_on_disk().unwrap() > 0);
+    // Written: the same bytes, now in the segment files.
+    assert_eq!(partition_bytes(&store), sum);
+    assert_eq!(file_bytes(dir.path(), "a", 1) + file_bytes(dir.path(), "b", 0), sum);
+    // What the budget counts is what the directory holds (within 5%).
+    let total = store.total_bytes();
+    assert_eq!(store.size_on_disk().unwrap(), total);
+    let du = dir_bytes(dir.path());
+    assert!(total.abs_diff(du) * 20 <= du, "total_bytes {total}, files {du}");
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                e.metadata().unwrap().len()
+            }
+        })
+        .sum()
 }
 
 /// Opens the raw sled database under a store, waiting while the lock of a
@@ -782,6 +1072,7 @@ fn concurrent_create_and_grow_never_reuse_offsets() {
                 .collect();
             workers.into_iter().map(|w| w.join().unwrap()).collect()
         });
+        store.flush().unwrap();
         let mut seen = std::collections::HashSet::new();
         for (p, offset) in appended.iter().flatten() {
             assert!(seen.insert((*p, *offset)), "{name}: offset {offset} of partition {p} handed out twice");

@@ -28,6 +28,7 @@ pub(super) async fn list_topics(State(shared): State<Shared>) -> Json<serde_json
                         "partition": p.partition.0,
                         "log_start": p.log_start.0,
                         "high_watermark": p.high_watermark.0,
+                        "durable": p.flushed.0,
                         "records": p.records,
                         "bytes": p.bytes,
                     })

@@ -302,7 +302,33 @@ impl Gateway {
         let (status, body) =
             self.post_json(&format!("/v1/topics/{topic}/records"), &json!({ "records": records })).await;
         assert_eq!(status, 200, "{body}");
+        self.settle(topic).await;
         offsets(&body)
+    }
+
+    /// Waits until every record appended to `topic` so far is durable, so
+    /// readers (who see only durable records) see it: a buffered service's
+    /// records become visible within `store.flush_interval`.
+    pub async fn settle(&self, topic: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = self.get_json("/v1/topics").await;
+            let mut found =
+                body["topics"].as_array().into_iter().flatten().filter(|t| t["name"] == topic).peekable();
+            let settled = found.peek().is_some()
+                && found.all(|t| {
+                    t["partitions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .all(|p| p["durable"] == p["high_watermark"])
+                });
+            if settled {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{topic} never became durable: {body}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 

@@ -1,10 +1,13 @@
-//! Damaged data files at start: a truncated or partly overwritten log,
-//! garbage in sled's `conf`, a damaged or deleted blob, a deleted log, a
-//! damaged watermark file. Each start either refuses with a clear error
-//! naming the data directory and what to do (exit non-zero, no panic), or
-//! serves every record that was stored; never less, silently. A refusal for
-//! lost records is followed by `--accept-data-loss`: then what is left is
-//! served unchanged and new offsets continue after the lost ones.
+//! Damaged data files at start: a sealed segment truncated, deleted or
+//! overwritten in the middle, the active segment's tail overwritten, a
+//! partition's directory deleted, garbage in sled's `conf`, the metadata
+//! database deleted. Each start either refuses with a clear error naming
+//! the data directory and what to do (exit non-zero, no panic), or serves
+//! every record that was stored, or (damage inside a sealed segment, whose
+//! CRCs are checked when read, not at every start) serves everything else
+//! and refuses the damaged batch naming the file; never less, silently. A
+//! refusal is followed by `--accept-data-loss`: then what is left is served
+//! unchanged and new offsets continue after the lost ones.
 
 use crate::common::load::read_partition;
 use crate::common::Gateway;
@@ -15,6 +18,8 @@ use std::path::Path;
 use std::process::Command;
 
 const CONFIG: &str = r#"
+[store]
+segment_bytes = "256KiB"
 [[topic]]
 name = "events"
 partitions = 2
@@ -32,9 +37,30 @@ async fn all_records(gw: &Gateway) -> Stored {
     out
 }
 
-/// A data directory with 3000 records of ~400 bytes over several of sled's
-/// 512 KiB segments and one 200 KiB record (which sled keeps in a blob
-/// file), written and stopped cleanly.
+/// Reads every partition page by page; the first refused page's error.
+async fn read_error(gw: &Gateway) -> Option<String> {
+    for p in 0..2 {
+        let mut offset = 0u64;
+        loop {
+            let (s, body) = gw
+                .get_json(&format!(
+                    "/v1/topics/events/partitions/{p}/records?offset={offset}&max_records=200"
+                ))
+                .await;
+            if s != 200 {
+                return Some(body.to_string());
+            }
+            let recs = body["records"].as_array().unwrap();
+            let Some(last) = recs.last() else { break };
+            offset = last["offset"].as_u64().unwrap() + 1;
+        }
+    }
+    None
+}
+
+/// A data directory with 3000 records of ~400 bytes over several 256 KiB
+/// segments per partition and one 200 KiB record, written and stopped
+/// cleanly.
 async fn populate(data_dir: &Path) -> Stored {
     let gw = Gateway::start(data_dir, Some(CONFIG)).await;
     let filler = "r".repeat(400);
@@ -49,6 +75,7 @@ async fn populate(data_dir: &Path) -> Stored {
             assert_eq!(gw.post_json("/v1/topics/events/records", &big).await.0, 200);
         }
     }
+    gw.settle("events").await;
     let stored = all_records(&gw).await;
     assert_eq!(stored.len(), 3001);
     let mut gw = gw;
@@ -63,32 +90,46 @@ fn overwrite(file: &Path, at: u64, len: usize) {
     f.write_all(&garbage).unwrap();
 }
 
-fn first_blob(log: &Path) -> std::path::PathBuf {
-    let mut blobs: Vec<_> =
-        std::fs::read_dir(log.join("blobs")).unwrap().map(|e| e.unwrap().path()).collect();
-    blobs.sort();
-    blobs.into_iter().next().expect("the 200 KiB record should be in a blob file")
+/// The segment files of partition `p`, oldest first.
+fn segments(log: &Path, p: u32) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(log.join("segments").join(format!("events-{p}")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "expected several segments: {files:?}");
+    files
 }
 
-/// One kind of damage, applied to `log` (sled's directory).
+/// One kind of damage, applied to `log` (the store's directory).
 type Damage = fn(&Path);
 
 const DAMAGES: &[(&str, Damage)] = &[
-    ("log truncated in the middle", |log| {
-        let f = std::fs::OpenOptions::new().write(true).open(log.join("db")).unwrap();
+    ("a sealed segment truncated in the middle", |log| {
+        let f = std::fs::OpenOptions::new().write(true).open(&segments(log, 1)[1]).unwrap();
         let len = f.metadata().unwrap().len();
         f.set_len(len / 2).unwrap();
     }),
-    ("4 KiB overwritten in the middle of the log", |log| {
-        let len = std::fs::metadata(log.join("db")).unwrap().len();
-        overwrite(&log.join("db"), len / 2, 4096);
+    ("a sealed segment deleted", |log| std::fs::remove_file(&segments(log, 1)[1]).unwrap()),
+    ("4 KiB overwritten in the middle of a sealed segment", |log| {
+        let file = &segments(log, 1)[3];
+        let len = std::fs::metadata(file).unwrap().len();
+        overwrite(file, len / 2, 4096);
+    }),
+    ("the active segment's tail overwritten", |log| {
+        let files = segments(log, 1);
+        let file = files.last().unwrap();
+        let len = std::fs::metadata(file).unwrap().len();
+        overwrite(file, len.saturating_sub(1000), 1000);
+    }),
+    ("a partition's directory deleted", |log| {
+        std::fs::remove_dir_all(log.join("segments").join("events-1")).unwrap()
     }),
     ("garbage in sled's conf", |log| std::fs::write(log.join("conf"), vec![0xa5; 100]).unwrap()),
-    ("a blob file overwritten", |log| overwrite(&first_blob(log), 0, 4096)),
-    ("a blob file deleted", |log| std::fs::remove_file(first_blob(log)).unwrap()),
-    ("the log deleted", |log| std::fs::remove_file(log.join("db")).unwrap()),
-    ("the watermark file garbled", |log| {
-        std::fs::write(log.join("sluice-watermarks"), b"sluice-wat").unwrap()
+    ("the metadata database deleted", |log| {
+        for name in ["db", "conf"] {
+            std::fs::remove_file(log.join(name)).unwrap();
+        }
     }),
 ];
 
@@ -109,11 +150,22 @@ async fn damaged_data_files_are_refused_clearly_or_fully_recovered() {
         assert!(st.success());
         damage(&data_dir.join("log"));
         let outcome = match Gateway::try_start(&data_dir, Some(CONFIG), &[]).await {
-            Ok(mut gw) => {
-                assert_eq!(all_records(&gw).await, original, "{what}: started but records differ");
-                gw.terminate();
-                "recovered everything".to_owned()
-            }
+            Ok(mut gw) => match read_error(&gw).await {
+                None => {
+                    assert_eq!(all_records(&gw).await, original, "{what}: started but records differ");
+                    gw.terminate();
+                    "recovered everything".to_owned()
+                }
+                Some(err) => {
+                    // Damage inside a sealed segment: found when read.
+                    assert!(err.contains(".log") && err.contains("--accept-data-loss"), "{what}: {err}");
+                    gw.terminate();
+                    format!(
+                        "served, the damaged batch refused on read naming the file; {}",
+                        accept(&data_dir, &original, &hw, what).await
+                    )
+                }
+            },
             Err(stderr) => {
                 assert!(!stderr.contains("panicked"), "{what}: panic instead of an error:\n{stderr}");
                 assert!(

@@ -1,90 +1,113 @@
-//! The durable topic log on sled.
+//! The durable topic log: records in per-partition segment files, metadata
+//! in sled.
 //!
-//! # On-disk format
+//! # On-disk layout
 //!
-//! One sled database in the data directory holds:
+//! ```text
+//! <path>/                 sled: topic catalog, segment catalog, sparse
+//!                         offset index, checkpoints, group offsets, uplink
+//!                         cursors, atomic-commit state (see `meta.rs`)
+//! <path>/segments/<topic>-<partition>/<base offset>.log
+//!                         CRC32C-framed batches (see `segment.rs`)
+//! ```
 //!
-//! | tree                     | key                                             | value |
-//! |--------------------------|-------------------------------------------------|-------|
-//! | `meta`                   | `format`                                        | `sluice-store/2` |
-//! | `meta`                   | `topic/<topic>`                                 | JSON `{"partitions": N, "service": "name"}` |
-//! | `meta`                   | `start/<topic>/<partition u32 BE>`              | u64 BE: first offset not deleted by retention or eviction |
-//! | `meta`                   | `next/<topic>/<partition u32 BE>`               | u64 BE: lowest next offset, set when a data loss was accepted |
-//! | `log/<topic>/<partition>`| offset u64 BE of the chunk's first record       | a chunk: the records of one append (see [`chunk`]), each encoded as in [`crate::record`] |
-//! | `groups`                 | `<group> 0x00 <topic> 0x00 <partition u32 BE>`  | u64 BE committed offset (next to read) |
-//! | `cursors`                | `<uplink> 0x00 <topic> 0x00 <partition u32 BE>` | u64 BE next offset to forward (set after the central side acknowledged) |
-//!
-//! Next to sled's files, `sluice-watermarks` records the flushed high
-//! watermark of every partition (see `watermarks.rs`); `open` refuses a log
-//! that recovered less, unless [`StoreOptions::accept_data_loss`] is set.
-//!
-//! Names cannot contain `0x00` or `/` ambiguity matters only for `log/`
-//! trees, whose names are never parsed back.
-//!
-//! Offsets are never reused: on open, a partition's next offset is the
-//! larger of its last stored offset + 1 and its recorded start offset, and
-//! the start offset is written before records are deleted.
+//! The sled format marker is `sluice-store/3`. A directory written by
+//! `sluice-store/2` (records inside sled) is migrated when opened: every
+//! partition's records are copied into segments with their offsets, then
+//! the marker changes and the old trees are dropped, in that order, so a
+//! crash during the migration leaves a format-2 directory that migrates
+//! again (see `migrate.rs`).
 //!
 //! # Durability
 //!
-//! Appends land in sled's in-memory log; [`Store::flush`] writes and syncs
-//! them. sled recovers a prefix of its log after a crash, so a flushed
-//! record implies every earlier write is there too. The gateway calls
-//! `flush` in group commits for `sync` services and on a timer for
-//! `buffered` ones; sled's own background flusher is turned off so those are
-//! the only disk writes (SD cards wear out).
+//! [`Store::append`] only builds batches in memory; nothing is visible to
+//! readers until it is durable. Three ways make it durable:
+//!
+//! - [`Store::sync_partitions`]: the given partitions only (the `sync` and
+//!   express lane): write out and `fdatasync` their active segments. Other
+//!   partitions' buffered bytes are not touched, so an alarm's commit does
+//!   not carry a flood.
+//! - [`Store::flush_paced`]: the bulk lane: write out and sync every dirty
+//!   partition, with writeback paced by `sync_file_range` in steps.
+//! - [`Store::flush`]: everything, then a checkpoint.
+//!
+//! Every read stops at the partition's durable end (`flushed`), as a Kafka
+//! consumer stops at the high watermark. A [`Store::checkpoint`] records
+//! each partition's durable position in sled and flushes sled; recovery
+//! scans only what was written after it (verifying CRCs, cutting a torn
+//! tail, rebuilding index entries). Offsets are never reused: a deleted
+//! segment's successor keeps the numbering, and the active segment is never
+//! deleted.
 
 pub mod chunk;
 mod durable;
+pub mod fs;
+mod meta;
+mod migrate;
 mod partition;
-mod recover;
 mod retention;
-mod watermarks;
+pub mod segment;
 
+pub use partition::SegmentLimits;
 pub use retention::{EvictionPolicy, RetentionReport};
 
 use crate::error::{LostRange, StoreError};
 use crate::record::{Offset, PartitionId, Record, StoredRecord};
+use fs::Fs;
+use meta::Meta;
 use partition::Partition;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-const FORMAT: &str = "sluice-store/2";
+const FORMAT: &str = "sluice-store/3";
+const FORMAT_V2: &str = "sluice-store/2";
 
 /// How long `open` waits for another holder of the directory's lock.
-const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+const LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How to open the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Directory of the sled database (created if missing).
+    /// Directory of the store (created if missing).
     pub path: PathBuf,
-    /// sled page cache size in bytes; RSS grows to a few times this.
+    /// sled page cache size in bytes (metadata only; RSS grows to a few
+    /// times this).
     pub cache_capacity: u64,
-    /// Open even when the log recovered less than was flushed (or the
-    /// watermark file is damaged): the missing offsets are skipped, never
-    /// reused, and listed by [`Store::accepted_loss`]. Without it such a
-    /// store is refused with [`StoreError::DataLoss`].
+    /// Open even when records that a checkpoint recorded as durable are
+    /// missing or damaged: the missing offsets are skipped, never reused,
+    /// and listed by [`Store::accepted_loss`]. Without it such a store is
+    /// refused with [`StoreError::DataLoss`].
     pub accept_data_loss: bool,
+    /// When segments are rolled.
+    pub segments: SegmentLimits,
+    /// The file layer under the segments (a test layer in the power-cut
+    /// test).
+    pub fs: Arc<dyn Fs>,
 }
 
 impl StoreOptions {
-    /// Options for `path` with the default cache and no data loss accepted.
+    /// Options for `path` with the defaults.
     pub fn new(path: impl Into<PathBuf>) -> StoreOptions {
-        StoreOptions { path: path.into(), cache_capacity: 16 << 20, accept_data_loss: false }
+        StoreOptions {
+            path: path.into(),
+            cache_capacity: 4 << 20,
+            accept_data_loss: false,
+            segments: SegmentLimits::default(),
+            fs: Arc::new(fs::RealFs),
+        }
     }
 }
 
 /// Retention of one topic; `None` keeps forever (within the disk budget).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
-    /// Records older than this are deleted.
+    /// Segments whose newest record is older than this are deleted.
     pub max_age: Option<Duration>,
-    /// The topic keeps at most this many bytes, split evenly over its
-    /// partitions; the oldest records go first.
+    /// The topic keeps at most about this many bytes, split evenly over its
+    /// partitions; the oldest segments go first.
     pub max_bytes: Option<u64>,
 }
 
@@ -110,14 +133,12 @@ pub struct PartitionInfo {
     pub log_start: Offset,
     /// Next offset to be written.
     pub high_watermark: Offset,
-    /// Records below this offset are flushed: they survive a crash. Records
-    /// between it and the high watermark may still be lost (and their
-    /// offsets handed out again), so what leaves the node (the uplink)
-    /// stops here.
+    /// Records below this offset are durable: they survive a crash. Every
+    /// read stops here.
     pub flushed: Offset,
     /// Records stored.
     pub records: u64,
-    /// Encoded bytes stored.
+    /// Bytes stored (segment files, and batches not yet written).
     pub bytes: u64,
 }
 
@@ -133,13 +154,26 @@ pub struct TopicInfo {
 /// Result of a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadResult {
-    /// Records from the requested offset on (or from the log start when the
-    /// requested offset was already deleted).
+    /// Durable records from the requested offset on (or from the log start
+    /// when the requested offset was already deleted).
     pub records: Vec<StoredRecord>,
-    /// Next offset to be written.
+    /// Next offset a reader can see: the durable end of the partition.
     pub high_watermark: Offset,
     /// First offset still stored.
     pub log_start: Offset,
+}
+
+/// Records and metadata committed as one durable step
+/// ([`Store::commit_atomic`]).
+#[derive(Debug, Clone, Default)]
+pub struct AtomicWrite {
+    /// Records to append: (topic, partition, records).
+    pub records: Vec<(String, PartitionId, Vec<Record>)>,
+    /// Consumer-group positions: (group, topic, partition, next offset).
+    pub positions: Vec<(String, String, PartitionId, Offset)>,
+    /// Free-form state (rule windows, producer state): key, value (`None`
+    /// deletes).
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 pub(crate) struct Topic {
@@ -147,31 +181,27 @@ pub(crate) struct Topic {
     partitions: Vec<Arc<Partition>>,
 }
 
-struct Inner {
-    db: sled::Db,
-    meta: sled::Tree,
-    groups: sled::Tree,
-    cursors: sled::Tree,
-    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    total_bytes: AtomicU64,
-    durable: durable::FileSync,
-    watermarks: watermarks::Writer,
-}
-
-/// What all clones of a [`Store`] share: the open database, which is
-/// replaced when sled fails a write (see `recover.rs`).
 struct Slot {
     opts: StoreOptions,
-    inner: RwLock<Option<Arc<Inner>>>,
-    recovery: std::sync::Mutex<recover::Recovery>,
+    meta: Arc<Meta>,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     accepted_loss: Vec<LostRange>,
     /// Held while a topic is created or changed, so two callers never open
-    /// the same partition twice (two partition objects would hand out the
-    /// same offsets).
-    topic_changes: std::sync::Mutex<()>,
+    /// the same partition twice.
+    topic_changes: Mutex<()>,
+    /// Serializes checkpoints and atomic commits.
+    checkpointing: Mutex<Instant>,
+    /// sled's size at the last checkpoint.
+    meta_bytes: AtomicU64,
+    /// Next atomic commit id.
+    next_commit: AtomicU64,
+    /// A group offset or cursor moved since the last checkpoint.
+    positions_moved: std::sync::atomic::AtomicBool,
+    /// What the last checkpoint wrote (skipped when nothing moved).
+    last_checkpoint: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
-/// The topic log. Cheap to clone; all clones share one database.
+/// The topic log. Cheap to clone; all clones share one store.
 #[derive(Clone)]
 pub struct Store {
     slot: Arc<Slot>,
@@ -183,56 +213,64 @@ impl std::fmt::Debug for Store {
     }
 }
 
+fn open_sled(opts: &StoreOptions) -> Result<(sled::Db, bool), StoreError> {
+    let open_err = |source| StoreError::Open { path: opts.path.clone(), source };
+    let config = sled::Config::new()
+        .path(&opts.path)
+        .cache_capacity(opts.cache_capacity)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput);
+    // sled recovers a log it cannot read at all as a new, empty database:
+    // a log that held data but yields no format marker is damaged (or not
+    // ours), not a fresh start.
+    let had_log = std::fs::metadata(opts.path.join("db")).is_ok_and(|m| m.len() > 0);
+    // sled 0.34.7 panics on some damaged log files instead of returning an
+    // error (spacejam/sled#1387): report that as a corrupt directory.
+    let open_once = || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).unwrap_or_else(|panic| {
+            Err(damaged(&format!("sled cannot recover its log ({})", panic_message(&*panic))))
+        })
+    };
+    // sled's file lock outlives a dropped database for a moment, and a
+    // previous process may still be exiting: wait a little.
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    let db = loop {
+        match open_once() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => break other.map_err(unreadable).map_err(open_err)?,
+        }
+    };
+    Ok((db, had_log))
+}
+
 impl Store {
-    /// Opens (or creates) the store, loading every topic it holds.
+    /// Opens (or creates) the store, recovering every partition.
     pub fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open { path: opts.path.clone(), source };
-        let config = sled::Config::new()
-            .path(&opts.path)
-            .cache_capacity(opts.cache_capacity)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput);
-        // sled recovers a log it cannot read at all as a new, empty database:
-        // a log that held data but yields no format marker is damaged (or
-        // not ours), not a fresh start. The marker is flushed on creation.
-        let had_log = std::fs::metadata(opts.path.join("db")).is_ok_and(|m| m.len() > 0);
-        // sled 0.34.7 panics on some damaged log files instead of returning
-        // an error (spacejam/sled#1387): report that as a corrupt directory.
-        // (Where panics abort, as in the release profile, this cannot help.)
-        let open_once = || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).unwrap_or_else(|panic| {
-                Err(damaged(&format!("sled cannot recover its log ({})", panic_message(&*panic))))
-            })
-        };
-        // sled's file lock outlives a dropped database for a moment (its
-        // background threads hold the file), and a previous process may
-        // still be exiting: wait a little before calling the directory busy.
-        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
-        let db = loop {
-            match open_once() {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                other => break other.map_err(unreadable).map_err(open_err)?,
-            }
-        };
-        let meta = db.open_tree("meta").map_err(open_err)?;
-        let groups = db.open_tree("groups").map_err(open_err)?;
-        let cursors = db.open_tree("cursors").map_err(open_err)?;
-        match meta.get("format").map_err(open_err)? {
+        let (db, had_log) = open_sled(opts)?;
+        let trees = meta::Trees::open(db, &opts.path).map_err(open_err)?;
+        let mut migrate_from_v2 = false;
+        match trees.meta.get("format").map_err(open_err)? {
             None if had_log => {
                 return Err(open_err(damaged(
                     "sled's log file is not empty but holds no sluice format marker",
                 )))
             }
+            None if opts.fs.list(&opts.path.join("segments")).is_ok_and(|l| !l.is_empty()) => {
+                return Err(open_err(damaged(
+                    "the metadata database is missing or empty but segments/ holds partitions",
+                )))
+            }
             None => {
-                meta.insert("format", FORMAT).map_err(open_err)?;
-                db.flush().map_err(open_err)?;
+                trees.meta.insert("format", FORMAT).map_err(open_err)?;
+                trees.sync().map_err(open_err)?;
             }
             Some(v) if v.as_ref() == FORMAT.as_bytes() => {}
+            Some(v) if v.as_ref() == FORMAT_V2.as_bytes() => migrate_from_v2 = true,
             Some(v) => {
                 return Err(StoreError::Format {
                     path: opts.path.clone(),
@@ -241,61 +279,58 @@ impl Store {
                 })
             }
         }
-        let mut rebuild_marks = false;
-        let synced = match watermarks::load(&opts.path) {
-            Ok(marks) => marks.unwrap_or_default(),
-            Err(detail) if opts.accept_data_loss => {
-                rebuild_marks = true;
-                tracing::warn!(file = %opts.path.join(watermarks::FILE_NAME).display(), %detail,
-                    "damaged high-watermark file ignored (--accept-data-loss); rebuilt from the log");
-                watermarks::Marks::new()
+        let mut floors = Vec::new();
+        if migrate_from_v2 {
+            // Anything under segments/ is a migration a crash interrupted.
+            opts.fs.remove_dir_all(&opts.path.join("segments")).map_err(|e| open_err(sled::Error::Io(e)))?;
+            // Floors apply after the records below them are copied.
+            for item in trees.meta.scan_prefix("next/") {
+                let (k, v) = item.map_err(open_err)?;
+                floors.push((k.to_vec(), v.to_vec()));
             }
-            Err(detail) => {
-                return Err(StoreError::Watermarks { file: opts.path.join(watermarks::FILE_NAME), detail })
+            for (k, _) in &floors {
+                trees.meta.remove(k).map_err(open_err)?;
             }
-        };
-        let inner = Inner {
-            db,
-            meta,
-            groups,
-            cursors,
-            topics: RwLock::new(BTreeMap::new()),
-            total_bytes: AtomicU64::new(0),
-            durable: durable::FileSync::open(&opts.path).map_err(|e| open_err(sled::Error::Io(e)))?,
-            watermarks: watermarks::Writer::start(&opts.path, synced.clone())
-                .map_err(|e| open_err(sled::Error::Io(e)))?,
-        };
+        }
         let mut store = Store {
             slot: Arc::new(Slot {
                 opts: opts.clone(),
-                inner: RwLock::new(Some(Arc::new(inner))),
-                recovery: std::sync::Mutex::new(recover::Recovery::default()),
+                meta: Arc::new(Meta::new(&opts.path, opts.cache_capacity, trees, opts.fs.clone())),
+                topics: RwLock::new(BTreeMap::new()),
                 accepted_loss: Vec::new(),
-                topic_changes: std::sync::Mutex::new(()),
+                topic_changes: Mutex::new(()),
+                checkpointing: Mutex::new(Instant::now()),
+                meta_bytes: AtomicU64::new(0),
+                next_commit: AtomicU64::new(0),
+                positions_moved: std::sync::atomic::AtomicBool::new(false),
+                last_checkpoint: Mutex::new(Vec::new()),
             }),
         };
-        // Reading a damaged tree (a missing blob file) panics in sled too.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load_topics())).unwrap_or_else(
-            |panic| Err(open_err(damaged(&format!("sled cannot read its log ({})", panic_message(&*panic))))),
-        )?;
-        if rebuild_marks {
-            store.inner()?.watermarks.offer(store.high_watermarks());
+        let mut lost = Vec::new();
+        // Reading a damaged tree panics in sled too.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load_topics(&mut lost)))
+            .unwrap_or_else(|panic| {
+                Err(open_err(damaged(&format!("sled cannot read its log ({})", panic_message(&*panic)))))
+            })?;
+        store.slot.next_commit.store(store.slot.meta.highest_commit_id(), Ordering::Relaxed);
+        if migrate_from_v2 {
+            migrate::from_v2(&store, &floors)?;
         }
-        let lost = store.lost_against(&synced);
         if !lost.is_empty() {
             if !opts.accept_data_loss {
-                return Err(StoreError::DataLoss { file: opts.path.join("db"), lost });
+                let file = lost_file(&opts.path, &lost);
+                return Err(StoreError::DataLoss { file, lost });
             }
             store.skip_lost(&lost)?;
             for l in &lost {
                 tracing::warn!(topic = %l.topic, partition = l.partition, from = l.from, to = l.to,
-                    "flushed records missing from the log; continuing without them (--accept-data-loss)");
+                    "durable records missing from the log; continuing without them (--accept-data-loss)");
             }
-            // Nothing else holds the Arc yet.
             if let Some(slot) = Arc::get_mut(&mut store.slot) {
                 slot.accepted_loss = lost;
             }
         }
+        store.checkpoint()?;
         Ok(store)
     }
 
@@ -305,48 +340,15 @@ impl Store {
         &self.slot.accepted_loss
     }
 
-    /// The flushed high watermarks in `synced` that the log does not reach.
-    fn lost_against(&self, synced: &watermarks::Marks) -> Vec<LostRange> {
-        let topics = self.topics_snapshot_map();
-        let mut lost = Vec::new();
-        for ((topic, partition), &flushed) in synced {
-            let recovered = topics
-                .get(topic)
-                .and_then(|t| t.partitions.get(*partition as usize))
-                .map_or(0, |p| p.info().high_watermark.0);
-            if recovered < flushed {
-                lost.push(LostRange {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    from: recovered,
-                    to: flushed,
-                });
-            }
-        }
-        lost
-    }
-
-    /// Moves each damaged partition's next offset past what was lost
-    /// (re-creating topics whose definition was lost too, under the
-    /// `default` service until the configuration says otherwise) and
-    /// flushes, so the next open is clean and no offset is reused.
+    /// Moves each damaged partition's next offset past what was lost, so no
+    /// offset is reused.
     fn skip_lost(&self, lost: &[LostRange]) -> Result<(), StoreError> {
         for l in lost {
-            let existing = self.topic(&l.topic);
-            let have = existing.as_ref().map_or(0, |t| t.spec.partitions);
-            if have <= l.partition {
-                let service = existing.map_or_else(|| "default".to_owned(), |t| t.spec.service);
-                let spec = TopicSpec {
-                    name: l.topic.clone(),
-                    partitions: l.partition + 1,
-                    service,
-                    retention: Retention::default(),
-                };
-                self.ensure_topic(&spec)?;
+            if let Ok(p) = self.partition(&l.topic, PartitionId(l.partition)) {
+                p.accept_damage()?;
+                p.skip_to(Offset(l.to))?;
             }
-            self.partition(&l.topic, PartitionId(l.partition))?.skip_to(Offset(l.to))?;
         }
-        self.flush()?;
         Ok(())
     }
 
@@ -355,37 +357,70 @@ impl Store {
         &self.slot.opts.path
     }
 
-    fn load_topics(&self) -> Result<(), StoreError> {
-        for item in self.inner()?.meta.scan_prefix("topic/") {
+    fn segments_root(&self) -> PathBuf {
+        self.slot.opts.path.join("segments")
+    }
+
+    pub(crate) fn meta(&self) -> &Arc<Meta> {
+        &self.slot.meta
+    }
+
+    fn load_topics(&self, lost: &mut Vec<LostRange>) -> Result<(), StoreError> {
+        let trees = self.slot.meta.trees()?;
+        let mut specs = Vec::new();
+        for item in trees.meta.scan_prefix("topic/") {
             let (k, v) = item.map_err(StoreError::io("loading topics"))?;
             let name = String::from_utf8_lossy(&k["topic/".len()..]).into_owned();
             let stored: partition::TopicMeta = serde_json::from_slice(&v).map_err(|e| {
                 StoreError::Metadata { what: format!("topic {name:?}"), detail: e.to_string() }
             })?;
-            let spec = TopicSpec {
-                name: name.clone(),
+            specs.push(TopicSpec {
+                name,
                 partitions: stored.partitions,
                 service: stored.service,
                 retention: Retention::default(),
-            };
-            self.load_topic(spec, &[])?;
+            });
+        }
+        drop(trees);
+        for spec in specs {
+            self.load_topic(spec, &[], lost)?;
         }
         Ok(())
     }
 
     /// Opens `spec`'s partitions after those in `keep` (the ones of the
     /// topic being grown, still in use by appenders) and registers it.
-    fn load_topic(&self, spec: TopicSpec, keep: &[Arc<Partition>]) -> Result<Arc<Topic>, StoreError> {
+    fn load_topic(
+        &self,
+        spec: TopicSpec,
+        keep: &[Arc<Partition>],
+        lost: &mut Vec<LostRange>,
+    ) -> Result<Arc<Topic>, StoreError> {
         let mut partitions = Vec::with_capacity(spec.partitions as usize);
         partitions.extend_from_slice(keep);
         for p in keep.len() as u32..spec.partitions {
-            let inner = self.inner()?;
-            let part = Partition::open(&inner.db, &inner.meta, &spec.name, PartitionId(p))?;
-            inner.total_bytes.fetch_add(part.bytes(), Ordering::Relaxed);
+            let mut rec =
+                partition::Recovered { verify_sealed: self.slot.opts.accept_data_loss, ..Default::default() };
+            let part = Partition::open(
+                &self.segments_root(),
+                self.slot.opts.fs.clone(),
+                self.slot.meta.clone(),
+                self.slot.opts.segments,
+                &spec.name,
+                PartitionId(p),
+                &mut rec,
+            )?;
+            for (file, from, to) in rec.damaged {
+                tracing::error!(file = %file.display(), from, to, "damaged sealed segment");
+                lost.push(LostRange { topic: spec.name.clone(), partition: p, from, to });
+            }
+            if let Some((from, to)) = rec.lost {
+                lost.push(LostRange { topic: spec.name.clone(), partition: p, from, to });
+            }
             partitions.push(Arc::new(part));
         }
         let topic = Arc::new(Topic { spec: RwLock::new(spec.clone()), partitions });
-        write(&self.inner()?.topics).insert(spec.name, topic.clone());
+        write(&self.slot.topics).insert(spec.name, topic.clone());
         Ok(topic)
     }
 
@@ -393,7 +428,7 @@ impl Store {
     /// retention follow `spec`, partitions may grow but never shrink.
     pub fn ensure_topic(&self, spec: &TopicSpec) -> Result<TopicInfo, StoreError> {
         let _changing = self.slot.topic_changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let existing = read(&self.inner()?.topics).get(&spec.name).cloned();
+        let existing = read(&self.slot.topics).get(&spec.name).cloned();
         let partitions = spec.partitions.max(1);
         if let Some(topic) = &existing {
             let have = topic.partitions.len() as u32;
@@ -405,14 +440,20 @@ impl Store {
                 });
             }
             if partitions == have {
+                let changed = read(&topic.spec).service != spec.service;
                 *write(&topic.spec) = TopicSpec { partitions, ..spec.clone() };
-                self.persist_topic_meta(spec.name.as_str(), partitions, &spec.service)?;
+                if changed {
+                    self.persist_topic_meta(&spec.name, partitions, &spec.service)?;
+                }
                 return Ok(self.info_of(topic));
             }
         }
         self.persist_topic_meta(&spec.name, partitions, &spec.service)?;
         let keep = existing.as_ref().map_or(&[][..], |t| &t.partitions[..]);
-        let topic = self.load_topic(TopicSpec { partitions, ..spec.clone() }, keep)?;
+        let mut lost = Vec::new();
+        let topic = self.load_topic(TopicSpec { partitions, ..spec.clone() }, keep, &mut lost)?;
+        // The catalog entry is durable before anything is written to it.
+        self.slot.meta.sync()?;
         Ok(self.info_of(&topic))
     }
 
@@ -420,7 +461,9 @@ impl Store {
         let meta = partition::TopicMeta { partitions, service: service.to_owned() };
         let json = serde_json::to_vec(&meta)
             .map_err(|e| StoreError::Metadata { what: format!("topic {name:?}"), detail: e.to_string() })?;
-        self.inner()?
+        self.slot
+            .meta
+            .trees()?
             .meta
             .insert(format!("topic/{name}"), json)
             .map_err(StoreError::io("writing topic metadata"))?;
@@ -435,10 +478,7 @@ impl Store {
     }
 
     pub(crate) fn topic_handle(&self, name: &str) -> Result<Arc<Topic>, StoreError> {
-        read(&self.inner()?.topics)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| StoreError::UnknownTopic(name.to_owned()))
+        read(&self.slot.topics).get(name).cloned().ok_or_else(|| StoreError::UnknownTopic(name.to_owned()))
     }
 
     fn partition(&self, topic: &str, partition: PartitionId) -> Result<Arc<Partition>, StoreError> {
@@ -452,18 +492,18 @@ impl Store {
 
     /// One topic's definition and watermarks.
     pub fn topic(&self, name: &str) -> Option<TopicInfo> {
-        let t = self.topics_snapshot_map().get(name).cloned()?;
+        let t = read(&self.slot.topics).get(name).cloned()?;
         Some(self.info_of(&t))
     }
 
     /// Every topic, sorted by name.
     pub fn topics(&self) -> Vec<TopicInfo> {
-        let all: Vec<Arc<Topic>> = self.topics_snapshot();
-        all.iter().map(|t| self.info_of(t)).collect()
+        self.topics_snapshot().iter().map(|t| self.info_of(t)).collect()
     }
 
     /// Appends records to one partition; they get consecutive offsets and
-    /// the first one is returned. Not durable until the next [`flush`](Self::flush).
+    /// the first one is returned. In memory only: not durable, and not
+    /// visible to readers, until a sync or flush.
     pub fn append(
         &self,
         topic: &str,
@@ -471,13 +511,11 @@ impl Store {
         records: &[Record],
     ) -> Result<Offset, StoreError> {
         let part = self.partition(topic, partition)?;
-        let (first, added) = part.append(records).inspect_err(|e| self.after_error(e))?;
-        self.inner()?.total_bytes.fetch_add(added, Ordering::Relaxed);
-        Ok(first)
+        Ok(part.append(records).0)
     }
 
-    /// Reads up to `max_records` records and about `max_bytes` bytes (at
-    /// least one record when any is there) starting at `from`.
+    /// Reads up to `max_records` durable records and about `max_bytes`
+    /// bytes (at least one record when any is there) starting at `from`.
     pub fn read(
         &self,
         topic: &str,
@@ -489,69 +527,153 @@ impl Store {
         self.partition(topic, partition)?.read(from, max_records, max_bytes)
     }
 
-    /// Log start and high watermark of one partition.
+    /// Log start and high watermark (next offset to be written) of one
+    /// partition.
     pub fn watermarks(&self, topic: &str, partition: PartitionId) -> Result<(Offset, Offset), StoreError> {
-        let p = self.partition(topic, partition)?;
-        let info = p.info();
+        let info = self.partition(topic, partition)?.info();
         Ok((info.log_start, info.high_watermark))
     }
 
-    /// Makes every write so far durable. Blocking; call it from a thread
-    /// that may block. Returns bytes written.
-    ///
-    /// sled's `flush` writes its log with `sync_file_range` on Linux, which
-    /// neither flushes the device cache nor the file size, and it never syncs
-    /// the files it keeps for oversized pages (`blobs/`). So after it, the
-    /// log file and any new blob files are `fdatasync`ed here, and the blob
-    /// directory once a new file appeared in it.
-    pub fn flush(&self) -> Result<usize, StoreError> {
-        // Taken before the flush: everything below these is in it.
-        let marks = self.high_watermarks();
-        let inner = self.inner()?;
-        let written = inner.db.flush().map_err(StoreError::io("flush")).and_then(|written| {
-            inner.durable.sync().map_err(|e| StoreError::Io { op: "fsync", source: sled::Error::Io(e) })?;
-            Ok(written)
-        });
-        drop(inner);
-        let written = written.inspect_err(|e| self.after_error(e))?;
-        let inner = self.inner()?;
-        for ((topic, p), hw) in &marks {
-            if let Some(part) = read(&inner.topics).get(topic).and_then(|t| t.partitions.get(*p as usize)) {
-                part.flushed_up_to(Offset(*hw));
-            }
-        }
-        inner.watermarks.offer(marks);
-        Ok(written)
-    }
-
-    fn high_watermarks(&self) -> watermarks::Marks {
-        let topics = self.topics_snapshot_map();
-        let mut marks = watermarks::Marks::new();
-        for (name, topic) in topics.iter() {
-            for p in &topic.partitions {
-                let info = p.info();
-                if info.high_watermark.0 > 0 {
-                    marks.insert((name.clone(), info.partition.0), info.high_watermark.0);
+    /// The durability lane of `sync` and express services: makes the given
+    /// partitions durable (write out, `fdatasync` of their active segments),
+    /// without touching any other partition's buffered bytes. Blocking.
+    pub fn sync_partitions(&self, parts: &[(String, PartitionId)]) -> Result<(), StoreError> {
+        let mut first_err = None;
+        for (topic, p) in parts {
+            match self.partition(topic, *p).and_then(|part| part.sync(None)) {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(topic = %topic, partition = p.0, error = %e, "sync failed");
+                    first_err.get_or_insert(e);
                 }
             }
         }
-        marks
+        first_err.map_or(Ok(()), Err)
     }
 
-    /// Encoded bytes of all stored records (what the disk budget counts).
+    /// The bulk lane: makes every partition `include` accepts durable, with
+    /// writeback paced in steps of `step` bytes. Blocking.
+    pub fn flush_paced(&self, step: u64, include: &dyn Fn(&str) -> bool) -> Result<(), StoreError> {
+        let mut first_err = None;
+        for topic in self.topics_snapshot() {
+            let name = topic.spec().name;
+            if !include(&name) {
+                continue;
+            }
+            for part in topic.partitions() {
+                if part.undurable_bytes() == 0 {
+                    continue;
+                }
+                if let Err(e) = part.sync(Some(step.max(4096))) {
+                    tracing::error!(topic = %name, partition = part.id.0, error = %e, "flush failed");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Makes everything appended so far durable, then checkpoints.
+    /// Blocking. Returns the bytes that were waiting.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        let waiting = self.undurable_bytes();
+        let r = self.flush_paced(u64::MAX, &|_| true);
+        self.checkpoint()?;
+        r.map(|()| waiting as usize)
+    }
+
+    /// Bytes appended and not yet durable, over all partitions.
+    pub fn undurable_bytes(&self) -> u64 {
+        self.topics_snapshot().iter().flat_map(|t| t.partitions().iter()).map(|p| p.undurable_bytes()).sum()
+    }
+
+    /// Records every partition's durable position and the metadata written
+    /// since the last checkpoint (group offsets, cursors, index entries,
+    /// sealed segments) durably: one sled flush. Recovery after a crash
+    /// scans only what was written after it.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.checkpoint_unless_unchanged(false).map(|_| ())
+    }
+
+    /// The checkpoint; with `skip_unchanged`, nothing is written when no
+    /// durable position and no group offset or cursor moved since the last
+    /// one (an idle node writes nothing). Returns whether it wrote.
+    fn checkpoint_unless_unchanged(&self, skip_unchanged: bool) -> Result<bool, StoreError> {
+        let mut last = self.slot.checkpointing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut values = Vec::new();
+        for topic in self.topics_snapshot() {
+            let name = topic.spec().name;
+            for part in topic.partitions() {
+                values.push((meta::tp_key(&name, part.id.0), part.checkpoint_value()));
+            }
+        }
+        let positions_moved = self.slot.positions_moved.swap(false, Ordering::AcqRel);
+        if skip_unchanged
+            && !positions_moved
+            && *self.slot.last_checkpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == values
+        {
+            *last = Instant::now();
+            return Ok(false);
+        }
+        let written = self.write_checkpoint(&values);
+        if written.is_err() {
+            self.slot.positions_moved.store(true, Ordering::Release);
+        }
+        written?;
+        *self.slot.last_checkpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = values;
+        self.slot.meta_bytes.store(self.slot.meta.size_on_disk(), Ordering::Relaxed);
+        *last = Instant::now();
+        Ok(true)
+    }
+
+    fn write_checkpoint(&self, values: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let trees = self.slot.meta.trees()?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in values {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        trees.checkpoints.apply_batch(batch).map_err(StoreError::io("checkpoint"))?;
+        drop(trees);
+        // (`Meta::sync` tells the file layer: `Fs::checkpointed`.)
+        self.slot.meta.sync()?;
+        Ok(())
+    }
+
+    /// A checkpoint when the last one is older than `every`.
+    pub fn checkpoint_if_due(&self, every: Duration) -> Result<bool, StoreError> {
+        let due = self.slot.checkpointing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed()
+            >= every;
+        if due {
+            return self.checkpoint_unless_unchanged(true);
+        }
+        Ok(false)
+    }
+
+    /// Bytes the data directory holds: segment files, batches about to be
+    /// written, and sled's files (as of the last checkpoint). What the disk
+    /// budget counts.
     pub fn total_bytes(&self) -> u64 {
-        self.inner().map_or(0, |i| i.total_bytes.load(Ordering::Relaxed))
+        let parts: u64 =
+            self.topics_snapshot().iter().flat_map(|t| t.partitions().iter()).map(|p| p.bytes()).sum();
+        parts + self.slot.meta_bytes.load(Ordering::Relaxed)
     }
 
-    /// Bytes sled occupies on disk (includes its space amplification).
+    /// Bytes the store occupies on disk (segments and sled).
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.inner()?.db.size_on_disk().map_err(StoreError::io("size_on_disk"))
+        Ok(self.total_bytes())
+    }
+
+    /// Records a failed write discarded. The segment store keeps unwritten
+    /// batches in memory until a write succeeds, so this is always empty;
+    /// kept for callers that count such losses.
+    pub fn take_discarded(&self) -> Vec<LostRange> {
+        Vec::new()
     }
 
     /// Stores a consumer group's position: `offset` is the next offset the
-    /// group will read. A position past the high watermark is refused, so
-    /// committed offsets are never ahead of the data. Not durable until the
-    /// next flush.
+    /// group will read. A position past the durable end is refused, so
+    /// committed offsets are never ahead of the data. Durable with the next
+    /// checkpoint.
     pub fn commit(
         &self,
         group: &str,
@@ -559,7 +681,8 @@ impl Store {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<(), StoreError> {
-        self.set_position(&self.inner()?.groups, "commit", group, topic, partition, offset)
+        let tree = self.slot.meta.trees()?.groups.clone();
+        self.set_position(&tree, "commit", group, topic, partition, offset)
     }
 
     /// A group's committed position in one partition, if any.
@@ -569,12 +692,14 @@ impl Store {
         topic: &str,
         partition: PartitionId,
     ) -> Result<Option<Offset>, StoreError> {
-        self.position(&self.inner()?.groups, "reading group offset", group, topic, partition)
+        let tree = self.slot.meta.trees()?.groups.clone();
+        position(&tree, "reading group offset", group, topic, partition)
     }
 
     /// Stores an uplink's cursor: the next offset it will forward. Call it
-    /// only after the central side acknowledged everything before it. Like
-    /// commits, never past the high watermark; durable with the next flush.
+    /// only after the central side acknowledged everything before it.
+    /// Recorded at once, durable with the next checkpoint (a crash re-sends
+    /// at most what was acknowledged since).
     pub fn set_cursor(
         &self,
         uplink: &str,
@@ -582,7 +707,8 @@ impl Store {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<(), StoreError> {
-        self.set_position(&self.inner()?.cursors, "uplink cursor", uplink, topic, partition, offset)
+        let tree = self.slot.meta.trees()?.cursors.clone();
+        self.set_position(&tree, "uplink cursor", uplink, topic, partition, offset)
     }
 
     /// An uplink's cursor in one partition, if any.
@@ -592,11 +718,10 @@ impl Store {
         topic: &str,
         partition: PartitionId,
     ) -> Result<Option<Offset>, StoreError> {
-        self.position(&self.inner()?.cursors, "reading uplink cursor", uplink, topic, partition)
+        let tree = self.slot.meta.trees()?.cursors.clone();
+        position(&tree, "reading uplink cursor", uplink, topic, partition)
     }
 
-    /// Positions (consumer groups and uplink cursors) share one layout:
-    /// `<owner> 0x00 <topic> 0x00 <partition u32 BE>` -> u64 BE.
     fn set_position(
         &self,
         tree: &sled::Tree,
@@ -606,46 +731,170 @@ impl Store {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<(), StoreError> {
-        let (_, hw) = self.watermarks(topic, partition)?;
-        if offset > hw {
+        let info = self.partition(topic, partition)?.info();
+        if offset > info.flushed {
             return Err(StoreError::CommitPastEnd {
                 topic: topic.to_owned(),
                 partition: partition.0,
                 offset: offset.0,
-                high_watermark: hw.0,
+                high_watermark: info.flushed.0,
             });
         }
-        tree.insert(position_key(owner, topic, partition), &offset.0.to_be_bytes())
-            .map_err(StoreError::io(op))?;
+        self.slot.positions_moved.store(true, Ordering::Release);
+        tree.insert(position_key(owner, topic, partition), &offset.0.to_be_bytes()).map_err(|e| {
+            self.slot.meta.after_error();
+            StoreError::Io { op, source: e }
+        })?;
         Ok(())
     }
 
-    fn position(
-        &self,
-        tree: &sled::Tree,
-        op: &'static str,
-        owner: &str,
-        topic: &str,
-        partition: PartitionId,
-    ) -> Result<Option<Offset>, StoreError> {
-        let v = tree.get(position_key(owner, topic, partition)).map_err(StoreError::io(op))?;
-        Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(|b| Offset(u64::from_be_bytes(b))))
+    /// Appends records, moves consumer-group positions and writes state as
+    /// one durable step: after a crash either all of it is there or none.
+    /// The records get their offsets in the returned order (first offset
+    /// per entry of `w.records`).
+    ///
+    /// The partitions' pending appends are written first; the new records
+    /// go out as batches flagged with a commit id and synced; then one sled
+    /// transaction stores the positions, the state and "commit id done",
+    /// and sled is flushed. Recovery cuts a flagged batch whose commit is
+    /// not done (it is always the tail of its partition: the partitions are
+    /// held for the whole step).
+    pub fn commit_atomic(&self, w: &AtomicWrite) -> Result<Vec<Offset>, StoreError> {
+        let _serial = self.slot.checkpointing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let meta = &self.slot.meta;
+        let id = meta.highest_commit_id().max(self.slot.next_commit.load(Ordering::Relaxed)) + 1;
+        self.slot.next_commit.store(id, Ordering::Relaxed);
+        let mut parts: Vec<Arc<Partition>> = Vec::new();
+        for (topic, p, _) in &w.records {
+            let part = self.partition(topic, *p)?;
+            if !parts.iter().any(|q| Arc::ptr_eq(q, &part)) {
+                parts.push(part);
+            }
+        }
+        for (_, topic, p, offset) in &w.positions {
+            let info = self.partition(topic, *p)?.info();
+            // A partition this commit writes: up to its new records (they
+            // become durable with it); any other: up to its durable end.
+            let writes = w.records.iter().any(|(t, q, _)| t == topic && q == p);
+            let written = w
+                .records
+                .iter()
+                .filter(|(t, q, _)| t == topic && q == p)
+                .map(|(_, _, r)| r.len() as u64)
+                .sum::<u64>();
+            let limit = if writes { info.high_watermark.0 + written } else { info.flushed.0 };
+            if offset.0 > limit {
+                return Err(StoreError::CommitPastEnd {
+                    topic: topic.clone(),
+                    partition: p.0,
+                    offset: offset.0,
+                    high_watermark: limit,
+                });
+            }
+        }
+        // Held in a fixed order (the list order of `parts`, first use wins):
+        // only this function holds several, under `_serial`.
+        let mut guards: Vec<_> = parts.iter().map(|p| p.lock_io()).collect();
+        let mut firsts = Vec::with_capacity(w.records.len());
+        for (topic, p, records) in &w.records {
+            // Held above: found among `parts` (no lookup that could fail
+            // and leave the partitions held).
+            let part = parts
+                .iter()
+                .find(|q| q.topic == *topic && q.id == *p)
+                .expect("every partition of the commit was resolved above");
+            firsts.push(part.append_atomic(records, id).0);
+        }
+        let result = (|| {
+            for (part, io) in parts.iter().zip(guards.iter_mut()) {
+                part.sync_io(io, None)?;
+            }
+            let trees = meta.trees()?;
+            let mut groups = sled::Batch::default();
+            for (group, topic, p, offset) in &w.positions {
+                groups.insert(position_key(group, topic, *p), &offset.0.to_be_bytes());
+            }
+            let mut state = sled::Batch::default();
+            for (k, v) in &w.state {
+                match v {
+                    Some(v) => state.insert(k.as_slice(), v.as_slice()),
+                    None => state.remove(k.as_slice()),
+                }
+            }
+            use sled::Transactional;
+            (&trees.groups, &trees.state, &trees.atomic)
+                .transaction(|(g, s, a)| {
+                    g.apply_batch(&groups)?;
+                    s.apply_batch(&state)?;
+                    a.insert("last", &id.to_be_bytes())?;
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| StoreError::Io {
+                    op: "atomic commit",
+                    source: match e {
+                        sled::transaction::TransactionError::Storage(e) => e,
+                        sled::transaction::TransactionError::Abort(()) => {
+                            sled::Error::Unsupported("aborted".into())
+                        }
+                    },
+                })?;
+            drop(trees);
+            meta.sync()
+        })();
+        let checkpoint = match &result {
+            Ok(()) => {
+                meta.set_committed(id);
+                true
+            }
+            // Batches that may be on disk stay, skipped by every reader;
+            // the abort is made durable before anything after them shows.
+            Err(_) => {
+                meta.abort(id);
+                meta.sync().is_ok()
+            }
+        };
+        for (part, io) in parts.iter().zip(guards.iter_mut()) {
+            part.publish(io, checkpoint);
+        }
+        drop(guards);
+        result.map(|()| firsts)
+    }
+
+    /// State written by [`Self::commit_atomic`].
+    pub fn state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .slot
+            .meta
+            .trees()?
+            .state
+            .get(key)
+            .map_err(StoreError::io("reading state"))?
+            .map(|v| v.to_vec()))
     }
 
     pub(crate) fn topics_snapshot(&self) -> Vec<Arc<Topic>> {
-        self.topics_snapshot_map().into_values().collect()
+        read(&self.slot.topics).values().cloned().collect()
     }
+}
 
-    /// The topics by name (none while the database is being reopened).
-    fn topics_snapshot_map(&self) -> BTreeMap<String, Arc<Topic>> {
-        self.inner().map_or_else(|_| BTreeMap::new(), |i| read(&i.topics).clone())
-    }
+fn position(
+    tree: &sled::Tree,
+    op: &'static str,
+    owner: &str,
+    topic: &str,
+    partition: PartitionId,
+) -> Result<Option<Offset>, StoreError> {
+    let v = tree.get(position_key(owner, topic, partition)).map_err(StoreError::io(op))?;
+    Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(|b| Offset(u64::from_be_bytes(b))))
+}
 
-    pub(crate) fn sub_bytes(&self, n: u64) {
-        if let Ok(inner) = self.inner() {
-            inner.total_bytes.fetch_sub(n, Ordering::Relaxed);
-        }
-    }
+/// The segment file a loss report names: the first damaged partition's
+/// directory.
+fn lost_file(root: &Path, lost: &[LostRange]) -> PathBuf {
+    lost.first().map_or_else(
+        || root.to_owned(),
+        |l| partition::partition_dir(&root.join("segments"), &l.topic, PartitionId(l.partition)),
+    )
 }
 
 impl Topic {

@@ -1,7 +1,8 @@
-//! Deleting old data: per-topic retention (age, bytes) and the total disk
-//! budget, whose overflow is evicted by priority: the lowest-priority
-//! service first (weighted before express, lower weight first), its oldest
-//! records first, never taking a service below its reserved bytes.
+//! Deleting old data, whole segments at a time: per-topic retention (age,
+//! bytes) and the total disk budget, whose overflow is evicted by priority:
+//! the lowest-priority service first (weighted before express, lower weight
+//! first), its oldest segment first, never taking a service below its
+//! reserved bytes. Deleting the active segment rolls it first.
 
 use super::{Store, Topic};
 use crate::error::StoreError;
@@ -48,11 +49,12 @@ impl RetentionReport {
     }
 }
 
-/// Records deleted per partition per step, so appends are not blocked long.
-const CHUNK: usize = 512;
-
 impl Store {
-    /// Applies every topic's retention (age and bytes) at time `now_ms`.
+    /// Applies every topic's retention (age and bytes) at time `now_ms`,
+    /// deleting whole segments: a segment goes when its newest record is
+    /// older than `max_age` (the active one is rolled first), or, if it is
+    /// sealed, while the partition holds at least its share of `max_bytes`
+    /// without it.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
         for topic in self.topics_snapshot() {
@@ -63,13 +65,20 @@ impl Store {
                 continue;
             }
             for part in topic.partitions() {
-                loop {
-                    let (n, bytes) = part.delete_oldest(CHUNK, |ts, left, _, _| {
-                        cutoff.is_some_and(|c| ts < c) || per_partition.is_some_and(|max| left > max)
-                    })?;
-                    self.sub_bytes(bytes);
-                    report.add(&spec.service, n, bytes);
-                    if n < CHUNK as u64 {
+                while let Some((_, _, bytes, max_ts, active)) = part.oldest_segment() {
+                    let too_old = cutoff.is_some_and(|c| max_ts < c);
+                    // As Kafka: a segment goes when the rest still holds the
+                    // share, so the newest `max_bytes` are always kept; the
+                    // active segment is never deleted for size.
+                    let too_big = !active
+                        && per_partition
+                            .is_some_and(|max| part.bytes().saturating_sub(bytes) >= max && bytes > 0);
+                    if !(too_old || too_big) {
+                        break;
+                    }
+                    let (n, freed) = part.delete_oldest_segment()?;
+                    report.add(&spec.service, n, freed);
+                    if freed == 0 {
                         break;
                     }
                 }
@@ -88,9 +97,11 @@ impl Store {
         out
     }
 
-    /// Evicts until the stored bytes fit `max_bytes`, by priority. Services
-    /// missing from `policies` are treated as weight 1, not express, nothing
-    /// reserved. Stops early when everything left is reserved.
+    /// Evicts whole segments until the stored bytes fit `max_bytes`, by
+    /// priority: the lowest-priority service first, its oldest segment
+    /// first, never taking a service below its reserved bytes. Services
+    /// missing from `policies` are treated as weight 1, not express,
+    /// nothing reserved. Stops early when everything left is reserved.
     pub fn evict_to_budget(
         &self,
         max_bytes: u64,
@@ -98,31 +109,26 @@ impl Store {
     ) -> Result<RetentionReport, StoreError> {
         const FALLBACK: EvictionPolicy = EvictionPolicy { weight: 1, express: false, reserved_bytes: 0 };
         let mut report = RetentionReport::default();
-        // Services that cannot give up another record without going below
-        // their reservation.
         let mut exhausted = HashSet::new();
         while self.total_bytes() > max_bytes {
             let topics = self.topics_snapshot();
             let mut by_service = self.service_bytes();
             by_service.retain(|s, _| !exhausted.contains(s));
-            let Some(Victim { service, partition: victim, next_oldest }) =
+            let Some(Victim { service, partition: victim, .. }) =
                 pick_victim(&topics, &by_service, policies, FALLBACK)?
             else {
                 break;
             };
             let policy = policies.get(&service).copied().unwrap_or(FALLBACK);
             let service_bytes = by_service.get(&service).copied().unwrap_or(0);
-            let over = self.total_bytes() - max_bytes;
-            // Oldest first across the service's partitions: stop where another
-            // partition holds older records (but always make progress).
-            let (n, bytes) = victim.delete_oldest(CHUNK, |ts, _, freed, size| {
-                freed < over
-                    && service_bytes.saturating_sub(freed + size) >= policy.reserved_bytes
-                    && (freed == 0 || next_oldest.is_none_or(|next| ts <= next))
-            })?;
-            self.sub_bytes(bytes);
+            let seg_bytes = victim.oldest_segment().map_or(0, |s| s.2);
+            if seg_bytes == 0 || service_bytes.saturating_sub(seg_bytes) < policy.reserved_bytes {
+                exhausted.insert(service);
+                continue;
+            }
+            let (n, bytes) = victim.delete_oldest_segment()?;
             report.add(&service, n, bytes);
-            if n == 0 {
+            if bytes == 0 {
                 exhausted.insert(service);
             }
         }
@@ -135,8 +141,6 @@ struct Victim {
     service: String,
     /// The service's partition holding its oldest record.
     partition: Arc<super::partition::Partition>,
-    /// Oldest record timestamp among the service's other partitions.
-    next_oldest: Option<i64>,
 }
 
 /// The lowest-priority service above its reservation, and its partition
@@ -158,15 +162,14 @@ fn pick_victim(
         let mut heads: Vec<(i64, Arc<super::partition::Partition>)> = Vec::new();
         for topic in topics.iter().filter(|t| &t.spec().service == service) {
             for part in topic.partitions() {
-                if let Some(ts) = part.oldest_timestamp()? {
+                if let Some(ts) = part.oldest_timestamp() {
                     heads.push((ts, part.clone()));
                 }
             }
         }
         heads.sort_by_key(|(ts, _)| *ts);
-        let next_oldest = heads.get(1).map(|(ts, _)| *ts);
         if let Some((_, partition)) = heads.into_iter().next() {
-            return Ok(Some(Victim { service: service.clone(), partition, next_oldest }));
+            return Ok(Some(Victim { service: service.clone(), partition }));
         }
     }
     Ok(None)
