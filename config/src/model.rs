@@ -89,6 +89,17 @@ pub struct MqttConfig {
     pub max_connections: u32,
     /// Most unacknowledged QoS 1 messages per connection. Default 100.
     pub max_inflight: u32,
+    /// How much a live subscriber may have in front of an alarm, in time:
+    /// sluice keeps that subscriber's unacknowledged QoS 1 window at about
+    /// what it acknowledges in this long (learned from its PUBACKs, at
+    /// least 2, at most `max_inflight`), and orders the rest by service
+    /// priority. Default 5ms, 1ms to 10s.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub delivery_target_delay: Duration,
+    /// Publishes sluice queues for one live subscriber that does not keep
+    /// up, in bytes; past it the oldest publish of the lowest-priority
+    /// service is dropped (counted). Default 4MiB, 64KiB to 1GiB.
+    pub delivery_queue: ByteSize,
     /// What happens to a publish that matches no `[[route]]`.
     pub unrouted: Unrouted,
     /// Whether clients without credentials may connect. Default: true
@@ -123,6 +134,8 @@ impl Default for MqttConfig {
             listen_v5: None,
             max_connections: 1000,
             max_inflight: 100,
+            delivery_target_delay: Duration::from_millis(5),
+            delivery_queue: ByteSize::mib(4),
             unrouted: Unrouted::FirstLevel,
             allow_anonymous: None,
             anonymous_publish: crate::security::everything(),

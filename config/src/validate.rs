@@ -60,6 +60,14 @@ impl Problems {
         self.check("mqtt.max_payload", range(cfg.mqtt.max_payload, max_payload));
         self.check("mqtt.max_connections", range(cfg.mqtt.max_connections, limits::CONNECTIONS));
         self.check("mqtt.max_inflight", range(cfg.mqtt.max_inflight, (1, 65_535)));
+        self.check(
+            "mqtt.delivery_target_delay",
+            dur_range(cfg.mqtt.delivery_target_delay, (Duration::from_millis(1), Duration::from_secs(10))),
+        );
+        self.check(
+            "mqtt.delivery_queue",
+            range(cfg.mqtt.delivery_queue, (ByteSize::kib(64), ByteSize::gib(1))),
+        );
         if let Some(v5) = cfg.mqtt.listen_v5 {
             if v5 == cfg.mqtt.listen && v5.port() != 0 {
                 self.check(

@@ -147,7 +147,8 @@ enum Bench {
         /// The service measured idle vs loaded (default: the first).
         #[arg(long)]
         probe: Option<String>,
-        /// Where the consumer reads: `sluice` (HTTP group fetch + commit) or
+        /// Where the consumer reads: `sluice` (HTTP group fetch + commit),
+        /// `sse` (the SSE group stream, committing every --commit-ms) or
         /// `mqtt` (a subscriber on the broker at --addr).
         #[arg(long, value_enum, default_value_t = ConsumerKind::Sluice)]
         consumer: ConsumerKind,
@@ -161,6 +162,9 @@ enum Bench {
         /// service's MQTT topic, as sluice's unrouted policy maps them).
         #[arg(long = "log-topic")]
         log_topics: Vec<String>,
+        /// Interval between the SSE consumer's commits (consumer `sse`).
+        #[arg(long, default_value_t = 100)]
+        commit_ms: u64,
         /// QoS of the MQTT subscription (consumer `mqtt`; 0 or 1).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
         sub_qos: u8,
@@ -219,6 +223,8 @@ enum ConsumerKind {
     Sluice,
     /// An MQTT subscription on the broker (arrival order).
     Mqtt,
+    /// sluice's SSE group stream, committing every --commit-ms.
+    Sse,
 }
 
 fn hash_password() -> anyhow::Result<()> {
@@ -401,6 +407,7 @@ fn bench(scenario: Bench) -> anyhow::Result<()> {
                 group,
                 log_topics,
                 sub_qos,
+                commit_ms,
                 drain_rate,
                 warmup,
                 grace,
@@ -420,9 +427,16 @@ fn bench(scenario: Bench) -> anyhow::Result<()> {
                             .unwrap_or_else(|| format!("bench-{}-{}", std::process::id(), now_secs())),
                         topics: if log_topics.is_empty() { first_levels(&services) } else { log_topics },
                     },
+                    ConsumerKind::Sse => bench::consume::Source::Sse {
+                        http,
+                        group: group
+                            .unwrap_or_else(|| format!("bench-{}-{}", std::process::id(), now_secs())),
+                        topics: if log_topics.is_empty() { first_levels(&services) } else { log_topics },
+                        commit_every: Duration::from_millis(commit_ms),
+                    },
                     ConsumerKind::Mqtt => bench::consume::Source::Mqtt {
                         addr: publish.addr,
-                        filters: services.iter().map(|s| s.topic.clone()).collect(),
+                        filters: services.iter().map(|s| s.topic.replace("{i}", "+")).collect(),
                         qos: qos(sub_qos),
                     },
                 };

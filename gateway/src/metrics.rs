@@ -199,6 +199,18 @@ pub fn render(shared: &Shared) -> String {
         );
     }
     out.family(
+        "sluice_mqtt_delivery_dropped_total",
+        "counter",
+        "Publishes to live MQTT subscribers dropped from a slow subscriber's full queue (mqtt.delivery_queue)",
+    );
+    for s in &services {
+        out.sample(
+            "sluice_mqtt_delivery_dropped_total",
+            &[("service", &s.name)],
+            s.counters.mqtt_delivery_dropped.load(Ordering::Relaxed),
+        );
+    }
+    out.family(
         "sluice_mqtt_subscribe_refused_total",
         "counter",
         "MQTT subscription filters refused: outside the user's subscribe filters",

@@ -42,6 +42,9 @@ pub struct Counters {
     pub mqtt_dropped_full: AtomicU64,
     /// MQTT publishes dropped by the service's rate limit.
     pub mqtt_dropped_rate: AtomicU64,
+    /// Publishes to live MQTT subscribers dropped from a slow subscriber's
+    /// full delivery queue (`mqtt.delivery_queue`), lowest priority first.
+    pub mqtt_delivery_dropped: AtomicU64,
     /// HTTP produce requests refused with 429 by the rate limit.
     pub rejected_rate: AtomicU64,
 }

@@ -315,3 +315,62 @@ async fn small_window_shares_by_weight() {
     // Weight 1 of 5: 12 of 60, give or take the rounds cut by the window.
     assert!((8..=16).contains(&logs), "logs got {logs} of 60 deliveries, expected about 12");
 }
+
+/// The push window is sized in time: a consumer that goes through about
+/// 200 records per commit gets a window of about that many (plus the
+/// 10 ms target delay's worth), not `max_unacked` (1000), so an alarm
+/// produced into a bulk backlog reaches it after about one commit's worth
+/// of bulk. The consumer keeps its pace: every cycle gets its 200 records.
+#[tokio::test]
+async fn sse_window_follows_the_consumer_so_alarms_overtake_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    for chunk in 0..12 {
+        let values: Vec<Value> = (0..500).map(|i| json!(format!("bulk-{}", chunk * 500 + i))).collect();
+        gw.produce("logs", &values).await;
+    }
+    let mut sse = SseClient::open(&gw, "slow", "topics=alarms,logs").await;
+    for _ in 0..12 {
+        let got = sse.records(200).await;
+        assert!(got.iter().all(|r| r["topic"] == "logs"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gw.commit("slow", &got).await;
+    }
+    gw.produce("alarms", &[json!("fire")]).await;
+    let mut before = 0;
+    let mut page = Vec::new();
+    loop {
+        let (_, r) = sse.next().await;
+        if r["topic"] == "alarms" {
+            break;
+        }
+        before += 1;
+        page.push(r);
+        if page.len() == 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            gw.commit("slow", &page).await;
+            page.clear();
+        }
+        assert!(before < 3600, "the alarm never came");
+    }
+    // With a fixed window of 1000, 800 to 1000 bulk records came first.
+    assert!(before < 500, "{before} bulk records came before the alarm");
+}
+
+/// `{"processed": [...]}` frees the WebSocket stream's window without a
+/// durable commit.
+#[tokio::test]
+async fn websocket_processed_moves_the_window_without_committing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(PRIORITY_CONFIG)).await;
+    gw.produce("one", &(0..20).map(|i| json!(i)).collect::<Vec<_>>()).await;
+    let mut ws = ws_open(&gw, "p", "topics=one&max_unacked=5").await;
+    let got = ws_records(&mut ws, 5).await;
+    assert_eq!(got.iter().map(|r| r["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    ws_send(&mut ws, &json!({ "processed": [{ "topic": "one", "partition": 0, "offset": 2 }] })).await;
+    assert_eq!(ws_next(&mut ws).await, json!({ "processed": 1 }));
+    let more = ws_records(&mut ws, 2).await;
+    assert_eq!(more.iter().map(|r| r["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![5, 6]);
+    let (_, offsets) = gw.get_json("/v1/groups/p/offsets?topics=one").await;
+    assert!(offsets["offsets"][0]["committed"].is_null(), "nothing committed: {offsets}");
+}

@@ -8,6 +8,10 @@
 //!   in priority order) for as many records as the bucket allows, then
 //!   `POST .../commit`, as a careful consumer does. The group first
 //!   commits the high watermarks, so only new records count.
+//! - [`Source::Sse`]: sluice's push stream over Server-Sent Events
+//!   (`GET /v1/groups/{group}/stream`), read only as fast as the bucket
+//!   allows (what is not taken waits in the sockets and in sluice), with
+//!   a commit of what was taken every `commit_every`.
 //! - [`Source::Mqtt`]: a subscriber on a broker (QoS 1 by default); the
 //!   broker queues in arrival order what the consumer has not read yet.
 
@@ -43,6 +47,17 @@ pub enum Source {
         /// Log topics to read.
         topics: Vec<String>,
     },
+    /// sluice's SSE group stream.
+    Sse {
+        /// sluice's HTTP address.
+        http: SocketAddr,
+        /// Consumer group.
+        group: String,
+        /// Log topics to read.
+        topics: Vec<String>,
+        /// Interval between commits.
+        commit_every: Duration,
+    },
     /// An MQTT subscription.
     Mqtt {
         /// Broker address.
@@ -59,6 +74,7 @@ impl Source {
     pub fn label(&self) -> String {
         match self {
             Source::Sluice { .. } => "sluice-http".to_owned(),
+            Source::Sse { commit_every, .. } => format!("sluice-sse-commit-{}ms", commit_every.as_millis()),
             Source::Mqtt { qos, .. } => format!("mqtt-qos{}", *qos as u8),
         }
     }
@@ -85,6 +101,11 @@ impl Consumer {
             Source::Sluice { http, group, topics } => {
                 let sluice = SluiceConsumer::open(http, group, topics).await?;
                 tokio::spawn(sluice.run(bucket, deliveries, stop_rx))
+            }
+            Source::Sse { http, group, topics, commit_every } => {
+                let sluice = SluiceConsumer::open(http, group, topics).await?;
+                let stream = SseStream::open(http, &sluice.group, &sluice.topics).await?;
+                tokio::spawn(sse_loop(sluice, stream, commit_every, bucket, deliveries, stop_rx))
             }
             Source::Mqtt { addr, filters, qos } => {
                 let (client, eventloop) = subscribe(addr, &filters, qos).await?;
@@ -196,6 +217,127 @@ impl SluiceConsumer {
         }
         Ok(())
     }
+}
+
+/// A Server-Sent Events group stream, read on demand.
+struct SseStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    events: std::collections::VecDeque<serde_json::Value>,
+}
+
+impl SseStream {
+    async fn open(addr: SocketAddr, group: &str, topics: &[String]) -> anyhow::Result<SseStream> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let path = format!("/v1/groups/{group}/stream?topics={}", topics.join(","));
+        let req = hyper::Request::builder()
+            .uri(&path)
+            .header("host", addr.to_string())
+            .header("accept", "text/event-stream")
+            .body(http_body_util::Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        anyhow::ensure!(resp.status() == 200, "GET http://{addr}{path} answered {}", resp.status());
+        Ok(SseStream { body: resp.into_body(), buf: Vec::new(), events: Default::default() })
+    }
+
+    /// The next record, reading from the connection only when none is
+    /// buffered.
+    async fn next(&mut self) -> anyhow::Result<serde_json::Value> {
+        use http_body_util::BodyExt as _;
+        loop {
+            if let Some(r) = self.events.pop_front() {
+                return Ok(r);
+            }
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let data: Vec<&str> =
+                    text.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
+                if !data.is_empty() {
+                    self.events.push_back(serde_json::from_str(&data.join("\n"))?);
+                }
+            }
+            if !self.events.is_empty() {
+                continue;
+            }
+            let frame = self.body.frame().await.context("the SSE stream ended")??;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+/// Takes records from the stream at the bucket's pace; commits what it took
+/// every `commit_every`.
+async fn sse_loop(
+    mut sluice: SluiceConsumer,
+    mut stream: SseStream,
+    commit_every: Duration,
+    mut bucket: TokenBucket,
+    deliveries: Arc<Deliveries>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let commit = format!("/v1/groups/{}/commit", sluice.group);
+    let mut next: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let mut last_commit = tokio::time::Instant::now();
+    let mut taken = 0;
+    while !*stop.borrow() {
+        // Commits are due on time, also while no record comes.
+        let due = last_commit + commit_every;
+        let r = tokio::select! {
+            r = stream.next() => Some(r?),
+            _ = tokio::time::sleep_until(due), if !next.is_empty() => None,
+            _ = stop.changed() => break,
+        };
+        let Some(r) = r else {
+            let offsets: Vec<_> = std::mem::take(&mut next)
+                .into_iter()
+                .map(|((topic, partition), offset)| {
+                    serde_json::json!({ "topic": topic, "partition": partition, "offset": offset })
+                })
+                .collect();
+            sluice.call(Method::POST, &commit, Some(serde_json::json!({ "offsets": offsets }))).await?;
+            last_commit = tokio::time::Instant::now();
+            continue;
+        };
+        bucket.ready().await;
+        bucket.take(1);
+        let got = wall_us();
+        if let Some(stamp) = payload::from_value(&r["value"]) {
+            deliveries.record(stamp, got, r["timestamp"].as_u64());
+        }
+        if let (Some(topic), Some(p), Some(o)) =
+            (r["topic"].as_str(), r["partition"].as_u64(), r["offset"].as_u64())
+        {
+            let e = next.entry((topic.to_owned(), p)).or_insert(0);
+            *e = (*e).max(o + 1);
+        }
+        taken += 1;
+        if last_commit.elapsed() >= commit_every && !next.is_empty() {
+            let offsets: Vec<_> = std::mem::take(&mut next)
+                .into_iter()
+                .map(|((topic, partition), offset)| {
+                    serde_json::json!({ "topic": topic, "partition": partition, "offset": offset })
+                })
+                .collect();
+            let committing = std::time::Instant::now();
+            sluice.call(Method::POST, &commit, Some(serde_json::json!({ "offsets": offsets }))).await?;
+            let commit_us = committing.elapsed().as_micros() as u64;
+            deliveries.call(Call { at: got, fetch_us: 0, commit_us, records: taken });
+            taken = 0;
+            last_commit = tokio::time::Instant::now();
+        }
+    }
+    Ok(())
 }
 
 /// Connects a subscriber and waits for the SUBACK of every filter.

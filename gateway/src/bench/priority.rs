@@ -17,29 +17,51 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// One publishing service: `NAME:MQTT_TOPIC:RATE` on the command line.
+/// One publishing service: `NAME:MQTT_TOPIC:RATE[/qQOS][/xCONNECTIONS]`
+/// on the command line, e.g. `bulk:plant/{i}/bulk:8000/q0/x4` (8000/s in
+/// all at QoS 0 from 4 connections; `{i}` is the connection's index).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceSpec {
     /// Name in reports.
     pub name: String,
     /// MQTT topic it publishes to.
     pub topic: String,
-    /// Publishes per second (0 = as fast as acknowledged).
+    /// Publishes per second, all connections together (0 = as fast as
+    /// acknowledged).
     pub rate: f64,
+    /// QoS of its publishes (default: `--qos`).
+    pub qos: Option<QoS>,
+    /// Publishing connections (default 1).
+    pub connections: usize,
 }
 
 impl std::str::FromStr for ServiceSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<ServiceSpec, String> {
-        let shape = || format!("{s:?}: expected NAME:MQTT_TOPIC:RATE, e.g. alarms:alarms/dev-1:20");
+        let shape = || {
+            format!(
+                "{s:?}: expected NAME:MQTT_TOPIC:RATE[/qQOS][/xCONNECTIONS], e.g. alarms:alarms/dev-1:20/q1"
+            )
+        };
         let (name, rest) = s.split_once(':').ok_or_else(shape)?;
         let (topic, rate) = rest.rsplit_once(':').ok_or_else(shape)?;
+        let mut parts = rate.split('/');
+        let rate = parts.next().unwrap_or_default();
         let rate: f64 = rate.parse().map_err(|_| format!("{s:?}: rate {rate:?} is not a number"))?;
         if name.is_empty() || topic.is_empty() || !(rate >= 0.0 && rate.is_finite()) {
             return Err(shape());
         }
-        Ok(ServiceSpec { name: name.to_owned(), topic: topic.to_owned(), rate })
+        let (mut qos, mut connections) = (None, 1);
+        for part in parts {
+            match (part.get(..1), part.get(1..)) {
+                (Some("q"), Some("0")) => qos = Some(QoS::AtMostOnce),
+                (Some("q"), Some("1")) => qos = Some(QoS::AtLeastOnce),
+                (Some("x"), Some(n)) => connections = n.parse().ok().filter(|n| *n > 0).ok_or_else(shape)?,
+                _ => return Err(shape()),
+            }
+        }
+        Ok(ServiceSpec { name: name.to_owned(), topic: topic.to_owned(), rate, qos, connections })
     }
 }
 
@@ -140,11 +162,11 @@ impl PriorityBench {
         let s = &self.services[svc];
         Publishers {
             addr: self.mqtt,
-            count: 1,
+            count: s.connections,
             inflight: self.inflight,
-            qos: self.qos,
+            qos: s.qos.unwrap_or(self.qos),
             payload: self.payload,
-            rate: s.rate,
+            rate: s.rate / s.connections as f64,
             topic: s.topic.clone(),
             service: svc as u32,
             client_prefix: format!("sluice-bench-{}-{}", std::process::id(), s.name),
@@ -157,7 +179,8 @@ impl PriorityBench {
 }
 
 /// Publishes acknowledged (QoS 1) or sent (QoS 0) so far.
-fn published(r: &Running, qos: QoS) -> u64 {
+fn published(r: &Running, qos: Option<QoS>, default: QoS) -> u64 {
+    let qos = qos.unwrap_or(default);
     let c = if qos == QoS::AtMostOnce { &r.counters.sent } else { &r.counters.acked };
     c.load(Ordering::Relaxed)
 }
@@ -192,11 +215,16 @@ pub async fn run(b: PriorityBench) -> anyhow::Result<PriorityReport> {
     }
     tokio::time::sleep(b.warmup).await;
     let from = wall_us();
-    let before: Vec<(u64, u64)> = running.iter().map(|r| (published(r, b.qos), sent(r))).collect();
+    let before: Vec<(u64, u64)> =
+        running.iter().zip(&b.services).map(|(r, s)| (published(r, s.qos, b.qos), sent(r))).collect();
     sample_each_second("loaded", &meters, b.duration).await;
     let to = wall_us();
-    let counts: Vec<(u64, u64)> =
-        running.iter().zip(&before).map(|(r, (p, s))| (published(r, b.qos) - p, sent(r) - s)).collect();
+    let counts: Vec<(u64, u64)> = running
+        .iter()
+        .zip(&before)
+        .zip(&b.services)
+        .map(|((r, (p, s)), svc)| (published(r, svc.qos, b.qos) - p, sent(r) - s))
+        .collect();
     for r in running {
         errors += r.counters.errors.load(Ordering::Relaxed);
         r.stop().await;

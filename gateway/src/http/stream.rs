@@ -7,10 +7,28 @@
 //! per partition in memory, so it does not resend within one connection.
 //! Durable progress is only the client's commit (`POST .../commit`, or an
 //! ack over the WebSocket): a new connection resumes from the committed
-//! positions and delivers again what was sent but not committed. At most
-//! `max_unacked` records are outstanding (sent, not yet committed past);
-//! then the stream waits for commits, so a consumer that never commits
-//! holds the server to a bounded window instead of an unbounded backlog.
+//! positions and delivers again what was sent but not committed.
+//!
+//! **The window is sized in time.** Records sent and not yet committed
+//! (acked) past sit in front of anything the stream picks later, whatever
+//! its priority, so the stream keeps only about what the consumer gets
+//! through before its next commit, plus `target_delay_ms` (default 10):
+//! the window is the consumer's committed records per second, measured
+//! while it had a backlog, times (its interval between commits + the
+//! target delay), between [`MIN_WINDOW`] and `max_unacked` (default 1000,
+//! the window a stream starts with). When a commit finds that the consumer
+//! had gone through everything sent (it waited for the window), the window
+//! doubles. So an alarm overtakes a bulk backlog within about one commit
+//! interval plus the target delay, and a slow consumer keeps its
+//! throughput. A consumer that never commits still holds the server to
+//! `max_unacked` records. Over a WebSocket, `{"processed": [...]}`
+//! messages move the window without committing (flow control without the
+//! durable write), for consumers that commit less often than they want
+//! fresh alarms.
+//!
+//! Records are taken from the scheduler at most [`BATCH`] at a time and
+//! never more than the window allows, so the pick is made when there is
+//! room to send.
 
 use super::auth::Access;
 use super::groups::{check_group, lookup_topics};
@@ -34,6 +52,12 @@ const DEFAULT_MAX_UNACKED: u64 = 1000;
 const MAX_UNACKED: u64 = 10_000;
 /// Records taken from the scheduler per pass (bounds memory per stream).
 const BATCH: usize = 100;
+/// Smallest window of a stream.
+pub(super) const MIN_WINDOW: usize = 8;
+/// Default `target_delay_ms`.
+const DEFAULT_TARGET_MS: u64 = 10;
+/// Largest `target_delay_ms`.
+const MAX_TARGET_MS: u64 = 60_000;
 
 /// The handler: checks everything before upgrading or streaming, so bad
 /// input gets a JSON error with a fitting status.
@@ -46,7 +70,7 @@ pub(super) async fn stream(
     query: QueryMap,
 ) -> Result<Response, ApiError> {
     check_group(&group)?;
-    let params = query_params(query, &["topics", "max_unacked"])?;
+    let params = query_params(query, &["topics", "max_unacked", "target_delay_ms"])?;
     let names: Vec<String> = params
         .get("topics")
         .map(|list| list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
@@ -56,7 +80,9 @@ pub(super) async fn stream(
     if max_unacked == 0 {
         return Err(ApiError::bad_request(format!("max_unacked: 0 is outside 1..={MAX_UNACKED}")));
     }
-    let stream = GroupStream::open(shared, access, group, topics, max_unacked as usize)?;
+    let target = uint_param(&params, "target_delay_ms", DEFAULT_TARGET_MS, MAX_TARGET_MS)?;
+    let window = Window::new(max_unacked as usize, std::time::Duration::from_millis(target));
+    let stream = GroupStream::open(shared, access, group, topics, window)?;
     match upgrade {
         Ok(ws) => Ok(stream_ws::respond(ws, stream)),
         Err(rejection) if asks_for_websocket(&headers) => Err(ApiError::new(
@@ -89,7 +115,9 @@ pub(super) struct GroupStream {
     /// Offsets sent and not yet committed past, ascending per partition.
     unacked: HashMap<TopicPartition, VecDeque<Offset>>,
     unacked_len: usize,
-    max_unacked: usize,
+    /// Records freed by commits since the window last learned.
+    freed: usize,
+    window: Window,
     appended: watch::Receiver<u64>,
     commits: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
@@ -102,7 +130,7 @@ impl GroupStream {
         access: Access,
         group: String,
         topics: Vec<Arc<Topic>>,
-        max_unacked: usize,
+        window: Window,
     ) -> Result<GroupStream, StoreError> {
         let positions = Positions::committed(&shared, &group, &topics)?;
         Ok(GroupStream {
@@ -117,7 +145,8 @@ impl GroupStream {
             rounds: Rounds::default(),
             unacked: HashMap::new(),
             unacked_len: 0,
-            max_unacked,
+            freed: 0,
+            window,
         })
     }
 
@@ -150,11 +179,21 @@ impl GroupStream {
             // Mark what is seen before reading, so a change made during the
             // read wakes the wait below.
             self.appended.borrow_and_update();
+            let commits = self.commits.has_changed().unwrap_or(false);
             self.commits.borrow_and_update();
-            if self.window() == 0 {
+            if commits || self.window() == 0 {
                 if let Err(e) = self.sync_commits() {
                     return Some(Err(e));
                 }
+            }
+            if self.freed > 0 {
+                // One commit (or ack message) may free records of several
+                // partitions: the window learns from all of them at once.
+                self.window.committed(
+                    std::mem::take(&mut self.freed),
+                    self.unacked_len,
+                    std::time::Instant::now(),
+                );
             }
             let room = self.window().min(BATCH);
             if room > 0 {
@@ -176,17 +215,20 @@ impl GroupStream {
                 }
             }
             let open = self.window() > 0;
+            if !open {
+                self.window.full = true;
+            }
             tokio::select! {
                 _ = self.shutdown.wait_for(|s| *s) => return None,
                 r = self.appended.changed(), if open => r.ok()?,
-                r = self.commits.changed(), if !open => r.ok()?,
+                r = self.commits.changed() => r.ok()?,
             }
         }
     }
 
     /// How many more records may be sent before the consumer commits.
     fn window(&self) -> usize {
-        self.max_unacked.saturating_sub(self.unacked_len)
+        self.window.size.saturating_sub(self.unacked_len)
     }
 
     fn sent(&mut self, r: &GroupRecord) {
@@ -200,12 +242,15 @@ impl GroupStream {
     /// cursor skips ahead if the commit is past it.
     pub(super) fn committed(&mut self, topic: &str, partition: PartitionId, next: Offset) {
         let topic: Arc<str> = Arc::from(topic);
+        let mut done = 0;
         if let Some(sent) = self.unacked.get_mut(&TopicPartition { topic: topic.clone(), partition }) {
             while sent.front().is_some_and(|&o| o < next) {
                 sent.pop_front();
-                self.unacked_len -= 1;
+                done += 1;
             }
         }
+        self.unacked_len -= done;
+        self.freed += done;
         if self.topics.iter().any(|t| t.name == topic) {
             self.positions.advance(&topic, partition, next);
         }
@@ -225,7 +270,92 @@ impl GroupStream {
     }
 }
 
+/// The window of a stream: how many records may be outstanding, learned
+/// from the consumer's commits (see the module docs).
+#[derive(Debug)]
+pub(super) struct Window {
+    /// Records that may be outstanding now.
+    size: usize,
+    /// `max_unacked`.
+    max: usize,
+    target: std::time::Duration,
+    /// The window was full (the stream had more to send) since the last
+    /// commit.
+    full: bool,
+    /// The last commit that freed records.
+    last: Option<std::time::Instant>,
+    /// Smoothed records per second committed while backlogged, and the
+    /// smoothed interval between commits (seconds).
+    rate: Option<f64>,
+    interval: Option<f64>,
+}
+
+impl Window {
+    pub(super) fn new(max: usize, target: std::time::Duration) -> Window {
+        Window { size: max, max, target, full: false, last: None, rate: None, interval: None }
+    }
+
+    /// A commit freed `done` records, `left` are still outstanding.
+    fn committed(&mut self, done: usize, left: usize, now: std::time::Instant) {
+        let smooth = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| o * 0.7 + new * 0.3));
+        let Some(last) = self.last.replace(now) else { return };
+        let dt = now.saturating_duration_since(last).as_secs_f64().max(1e-4);
+        let backlogged = std::mem::take(&mut self.full);
+        if !backlogged {
+            return;
+        }
+        self.interval = smooth(self.interval, dt);
+        self.rate = smooth(self.rate, done as f64 / dt);
+        if left == 0 {
+            // The consumer went through everything it had: it waited.
+            self.size = (self.size * 2).min(self.max);
+            return;
+        }
+        if let (Some(rate), Some(interval)) = (self.rate, self.interval) {
+            let want = rate * (interval + self.target.as_secs_f64());
+            self.size = (want.ceil() as usize).clamp(MIN_WINDOW.min(self.max), self.max);
+        }
+    }
+}
+
 /// A record as JSON text, with its topic and partition.
 pub(super) fn record_json(r: &GroupRecord) -> Result<String, serde_json::Error> {
     super::codec::record_json(&r.topic.name, r.partition.0, &r.record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_window_follows_the_consumers_commits() {
+        let t0 = Instant::now();
+        let mut w = Window::new(1000, Duration::from_millis(10));
+        assert_eq!(w.size, 1000, "max_unacked to start with");
+        w.full = true;
+        w.committed(200, 800, t0);
+        // A consumer committing 200 records every 100 ms with a backlog.
+        for i in 1..=10 {
+            w.full = true;
+            w.committed(200, 20, t0 + Duration::from_millis(100 * i));
+        }
+        // 2000/s x (100 ms + 10 ms).
+        assert!((215..=225).contains(&w.size), "window {}", w.size);
+        // Without a backlog nothing is learned.
+        w.committed(5, 0, t0 + Duration::from_millis(1200));
+        assert!((215..=225).contains(&w.size), "window {}", w.size);
+        // It went through everything it had: the window was too small.
+        w.full = true;
+        let before = w.size;
+        w.committed(before, 0, t0 + Duration::from_millis(1300));
+        assert_eq!(w.size, 2 * before);
+        // Never past max_unacked, never below the minimum.
+        let mut small = Window::new(1000, Duration::from_millis(10));
+        for i in 0..20 {
+            small.full = true;
+            small.committed(1, 1, t0 + Duration::from_secs(i));
+        }
+        assert_eq!(small.size, MIN_WINDOW);
+    }
 }

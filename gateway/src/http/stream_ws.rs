@@ -3,7 +3,9 @@
 //! `{"committed": n}` or `{"error": "..."}` answering each client message.
 //! Client to server: acks `{"ack": [{"topic": "a", "partition": 0,
 //! "offset": 42}]}` (offset = the next to read, as in a commit), committed
-//! through the same path as `POST .../commit`. A bad ack gets an error
+//! through the same path as `POST .../commit`; or `{"processed": [...]}`
+//! (same entries), which only frees the stream's window, without a durable
+//! commit, answered `{"processed": n}`. A bad ack gets an error
 //! message and the socket stays open. At shutdown the server sends a close
 //! frame (1001); a store failure sends an error, then closes with 1011.
 
@@ -19,11 +21,13 @@ use std::time::Duration;
 /// How long the closing messages may take to send.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A client message: positions to commit.
+/// A client message: positions to commit, or positions processed (flow
+/// control only).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AckMessage {
-    ack: Vec<CommitEntry>,
+    ack: Option<Vec<CommitEntry>>,
+    processed: Option<Vec<CommitEntry>>,
 }
 
 /// Why a connection ended.
@@ -115,21 +119,30 @@ async fn send_records(socket: &mut WebSocket, batch: &[GroupRecord]) -> Result<(
 
 /// Commits an ack message; the reply is `{"committed": n}` or an error.
 async fn on_ack(stream: &mut GroupStream, text: &str) -> String {
-    let ack: AckMessage = match serde_json::from_str(text) {
-        Ok(ack) => ack,
-        Err(e) => {
-            return error_json(&format!(
-                "invalid message ({e}); expected {{\"ack\": [{{\"topic\", \"partition\", \"offset\"}}]}}"
-            ))
+    let expected = "expected {\"ack\": [{\"topic\", \"partition\", \"offset\"}]} or {\"processed\": [...]}";
+    let (ack, processed) = match serde_json::from_str::<AckMessage>(text) {
+        Ok(AckMessage { ack: None, processed: None }) => {
+            return error_json(&format!("invalid message (no ack); {expected}"))
         }
+        Ok(m) => (m.ack.unwrap_or_default(), m.processed.unwrap_or_default()),
+        Err(e) => return error_json(&format!("invalid message ({e}); {expected}")),
     };
+    if ack.is_empty() && !processed.is_empty() {
+        for e in &processed {
+            stream.committed(&e.topic, PartitionId(e.partition), Offset(e.offset));
+        }
+        return serde_json::json!({ "processed": processed.len() }).to_string();
+    }
+    for e in &processed {
+        stream.committed(&e.topic, PartitionId(e.partition), Offset(e.offset));
+    }
     let shared = stream.shared().clone();
-    match commit_offsets(&shared, stream.access(), stream.group(), &ack.ack, "ack").await {
+    match commit_offsets(&shared, stream.access(), stream.group(), &ack, "ack").await {
         Ok(()) => {
-            for e in &ack.ack {
+            for e in &ack {
                 stream.committed(&e.topic, PartitionId(e.partition), Offset(e.offset));
             }
-            serde_json::json!({ "committed": ack.ack.len() }).to_string()
+            serde_json::json!({ "committed": ack.len() }).to_string()
         }
         Err(err) => {
             // Entries before the bad one were committed: take them in.

@@ -132,6 +132,18 @@ impl Intake {
         &self.stats
     }
 
+    /// The service whose priority a publish to `mqtt_topic` gets on its way
+    /// to live subscribers: the owner of the log topic it routes to, or
+    /// the default service (unrouted topics, topics not created yet).
+    pub(super) fn service_for(&self, mqtt_topic: &[u8]) -> ServiceId {
+        let services = &self.shared.services;
+        std::str::from_utf8(mqtt_topic)
+            .ok()
+            .and_then(|t| self.router.log_topic(t))
+            .and_then(|name| self.shared.topics.get(name))
+            .map_or(services.default_service().id, |topic| services.resolve(&topic.service).id)
+    }
+
     /// Routes one publish into `gather`; returns the index of its group,
     /// or why it is not stored (counted here).
     pub(super) fn add(

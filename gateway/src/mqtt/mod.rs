@@ -7,6 +7,10 @@
 //! after the flush for `sync` services). Every packet also reaches the
 //! broker, which listens on loopback only and serves live subscribers and
 //! retained messages; its own acknowledgements are dropped on the way back.
+//! What the broker sends a client goes through the connection's
+//! [`outbox`]: publishes in the priority of their services, QoS 1 to
+//! clean-session subscribers delivered by sluice within a window sized in
+//! time, so rumqttd's first-in-first-out queues stay empty.
 //!
 //! rumqttd runs on threads of its own (its router and listener threads
 //! never stop; there is no shutdown API). sluice assembles it from
@@ -21,6 +25,7 @@ mod broker;
 mod front;
 pub mod guarded;
 mod ingest;
+mod outbox;
 pub(crate) mod packet;
 pub mod route;
 

@@ -24,6 +24,8 @@ pub(crate) mod kind {
     pub(crate) const PUBCOMP: u8 = 7;
     pub(crate) const SUBSCRIBE: u8 = 8;
     pub(crate) const SUBACK: u8 = 9;
+    pub(crate) const PINGREQ: u8 = 12;
+    pub(crate) const PINGRESP: u8 = 13;
     pub(crate) const DISCONNECT: u8 = 14;
 }
 
@@ -149,6 +151,12 @@ pub(crate) struct Connect {
     pub(crate) client_id: String,
     pub(crate) username: Option<String>,
     pub(crate) will: Option<Will>,
+    /// Whether the session outlives the connection: 3.1.1 clean session
+    /// 0, or an MQTT 5 session expiry interval above 0.
+    pub(crate) persistent: bool,
+    /// MQTT 5 receive maximum: most unacknowledged QoS 1/2 publishes the
+    /// client accepts (65535 when not given, and for 3.1.1).
+    pub(crate) receive_max: u16,
 }
 
 impl Connect {
@@ -169,8 +177,29 @@ pub(crate) fn connect(frame: &Bytes) -> Result<Connect, PacketError> {
     let flags = r.u8()?;
     let keep_alive_at = r.at;
     let keep_alive = r.u16()?;
+    let mut persistent = level != 5 && flags & 0x02 == 0;
+    let mut receive_max = u16::MAX;
     if level == 5 {
-        r.skip_properties()?;
+        let n = r.varint()?;
+        let end = r.at.checked_add(n).filter(|&e| e <= frame.len()).ok_or(malformed("CONNECT properties"))?;
+        while r.at < end {
+            match r.u8()? {
+                0x11 => persistent = r.take(4)?.get_u32() > 0,
+                0x21 => receive_max = r.u16()?.max(1),
+                0x27 => r.take(4).map(|_| ())?,
+                0x22 => r.take(2).map(|_| ())?,
+                0x17 | 0x19 => r.take(1).map(|_| ())?,
+                0x15 | 0x16 => r.prefixed().map(|_| ())?,
+                0x26 => {
+                    r.prefixed()?;
+                    r.prefixed()?;
+                }
+                _ => return Err(malformed("CONNECT property")),
+            }
+        }
+        if r.at != end {
+            return Err(malformed("CONNECT properties"));
+        }
     }
     let client_id = String::from_utf8_lossy(r.prefixed()?).into_owned();
     let will = if flags & 0x04 != 0 {
@@ -188,7 +217,7 @@ pub(crate) fn connect(frame: &Bytes) -> Result<Connect, PacketError> {
     let username = (flags & 0x80 != 0)
         .then(|| r.prefixed().map(|u| String::from_utf8_lossy(u).into_owned()))
         .transpose()?;
-    Ok(Connect { level, keep_alive, keep_alive_at, client_id, username, will })
+    Ok(Connect { level, keep_alive, keep_alive_at, client_id, username, will, persistent, receive_max })
 }
 
 /// The reason code of an MQTT 5 DISCONNECT (0 when it has none).
@@ -247,6 +276,18 @@ pub(crate) fn publish(frame: &Bytes, level: u8) -> Result<Publish, PacketError> 
     }
     let payload = frame.slice(r.at..);
     Ok(Publish { qos, topic, pkid, alias, payload })
+}
+
+/// Offset of the packet identifier of a QoS 1/2 PUBLISH frame (after the
+/// topic), or `None` for QoS 0 or a frame too short to hold one.
+pub(crate) fn publish_pkid_at(frame: &[u8]) -> Option<usize> {
+    if (frame.first()? >> 1) & 0x03 == 0 {
+        return None;
+    }
+    let at = body_start(frame);
+    let topic_len = usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
+    let pkid_at = at + 2 + topic_len;
+    (pkid_at + 2 <= frame.len()).then_some(pkid_at)
 }
 
 /// Packet identifier of a PUBACK, PUBREC, PUBREL or PUBCOMP.

@@ -65,6 +65,18 @@ impl Router {
         Router { routes, unrouted: config.mqtt.unrouted }
     }
 
+    /// The log topic a publish to `mqtt_topic` goes to, without its key;
+    /// `None` when it is not stored.
+    pub fn log_topic<'a>(&'a self, mqtt_topic: &'a str) -> Option<&'a str> {
+        if let Some(r) = self.routes.iter().find(|r| mqtt_filter_matches(&r.filter, mqtt_topic)) {
+            return Some(&r.topic);
+        }
+        match self.unrouted {
+            Unrouted::Drop => None,
+            Unrouted::FirstLevel => Some(mqtt_topic.split_once('/').map_or(mqtt_topic, |(f, _)| f)),
+        }
+    }
+
     /// Routes one publish.
     pub fn route(&self, mqtt_topic: &str, payload: &[u8]) -> Result<Destination, Drop> {
         if let Some(r) = self.routes.iter().find(|r| mqtt_filter_matches(&r.filter, mqtt_topic)) {

@@ -1,0 +1,190 @@
+//! Live MQTT subscribers get the services' priority: a subscriber that
+//! cannot keep up with a bulk flood still gets its alarms before the bulk
+//! backlog, with bulk at QoS 1 (sluice's own in-flight window) and at QoS 0
+//! (what the sockets hold), and loses nothing while its queue has room.
+//! Behaviour, not timing: the subscriber is paused while the backlog and
+//! the alarms arrive, and the order it then receives them in is checked.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::mqtt::client;
+use common::{service_topics, Gateway};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use std::time::Duration;
+
+/// Alarms express, bulk weight 1 (MQTT `alarms/...` and `bulk/...` route to
+/// the topics of the same name, by their first level).
+fn config(extra: &str) -> String {
+    let mut c = service_topics(&[("alarms", "express = true"), ("bulk", "weight = 1")]);
+    c.push_str(extra);
+    c
+}
+
+/// A subscriber whose event loop is driven by the test: it reads nothing
+/// while the test does not poll it.
+async fn subscriber(gw: &Gateway, id: &str, subs: &[(&str, QoS)], clean: bool) -> (AsyncClient, EventLoop) {
+    let addr: std::net::SocketAddr = gw.mqtt.as_ref().unwrap().parse().unwrap();
+    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(120));
+    opts.set_clean_session(clean);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    for (filter, qos) in subs {
+        client.subscribe(*filter, *qos).await.unwrap();
+    }
+    let mut acked = 0;
+    while acked < subs.len() {
+        let event = tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await.unwrap().unwrap();
+        if let Event::Incoming(Packet::SubAck(_)) = event {
+            acked += 1;
+        }
+    }
+    (client, eventloop)
+}
+
+/// Publishes `n` messages to `topic` at `qos` from one connection and
+/// waits until sluice read them all (every PUBACK for QoS 1; for QoS 0,
+/// the PUBACK of a QoS 1 marker `{topic}/end` published after them).
+async fn publish(gw: &Gateway, id: &str, topic: &str, n: usize, qos: QoS, size: usize) {
+    let (c, task, mut rx) = client(gw, id).await;
+    let mut acked = 0;
+    let mut expected = 0;
+    for i in 0..n {
+        let mut payload = format!("{i:08}").into_bytes();
+        payload.resize(size, b'.');
+        c.publish(topic, qos, false, payload).await.unwrap();
+        if qos == QoS::AtLeastOnce {
+            expected += 1;
+        }
+        if i % 50 == 49 || i + 1 == n {
+            if i + 1 == n && qos == QoS::AtMostOnce {
+                c.publish(format!("{topic}/end"), QoS::AtLeastOnce, false, "end").await.unwrap();
+                expected += 1;
+            }
+            // Keep the publisher's window short: wait for the acks so far.
+            while acked < expected {
+                let p = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.unwrap();
+                if let Some(Packet::PubAck(_)) = p {
+                    acked += 1;
+                }
+            }
+        }
+    }
+    c.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
+
+/// Polls the subscriber until `n` publishes arrived, or none for 5 s;
+/// their topics in order.
+async fn receive(eventloop: &mut EventLoop, n: usize) -> Vec<String> {
+    let mut topics = Vec::with_capacity(n);
+    while topics.len() < n {
+        let Ok(event) = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await else { break };
+        if let Event::Incoming(Packet::Publish(p)) = event.unwrap() {
+            if std::env::var("DEBUG_ORDER").is_ok() {
+                eprintln!("{} {}", p.topic, String::from_utf8_lossy(&p.payload[..8.min(p.payload.len())]));
+            }
+            topics.push(p.topic.to_string());
+        }
+    }
+    topics
+}
+
+fn count(topics: &[String], prefix: &str) -> usize {
+    topics.iter().filter(|t| t.starts_with(prefix)).count()
+}
+
+const ALARMS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_bulk_flood_alarms_overtake_at_a_paused_subscriber_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config(""))).await;
+    let (_sub, mut events) =
+        subscriber(&gw, "slow", &[("bulk/#", QoS::AtLeastOnce), ("alarms/#", QoS::AtLeastOnce)], true).await;
+    // The subscriber is not reading: the bulk backlog builds in sluice.
+    const BULK: usize = 3000;
+    publish(&gw, "bulk-pub", "bulk/line-1", BULK, QoS::AtLeastOnce, 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(&gw, "alarm-pub", "alarms/line-1", ALARMS, QoS::AtLeastOnce, 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // It resumes: what it gets first is what was in flight (sluice's QoS 1
+    // window, 16 before any acknowledgement, and the one publish that waited
+    // for it), then the alarms, sharing
+    // with bulk by express_max_share (0.5 of the bytes: one for one here).
+    let got = receive(&mut events, BULK + ALARMS).await;
+    let alarms: Vec<usize> =
+        got.iter().enumerate().filter(|(_, t)| t.starts_with("alarms/")).map(|(i, _)| i).collect();
+    assert_eq!(alarms.len(), ALARMS, "every alarm arrives");
+    assert!(
+        alarms[0] <= 17 && *alarms.last().unwrap() <= 17 + 2 * ALARMS,
+        "alarms overtake the bulk backlog: they came at positions {alarms:?} of {}",
+        got.len()
+    );
+    assert_eq!(count(&got, "bulk/"), BULK, "no bulk is lost");
+    assert_eq!(gw.metric("sluice_mqtt_delivery_dropped_total{service=\"bulk\"}").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_bulk_flood_alarms_overtake_what_waits_in_sluice() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw =
+        Gateway::start(&dir.path().join("d"), Some(&config("[mqtt]\ndelivery_queue = \"64MiB\"\n"))).await;
+    let (_sub, mut events) =
+        subscriber(&gw, "slow", &[("bulk/#", QoS::AtMostOnce), ("alarms/#", QoS::AtLeastOnce)], true).await;
+    // rumqttd keeps 3 segments of 1 MiB per filter: a burst larger than
+    // that loses its oldest publishes inside the broker, before sluice.
+    const BULK: usize = 10_000;
+    publish(&gw, "bulk-pub", "bulk/line-1", BULK, QoS::AtMostOnce, 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(&gw, "alarm-pub", "alarms/line-1", ALARMS, QoS::AtLeastOnce, 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // "bulk/line-1/end" is the publisher's marker, delivered too.
+    let got = receive(&mut events, BULK + 1 + ALARMS).await;
+    assert_eq!(count(&got, "alarms/"), ALARMS, "every alarm arrives");
+    assert_eq!(count(&got, "bulk/"), BULK + 1, "no bulk is lost");
+    let last_alarm = got.iter().rposition(|t| t.starts_with("alarms/")).unwrap();
+    let bulk_after = got[last_alarm..].iter().filter(|t| t.starts_with("bulk/")).count();
+    // Ahead of the alarms is only what the sockets held (sluice's send
+    // buffer, kept small, and the subscriber's receive buffer).
+    assert!(
+        bulk_after > BULK / 2,
+        "the alarms came before most of the backlog: {bulk_after} of {BULK} bulk publishes after the last alarm"
+    );
+    assert_eq!(gw.metric("sluice_mqtt_delivery_dropped_total{service=\"bulk\"}").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_subscriber_queue_drops_the_oldest_bulk_and_keeps_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw =
+        Gateway::start(&dir.path().join("d"), Some(&config("[mqtt]\ndelivery_queue = \"64KiB\"\n"))).await;
+    let (_sub, mut events) =
+        subscriber(&gw, "slow", &[("bulk/#", QoS::AtLeastOnce), ("alarms/#", QoS::AtLeastOnce)], true).await;
+    const BULK: usize = 2000;
+    publish(&gw, "bulk-pub", "bulk/line-1", BULK, QoS::AtLeastOnce, 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(&gw, "alarm-pub", "alarms/line-1", ALARMS, QoS::AtLeastOnce, 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dropped = gw.metric("sluice_mqtt_delivery_dropped_total{service=\"bulk\"}").await as usize;
+    assert!(dropped > BULK / 2, "64 KiB hold about 300 publishes of 200 bytes; dropped {dropped}");
+    let got = receive(&mut events, BULK - dropped + ALARMS).await;
+    assert_eq!(count(&got, "alarms/"), ALARMS, "no alarm is dropped");
+    assert_eq!(count(&got, "bulk/"), BULK - dropped, "what was not dropped arrives");
+    assert_eq!(gw.metric("sluice_mqtt_delivery_dropped_total{service=\"alarms\"}").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_keeps_the_brokers_qos1_and_gets_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config(""))).await;
+    let (_sub, mut events) =
+        subscriber(&gw, "keeper", &[("bulk/#", QoS::AtLeastOnce), ("alarms/#", QoS::AtLeastOnce)], false)
+            .await;
+    publish(&gw, "bulk-pub", "bulk/line-1", 500, QoS::AtLeastOnce, 200).await;
+    publish(&gw, "alarm-pub", "alarms/line-1", ALARMS, QoS::AtLeastOnce, 200).await;
+    let got = receive(&mut events, 500 + ALARMS).await;
+    assert_eq!(count(&got, "alarms/"), ALARMS);
+    assert_eq!(count(&got, "bulk/"), 500);
+}
