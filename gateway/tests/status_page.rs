@@ -7,6 +7,7 @@
 //! deploy/test.sh), else their default places. When they are missing the
 //! browser tests fail and say so; they are never skipped.
 #![cfg(feature = "status-page")]
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
