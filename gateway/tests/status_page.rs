@@ -126,6 +126,26 @@ impl Load {
         });
         Load(stop)
     }
+
+    /// Besides the steady load, three producers flooding bulk and
+    /// telemetry with batches of 50 records of 1 KiB (for the screenshot).
+    fn flood(self, gw: &Gateway) -> Load {
+        for topic in ["bulk", "bulk", "telemetry"] {
+            let (http, base, flag) = (gw.http.clone(), gw.base.clone(), self.0.clone());
+            tokio::spawn(async move {
+                let records: Vec<Value> =
+                    (0..50).map(|i| json!({ "value": { "i": i, "pad": "y".repeat(1024) } })).collect();
+                let body = json!({ "records": records });
+                while !flag.load(Ordering::Relaxed) {
+                    let r = http.post(format!("{base}/v1/topics/{topic}/records")).json(&body).send().await;
+                    if r.map_or(true, |r| r.status() == 429) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            });
+        }
+        self
+    }
 }
 
 impl Drop for Load {
@@ -149,15 +169,18 @@ async fn weight_of(gw: &Gateway, service: &str, token: Option<&str>) -> u64 {
 async fn browser_page_shows_live_state_and_changes_a_weight() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(&dir.path().join("d"), Some(&services())).await;
-    let _load = Load::start(&gw, None);
+    let mut load = Load::start(&gw, None);
     let mut extra = vec![("SLUICE_WEIGHT", "bulk=7")];
-    // SLUICE_STATUS_SCREENSHOT=path saves the page (the README's picture).
+    // SLUICE_STATUS_SCREENSHOT=path saves the page under a flood (the
+    // README's picture).
     let shot = std::env::var("SLUICE_STATUS_SCREENSHOT").ok();
     if let Some(path) = &shot {
+        load = load.flood(&gw);
         extra.push(("SLUICE_SCREENSHOT", path));
         extra.push(("SLUICE_SCREENSHOT_WAIT_MS", "20000"));
     }
     let seen = drive(&gw, "open", &extra).await;
+    drop(load);
     let counts = seen["records_in"].as_array().unwrap();
     assert!(counts[1].as_u64() > counts[0].as_u64(), "{seen}");
     assert_eq!(weight_of(&gw, "bulk", None).await, 7, "the weight set in the page applies");
