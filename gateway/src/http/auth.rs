@@ -102,7 +102,8 @@ fn need(method: &Method, path: &str) -> Need {
     match segs.as_slice() {
         // `/` is the status page (feature `status-page`): static, it holds no
         // data and asks for a token itself.
-        ["healthz"] | ["readyz"] | [""] => Need::Nothing,
+        // `/v1/openapi.json` describes the API, public like any API docs.
+        ["healthz"] | ["readyz"] | [""] | ["v1", "openapi.json"] => Need::Nothing,
         // The status feeds show what `/metrics` shows.
         ["metrics"] | ["v1", "status"] | ["v1", "status", "stream"] => Need::Metrics,
         ["v1", "topics"] | ["v1", "services"] | ["v1", "services", _] | ["v1", "uplinks"] => Need::Admin,
@@ -266,6 +267,7 @@ mod tests {
         assert_eq!(need(&Method::POST, "/v1/groups/g/fetch"), Need::ConsumeSome);
         assert_eq!(need(&m, "/v1/nothing"), Need::Token);
         assert_eq!(need(&m, "/"), Need::Nothing);
+        assert_eq!(need(&m, "/v1/openapi.json"), Need::Nothing);
         assert_eq!(need(&m, "/v1/status"), Need::Metrics);
         assert_eq!(need(&m, "/v1/status/stream"), Need::Metrics);
         assert_eq!(need(&m, "/v1/status/other"), Need::Token);

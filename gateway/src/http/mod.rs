@@ -6,6 +6,7 @@ pub mod auth;
 pub mod codec;
 pub mod error;
 mod groups;
+pub mod openapi;
 mod produce;
 mod read;
 pub mod serve;
@@ -45,7 +46,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/services/{service}", axum::routing::put(admin::update_service))
         .route("/metrics", get(admin::metrics))
         .route("/healthz", get(admin::healthz))
-        .route("/readyz", get(admin::readyz));
+        .route("/readyz", get(admin::readyz))
+        .route("/v1/openapi.json", get(openapi::openapi));
     #[cfg(feature = "status-page")]
     let router = status::routes(router);
     router
