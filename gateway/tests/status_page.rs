@@ -154,6 +154,15 @@ impl Drop for Load {
     }
 }
 
+/// A central HTTP endpoint that takes every batch; its address.
+async fn http_sink() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let app = axum::Router::new().route("/ingest", axum::routing::post(|_: axum::body::Bytes| async {}));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 async fn weight_of(gw: &Gateway, service: &str, token: Option<&str>) -> u64 {
     let mut req = gw.http.get(gw.url("/v1/services"));
     if let Some(t) = token {
@@ -168,12 +177,20 @@ async fn weight_of(gw: &Gateway, service: &str, token: Option<&str>) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_page_shows_live_state_and_changes_a_weight() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&dir.path().join("d"), Some(&services())).await;
+    // SLUICE_STATUS_SCREENSHOT=path saves the page under a flood, with an
+    // HTTP uplink capped at 4 MiB/s (the README's picture).
+    let shot = std::env::var("SLUICE_STATUS_SCREENSHOT").ok();
+    let mut config = services();
+    if shot.is_some() {
+        config.push_str(&format!(
+            "[[uplink]]\nname = \"central\"\nkind = \"http\"\nbrokers = [\"http://{}/ingest\"]\n\
+             max_bytes_per_sec = \"4MiB\"\n",
+            http_sink().await
+        ));
+    }
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config)).await;
     let mut load = Load::start(&gw, None);
     let mut extra = vec![("SLUICE_WEIGHT", "bulk=7")];
-    // SLUICE_STATUS_SCREENSHOT=path saves the page under a flood (the
-    // README's picture).
-    let shot = std::env::var("SLUICE_STATUS_SCREENSHOT").ok();
     if let Some(path) = &shot {
         load = load.flood(&gw);
         extra.push(("SLUICE_SCREENSHOT", path));
