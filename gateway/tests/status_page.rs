@@ -189,8 +189,11 @@ async fn browser_page_shows_live_state_and_changes_a_weight() {
         ));
     }
     let gw = Gateway::start(&dir.path().join("d"), Some(&config)).await;
+    gw.produce("telemetry", &[json!({"first": true})]).await;
+    let commit = json!({"offsets": [{"topic": "telemetry", "partition": 0, "offset": 1}]});
+    assert_eq!(gw.post_json("/v1/groups/g1/commit", &commit).await.0, 200);
     let mut load = Load::start(&gw, None);
-    let mut extra = vec![("SLUICE_WEIGHT", "bulk=7")];
+    let mut extra = vec![("SLUICE_WEIGHT", "bulk=7"), ("SLUICE_GROUP_ROW", "g1/telemetry/0")];
     if let Some(path) = &shot {
         load = load.flood(&gw);
         extra.push(("SLUICE_SCREENSHOT", path));
@@ -277,6 +280,13 @@ async fn feed_sends_a_snapshot_per_interval_and_ends_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let mut gw = Gateway::start(&dir.path().join("d"), Some(&services())).await;
     gw.produce("telemetry", &[json!({"a": 1}), json!({"a": 2})]).await;
+    let (status, _) = gw
+        .post_json(
+            "/v1/groups/g1/commit",
+            &json!({"offsets": [{"topic": "telemetry", "partition": 0, "offset": 1}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
 
     let mut resp = gw.http.get(gw.url("/v1/status/stream?interval_ms=200")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -296,6 +306,10 @@ async fn feed_sends_a_snapshot_per_interval_and_ends_at_shutdown() {
     let topic = snap["topics"].as_array().unwrap().iter().find(|t| t["name"] == "telemetry").unwrap();
     assert_eq!(topic["partitions"][0]["high_watermark"], 2);
     assert_eq!(snap["uplinks"], json!([]));
+    assert_eq!(
+        snap["groups"],
+        json!([{"group": "g1", "topic": "telemetry", "partition": 0, "committed": 1, "durable": 2, "lag_records": 1}])
+    );
     assert!(snap["store"]["max_bytes"].as_u64().unwrap() > 0);
 
     for bad in ["interval_ms=10", "interval_ms=x", "every=1"] {

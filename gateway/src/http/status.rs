@@ -90,7 +90,40 @@ pub(super) fn status_json(shared: &Shared, access: &Access) -> serde_json::Value
         "services": super::admin::services_json(shared)["services"].take(),
         "topics": super::read::topics_json(shared)["topics"].take(),
         "uplinks": super::admin::uplinks_json(shared)["uplinks"].take(),
+        "groups": groups_json(shared),
     })
+}
+
+/// Committed consumer-group positions with their lag in records (to the
+/// durable end, what a consumer can read).
+fn groups_json(shared: &Shared) -> serde_json::Value {
+    let positions = match shared.store.group_positions() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "status: cannot list group offsets");
+            return serde_json::json!([]);
+        }
+    };
+    let topics = shared.store.topics();
+    let list: Vec<_> = positions
+        .into_iter()
+        .map(|(group, topic, partition, committed)| {
+            let durable = topics
+                .iter()
+                .find(|t| t.spec.name == topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+                .map(|p| p.flushed.0);
+            serde_json::json!({
+                "group": group,
+                "topic": topic,
+                "partition": partition.0,
+                "committed": committed.0,
+                "durable": durable,
+                "lag_records": durable.map(|d| d.saturating_sub(committed.0)),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list)
 }
 
 async fn snapshot(

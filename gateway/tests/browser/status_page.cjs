@@ -6,7 +6,8 @@
 // ("open" or "tokens"), SLUICE_CHROMIUM (the browser executable),
 // SLUICE_NODE_MODULES (where playwright-core is), SLUICE_SERVICES (comma
 // separated names the page must show), SLUICE_TOPICS (likewise),
-// SLUICE_WATCH (the service whose count must go up), SLUICE_WEIGHT
+// SLUICE_WATCH (the service whose count must go up), SLUICE_GROUP_ROW
+// ("group/topic/partition" the page must list, scenario "open"), SLUICE_WEIGHT
 // ("service=weight" to set from the page), SLUICE_METRICS_TOKEN and
 // SLUICE_ADMIN_TOKEN (scenario "tokens"), SLUICE_SCREENSHOT (a PNG path,
 // optional). Prints one JSON line with what it saw; exits non-zero with
@@ -90,6 +91,13 @@ async function main() {
       await page.waitForSelector("#status[data-state=live]");
       await showsServicesAndTopics(page);
       seen.records_in = await countsGoUp(page);
+      // The group committed before the page opened, its lag growing.
+      const groupRow = env("SLUICE_GROUP_ROW");
+      await page.waitForSelector(`#groups tr[data-group="${groupRow}"]`);
+      await page.waitForFunction(
+        (r) => Number(document.querySelector(`#groups tr[data-group="${r}"] td[data-field=lag_records]`).textContent) > 0,
+        groupRow,
+      );
       await changeWeight(page);
     } else if (scenario === "tokens") {
       // No token: the feed is refused and the page asks for one.
