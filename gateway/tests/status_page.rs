@@ -93,7 +93,7 @@ async fn drive(gw: &Gateway, scenario: &str, extra: &[(&str, &str)]) -> Value {
         .env("SLUICE_TOPICS", "alarms,telemetry,bulk")
         .env("SLUICE_WATCH", "telemetry")
         .envs(extra.iter().copied());
-    // Every wait in the driver is bounded (20 s), so it ends by itself.
+    // Every wait in the driver is bounded (30 s), so it ends by itself.
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -79,7 +79,7 @@ async function main() {
   const seen = { console_errors: [], requests: [] };
   try {
     const page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
-    page.setDefaultTimeout(20000);
+    page.setDefaultTimeout(30000);
     page.on("console", (m) => { if (m.type() === "error") seen.console_errors.push(m.text()); });
     page.on("pageerror", (e) => seen.console_errors.push("page error: " + e.message));
     page.on("request", (r) => seen.requests.push(r.url()));
