@@ -60,3 +60,32 @@ if ! "$venv/bin/python" -c "import confluent_kafka, sys; sys.exit(confluent_kafk
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
         "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
 fi
+
+# The status page's browser test (gateway/tests/status_page.rs): Debian's
+# chromium, driven headless by playwright-core (npm, no bundled browser)
+# from Node.js, kept outside the clone. The test finds them through
+# SLUICE_CHROMIUM and SLUICE_NODE_MODULES (deploy/test.sh sets them), else
+# these defaults.
+PLAYWRIGHT_CORE_VERSION=1.65.1
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+if ((${#need[@]})); then
+    echo "installing ${need[*]}" >&2
+    sudo_cmd=()
+    [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo_cmd[@]}" apt-get update -qq
+    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+npm_dir="${SLUICE_CACHE:-$HOME/.cache/sluice}/npm"
+installed=$(node -p "require('$npm_dir/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
+if [[ $installed != "$PLAYWRIGHT_CORE_VERSION" ]]; then
+    echo "installing playwright-core $PLAYWRIGHT_CORE_VERSION into $npm_dir" >&2
+    mkdir -p "$npm_dir"
+    # playwright-core never downloads a browser (only the playwright
+    # package does); the test launches Debian's chromium.
+    npm install --prefix "$npm_dir" --no-audit --no-fund --no-save --loglevel=error \
+        "playwright-core@$PLAYWRIGHT_CORE_VERSION" >/dev/null
+fi

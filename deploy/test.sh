@@ -13,6 +13,11 @@ deploy/install-test-peers.sh
 SLUICE_TANSU=${SLUICE_TANSU:-$(deploy/install-tansu.sh)}
 SLUICE_PYTHON=${SLUICE_PYTHON:-${SLUICE_CACHE:-$HOME/.cache/sluice}/venv/bin/python}
 export SLUICE_TANSU SLUICE_PYTHON
+# The status page's browser test (gateway/tests/status_page.rs) reads these:
+# Debian's chromium and playwright-core from npm (install-test-peers.sh).
+SLUICE_CHROMIUM=${SLUICE_CHROMIUM:-/usr/lib/chromium/chromium}
+SLUICE_NODE_MODULES=${SLUICE_NODE_MODULES:-${SLUICE_CACHE:-$HOME/.cache/sluice}/npm/node_modules}
+export SLUICE_CHROMIUM SLUICE_NODE_MODULES
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

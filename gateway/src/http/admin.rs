@@ -31,6 +31,11 @@ pub(super) async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
 }
 
 pub(super) async fn services(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    Json(services_json(&shared))
+}
+
+/// The body of `GET /v1/services` (also part of the status feed).
+pub(super) fn services_json(shared: &Shared) -> serde_json::Value {
     let queues = shared.ingest.queue_stats();
     let stored = shared.store.service_bytes();
     let list: Vec<_> = shared
@@ -53,13 +58,18 @@ pub(super) async fn services(State(shared): State<Shared>) -> Json<serde_json::V
                 "stored_bytes": stored.get(&s.name).copied().unwrap_or(0),
                 "reserved_bytes": s.reserved_bytes,
                 "records_in": c.records_in.load(Ordering::Relaxed),
+                "bytes_in": c.bytes_in.load(Ordering::Relaxed),
                 "rejected_full": c.rejected_full.load(Ordering::Relaxed),
+                "rejected_error": c.rejected_error.load(Ordering::Relaxed),
                 "ttl_expired": c.ttl_expired.load(Ordering::Relaxed),
+                "retention_deleted": c.retention_deleted.load(Ordering::Relaxed),
                 "evicted": c.evicted.load(Ordering::Relaxed),
+                "mqtt_dropped_full": c.mqtt_dropped_full.load(Ordering::Relaxed),
+                "mqtt_dropped_rate": c.mqtt_dropped_rate.load(Ordering::Relaxed),
             })
         })
         .collect();
-    Json(serde_json::json!({ "services": list }))
+    serde_json::json!({ "services": list })
 }
 
 /// Body of `PUT /v1/services/{name}`: the fields to change.
@@ -110,6 +120,11 @@ pub(super) async fn not_found(uri: Uri) -> ApiError {
 }
 
 pub(super) async fn uplinks(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    Json(uplinks_json(&shared))
+}
+
+/// The body of `GET /v1/uplinks` (also part of the status feed).
+pub(super) fn uplinks_json(shared: &Shared) -> serde_json::Value {
     let list: Vec<_> = shared
         .uplink_snapshots()
         .into_iter()
@@ -149,5 +164,5 @@ pub(super) async fn uplinks(State(shared): State<Shared>) -> Json<serde_json::Va
             })
         })
         .collect();
-    Json(serde_json::json!({ "uplinks": list }))
+    serde_json::json!({ "uplinks": list })
 }

@@ -100,8 +100,12 @@ enum Need {
 fn need(method: &Method, path: &str) -> Need {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
-        ["healthz"] | ["readyz"] => Need::Nothing,
-        ["metrics"] => Need::Metrics,
+        // `/` is the status page (feature `status-page`): static, it holds no
+        // data and asks for a token itself.
+        // `/v1/openapi.json` describes the API, public like any API docs.
+        ["healthz"] | ["readyz"] | [""] | ["v1", "openapi.json"] => Need::Nothing,
+        // The status feeds show what `/metrics` shows.
+        ["metrics"] | ["v1", "status"] | ["v1", "status", "stream"] => Need::Metrics,
         ["v1", "topics"] | ["v1", "services"] | ["v1", "services", _] | ["v1", "uplinks"] => Need::Admin,
         ["v1", "topics", t, "records"] if method == Method::POST => Need::Produce((*t).to_owned()),
         ["v1", "topics", t, "partitions", _, "records"] => Need::Consume((*t).to_owned()),
@@ -136,6 +140,11 @@ impl Access {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the request may use admin endpoints (change weights).
+    pub fn is_admin(&self) -> bool {
+        self.0.as_ref().is_none_or(|g| g.admin)
     }
 
     /// Whether the request may consume `topic` (for listings).
@@ -257,7 +266,11 @@ mod tests {
         assert_eq!(need(&m, "/v1/topics/t/partitions/0/records"), Need::Consume("t".into()));
         assert_eq!(need(&Method::POST, "/v1/groups/g/fetch"), Need::ConsumeSome);
         assert_eq!(need(&m, "/v1/nothing"), Need::Token);
-        assert_eq!(need(&m, "/"), Need::Token);
+        assert_eq!(need(&m, "/"), Need::Nothing);
+        assert_eq!(need(&m, "/v1/openapi.json"), Need::Nothing);
+        assert_eq!(need(&m, "/v1/status"), Need::Metrics);
+        assert_eq!(need(&m, "/v1/status/stream"), Need::Metrics);
+        assert_eq!(need(&m, "/v1/status/other"), Need::Token);
     }
 
     #[test]

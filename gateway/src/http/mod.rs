@@ -6,9 +6,12 @@ pub mod auth;
 pub mod codec;
 pub mod error;
 mod groups;
+pub mod openapi;
 mod produce;
 mod read;
 pub mod serve;
+#[cfg(feature = "status-page")]
+pub mod status;
 mod stream;
 mod stream_sse;
 mod stream_ws;
@@ -30,7 +33,7 @@ use std::collections::HashMap;
 pub fn router(shared: Shared) -> Router {
     let tokens = std::sync::Arc::new(auth::Tokens::new(&shared.config.http.tokens));
     let authenticate = axum::middleware::from_fn_with_state((shared.clone(), tokens), auth::require_token);
-    Router::new()
+    let router = Router::new()
         .route("/v1/topics", get(read::list_topics))
         .route("/v1/topics/{topic}/records", post(produce::produce))
         .route("/v1/topics/{topic}/partitions/{partition}/records", get(read::fetch))
@@ -44,6 +47,10 @@ pub fn router(shared: Shared) -> Router {
         .route("/metrics", get(admin::metrics))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
+        .route("/v1/openapi.json", get(openapi::openapi));
+    #[cfg(feature = "status-page")]
+    let router = status::routes(router);
+    router
         .fallback(admin::not_found)
         // Bodies are read with our own limit so the 413 is JSON and names
         // the setting.

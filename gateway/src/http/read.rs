@@ -14,6 +14,11 @@ use std::time::Duration;
 pub(super) const MAX_RECORDS: u64 = 10_000;
 
 pub(super) async fn list_topics(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    Json(topics_json(&shared))
+}
+
+/// The body of `GET /v1/topics` (also part of the status feed).
+pub(super) fn topics_json(shared: &Shared) -> serde_json::Value {
     let topics: Vec<_> = shared
         .store
         .topics()
@@ -37,7 +42,7 @@ pub(super) async fn list_topics(State(shared): State<Shared>) -> Json<serde_json
             serde_json::json!({ "name": t.spec.name, "service": service, "partitions": partitions })
         })
         .collect();
-    Json(serde_json::json!({ "topics": topics }))
+    serde_json::json!({ "topics": topics })
 }
 
 pub(super) async fn fetch(

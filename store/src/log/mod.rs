@@ -696,6 +696,31 @@ impl Store {
         position(&tree, "reading group offset", group, topic, partition)
     }
 
+    /// Every committed consumer-group position, in key order: (group,
+    /// topic, partition, next offset to read). For status views.
+    pub fn group_positions(&self) -> Result<Vec<(String, String, PartitionId, Offset)>, StoreError> {
+        let tree = self.slot.meta.trees()?.groups.clone();
+        let mut out = Vec::new();
+        for entry in tree.iter() {
+            let (k, v) = entry.map_err(StoreError::io("listing group offsets"))?;
+            // `<group> 0 <topic> 0 <partition u32 BE>`: names never hold a 0.
+            let mut parts = k.splitn(3, |b| *b == 0);
+            let (Some(group), Some(topic), Some(p)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(p), Ok(o)) = (<[u8; 4]>::try_from(p), <[u8; 8]>::try_from(v.as_ref())) else {
+                continue;
+            };
+            out.push((
+                String::from_utf8_lossy(group).into_owned(),
+                String::from_utf8_lossy(topic).into_owned(),
+                PartitionId(u32::from_be_bytes(p)),
+                Offset(u64::from_be_bytes(o)),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Stores an uplink's cursor: the next offset it will forward. Call it
     /// only after the central side acknowledged everything before it.
     /// Recorded at once, durable with the next checkpoint (a crash re-sends
