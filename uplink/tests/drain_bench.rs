@@ -1,0 +1,248 @@
+//! Drain benchmark (issue 17), not a timed test: ignored by default. Run
+//!
+//! ```text
+//! SLUICE_BENCH_DELAY_MS=0,25 SLUICE_BENCH_RUNS=3 \
+//!   cargo test --release -p sluice-uplink --test drain_bench -- --ignored --nocapture
+//! ```
+//!
+//! A stored backlog of `SLUICE_BENCH_RECORDS` (default 100,000) records of
+//! 100 B in 4 partitions, an hour old, is drained by the uplink worker with
+//! the Kafka sink (lz4, default batching) to tansu, through a TCP proxy on
+//! loopback that delays each direction by the given milliseconds (a
+//! latency, not a bandwidth cap: chunks are held until due and pass
+//! concurrently). The reference is confluent-kafka (librdkafka) producing
+//! the same records to the same broker through the same proxy
+//! (`deploy/bench/uplink-librdkafka.py`). Every run is verified at the
+//! broker by its watermarks. Prints one line per run and the medians.
+#![allow(clippy::unwrap_used, clippy::print_stdout, dead_code)]
+
+mod common;
+
+use common::tansu::Tansu;
+use sluice_config::{Compression, UplinkConfig, UplinkKind};
+use sluice_store::scheduler::ServiceClass;
+use sluice_store::{PartitionId, Record, Retention, Store, StoreOptions, TopicSpec};
+use sluice_uplink::kafka::KafkaSink;
+use sluice_uplink::{Host, TopicView};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const PARTITIONS: u32 = 4;
+const SIZE: usize = 100;
+
+struct BenchHost(Store);
+
+impl Host for BenchHost {
+    fn topics(&self) -> Vec<TopicView> {
+        self.0
+            .topics()
+            .into_iter()
+            .map(|t| TopicView { name: t.spec.name, service: t.spec.service, partitions: t.spec.partitions })
+            .collect()
+    }
+    fn class(&self, _service: &str) -> ServiceClass {
+        ServiceClass { weight: 1, express: false }
+    }
+    fn ttl(&self, _service: &str) -> Option<Duration> {
+        None
+    }
+    fn express_max_share(&self) -> f64 {
+        0.5
+    }
+    fn flush(&self) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        let store = self.0.clone();
+        Box::pin(
+            async move { tokio::task::spawn_blocking(move || store.flush().is_ok()).await.unwrap_or(false) },
+        )
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn env_list(name: &str, default: &str) -> Vec<u64> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn broker_total(bootstrap: &str, topic: &str) -> i64 {
+    common::watermarks(bootstrap, topic).await.iter().map(|(_, low, high)| high - low).sum()
+}
+
+/// One drain of `n` stored records through the proxy; records per second.
+async fn sluice_run(bootstrap: &str, topic: &str, n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreOptions::new(dir.path())).unwrap();
+    store
+        .ensure_topic(&TopicSpec {
+            name: topic.into(),
+            partitions: PARTITIONS,
+            service: "telemetry".into(),
+            retention: Retention::default(),
+        })
+        .unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let old = i64::try_from(now).unwrap() - 3_600_000;
+    let value = vec![b'v'; SIZE];
+    for p in 0..PARTITIONS {
+        let records: Vec<Record> = (0..n / PARTITIONS as usize)
+            .map(|i| Record {
+                key: Some(format!("k{i}").into_bytes()),
+                value: value.clone(),
+                headers: vec![],
+                timestamp_ms: old,
+            })
+            .collect();
+        for chunk in records.chunks(1000) {
+            store.append(topic, PartitionId(p), chunk).unwrap();
+        }
+    }
+    store.flush().unwrap();
+    let mut config = UplinkConfig::new("central", UplinkKind::Kafka, vec![bootstrap.to_owned()]);
+    config.compression = Compression::Lz4;
+    config.remote_topic = "{topic}".into();
+    let sink = KafkaSink::new(&config, "pi-01");
+    let (_appended, appended_rx) = watch::channel(0);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let started = Instant::now();
+    let handle = sluice_uplink::spawn(
+        config,
+        "pi-01".into(),
+        store.clone(),
+        Arc::new(BenchHost(store.clone())),
+        sink,
+        appended_rx,
+        shutdown_rx,
+    );
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let sent: u64 = handle.status.snapshot().services.values().map(|s| s.sent_records).sum();
+        if sent >= n as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "drain did not finish: {sent} of {n}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let _ = shutdown.send(true);
+    handle.join().await;
+    n as f64 / took
+}
+
+/// The reference producer through the same proxy; records per second.
+async fn librdkafka_run(bootstrap: &str, topic: &str, n: usize) -> f64 {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bench/uplink-librdkafka.py");
+    let mut cmd = std::process::Command::new(common::python());
+    cmd.arg(script).args(["--bootstrap", bootstrap, "--topic", topic]).args([
+        "--count",
+        &n.to_string(),
+        "--size",
+        &SIZE.to_string(),
+        "--partitions",
+        &PARTITIONS.to_string(),
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "librdkafka producer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["rate"].as_f64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn drain_bench() {
+    let n = env_list("SLUICE_BENCH_RECORDS", "100000")[0] as usize;
+    let runs = env_list("SLUICE_BENCH_RUNS", "3")[0];
+    for delay in env_list("SLUICE_BENCH_DELAY_MS", "0,25") {
+        // The broker advertises the proxy, so every connection goes through it.
+        let proxy_port = common::tansu::free_port();
+        let tansu = Tansu::start_with(&[], Some(proxy_port));
+        let (port, task) = latency_proxy_on(proxy_port, tansu.port(), Duration::from_millis(delay)).await;
+        let bootstrap = format!("127.0.0.1:{port}");
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            let topic = format!("sluice-{delay}-{run}");
+            let rate = sluice_run(&bootstrap, &topic, n).await;
+            let total = broker_total(&bootstrap, &topic).await;
+            assert!(total >= n as i64, "{topic}: {total} of {n} records at the broker");
+            let topic = format!("rdkafka-{delay}-{run}");
+            let reference = librdkafka_run(&bootstrap, &topic, n).await;
+            let total = broker_total(&bootstrap, &topic).await;
+            assert!(total >= n as i64, "{topic}: {total} of {n} records at the broker");
+            println!(
+                "delay {delay} ms each way, run {run}: sluice {rate:.0} rec/s, librdkafka {reference:.0} rec/s, \
+                 ratio {:.2}",
+                rate / reference
+            );
+            ours.push(rate);
+            theirs.push(reference);
+        }
+        let (a, b) = (median(ours), median(theirs));
+        println!(
+            "MEDIAN delay {delay} ms each way ({runs} runs, {n} records): sluice {a:.0} rec/s, librdkafka {b:.0} \
+             rec/s, ratio {:.2}",
+            a / b
+        );
+        task.abort();
+    }
+}
+
+/// A TCP proxy on `port` (the one the broker advertises) that delays
+/// every chunk by `delay` in each direction without serialising them (a
+/// link with latency, not a bandwidth cap).
+async fn latency_proxy_on(port: u16, target: u16, delay: Duration) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let _ = client.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else { return };
+                let _ = server.set_nodelay(true);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::join!(pump(cr, sw, delay), pump(sr, cw, delay));
+            });
+        }
+    });
+    (port, task)
+}
