@@ -274,9 +274,10 @@ pub struct UplinkConfig {
     pub max_in_flight: u32,
     /// While a partition has a backlog, its batches grow (doubling after
     /// each acknowledged one) from `batch_max_bytes` up to this many
-    /// uncompressed bytes. Default 512KiB for kafka (under the broker's
-    /// default `message.max.bytes` of 1MiB even uncompressed, with framing)
-    /// and mqtt, `batch_max_bytes` (no growth) for http. With
+    /// uncompressed bytes. Default 768KiB for kafka (under the broker's
+    /// default `message.max.bytes` of 1MiB even uncompressed, with the
+    /// record framing), 512KiB for mqtt, `batch_max_bytes` (no growth) for
+    /// http. With
     /// `max_bytes_per_sec`, at most a quarter of a second's allowance.
     #[serde(default)]
     pub backlog_batch_max_bytes: Option<ByteSize>,
@@ -459,7 +460,8 @@ impl UplinkConfig {
     pub fn backlog_batch_bytes(&self) -> ByteSize {
         let default = match self.kind {
             UplinkKind::Http => self.batch_max_bytes,
-            UplinkKind::Kafka | UplinkKind::Mqtt => ByteSize::kib(512),
+            UplinkKind::Kafka => ByteSize::kib(768),
+            UplinkKind::Mqtt => ByteSize::kib(512),
         };
         ByteSize(self.backlog_batch_max_bytes.unwrap_or(default).as_u64().max(self.batch_max_bytes.as_u64()))
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference producer for the uplink drain benchmark: confluent-kafka
 (librdkafka) produces --count records of --size bytes round-robin over the
---partitions partitions of --topic (created first, not timed), lz4,
+--partitions partitions of --topic (created first, not timed; --create-only does only that), lz4,
 acks=all, and prints one JSON line: {"records": N, "seconds": S, "rate": R}
 where S runs from the first produce() to the end of flush() (every record
 acknowledged). Run with the venv's python (deploy/install-test-peers.sh).
@@ -24,10 +24,17 @@ def main():
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--compression", default="lz4")
+    p.add_argument("--create-only", action="store_true",
+                   help="only create the topic (so the timed runs of both sides start with it there)")
+    p.add_argument("--headers", action="store_true",
+                   help="add the five provenance headers sluice adds (sluice.node, .service, .topic, "
+                        ".partition, .offset), so both sides send the same records")
     a = p.parse_args()
     admin = AdminClient({"bootstrap.servers": a.bootstrap})
     for f in admin.create_topics([NewTopic(a.topic, a.partitions, 1)]).values():
         f.result(30)
+    if a.create_only:
+        return
     producer = Producer({
         "bootstrap.servers": a.bootstrap,
         "compression.type": a.compression,
@@ -46,8 +53,14 @@ def main():
     for i in range(a.count):
         while True:
             try:
-                producer.produce(a.topic, value=value, key=b"k%d" % i, partition=i % a.partitions,
-                                 on_delivery=report)
+                partition = i % a.partitions
+                headers = None
+                if a.headers:
+                    headers = [("sluice.node", b"pi-01"), ("sluice.service", b"telemetry"),
+                               ("sluice.topic", a.topic.encode()), ("sluice.partition", b"%d" % partition),
+                               ("sluice.offset", b"%d" % (i // a.partitions))]
+                producer.produce(a.topic, value=value, key=b"k%d" % (i // a.partitions), partition=partition,
+                                 headers=headers, on_delivery=report)
                 break
             except BufferError:
                 producer.poll(0.01)

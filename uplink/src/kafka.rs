@@ -114,7 +114,7 @@ struct Settings {
 /// A connected client and what was learnt through it.
 #[derive(Debug)]
 struct Connection {
-    client: Client,
+    client: Arc<Client>,
     /// Remote topics by name.
     topics: HashMap<String, RemoteTopic>,
 }
@@ -152,44 +152,56 @@ impl KafkaSink {
     }
 
     /// Connects when needed, learns the remote topic and returns the client
-    /// of the remote partition of `batch`.
+    /// of the remote partition of `batch`. The lock is held to connect and
+    /// to learn a topic's partition count, not while a partition's leader is
+    /// looked up: the first batches of many partitions find their leaders
+    /// concurrently (one round trip, not one per partition).
     async fn partition_client(&self, batch: &Batch) -> Result<Arc<PartitionClient>, SinkError> {
         let settings = &self.settings;
+        let (client, partition) = {
+            let mut slot = self.conn.lock().await;
+            if self.stale.swap(false, Ordering::AcqRel) {
+                *slot = None;
+            }
+            let conn = match slot.take() {
+                Some(conn) => conn,
+                None => Connection { client: Arc::new(settings.connect().await?), topics: HashMap::new() },
+            };
+            let conn = slot.insert(conn);
+            let partitions = match conn.topics.get(&batch.remote_topic) {
+                Some(topic) => topic.partitions,
+                None => settings.remote_partitions(&conn.client, batch).await?,
+            };
+            let partition = remote_partition(batch.partition, partitions);
+            let topic = conn
+                .topics
+                .entry(batch.remote_topic.clone())
+                .or_insert_with(|| RemoteTopic { partitions, clients: HashMap::new() });
+            if let Some(known) = topic.clients.get(&partition) {
+                return Ok(known.clone());
+            }
+            (conn.client.clone(), partition)
+        };
+        let found = client
+            // Retry: a topic created a moment ago may not have a leader yet.
+            .partition_client(batch.remote_topic.as_str(), partition, UnknownTopicHandling::Retry)
+            .await
+            .map_err(|e| {
+                let what =
+                    format_args!("cannot find the leader of topic {:?} partition {partition}", batch.remote_topic);
+                SinkError::new(&settings.context(what), e)
+            })?;
+        let found = Arc::new(found);
         let mut slot = self.conn.lock().await;
-        if self.stale.swap(false, Ordering::AcqRel) {
-            *slot = None;
+        // Kept unless the connection was replaced meanwhile.
+        if let Some(conn) = slot.as_mut().filter(|c| Arc::ptr_eq(&c.client, &client)) {
+            if let Some(topic) = conn.topics.get_mut(&batch.remote_topic) {
+                if let Entry::Vacant(v) = topic.clients.entry(partition) {
+                    v.insert(found.clone());
+                }
+            }
         }
-        let conn = match slot.take() {
-            Some(conn) => conn,
-            None => Connection { client: settings.connect().await?, topics: HashMap::new() },
-        };
-        let conn = slot.insert(conn);
-        let partitions = match conn.topics.get(&batch.remote_topic) {
-            Some(topic) => topic.partitions,
-            None => settings.remote_partitions(&conn.client, batch).await?,
-        };
-        let partition = remote_partition(batch.partition, partitions);
-        let topic = conn
-            .topics
-            .entry(batch.remote_topic.clone())
-            .or_insert_with(|| RemoteTopic { partitions, clients: HashMap::new() });
-        let client = match topic.clients.entry(partition) {
-            Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => slot.insert(Arc::new(
-                conn.client
-                    // Retry: a topic created a moment ago may not have a leader yet.
-                    .partition_client(batch.remote_topic.as_str(), partition, UnknownTopicHandling::Retry)
-                    .await
-                    .map_err(|e| {
-                        let what = format_args!(
-                            "cannot find the leader of topic {:?} partition {partition}",
-                            batch.remote_topic
-                        );
-                        SinkError::new(&settings.context(what), e)
-                    })?,
-            )),
-        };
-        Ok(client.clone())
+        Ok(found)
     }
 
     async fn try_send(&self, batch: &Batch) -> Result<(), SinkError> {

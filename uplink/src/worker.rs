@@ -84,6 +84,9 @@ struct Part {
     /// The sent mark found at start: records below it were handed to the
     /// sink by an earlier run (a re-send if sent again).
     resend_below: Offset,
+    /// The batch after the one in flight, read ahead: (its first offset,
+    /// the batch, where its read ended).
+    ahead: Option<(Offset, Batch, ReadEnd)>,
 }
 
 /// Byte counters of the two lanes while both have work.
@@ -291,7 +294,9 @@ impl<S: Sink> Worker<S> {
                 self.enqueue(lane, id, key, 1);
                 return self.config.linger - age;
             }
+            let (ahead_key, from) = (key.clone(), read.next);
             self.dispatch(Flight { key, lane, batch, read, bytes, started: Instant::now() });
+            self.read_ahead(&ahead_key, from);
         }
         Duration::from_secs(1)
     }
@@ -381,6 +386,7 @@ impl<S: Sink> Worker<S> {
         if let Some(part) = self.parts.get_mut(key) {
             // Small again: a broker may refuse big batches.
             part.grow = batch_max;
+            part.ahead = None;
         }
         let now = Instant::now();
         // One backoff step per outage, not one per batch that was in flight.
@@ -492,6 +498,7 @@ impl<S: Sink> Worker<S> {
                             backlog: false,
                             grow: self.config.batch_max_bytes.as_u64(),
                             resend_below: sent,
+                            ahead: None,
                         },
                     );
                 }
@@ -633,17 +640,64 @@ impl<S: Sink> Worker<S> {
         }
     }
 
-    /// Reads the next batch of a partition from its cursor, and where the
-    /// read ended; leaves out records past their service's TTL and records
+    /// The next batch of a partition from its cursor (read ahead already,
+    /// or read now), and where the read ended; leaves out records past their service's TTL and records
     /// the sink cannot carry (counted once the cursor moves past them).
     /// None when only such records were read (then counted, and the cursor
     /// moved past them, at once).
     fn read_batch(&mut self, key: &Key) -> Result<Option<(Batch, ReadEnd)>, sluice_store::StoreError> {
-        let Some(part) = self.parts.get(key) else { return Ok(None) };
-        let (service, partitions, cursor) = (part.service.clone(), part.partitions, part.cursor);
+        let Some(part) = self.parts.get_mut(key) else { return Ok(None) };
+        let cursor = part.cursor;
+        if let Some((from, batch, read)) = part.ahead.take() {
+            if from == cursor {
+                return Ok(Some((batch, read)));
+            }
+        }
         let limit = if part.backlog { part.grow } else { self.config.batch_max_bytes.as_u64() };
+        let Some((batch, read)) = self.read_from(key, cursor, limit)? else { return Ok(None) };
+        if batch.records.is_empty() {
+            self.skipped(key, &batch.service, &read);
+            self.advance(key, read.next);
+            return Ok(None);
+        }
+        Ok(Some((batch, read)))
+    }
+
+    /// Reads the batch after the one just dispatched for `key` (ending at
+    /// `from`) while that one is in flight, so it is ready the moment the
+    /// acknowledgement comes: reading overlaps the round trip. Only for a
+    /// partition with a backlog; dropped if the cursor ends up elsewhere
+    /// (a failure).
+    fn read_ahead(&mut self, key: &Key, from: Offset) {
+        let Some(part) = self.parts.get(key) else { return };
+        if !part.backlog {
+            return;
+        }
+        let limit = part.grow.saturating_mul(2).clamp(self.config.batch_max_bytes.as_u64(), self.backlog_bytes);
+        match self.read_from(key, from, limit) {
+            Ok(Some((batch, read))) if !batch.records.is_empty() => {
+                if let Some(part) = self.parts.get_mut(key) {
+                    part.ahead = Some((from, batch, read));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(uplink = %self.config.name, error = %e, "read-ahead failed"),
+        }
+    }
+
+    /// Reads up to `limit` bytes of flushed records of a partition from
+    /// `from`; the batch may be empty when every record read was skipped.
+    /// None when nothing flushed is there.
+    fn read_from(
+        &self,
+        key: &Key,
+        from: Offset,
+        limit: u64,
+    ) -> Result<Option<(Batch, ReadEnd)>, sluice_store::StoreError> {
+        let Some(part) = self.parts.get(key) else { return Ok(None) };
+        let (service, partitions) = (part.service.clone(), part.partitions);
         let max_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut read = self.store.read(&key.0, PartitionId(key.1), cursor, 100_000, max_bytes)?;
+        let mut read = self.store.read(&key.0, PartitionId(key.1), from, 100_000, max_bytes)?;
         let flushed =
             self.store.topic(&key.0).and_then(|t| t.partitions.get(key.1 as usize).map(|p| p.flushed));
         read.records.retain(|r| flushed.is_some_and(|f| r.offset < f));
@@ -683,11 +737,6 @@ impl<S: Sink> Worker<S> {
         }
         let Some(next) = last.map(Offset::next) else { return Ok(None) };
         let read = ReadEnd { next, expired, unfit };
-        if records.is_empty() {
-            self.skipped(key, &service, &read);
-            self.advance(key, next);
-            return Ok(None);
-        }
         let batch =
             Batch { topic: key.0.clone(), partition: key.1, partitions, remote_topic, service, records };
         Ok(Some((batch, read)))
@@ -696,6 +745,7 @@ impl<S: Sink> Worker<S> {
 
 /// Where a read for a batch ended: the offset after its last record, and
 /// the records left out of the batch.
+#[derive(Debug)]
 struct ReadEnd {
     next: Offset,
     /// Records past their service's TTL.

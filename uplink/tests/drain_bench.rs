@@ -106,8 +106,31 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn broker_total(bootstrap: &str, topic: &str) -> i64 {
-    common::watermarks(bootstrap, topic).await.iter().map(|(_, low, high)| high - low).sum()
+/// Records of `topic` at the broker. tansu's memory storage reports a high
+/// watermark that leaves out the last batch of each partition, so there
+/// the records are read back (and for sluice's topics, each partition's
+/// `sluice.offset` headers must be 0, 1, 2, ... in order); with sqlite,
+/// whose fetch of many small batches is unreliable, the watermarks count.
+async fn broker_total(bootstrap: &str, topic: &str, storage: &str, ours: bool) -> i64 {
+    if !storage.starts_with("memory") {
+        return common::watermarks(bootstrap, topic).await.iter().map(|(_, low, high)| high - low).sum();
+    }
+    let read = common::read_topic(bootstrap, topic, 1).await;
+    if ours {
+        let mut next = std::collections::HashMap::new();
+        for r in &read.records {
+            let (_, offset) = r.headers.iter().find(|(k, _)| k == "sluice.offset").unwrap();
+            let offset: u64 = std::str::from_utf8(offset).unwrap().parse().unwrap();
+            let n = next.entry(r.partition).or_insert(0u64);
+            if offset < *n {
+                continue; // a duplicate
+            }
+            assert_eq!(offset, *n, "{topic} partition {}: order", r.partition);
+            *n += 1;
+        }
+        return next.values().sum::<u64>() as i64;
+    }
+    read.records.len() as i64
 }
 
 /// One drain of `n` stored records through the proxy; records per second.
@@ -142,6 +165,13 @@ async fn sluice_run(bootstrap: &str, topic: &str, n: usize) -> f64 {
     let mut config = UplinkConfig::new("central", UplinkKind::Kafka, vec![bootstrap.to_owned()]);
     config.compression = Compression::Lz4;
     config.remote_topic = "{topic}".into();
+    // The remote topic exists before the timed run, as for the reference.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bench/uplink-librdkafka.py");
+    let mut cmd = std::process::Command::new(common::python());
+    cmd.arg(script).args(["--bootstrap", bootstrap, "--topic", topic, "--create-only"]);
+    cmd.args(["--partitions", &PARTITIONS.to_string()]);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "cannot create {topic}: {}", String::from_utf8_lossy(&out.stderr));
     let sink = KafkaSink::new(&config, "pi-01");
     let (_appended, appended_rx) = watch::channel(0);
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -165,13 +195,21 @@ async fn sluice_run(bootstrap: &str, topic: &str, n: usize) -> f64 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let took = started.elapsed().as_secs_f64();
+    let snap = handle.status.snapshot();
+    println!(
+        "  {topic}: retries {}, sent {}, resent {}, checkpoints {}",
+        snap.retries,
+        snap.services.values().map(|s| s.sent_records).sum::<u64>(),
+        snap.resent_records,
+        snap.checkpoints
+    );
     let _ = shutdown.send(true);
     handle.join().await;
     n as f64 / took
 }
 
 /// The reference producer through the same proxy; records per second.
-async fn librdkafka_run(bootstrap: &str, topic: &str, n: usize) -> f64 {
+async fn librdkafka_run(bootstrap: &str, topic: &str, n: usize, headers: bool) -> f64 {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bench/uplink-librdkafka.py");
     let mut cmd = std::process::Command::new(common::python());
     cmd.arg(script).args(["--bootstrap", bootstrap, "--topic", topic]).args([
@@ -182,6 +220,9 @@ async fn librdkafka_run(bootstrap: &str, topic: &str, n: usize) -> f64 {
         "--partitions",
         &PARTITIONS.to_string(),
     ]);
+    if headers {
+        cmd.arg("--headers");
+    }
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
     assert!(out.status.success(), "librdkafka producer failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -193,24 +234,31 @@ async fn librdkafka_run(bootstrap: &str, topic: &str, n: usize) -> f64 {
 async fn drain_bench() {
     let n = env_list("SLUICE_BENCH_RECORDS", "100000")[0] as usize;
     let runs = env_list("SLUICE_BENCH_RUNS", "3")[0];
+    // 1: the reference sends sluice's five provenance headers too (the
+    // same records on the wire); 0: bare records.
+    let ref_headers = env_list("SLUICE_BENCH_REF_HEADERS", "1")[0] == 1;
+    // tansu's storage: "memory://tansu/" (default; the broker is then much
+    // faster than either client) or "sqlite://tansu.db" (the broker's
+    // sqlite writes set the pace: ~11k records/s with five headers).
+    let storage = std::env::var("SLUICE_BENCH_STORAGE").unwrap_or_else(|_| "memory://tansu/".to_owned());
     for delay in env_list("SLUICE_BENCH_DELAY_MS", "0,25") {
         // The broker advertises the proxy, so every connection goes through it.
         let proxy_port = common::tansu::free_port();
-        let tansu = Tansu::start_with(&[], Some(proxy_port));
+        let tansu = Tansu::start_with(&["--storage-engine", &storage], Some(proxy_port));
         let (port, task) = latency_proxy_on(proxy_port, tansu.port(), Duration::from_millis(delay)).await;
         let bootstrap = format!("127.0.0.1:{port}");
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for run in 0..runs {
             let topic = format!("sluice-{delay}-{run}");
             let rate = sluice_run(&bootstrap, &topic, n).await;
-            let total = broker_total(&bootstrap, &topic).await;
+            let total = broker_total(&bootstrap, &topic, &storage, true).await;
             assert!(total >= n as i64, "{topic}: {total} of {n} records at the broker");
             let topic = format!("rdkafka-{delay}-{run}");
-            let reference = librdkafka_run(&bootstrap, &topic, n).await;
-            let total = broker_total(&bootstrap, &topic).await;
+            let reference = librdkafka_run(&bootstrap, &topic, n, ref_headers).await;
+            let total = broker_total(&bootstrap, &topic, &storage, false).await;
             assert!(total >= n as i64, "{topic}: {total} of {n} records at the broker");
             println!(
-                "delay {delay} ms each way, run {run}: sluice {rate:.0} rec/s, librdkafka {reference:.0} rec/s, \
+                "delay {delay} ms each way, reference headers {ref_headers}, run {run}: sluice {rate:.0} rec/s, librdkafka {reference:.0} rec/s, \
                  ratio {:.2}",
                 rate / reference
             );
@@ -219,7 +267,7 @@ async fn drain_bench() {
         }
         let (a, b) = (median(ours), median(theirs));
         println!(
-            "MEDIAN delay {delay} ms each way ({runs} runs, {n} records): sluice {a:.0} rec/s, librdkafka {b:.0} \
+            "MEDIAN {storage} delay {delay} ms each way, reference headers {ref_headers} ({runs} runs, {n} records): sluice {a:.0} rec/s, librdkafka {b:.0} \
              rec/s, ratio {:.2}",
             a / b
         );
@@ -245,4 +293,78 @@ async fn latency_proxy_on(port: u16, target: u16, delay: Duration) -> (u16, toki
         }
     });
     (port, task)
+}
+
+/// Diagnosis: the Kafka sink alone (batches prepared in memory, 4
+/// partitions concurrently), with and without sluice's provenance headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn sink_only_bench() {
+    use sluice_uplink::{Batch, OutRecord, Sink};
+    let n = env_list("SLUICE_BENCH_RECORDS", "100000")[0] as usize;
+    let storage = std::env::var("SLUICE_BENCH_STORAGE").unwrap_or_else(|_| "memory://tansu/".to_owned());
+    let delay = env_list("SLUICE_BENCH_DELAY_MS", "0")[0];
+    let proxy_port = common::tansu::free_port();
+    let tansu = Tansu::start_with(&["--storage-engine", &storage], Some(proxy_port));
+    let (port, _task) = latency_proxy_on(proxy_port, tansu.port(), Duration::from_millis(delay)).await;
+    for headers in [false, true] {
+        let mut config =
+            UplinkConfig::new("central", UplinkKind::Kafka, vec![format!("127.0.0.1:{port}")]);
+        config.compression = Compression::Lz4;
+        let sink = Arc::new(KafkaSink::new(&config, "pi-01"));
+        let topic = format!("only-{headers}");
+        let per_batch = 2900;
+        let mut batches = Vec::new();
+        for p in 0..PARTITIONS {
+            let mut offset = 0u64;
+            while offset < (n / PARTITIONS as usize) as u64 {
+                let records = (offset..(offset + per_batch).min((n / PARTITIONS as usize) as u64))
+                    .map(|o| OutRecord {
+                        offset: o,
+                        key: Some(format!("k{o}").into_bytes()),
+                        value: vec![b'v'; SIZE],
+                        headers: if headers {
+                            vec![
+                                ("sluice.node".into(), b"pi-01".to_vec()),
+                                ("sluice.service".into(), b"telemetry".to_vec()),
+                                ("sluice.topic".into(), b"bench".to_vec()),
+                                ("sluice.partition".into(), p.to_string().into_bytes()),
+                                ("sluice.offset".into(), o.to_string().into_bytes()),
+                            ]
+                        } else {
+                            vec![]
+                        },
+                        timestamp_ms: 1_700_000_000_000,
+                    })
+                    .collect();
+                batches.push(Batch {
+                    topic: "bench".into(),
+                    partition: p,
+                    partitions: PARTITIONS,
+                    remote_topic: topic.clone(),
+                    service: "telemetry".into(),
+                    records,
+                });
+                offset += per_batch;
+            }
+        }
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in 0..PARTITIONS {
+            let mine: Vec<Batch> = batches.iter().filter(|b| b.partition == p).cloned().collect();
+            let sink = sink.clone();
+            tasks.spawn(async move {
+                for b in mine {
+                    let t = Instant::now();
+                    sink.send(&b).await.unwrap();
+                    if std::env::var("SLUICE_BENCH_VERBOSE").is_ok() {
+                        println!("p{p} {} records in {:?}", b.records.len(), t.elapsed());
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let took = started.elapsed().as_secs_f64();
+        println!("headers {headers}: {:.0} rec/s", n as f64 / took);
+    }
 }
