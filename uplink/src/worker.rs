@@ -9,10 +9,12 @@
 //!   while many partitions share the link; the drain rate is set by the
 //!   link's bandwidth, not its round trip.
 //! - **Batches grow while a backlog exists**: a partition with more unsent
-//!   than `batch_max_bytes` doubles its batch after each acknowledged one,
-//!   up to `backlog_batch_max_bytes` (at most a quarter second of the
-//!   bandwidth cap); after a failure it starts small again. Live data goes
-//!   in small batches after `linger`.
+//!   than `batch_max_bytes` is read in batches of up to
+//!   `backlog_batch_max_bytes` (at most a quarter second of the bandwidth
+//!   cap); after a failure it starts again at `batch_max_bytes` and doubles
+//!   after each acknowledged batch, and a batch refused as too large lowers
+//!   the limit to half its size. Live data goes in `batch_max_bytes`
+//!   batches after `linger`.
 //! - **Priority**: partitions are chosen with the weighted scheduler of
 //!   `sluice-store` (express services first within their cap, then weighted
 //!   shares), in two lanes: *live* partitions, whose oldest unsent record is
@@ -152,7 +154,8 @@ pub(crate) struct Worker<S> {
     flights: usize,
     /// Most sends in flight.
     window: usize,
-    /// Largest batch of a backlogged partition.
+    /// Largest batch of a backlogged partition: `backlog_batch_max_bytes`,
+    /// lowered when the central side refused a batch as too large.
     backlog_bytes: u64,
     checkpoints: Checkpoints,
     /// When the last acknowledgement came (throughput).
@@ -384,9 +387,16 @@ impl<S: Sink> Worker<S> {
         self.sink.reset();
         let batch_max = self.config.batch_max_bytes.as_u64();
         if let Some(part) = self.parts.get_mut(key) {
-            // Small again: a broker may refuse big batches.
+            // Small again, then doubling back (order: the batch is read
+            // again from the cursor).
             part.grow = batch_max;
             part.ahead = None;
+        }
+        let lower = e.0.to_ascii_lowercase();
+        if flight.bytes > batch_max && (lower.contains("messagetoolarge") || lower.contains("too large")) {
+            self.backlog_bytes = (flight.bytes / 2).max(batch_max);
+            tracing::warn!(uplink = %self.config.name, bytes = flight.bytes, now = self.backlog_bytes,
+                "the central side refused a batch as too large; backlog batches are smaller from now on");
         }
         let now = Instant::now();
         // One backoff step per outage, not one per batch that was in flight.
@@ -496,7 +506,8 @@ impl<S: Sink> Worker<S> {
                             cursor,
                             busy: false,
                             backlog: false,
-                            grow: self.config.batch_max_bytes.as_u64(),
+                            // A backlog goes in big batches from the start.
+                            grow: self.backlog_bytes,
                             resend_below: sent,
                             ahead: None,
                         },
@@ -526,11 +537,6 @@ impl<S: Sink> Worker<S> {
                 lane_entry.lag_records += lag;
                 let lag_bytes = info.bytes.saturating_mul(lag) / info.records.max(1);
                 lane_entry.lag_bytes += lag_bytes;
-                part.backlog = lag_bytes > self.config.batch_max_bytes.as_u64();
-                if part.busy {
-                    // Its next batch is read after this one's ack (order).
-                    continue;
-                }
                 let oldest = self
                     .store
                     .read(&t.name, PartitionId(p), part.cursor, 1, 1)?
@@ -542,6 +548,15 @@ impl<S: Sink> Worker<S> {
                     lane_entry.oldest_unsent_ms = Some(lane_entry.oldest_unsent_ms.map_or(a, |o| o.max(a)));
                 }
                 let lane = if age.is_some_and(|a| a > LIVE_AGE.as_millis() as u64) { BACKLOG } else { LIVE };
+                // Big batches for a backlog only; fresh data goes in small
+                // ones after `linger`.
+                if let Some(part) = self.parts.get_mut(&key) {
+                    part.backlog = lane == BACKLOG && lag_bytes > self.config.batch_max_bytes.as_u64();
+                    if part.busy {
+                        // Its next batch is read after this one's ack (order).
+                        continue;
+                    }
+                }
                 let other = 1 - lane;
                 let service = t.service.clone();
                 let id = self.service_id(&service);
