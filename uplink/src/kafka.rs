@@ -187,8 +187,10 @@ impl KafkaSink {
             .partition_client(batch.remote_topic.as_str(), partition, UnknownTopicHandling::Retry)
             .await
             .map_err(|e| {
-                let what =
-                    format_args!("cannot find the leader of topic {:?} partition {partition}", batch.remote_topic);
+                let what = format_args!(
+                    "cannot find the leader of topic {:?} partition {partition}",
+                    batch.remote_topic
+                );
                 SinkError::new(&settings.context(what), e)
             })?;
         let found = Arc::new(found);

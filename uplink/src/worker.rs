@@ -688,7 +688,8 @@ impl<S: Sink> Worker<S> {
         if !part.backlog {
             return;
         }
-        let limit = part.grow.saturating_mul(2).clamp(self.config.batch_max_bytes.as_u64(), self.backlog_bytes);
+        let limit =
+            part.grow.saturating_mul(2).clamp(self.config.batch_max_bytes.as_u64(), self.backlog_bytes);
         match self.read_from(key, from, limit) {
             Ok(Some((batch, read))) if !batch.records.is_empty() => {
                 if let Some(part) = self.parts.get_mut(key) {

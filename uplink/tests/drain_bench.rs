@@ -308,8 +308,7 @@ async fn sink_only_bench() {
     let tansu = Tansu::start_with(&["--storage-engine", &storage], Some(proxy_port));
     let (port, _task) = latency_proxy_on(proxy_port, tansu.port(), Duration::from_millis(delay)).await;
     for headers in [false, true] {
-        let mut config =
-            UplinkConfig::new("central", UplinkKind::Kafka, vec![format!("127.0.0.1:{port}")]);
+        let mut config = UplinkConfig::new("central", UplinkKind::Kafka, vec![format!("127.0.0.1:{port}")]);
         config.compression = Compression::Lz4;
         let sink = Arc::new(KafkaSink::new(&config, "pi-01"));
         let topic = format!("only-{headers}");
