@@ -175,6 +175,7 @@ async fn sluice_run(bootstrap: &str, topic: &str, n: usize) -> f64 {
     let sink = KafkaSink::new(&config, "pi-01");
     let (_appended, appended_rx) = watch::channel(0);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let written_before = write_bytes();
     let started = Instant::now();
     let handle = sluice_uplink::spawn(
         config,
@@ -205,7 +206,26 @@ async fn sluice_run(bootstrap: &str, topic: &str, n: usize) -> f64 {
     );
     let _ = shutdown.send(true);
     handle.join().await;
+    // Everything this process wrote to disk during the drain and the last
+    // checkpoint: the store was filled and flushed before, so this is what
+    // the cursor checkpoints (and sent marks) cost.
+    let written = write_bytes().saturating_sub(written_before);
+    let forwarded: u64 = snap.services.values().map(|s| s.sent_bytes).sum();
+    println!(
+        "  {topic}: disk writes during the drain {written} B = {:.3}% of {forwarded} B forwarded",
+        100.0 * written as f64 / forwarded.max(1) as f64
+    );
     n as f64 / took
+}
+
+/// `write_bytes` of this process (bytes it caused to be written to disk).
+fn write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines().find_map(|l| l.strip_prefix("write_bytes: ").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(0)
 }
 
 /// The reference producer through the same proxy; records per second.
