@@ -152,6 +152,8 @@ pub(crate) struct Worker<S> {
     tasks: JoinSet<Event>,
     /// Send tasks among them.
     flights: usize,
+    /// The partition of each send task.
+    sending: HashMap<tokio::task::Id, Key>,
     /// Most sends in flight.
     window: usize,
     /// Largest batch of a backlogged partition: `backlog_batch_max_bytes`,
@@ -206,6 +208,7 @@ impl<S: Sink> Worker<S> {
             awaiting_flush: false,
             tasks: JoinSet::new(),
             flights: 0,
+            sending: HashMap::new(),
             window,
             backlog_bytes,
             checkpoints: Checkpoints { dirty: false, pending: false, last: Instant::now() },
@@ -230,14 +233,12 @@ impl<S: Sink> Worker<S> {
             let wait = self.checkpoint(wait);
             tokio::select! {
                 _ = shutdown.changed() => {}
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
-                    Ok(event) => self.finished(event),
-                    Err(e) => {
-                        // A send task panicked: its partition is free again
-                        // and its batch is read again from the cursor.
-                        tracing::error!(uplink = %self.config.name, error = %e, "uplink task failed");
-                        self.flights = self.tasks.len().min(self.flights);
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => match done {
+                    Ok((id, event)) => {
+                        self.sending.remove(&id);
+                        self.finished(event);
                     }
+                    Err(e) => self.task_failed(&e),
                 },
                 _ = appended.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -323,7 +324,8 @@ impl<S: Sink> Worker<S> {
         self.flights += 1;
         self.status.update(|s| s.in_flight = self.flights as u64);
         let sink = self.sink.clone();
-        self.tasks.spawn(async move {
+        let key = flight.key.clone();
+        let task = self.tasks.spawn(async move {
             if !hold.is_zero() {
                 tokio::time::sleep(hold).await;
             }
@@ -334,6 +336,30 @@ impl<S: Sink> Worker<S> {
             };
             Event::Sent(Box::new(flight), result)
         });
+        self.sending.insert(task.id(), key);
+    }
+
+    /// A task panicked (a bug in a sink): a send task's partition is free
+    /// again and its batch is read again from the cursor, as after an error.
+    fn task_failed(&mut self, e: &tokio::task::JoinError) {
+        tracing::error!(uplink = %self.config.name, error = %e, "uplink task failed");
+        match self.sending.remove(&e.id()) {
+            Some(key) => {
+                self.flights = self.flights.saturating_sub(1);
+                self.status.update(|s| s.in_flight = self.flights as u64);
+                if let Some(part) = self.parts.get_mut(&key) {
+                    part.busy = false;
+                    part.ahead = None;
+                }
+                self.sink.reset();
+                self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+            }
+            None => {
+                // The checkpoint task: cursors are still to be made durable.
+                self.checkpoints.pending = false;
+                self.checkpoints.dirty = true;
+            }
+        }
     }
 
     fn finished(&mut self, event: Event) {

@@ -62,6 +62,8 @@ struct MemorySink {
     in_flight: Arc<Mutex<InFlight>>,
     /// Two sends of one partition overlapped.
     overlapped: Arc<Mutex<bool>>,
+    /// The next send panics (a sink bug).
+    panic_once: Arc<Mutex<bool>>,
 }
 
 /// Partitions with a send in progress, and the most at once.
@@ -69,6 +71,9 @@ type InFlight = (HashSet<(String, u32)>, usize);
 
 impl Sink for MemorySink {
     fn send(&self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send {
+        if std::mem::take(&mut *self.panic_once.lock().unwrap()) {
+            panic!("a sink bug");
+        }
         let ok = *self.online.lock().unwrap();
         let delay = *self.delay.lock().unwrap();
         let key = (batch.topic.clone(), batch.partition);
@@ -457,4 +462,36 @@ async fn resends_after_a_restart_are_counted() {
     .await;
     wait_for("counted", || again.handle.status.snapshot().resent_records == 50).await;
     let _ = again.shutdown.send(true);
+}
+
+/// A sink that panics in a send does not stop its partition: the batch is
+/// sent again, and everything arrives in order.
+#[tokio::test]
+async fn a_panicking_send_is_retried_like_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    topic(&store, "t", "telemetry", 2);
+    let old = now_ms() - 60_000;
+    for p in 0..2 {
+        store.append("t", PartitionId(p), &(0..100).map(|i| rec(i, old)).collect::<Vec<_>>()).unwrap();
+    }
+    store.flush().unwrap();
+    let sink = MemorySink::default();
+    *sink.online.lock().unwrap() = true;
+    *sink.panic_once.lock().unwrap() = true;
+    let run = start_with(&store, host(&store), uplink(2_000), sink);
+    wait_for("everything after the panic", || {
+        (0..2).all(|p| store.cursor("central", "t", PartitionId(p)).unwrap().map(|o| o.0) == Some(100))
+    })
+    .await;
+    let mut next: HashMap<u32, u64> = HashMap::new();
+    for b in run.sink.got.lock().unwrap().iter() {
+        for r in &b.records {
+            let n = next.entry(b.partition).or_default();
+            assert_eq!(r.offset, *n, "order in partition {}", b.partition);
+            *n += 1;
+        }
+    }
+    assert_eq!(next.values().sum::<u64>(), 200);
+    let _ = run.shutdown.send(true);
 }
