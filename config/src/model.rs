@@ -345,6 +345,10 @@ pub(crate) mod limits {
         (Duration::from_millis(1), Duration::from_secs(10));
     pub(crate) const MAX_HTTP_WAIT: Duration = Duration::from_secs(3600);
     pub(crate) const MAX_LINGER: Duration = Duration::from_secs(60);
+    /// An uplink's `max_in_flight`.
+    pub(crate) const MAX_IN_FLIGHT: u32 = 64;
+    /// An uplink's `checkpoint_interval`.
+    pub(crate) const CHECKPOINT: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
     pub(crate) const RATE_BURST: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));
     /// HTTP header, idle and TLS handshake timeouts.
     pub(crate) const LISTENER_TIMEOUT: (Duration, Duration) =
