@@ -267,6 +267,26 @@ pub struct UplinkConfig {
     /// records, in [0, 1]. Default 0.3.
     #[serde(default = "default_live_share")]
     pub live_share: f64,
+    /// Most batches in flight at once (sent, not acknowledged yet), 1..=64;
+    /// never more than one per partition, so each partition keeps its
+    /// order. Default 5. The MQTT and HTTP sinks send one at a time.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// While a partition has a backlog, its batches grow (doubling after
+    /// each acknowledged one) from `batch_max_bytes` up to this many
+    /// uncompressed bytes. Default 768KiB for kafka (under the broker's
+    /// default `message.max.bytes` of 1MiB even uncompressed, with the
+    /// record framing), 512KiB for mqtt, `batch_max_bytes` (no growth) for
+    /// http. With
+    /// `max_bytes_per_sec`, at most a quarter of a second's allowance.
+    #[serde(default)]
+    pub backlog_batch_max_bytes: Option<ByteSize>,
+    /// How often acknowledged cursors are made durable (a store flush), at
+    /// most: never one device sync per batch. A crash re-sends at most what
+    /// was acknowledged in one interval plus the batches in flight. Default
+    /// 1s, 10ms..=1m.
+    #[serde(default = "default_checkpoint_interval", deserialize_with = "crate::duration::deserialize")]
+    pub checkpoint_interval: Duration,
     /// Kafka only: replication factor of the remote topics this uplink
     /// creates, 1..=32. Default 1.
     #[serde(default = "default_replication_factor")]
@@ -419,6 +439,9 @@ impl UplinkConfig {
             compression: Compression::None,
             max_bytes_per_sec: None,
             live_share: default_live_share(),
+            max_in_flight: default_max_in_flight(),
+            backlog_batch_max_bytes: None,
+            checkpoint_interval: default_checkpoint_interval(),
             replication_factor: default_replication_factor(),
             create_topics: default_create_topics(),
             tls: None,
@@ -430,6 +453,17 @@ impl UplinkConfig {
     /// every topic).
     pub fn forwards(&self, topic: &str) -> bool {
         self.topics.is_empty() || self.topics.iter().any(|t| t == topic)
+    }
+
+    /// The largest batch of a partition with a backlog (see
+    /// `backlog_batch_max_bytes`), before the bandwidth cap's limit.
+    pub fn backlog_batch_bytes(&self) -> ByteSize {
+        let default = match self.kind {
+            UplinkKind::Http => self.batch_max_bytes,
+            UplinkKind::Kafka => ByteSize::kib(768),
+            UplinkKind::Mqtt => ByteSize::kib(512),
+        };
+        ByteSize(self.backlog_batch_max_bytes.unwrap_or(default).as_u64().max(self.batch_max_bytes.as_u64()))
     }
 
     /// The remote topic for a local topic: `remote_topic` with `{node}`,
@@ -453,6 +487,14 @@ fn default_batch_max_bytes() -> ByteSize {
 
 fn default_live_share() -> f64 {
     0.3
+}
+
+fn default_max_in_flight() -> u32 {
+    5
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_replication_factor() -> u16 {

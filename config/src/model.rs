@@ -353,11 +353,14 @@ pub(crate) mod limits {
         (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
     pub(crate) const WRITEBACK_STEP: (ByteSize, ByteSize) = (ByteSize::kib(4), ByteSize::mib(64));
     pub(crate) const MIN_DIRTY: ByteSize = ByteSize::kib(64);
+    /// `store.checkpoint_interval` and an uplink's `checkpoint_interval`.
     pub(crate) const CHECKPOINT: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
     pub(crate) const FLUSH_INTERVAL: (Duration, Duration) =
         (Duration::from_millis(1), Duration::from_secs(10));
     pub(crate) const MAX_HTTP_WAIT: Duration = Duration::from_secs(3600);
     pub(crate) const MAX_LINGER: Duration = Duration::from_secs(60);
+    /// An uplink's `max_in_flight`.
+    pub(crate) const MAX_IN_FLIGHT: u32 = 64;
     pub(crate) const RATE_BURST: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));
     /// HTTP header, idle and TLS handshake timeouts.
     pub(crate) const LISTENER_TIMEOUT: (Duration, Duration) =

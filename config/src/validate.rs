@@ -236,6 +236,19 @@ impl Problems {
             if !(0.0..=1.0).contains(&u.live_share) {
                 self.add(format!("{label}.live_share"), format!("{} is out of range [0, 1]", u.live_share));
             }
+            if !(1..=limits::MAX_IN_FLIGHT).contains(&u.max_in_flight) {
+                self.add(
+                    format!("{label}.max_in_flight"),
+                    format!("{} is out of range [1, {}]", u.max_in_flight, limits::MAX_IN_FLIGHT),
+                );
+            }
+            if let Some(b) = u.backlog_batch_max_bytes {
+                self.check(format!("{label}.backlog_batch_max_bytes"), at_least(b, u.batch_max_bytes));
+            }
+            self.check(
+                format!("{label}.checkpoint_interval"),
+                dur_range(u.checkpoint_interval, limits::CHECKPOINT),
+            );
             self.kafka_options(u, label);
         }
     }

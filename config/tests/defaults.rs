@@ -123,6 +123,12 @@ fn uplink_defaults_and_helpers() {
     assert_eq!(u.compression, Compression::None);
     assert_eq!(u.max_bytes_per_sec, None);
     assert_eq!(u.live_share, 0.3);
+    assert_eq!(u.max_in_flight, 5);
+    assert_eq!(u.backlog_batch_max_bytes, None);
+    assert_eq!(u.backlog_batch_bytes(), ByteSize::kib(768));
+    assert_eq!(u.checkpoint_interval, Duration::from_secs(1));
+    let http = UplinkConfig::new("h", UplinkKind::Http, vec!["http://c/".to_owned()]);
+    assert_eq!(http.backlog_batch_bytes(), http.batch_max_bytes, "no growth for http");
     assert!(u.forwards("anything"));
     assert_eq!(u.remote_topic_for("pi-01", "alarms", "alarms"), "edge.pi-01.alarms");
 }

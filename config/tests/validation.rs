@@ -327,6 +327,26 @@ fn uplink_numbers() {
         "uplink[\"up\"].max_bytes_per_sec",
         &["0B"],
     );
+    assert_problem(
+        &uplink("kafka", &format!("{base}max_in_flight = 0\n")),
+        "uplink[\"up\"].max_in_flight",
+        &["0 is out of range [1, 64]"],
+    );
+    assert_problem(
+        &uplink("kafka", &format!("{base}max_in_flight = 65\n")),
+        "uplink[\"up\"].max_in_flight",
+        &["65"],
+    );
+    assert_problem(
+        &uplink("kafka", &format!("{base}backlog_batch_max_bytes = \"64KiB\"\n")),
+        "uplink[\"up\"].backlog_batch_max_bytes",
+        &["64KiB is too small; the minimum is 256KiB"],
+    );
+    assert_problem(
+        &uplink("kafka", &format!("{base}checkpoint_interval = \"5ms\"\n")),
+        "uplink[\"up\"].checkpoint_interval",
+        &["out of range 10ms..=1m"],
+    );
     for ok in ["0.0", "1.0"] {
         let text = uplink("kafka", &format!("{base}live_share = {ok}\n"));
         assert!(Config::from_toml_str(&text).is_ok(), "{ok}");

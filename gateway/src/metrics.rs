@@ -342,6 +342,26 @@ fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {
     for u in uplinks {
         out.sample("sluice_uplink_eta_seconds", &[("uplink", &u.name)], u.eta_seconds().unwrap_or(-1.0));
     }
+    out.family("sluice_uplink_in_flight_batches", "gauge", "Batches sent and not acknowledged yet");
+    for u in uplinks {
+        out.sample("sluice_uplink_in_flight_batches", &[("uplink", &u.name)], u.in_flight);
+    }
+    out.family(
+        "sluice_uplink_cursor_checkpoints_total",
+        "counter",
+        "Cursor checkpoints (store flushes) written",
+    );
+    for u in uplinks {
+        out.sample("sluice_uplink_cursor_checkpoints_total", &[("uplink", &u.name)], u.checkpoints);
+    }
+    out.family(
+        "sluice_uplink_resent_records_total",
+        "counter",
+        "Records sent again after a restart that an earlier run had sent already (at least)",
+    );
+    for u in uplinks {
+        out.sample("sluice_uplink_resent_records_total", &[("uplink", &u.name)], u.resent_records);
+    }
     type Get = fn(&sluice_uplink::ServiceLag) -> f64;
     let per_service: [(&str, &str, &str, Get); 8] = [
         ("sluice_uplink_lag_records", "gauge", "Records not forwarded yet", |s| s.lag_records as f64),

@@ -86,6 +86,12 @@ impl Default for HttpSinkOptions {
 /// wire format).
 #[derive(Debug)]
 pub struct HttpSink {
+    inner: tokio::sync::Mutex<Inner>,
+}
+
+/// The sink's state; one send holds it at a time.
+#[derive(Debug)]
+struct Inner {
     endpoints: Vec<Endpoint>,
     /// Index into `endpoints` tried first.
     preferred: usize,
@@ -147,9 +153,25 @@ impl HttpSink {
         } else {
             None
         };
-        Ok(HttpSink { endpoints, preferred: 0, node, options, tls, conn: None })
+        let inner = Inner { endpoints, preferred: 0, node, options, tls, conn: None };
+        Ok(HttpSink { inner: tokio::sync::Mutex::new(inner) })
+    }
+}
+
+impl Sink for HttpSink {
+    async fn send(&self, batch: &Batch) -> Result<(), SinkError> {
+        self.inner.lock().await.send(batch).await
     }
 
+    fn reset(&self) {
+        // The worker resets only between sends.
+        if let Ok(mut inner) = self.inner.try_lock() {
+            inner.conn = None;
+        }
+    }
+}
+
+impl Inner {
     /// Opens a connection to the preferred endpoint, then to the others.
     async fn connect(&mut self) -> Result<Conn, SinkError> {
         let mut failures = Vec::new();
@@ -195,9 +217,7 @@ impl HttpSink {
             Err(_) => Err(PostError::Other(format!("no answer within {:?}", self.options.response_timeout))),
         }
     }
-}
 
-impl Sink for HttpSink {
     async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
         if batch.records.is_empty() {
             return Ok(());
@@ -224,10 +244,6 @@ impl Sink for HttpSink {
             }
             Err(e) => Err(e.into_sink_error(&self.endpoints[conn.endpoint].url)),
         }
-    }
-
-    fn reset(&mut self) {
-        self.conn = None;
     }
 }
 

@@ -33,10 +33,20 @@
 //! bounds a whole `send` even against a broker that accepts connections but
 //! never answers. [`Sink::reset`] drops the client with its cached partition
 //! counts and partition clients.
+//!
+//! Pipelining: sends take `&self` and run concurrently, one connection per
+//! broker (rskafka multiplexes requests on it). rskafka has no idempotent
+//! producer (no producer id, no sequence numbers), so with two batches of
+//! one partition in flight a retried first batch could land after the
+//! second. Order is kept instead by the worker: at most one batch in flight
+//! per partition, many partitions at once ([`Sink::max_in_flight`] is
+//! unbounded here; the uplink's `max_in_flight` caps it). A retry of a
+//! batch may duplicate it, never reorder it.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +89,12 @@ impl Default for KafkaSinkOptions {
 #[derive(Debug)]
 pub struct KafkaSink {
     settings: Settings,
-    conn: Option<Connection>,
+    /// Held only to connect and to look up a partition's client, never
+    /// during a produce.
+    conn: tokio::sync::Mutex<Option<Connection>>,
+    /// Set by [`Sink::reset`] and after a timeout: the next lookup drops
+    /// the connection (sends in flight keep theirs).
+    stale: AtomicBool,
 }
 
 /// What the sink was configured with.
@@ -99,7 +114,7 @@ struct Settings {
 /// A connected client and what was learnt through it.
 #[derive(Debug)]
 struct Connection {
-    client: Client,
+    client: Arc<Client>,
     /// Remote topics by name.
     topics: HashMap<String, RemoteTopic>,
 }
@@ -109,7 +124,7 @@ struct RemoteTopic {
     /// Partition count on the cluster.
     partitions: i32,
     /// Clients of the partitions used so far.
-    clients: HashMap<i32, PartitionClient>,
+    clients: HashMap<i32, Arc<PartitionClient>>,
 }
 
 impl KafkaSink {
@@ -133,47 +148,65 @@ impl KafkaSink {
             sasl: config.sasl.clone(),
             options,
         };
-        KafkaSink { settings, conn: None }
+        KafkaSink { settings, conn: tokio::sync::Mutex::new(None), stale: AtomicBool::new(false) }
     }
 
     /// Connects when needed, learns the remote topic and returns the client
-    /// of the remote partition of `batch`.
-    async fn partition_client(&mut self, batch: &Batch) -> Result<&PartitionClient, SinkError> {
+    /// of the remote partition of `batch`. The lock is held to connect and
+    /// to learn a topic's partition count, not while a partition's leader is
+    /// looked up: the first batches of many partitions find their leaders
+    /// concurrently (one round trip, not one per partition).
+    async fn partition_client(&self, batch: &Batch) -> Result<Arc<PartitionClient>, SinkError> {
         let settings = &self.settings;
-        let conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => Connection { client: settings.connect().await?, topics: HashMap::new() },
+        let (client, partition) = {
+            let mut slot = self.conn.lock().await;
+            if self.stale.swap(false, Ordering::AcqRel) {
+                *slot = None;
+            }
+            let conn = match slot.take() {
+                Some(conn) => conn,
+                None => Connection { client: Arc::new(settings.connect().await?), topics: HashMap::new() },
+            };
+            let conn = slot.insert(conn);
+            let partitions = match conn.topics.get(&batch.remote_topic) {
+                Some(topic) => topic.partitions,
+                None => settings.remote_partitions(&conn.client, batch).await?,
+            };
+            let partition = remote_partition(batch.partition, partitions);
+            let topic = conn
+                .topics
+                .entry(batch.remote_topic.clone())
+                .or_insert_with(|| RemoteTopic { partitions, clients: HashMap::new() });
+            if let Some(known) = topic.clients.get(&partition) {
+                return Ok(known.clone());
+            }
+            (conn.client.clone(), partition)
         };
-        let conn = self.conn.insert(conn);
-        let partitions = match conn.topics.get(&batch.remote_topic) {
-            Some(topic) => topic.partitions,
-            None => settings.remote_partitions(&conn.client, batch).await?,
-        };
-        let partition = remote_partition(batch.partition, partitions);
-        let topic = conn
-            .topics
-            .entry(batch.remote_topic.clone())
-            .or_insert_with(|| RemoteTopic { partitions, clients: HashMap::new() });
-        let client = match topic.clients.entry(partition) {
-            Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => slot.insert(
-                conn.client
-                    // Retry: a topic created a moment ago may not have a leader yet.
-                    .partition_client(batch.remote_topic.as_str(), partition, UnknownTopicHandling::Retry)
-                    .await
-                    .map_err(|e| {
-                        let what = format_args!(
-                            "cannot find the leader of topic {:?} partition {partition}",
-                            batch.remote_topic
-                        );
-                        SinkError::new(&settings.context(what), e)
-                    })?,
-            ),
-        };
-        Ok(client)
+        let found = client
+            // Retry: a topic created a moment ago may not have a leader yet.
+            .partition_client(batch.remote_topic.as_str(), partition, UnknownTopicHandling::Retry)
+            .await
+            .map_err(|e| {
+                let what = format_args!(
+                    "cannot find the leader of topic {:?} partition {partition}",
+                    batch.remote_topic
+                );
+                SinkError::new(&settings.context(what), e)
+            })?;
+        let found = Arc::new(found);
+        let mut slot = self.conn.lock().await;
+        // Kept unless the connection was replaced meanwhile.
+        if let Some(conn) = slot.as_mut().filter(|c| Arc::ptr_eq(&c.client, &client)) {
+            if let Some(topic) = conn.topics.get_mut(&batch.remote_topic) {
+                if let Entry::Vacant(v) = topic.clients.entry(partition) {
+                    v.insert(found.clone());
+                }
+            }
+        }
+        Ok(found)
     }
 
-    async fn try_send(&mut self, batch: &Batch) -> Result<(), SinkError> {
+    async fn try_send(&self, batch: &Batch) -> Result<(), SinkError> {
         let records: Vec<Record> = batch.records.iter().map(to_record).collect();
         let compression = self.settings.compression;
         let context = self.settings.context(format_args!(
@@ -311,7 +344,7 @@ impl Settings {
 }
 
 impl Sink for KafkaSink {
-    async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
+    async fn send(&self, batch: &Batch) -> Result<(), SinkError> {
         if batch.records.is_empty() {
             return Ok(());
         }
@@ -320,7 +353,7 @@ impl Sink for KafkaSink {
             Ok(result) => result,
             Err(_) => {
                 // A request may be half written: never reuse that connection.
-                self.conn = None;
+                self.stale.store(true, Ordering::Release);
                 Err(SinkError(self.settings.context(format_args!(
                     "no answer within {}s producing to topic {:?} (local {:?} partition {})",
                     limit.as_secs_f64(),
@@ -332,8 +365,12 @@ impl Sink for KafkaSink {
         }
     }
 
-    fn reset(&mut self) {
-        self.conn = None;
+    fn max_in_flight(&self) -> usize {
+        usize::MAX
+    }
+
+    fn reset(&self) {
+        self.stale.store(true, Ordering::Release);
     }
 }
 
@@ -465,10 +502,10 @@ mod tests {
     fn new_does_no_io_and_reset_drops_nothing_yet() {
         let config =
             UplinkConfig::new("central", sluice_config::UplinkKind::Kafka, vec!["127.0.0.1:1".into()]);
-        let mut sink = KafkaSink::new(&config, "pi-01");
-        assert!(sink.conn.is_none());
+        let sink = KafkaSink::new(&config, "pi-01");
+        assert!(sink.conn.try_lock().is_ok_and(|c| c.is_none()));
         assert_eq!(sink.settings.client_id, "sluice-pi-01");
         sink.reset();
-        assert!(sink.conn.is_none());
+        assert!(sink.conn.try_lock().is_ok_and(|c| c.is_none()));
     }
 }

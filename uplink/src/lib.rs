@@ -6,8 +6,9 @@
 //!   `Batch` it is handed (records with provenance headers).
 //! - `worker`: one loop per uplink: choose the next partition by priority
 //!   (express first, weighted shares, `live_share` for fresh data), read a
-//!   batch from its cursor, send, store the cursor after the ack, back off
-//!   with jitter on errors, cap bandwidth.
+//!   batch from its cursor, send (several batches in flight, one per
+//!   partition), store the cursor after the ack and make cursors durable in
+//!   periodic checkpoints, back off with jitter on errors, cap bandwidth.
 //! - [`kafka`]: the Kafka sink (rskafka, pure Rust).
 //! - [`mqtt`]: the MQTT 5 sink to a central broker (rumqttc).
 //! - [`http`]: the HTTP sink (gzipped JSON lines).
@@ -57,7 +58,9 @@ pub trait Host: Send + Sync + 'static {
     fn ttl(&self, service: &str) -> Option<Duration>;
     /// `scheduler.express_max_share`.
     fn express_max_share(&self) -> f64;
-    /// Makes stored cursors durable; resolves to false when the flush failed.
+    /// Makes stored cursors durable (the uplink's checkpoints, at most every
+    /// `checkpoint_interval`, never on a batch's critical path); resolves to
+    /// false when the flush failed.
     fn flush(&self) -> Pin<Box<dyn Future<Output = bool> + Send>>;
 }
 
@@ -70,9 +73,10 @@ pub struct UplinkHandle {
 }
 
 impl UplinkHandle {
-    /// Waits for the worker to stop (after `shutdown` turned true). A batch
-    /// in flight is abandoned: its cursor was not moved, so it is sent again
-    /// after the restart.
+    /// Waits for the worker to stop (after `shutdown` turned true). Batches
+    /// in flight are abandoned: their cursors were not moved, so they are
+    /// sent again after the restart; acknowledged cursors get a last
+    /// checkpoint.
     pub async fn join(self) {
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "uplink worker failed");

@@ -82,9 +82,16 @@ impl Default for MqttSinkOptions {
 }
 
 /// Sends batches to a central MQTT broker (see the module docs for the
-/// wire format).
+/// wire format), one batch at a time.
 #[derive(Debug)]
 pub struct MqttSink {
+    client_id: String,
+    inner: tokio::sync::Mutex<Inner>,
+}
+
+/// The sink's connection state; one send holds it at a time.
+#[derive(Debug)]
+struct Inner {
     uplink: String,
     brokers: Vec<Broker>,
     client_id: String,
@@ -144,23 +151,46 @@ impl MqttSink {
             .map(|tls| sluice_config::tls::client_config(tls, &format!("uplink[{:?}].tls", config.name)))
             .transpose()
             .map_err(|e| SinkError(e.0))?;
-        Ok(MqttSink {
+        let client_id = format!("sluice-{node}-{}", config.name);
+        let inner = Inner {
             uplink: config.name.clone(),
             brokers,
-            client_id: format!("sluice-{node}-{}", config.name),
+            client_id: client_id.clone(),
             options,
             tls: tls.map(Arc::new),
             preferred: 0,
             session: None,
             max_packet: None,
-        })
+        };
+        Ok(MqttSink { client_id, inner: tokio::sync::Mutex::new(inner) })
     }
 
     /// The MQTT client id, `sluice-<node>-<uplink>`.
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
+}
 
+impl Sink for MqttSink {
+    async fn send(&self, batch: &Batch) -> Result<(), SinkError> {
+        self.inner.lock().await.send(batch).await
+    }
+
+    fn reset(&self) {
+        // The worker resets only between sends; a send in progress keeps
+        // its session (it is dropped with its error anyway).
+        if let Ok(mut inner) = self.inner.try_lock() {
+            inner.session = None;
+        }
+    }
+
+    fn cannot_carry(&self, record: &OutRecord, remote_topic: &str) -> Option<String> {
+        // Asked between sends; during one the send itself checks.
+        self.inner.try_lock().ok()?.cannot_carry(record, remote_topic)
+    }
+}
+
+impl Inner {
     /// Connects to the preferred broker, then to the others in turn.
     async fn connect(&mut self) -> Result<Session, SinkError> {
         let mut failures = Vec::new();
@@ -181,9 +211,7 @@ impl MqttSink {
         }
         Err(SinkError(format!("cannot connect to any MQTT broker: {}", failures.join("; "))))
     }
-}
 
-impl Sink for MqttSink {
     async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
         if batch.records.is_empty() {
             return Ok(());
@@ -209,10 +237,6 @@ impl Sink for MqttSink {
         session.publish_batch(batch, self.options.ack_timeout).await?;
         self.session = Some(session);
         Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.session = None;
     }
 
     fn cannot_carry(&self, record: &OutRecord, remote_topic: &str) -> Option<String> {

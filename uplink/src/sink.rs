@@ -69,9 +69,20 @@ impl SinkError {
 /// A destination on the central side. `send` returns only once the central
 /// side acknowledged every record of the batch (at-least-once: the cursor
 /// moves only after that).
-pub trait Sink: Send + 'static {
+///
+/// Sends take `&self`: the worker keeps up to
+/// `min(max_in_flight, Sink::max_in_flight)` of them in flight at once,
+/// never two of one partition, so a sink that pipelines must only keep the
+/// batches of different partitions independent.
+pub trait Sink: Send + Sync + 'static {
     /// Delivers one batch.
-    fn send(&mut self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn send(&self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// How many sends this sink can have in flight at once (1: one at a
+    /// time).
+    fn max_in_flight(&self) -> usize {
+        1
+    }
 
     /// Why this sink can never carry `record` to `remote_topic` (e.g. it
     /// is larger than the broker's maximum packet size), or `None`. The
@@ -82,5 +93,5 @@ pub trait Sink: Send + 'static {
     }
 
     /// Drops connections after an error so the next send reconnects.
-    fn reset(&mut self) {}
+    fn reset(&self) {}
 }

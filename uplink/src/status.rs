@@ -67,6 +67,17 @@ pub struct UplinkSnapshot {
     pub retries: u64,
     /// Bytes per second forwarded, smoothed.
     pub throughput_bps: f64,
+    /// Batches sent and not acknowledged yet.
+    pub in_flight: u64,
+    /// Most batches in flight at once (the uplink's `max_in_flight`, and
+    /// the sink's limit).
+    pub max_in_flight: u64,
+    /// Cursor checkpoints written (store flushes requested by the uplink).
+    pub checkpoints: u64,
+    /// Records sent again after a restart that an earlier run had handed
+    /// to the sink already (as far as its last checkpoint recorded: a lower
+    /// bound after a crash).
+    pub resent_records: u64,
     /// Per service.
     pub services: BTreeMap<String, ServiceLag>,
 }

@@ -1,24 +1,45 @@
 //! One uplink's forwarding loop: choose the next partition by priority,
 //! read a batch from its cursor, send it, move the cursor after the ack.
 //!
-//! - **Order**: one batch in flight per uplink, so each partition's records
-//!   arrive in offset order.
+//! - **Pipelining with order kept**: up to `max_in_flight` batches (and the
+//!   sink's own limit) are in flight at once, each a task, but never two of
+//!   one partition: a partition's next batch is read only after its last
+//!   one was acknowledged (or failed, and is read again from the cursor).
+//!   So each partition's records arrive in offset order across retries,
+//!   while many partitions share the link; the drain rate is set by the
+//!   link's bandwidth, not its round trip.
+//! - **Batches grow while a backlog exists**: a partition with more unsent
+//!   than `batch_max_bytes` is read in batches of up to
+//!   `backlog_batch_max_bytes` (at most a quarter second of the bandwidth
+//!   cap); after a failure it starts again at `batch_max_bytes` and doubles
+//!   after each acknowledged batch, and a batch refused as too large lowers
+//!   the limit to half its size. Live data goes in `batch_max_bytes`
+//!   batches after `linger`.
 //! - **Priority**: partitions are chosen with the weighted scheduler of
 //!   `sluice-store` (express services first within their cap, then weighted
 //!   shares), in two lanes: *live* partitions, whose oldest unsent record is
 //!   younger than [`LIVE_AGE`], and *backlog* partitions. While both lanes
 //!   have work, the live lane gets `live_share` of the bytes sent, so fresh
 //!   alarms are not stuck behind hours of backlog after an outage.
-//! - **At least once**: the cursor is stored and flushed only after the sink
-//!   acknowledged the batch, so a crash re-sends at most the batch in flight
-//!   per partition.
+//! - **At least once, cursors off the critical path**: the cursor is stored
+//!   (in memory: `Store::set_cursor`) as soon as the sink acknowledged the
+//!   batch, and made durable by a store flush at most every
+//!   `checkpoint_interval`, requested in the background (never one device
+//!   sync per batch). A crash re-sends at most what was acknowledged since
+//!   the last checkpoint plus the batches in flight, per partition; the
+//!   central side drops them by the provenance headers. The end of every
+//!   batch handed to the sink is stored too (the "sent mark", a cursor of
+//!   `<uplink>#sent`), so after a restart records below the last durable
+//!   sent mark are counted as re-sent (`resent_records`, a lower bound
+//!   after a crash: acknowledgements after the last checkpoint are not
+//!   known).
 //! - **Nothing stops a partition**: records past their service's TTL and
 //!   records the sink can never carry ([`Sink::cannot_carry`]) are skipped,
 //!   counted, and the cursor moves past them with the batch they were read
 //!   in.
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::sink::{Batch, OutRecord, Sink};
+use crate::sink::{Batch, OutRecord, Sink, SinkError};
 use crate::status::{State, UplinkStatus};
 use crate::Host;
 use sluice_config::UplinkConfig;
@@ -28,6 +49,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// A partition whose oldest unsent record is younger than this is "live".
 pub const LIVE_AGE: Duration = Duration::from_secs(2);
@@ -39,13 +61,34 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// does not wake the worker; a flush takes a few ms).
 const FLUSH_POLL: Duration = Duration::from_millis(5);
 
+/// Longest wait for the last checkpoint when the worker stops.
+const FINAL_CHECKPOINT: Duration = Duration::from_secs(5);
+
+/// Batches read in one round that carried nothing to send (all skipped)
+/// before the worker lets the rest of the loop run.
+const MAX_EMPTY_READS: u32 = 64;
+
 type Key = (String, u32);
 
 #[derive(Debug)]
 struct Part {
     service: String,
     partitions: u32,
+    /// Next offset to forward: everything before it was acknowledged.
     cursor: Offset,
+    /// A batch of this partition is in flight.
+    busy: bool,
+    /// More than `batch_max_bytes` is waiting.
+    backlog: bool,
+    /// Byte limit of this partition's next backlog batch (grows while the
+    /// backlog lasts).
+    grow: u64,
+    /// The sent mark found at start: records below it were handed to the
+    /// sink by an earlier run (a re-send if sent again).
+    resend_below: Offset,
+    /// The batch after the one in flight, read ahead: (its first offset,
+    /// the batch, where its read ended).
+    ahead: Option<(Offset, Batch, ReadEnd)>,
 }
 
 /// Byte counters of the two lanes while both have work.
@@ -55,12 +98,40 @@ struct LaneShare {
     backlog: u64,
 }
 
+/// One batch handed to the sink.
+struct Flight {
+    key: Key,
+    lane: usize,
+    batch: Batch,
+    read: ReadEnd,
+    bytes: u64,
+    started: Instant,
+}
+
+/// What the worker's tasks report.
+enum Event {
+    Sent(Box<Flight>, Result<(), SinkError>),
+    Checkpoint(bool),
+}
+
+/// Cursor checkpoints: acknowledged cursors are made durable in the
+/// background, at most every `checkpoint_interval`.
+#[derive(Debug)]
+struct Checkpoints {
+    /// Cursors moved since the last checkpoint was requested.
+    dirty: bool,
+    /// A checkpoint is being written.
+    pending: bool,
+    /// When the last one was requested.
+    last: Instant,
+}
+
 pub(crate) struct Worker<S> {
     config: UplinkConfig,
     node: String,
     store: Store,
     host: Arc<dyn Host>,
-    sink: S,
+    sink: Arc<S>,
     status: Arc<UplinkStatus>,
     parts: BTreeMap<Key, Part>,
     services: HashMap<String, ServiceId>,
@@ -71,10 +142,28 @@ pub(crate) struct Worker<S> {
     queued: [HashMap<Key, u32>; 2],
     share: LaneShare,
     backoff: Backoff,
+    /// No new batch before this (backing off after an error).
+    retry_at: Option<Instant>,
     bucket: Option<TokenBucket>,
     /// Some partition has records not flushed yet (not forwarded until
     /// they are: a crash could lose them and reuse their offsets).
     awaiting_flush: bool,
+    /// Send and checkpoint tasks.
+    tasks: JoinSet<Event>,
+    /// Send tasks among them.
+    flights: usize,
+    /// The partition of each send task.
+    sending: HashMap<tokio::task::Id, Key>,
+    /// Most sends in flight.
+    window: usize,
+    /// Largest batch of a backlogged partition: `backlog_batch_max_bytes`,
+    /// lowered when the central side refused a batch as too large.
+    backlog_bytes: u64,
+    checkpoints: Checkpoints,
+    /// When the last acknowledgement came (throughput).
+    last_ack: Option<Instant>,
+    /// Owner name of the sent marks in the store.
+    sent_owner: String,
 }
 
 const LIVE: usize = 0;
@@ -91,12 +180,22 @@ impl<S: Sink> Worker<S> {
     ) -> Worker<S> {
         let bucket = config.max_bytes_per_sec.map(|r| TokenBucket::new(r.as_u64()));
         let share = host.express_max_share();
+        let window = (config.max_in_flight.max(1) as usize).min(sink.max_in_flight().max(1));
+        let mut backlog_bytes = config.backlog_batch_bytes().as_u64();
+        if let Some(cap) = config.max_bytes_per_sec {
+            // A big batch under a small cap would hold the whole link (and
+            // every service's turn) for seconds.
+            backlog_bytes = backlog_bytes.min(cap.as_u64() / 4);
+        }
+        let backlog_bytes = backlog_bytes.max(config.batch_max_bytes.as_u64());
+        status.update(|s| s.max_in_flight = window as u64);
+        let sent_owner = format!("{}#sent", config.name);
         Worker {
             config,
             node,
             store,
             host,
-            sink,
+            sink: Arc::new(sink),
             status,
             parts: BTreeMap::new(),
             services: HashMap::new(),
@@ -104,12 +203,23 @@ impl<S: Sink> Worker<S> {
             queued: Default::default(),
             share: LaneShare::default(),
             backoff: Backoff::new(BackoffConfig::default()),
+            retry_at: None,
             bucket,
             awaiting_flush: false,
+            tasks: JoinSet::new(),
+            flights: 0,
+            sending: HashMap::new(),
+            window,
+            backlog_bytes,
+            checkpoints: Checkpoints { dirty: false, pending: false, last: Instant::now() },
+            last_ack: None,
+            sent_owner,
         }
     }
 
-    /// Runs until `shutdown` turns true.
+    /// Runs until `shutdown` turns true. Batches in flight then are
+    /// abandoned (their cursors did not move: sent again after a restart),
+    /// and the acknowledged cursors are made durable.
     pub(crate) async fn run(
         mut self,
         mut appended: watch::Receiver<u64>,
@@ -117,100 +227,243 @@ impl<S: Sink> Worker<S> {
     ) {
         loop {
             if *shutdown.borrow() {
-                return;
+                break;
             }
-            let wait = match self.step().await {
-                Step::Sent => continue,
-                Step::Idle(wait) => wait,
-                Step::Failed => self.backoff.next_delay(),
-            };
+            let wait = self.fill();
+            let wait = self.checkpoint(wait);
             tokio::select! {
+                _ = shutdown.changed() => {}
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => match done {
+                    Ok((id, event)) => {
+                        self.sending.remove(&id);
+                        self.finished(event);
+                    }
+                    Err(e) => self.task_failed(&e),
+                },
                 _ = appended.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
+            }
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        if self.checkpoints.dirty {
+            match tokio::time::timeout(FINAL_CHECKPOINT, self.host.flush()).await {
+                Ok(true) => self.status.update(|s| s.checkpoints += 1),
+                _ => tracing::warn!(uplink = %self.config.name,
+                    "last cursor checkpoint failed; a restart re-sends what was acknowledged since the previous one"),
             }
         }
     }
 
-    /// One decision: send one batch, or say how long to wait.
-    async fn step(&mut self) -> Step {
-        if let Err(e) = self.refresh() {
-            tracing::error!(uplink = %self.config.name, error = %e, "cannot read the log");
-            return Step::Idle(Duration::from_secs(1));
+    /// Hands batches to the sink until the window is full or nothing is
+    /// ready; returns how long to wait at most before looking again.
+    fn fill(&mut self) -> Duration {
+        if let Some(at) = self.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return at - now;
+            }
+            self.retry_at = None;
         }
-        let Some((key, lane)) = self.pick() else {
-            return Step::Idle(if self.awaiting_flush { FLUSH_POLL } else { Duration::from_secs(1) });
-        };
-        let (batch, read) = match self.read_batch(&key) {
-            Ok(Some(b)) => b,
-            Ok(None) => return Step::Sent,
-            Err(e) => {
+        let mut empty_reads = 0;
+        while self.flights < self.window {
+            if let Err(e) = self.refresh() {
                 tracing::error!(uplink = %self.config.name, error = %e, "cannot read the log");
-                return Step::Idle(Duration::from_secs(1));
+                return Duration::from_secs(1);
             }
-        };
-        let bytes = batch.bytes();
-        // Linger: a small batch of fresh records waits a little for company.
-        let age = Duration::from_millis(
-            u64::try_from(now_ms().saturating_sub(batch.records[0].timestamp_ms)).unwrap_or(0),
-        );
-        if bytes < self.config.batch_max_bytes.as_u64() / 2 && age < self.config.linger {
-            let id = self.service_id(&batch.service);
-            self.enqueue(lane, id, key, 1);
-            return Step::Idle(self.config.linger - age);
-        }
-        if let Some(bucket) = &mut self.bucket {
-            bucket.take(bytes).await;
-        }
-        let started = Instant::now();
-        let result = match tokio::time::timeout(SEND_TIMEOUT, self.sink.send(&batch)).await {
-            Ok(r) => r,
-            Err(_) => Err(crate::SinkError(format!("no acknowledgement within {}s", SEND_TIMEOUT.as_secs()))),
-        };
-        match result {
-            Ok(()) => {
-                self.acknowledged(&key, &batch, read, bytes, started.elapsed(), lane).await;
-                Step::Sent
+            let Some((key, lane)) = self.pick() else {
+                return if self.awaiting_flush { FLUSH_POLL } else { Duration::from_secs(1) };
+            };
+            let (batch, read) = match self.read_batch(&key) {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    empty_reads += 1;
+                    if empty_reads >= MAX_EMPTY_READS {
+                        return Duration::ZERO;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(uplink = %self.config.name, error = %e, "cannot read the log");
+                    return Duration::from_secs(1);
+                }
+            };
+            let bytes = batch.bytes();
+            // Linger: a small batch of fresh records waits a little for company.
+            let age = Duration::from_millis(
+                u64::try_from(now_ms().saturating_sub(batch.records[0].timestamp_ms)).unwrap_or(0),
+            );
+            if bytes < self.config.batch_max_bytes.as_u64() / 2 && age < self.config.linger {
+                let id = self.service_id(&batch.service);
+                self.enqueue(lane, id, key, 1);
+                return self.config.linger - age;
             }
-            Err(e) => {
+            let (ahead_key, from) = (key.clone(), read.next);
+            self.dispatch(Flight { key, lane, batch, read, bytes, started: Instant::now() });
+            self.read_ahead(&ahead_key, from);
+        }
+        Duration::from_secs(1)
+    }
+
+    /// Starts sending one batch in its own task.
+    fn dispatch(&mut self, mut flight: Flight) {
+        let hold = self.bucket.as_mut().map_or(Duration::ZERO, |b| b.reserve(flight.bytes));
+        if let Some(part) = self.parts.get_mut(&flight.key) {
+            part.busy = true;
+        }
+        // The sent mark: durable with the next checkpoint, it tells the
+        // next run which records were handed to the sink already.
+        if let Err(e) = self.store.set_cursor(
+            &self.sent_owner,
+            &flight.key.0,
+            PartitionId(flight.key.1),
+            flight.read.next,
+        ) {
+            tracing::debug!(uplink = %self.config.name, error = %e, "cannot store the sent mark");
+        }
+        self.flights += 1;
+        self.status.update(|s| s.in_flight = self.flights as u64);
+        let sink = self.sink.clone();
+        let key = flight.key.clone();
+        let task = self.tasks.spawn(async move {
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
+            flight.started = Instant::now();
+            let result = match tokio::time::timeout(SEND_TIMEOUT, sink.send(&flight.batch)).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError(format!("no acknowledgement within {}s", SEND_TIMEOUT.as_secs()))),
+            };
+            Event::Sent(Box::new(flight), result)
+        });
+        self.sending.insert(task.id(), key);
+    }
+
+    /// A task panicked (a bug in a sink): a send task's partition is free
+    /// again and its batch is read again from the cursor, as after an error.
+    fn task_failed(&mut self, e: &tokio::task::JoinError) {
+        tracing::error!(uplink = %self.config.name, error = %e, "uplink task failed");
+        match self.sending.remove(&e.id()) {
+            Some(key) => {
+                self.flights = self.flights.saturating_sub(1);
+                self.status.update(|s| s.in_flight = self.flights as u64);
+                if let Some(part) = self.parts.get_mut(&key) {
+                    part.busy = false;
+                    part.ahead = None;
+                }
                 self.sink.reset();
-                let attempts = self.backoff.attempts() + 1;
-                tracing::warn!(uplink = %self.config.name, topic = %key.0, partition = key.1, attempts,
-                    error = %e, "forwarding failed; backing off");
-                self.status.update(|s| {
-                    s.retries += 1;
-                    s.state = State::BackingOff { error: e.0.clone(), attempts };
-                });
-                Step::Failed
+                self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+            }
+            None => {
+                // The checkpoint task: cursors are still to be made durable.
+                self.checkpoints.pending = false;
+                self.checkpoints.dirty = true;
             }
         }
     }
 
-    /// The sink acknowledged `batch`: the cursor moves past every record
-    /// `read` for it, and the skipped ones are counted.
-    async fn acknowledged(
-        &mut self,
-        key: &Key,
-        batch: &Batch,
-        read: ReadEnd,
-        bytes: u64,
-        took: Duration,
-        lane: usize,
-    ) {
-        self.skipped(key, &batch.service, &read);
-        let next = read.next.max(self.parts.get(key).map_or(Offset(0), |p| p.cursor));
-        self.advance(key, next);
-        // Flushed before the next batch, so a crash re-sends at most one
-        // batch per partition.
-        if !self.host.flush().await {
-            tracing::warn!(uplink = %self.config.name, "cursor flush failed; a restart may re-send more");
+    fn finished(&mut self, event: Event) {
+        match event {
+            Event::Checkpoint(ok) => {
+                self.checkpoints.pending = false;
+                if ok {
+                    self.status.update(|s| s.checkpoints += 1);
+                } else {
+                    self.checkpoints.dirty = true;
+                    tracing::warn!(uplink = %self.config.name, "cursor checkpoint failed; retried");
+                }
+            }
+            Event::Sent(flight, result) => {
+                self.flights = self.flights.saturating_sub(1);
+                self.status.update(|s| s.in_flight = self.flights as u64);
+                if let Some(part) = self.parts.get_mut(&flight.key) {
+                    part.busy = false;
+                }
+                match result {
+                    Ok(()) => self.acknowledged(*flight),
+                    Err(e) => self.failed(&flight, &e),
+                }
+            }
         }
+    }
+
+    /// Requests a checkpoint when cursors moved and the last one is at
+    /// least `checkpoint_interval` old; returns `wait`, or less when one is
+    /// due sooner.
+    fn checkpoint(&mut self, wait: Duration) -> Duration {
+        let c = &mut self.checkpoints;
+        if !c.dirty || c.pending {
+            return wait;
+        }
+        let due = c.last + self.config.checkpoint_interval;
+        let now = Instant::now();
+        if now < due {
+            return wait.min(due - now);
+        }
+        c.dirty = false;
+        c.pending = true;
+        c.last = now;
+        let flush = self.host.flush();
+        self.tasks.spawn(async move { Event::Checkpoint(flush.await) });
+        wait
+    }
+
+    fn failed(&mut self, flight: &Flight, e: &SinkError) {
+        let key = &flight.key;
+        self.sink.reset();
+        let batch_max = self.config.batch_max_bytes.as_u64();
+        if let Some(part) = self.parts.get_mut(key) {
+            // Small again, then doubling back (order: the batch is read
+            // again from the cursor).
+            part.grow = batch_max;
+            part.ahead = None;
+        }
+        let lower = e.0.to_ascii_lowercase();
+        if flight.bytes > batch_max && (lower.contains("messagetoolarge") || lower.contains("too large")) {
+            self.backlog_bytes = (flight.bytes / 2).max(batch_max);
+            tracing::warn!(uplink = %self.config.name, bytes = flight.bytes, now = self.backlog_bytes,
+                "the central side refused a batch as too large; backlog batches are smaller from now on");
+        }
+        let now = Instant::now();
+        // One backoff step per outage, not one per batch that was in flight.
+        if self.retry_at.is_none_or(|at| at <= now) {
+            self.retry_at = Some(now + self.backoff.next_delay());
+        }
+        let attempts = self.backoff.attempts();
+        tracing::warn!(uplink = %self.config.name, topic = %key.0, partition = key.1, attempts,
+            error = %e, "forwarding failed; backing off");
+        self.status.update(|s| {
+            s.retries += 1;
+            s.state = State::BackingOff { error: e.0.clone(), attempts };
+        });
+    }
+
+    /// The sink acknowledged a batch: the cursor moves past every record
+    /// read for it (in memory; durable with the next checkpoint), and the
+    /// skipped ones are counted.
+    fn acknowledged(&mut self, flight: Flight) {
+        let Flight { key, lane, batch, read, bytes, started } = flight;
+        self.skipped(&key, &batch.service, &read);
+        let (cursor, resend_below) =
+            self.parts.get(&key).map_or((Offset(0), Offset(0)), |p| (p.cursor, p.resend_below));
+        let resent = batch.records.iter().filter(|r| r.offset < resend_below.0).count() as u64;
+        let next = read.next.max(cursor);
+        self.advance(&key, next);
+        let (batch_max, limit) = (self.config.batch_max_bytes.as_u64(), self.backlog_bytes);
+        if let Some(part) = self.parts.get_mut(&key) {
+            part.grow =
+                if part.backlog { part.grow.saturating_mul(2).clamp(batch_max, limit) } else { batch_max };
+        }
+        self.checkpoints.dirty = true;
         self.backoff.reset();
         match lane {
             LIVE => self.share.live += bytes,
             _ => self.share.backlog += bytes,
         }
-        let secs = took.as_secs_f64().max(1e-3);
+        let now = Instant::now();
+        let since = self.last_ack.map_or(started, |last| last.max(started));
+        self.last_ack = Some(now);
+        let secs = now.duration_since(since).as_secs_f64().max(1e-3);
         self.status.update(|s| {
             s.state = State::Connected;
             s.throughput_bps = if s.throughput_bps == 0.0 {
@@ -218,6 +471,7 @@ impl<S: Sink> Worker<S> {
             } else {
                 0.8 * s.throughput_bps + 0.2 * (bytes as f64 / secs)
             };
+            s.resent_records += resent;
             let svc = s.services.entry(batch.service.clone()).or_default();
             svc.sent_records += batch.records.len() as u64;
             svc.sent_bytes += bytes;
@@ -240,9 +494,12 @@ impl<S: Sink> Worker<S> {
         }
     }
 
+    /// Moves a partition's cursor: at once in the store's memory, durable
+    /// with the next checkpoint.
     fn advance(&mut self, key: &Key, next: Offset) {
         if let Some(p) = self.parts.get_mut(key) {
             p.cursor = next;
+            self.checkpoints.dirty = true;
             if let Err(e) = self.store.set_cursor(&self.config.name, &key.0, PartitionId(key.1), next) {
                 tracing::error!(uplink = %self.config.name, error = %e, "cannot store the uplink cursor");
             }
@@ -265,9 +522,21 @@ impl<S: Sink> Worker<S> {
                 if !self.parts.contains_key(&key) {
                     let cursor =
                         self.store.cursor(&self.config.name, &t.name, PartitionId(p))?.unwrap_or(Offset(0));
+                    let sent =
+                        self.store.cursor(&self.sent_owner, &t.name, PartitionId(p))?.unwrap_or(Offset(0));
                     self.parts.insert(
                         key.clone(),
-                        Part { service: t.service.clone(), partitions: t.partitions, cursor },
+                        Part {
+                            service: t.service.clone(),
+                            partitions: t.partitions,
+                            cursor,
+                            busy: false,
+                            backlog: false,
+                            // A backlog goes in big batches from the start.
+                            grow: self.backlog_bytes,
+                            resend_below: sent,
+                            ahead: None,
+                        },
                     );
                 }
                 let Some(part) = self.parts.get_mut(&key) else { continue };
@@ -305,6 +574,15 @@ impl<S: Sink> Worker<S> {
                     lane_entry.oldest_unsent_ms = Some(lane_entry.oldest_unsent_ms.map_or(a, |o| o.max(a)));
                 }
                 let lane = if age.is_some_and(|a| a > LIVE_AGE.as_millis() as u64) { BACKLOG } else { LIVE };
+                // Big batches for a backlog only; fresh data goes in small
+                // ones after `linger`.
+                if let Some(part) = self.parts.get_mut(&key) {
+                    part.backlog = lane == BACKLOG && lag_bytes > self.config.batch_max_bytes.as_u64();
+                    if part.busy {
+                        // Its next batch is read after this one's ack (order).
+                        continue;
+                    }
+                }
                 let other = 1 - lane;
                 let service = t.service.clone();
                 let id = self.service_id(&service);
@@ -388,30 +666,80 @@ impl<S: Sink> Worker<S> {
             };
             let (_, key) = self.lanes[lane].pop()?;
             match self.queued[lane].get_mut(&key) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    return Some((key, lane));
-                }
+                Some(n) if *n > 1 => *n -= 1,
                 Some(_) => {
                     self.queued[lane].remove(&key);
-                    return Some((key, lane));
                 }
                 // Stale: the partition moved lanes.
-                None => {}
+                None => continue,
             }
+            // A batch of it is in flight: queued again after the ack.
+            if self.parts.get(&key).is_some_and(|p| p.busy) {
+                continue;
+            }
+            return Some((key, lane));
         }
     }
 
-    /// Reads the next batch of a partition from its cursor, and where the
-    /// read ended; leaves out records past their service's TTL and records
+    /// The next batch of a partition from its cursor (read ahead already,
+    /// or read now), and where the read ended; leaves out records past their service's TTL and records
     /// the sink cannot carry (counted once the cursor moves past them).
     /// None when only such records were read (then counted, and the cursor
     /// moved past them, at once).
     fn read_batch(&mut self, key: &Key) -> Result<Option<(Batch, ReadEnd)>, sluice_store::StoreError> {
+        let Some(part) = self.parts.get_mut(key) else { return Ok(None) };
+        let cursor = part.cursor;
+        if let Some((from, batch, read)) = part.ahead.take() {
+            if from == cursor {
+                return Ok(Some((batch, read)));
+            }
+        }
+        let limit = if part.backlog { part.grow } else { self.config.batch_max_bytes.as_u64() };
+        let Some((batch, read)) = self.read_from(key, cursor, limit)? else { return Ok(None) };
+        if batch.records.is_empty() {
+            self.skipped(key, &batch.service, &read);
+            self.advance(key, read.next);
+            return Ok(None);
+        }
+        Ok(Some((batch, read)))
+    }
+
+    /// Reads the batch after the one just dispatched for `key` (ending at
+    /// `from`) while that one is in flight, so it is ready the moment the
+    /// acknowledgement comes: reading overlaps the round trip. Only for a
+    /// partition with a backlog; dropped if the cursor ends up elsewhere
+    /// (a failure).
+    fn read_ahead(&mut self, key: &Key, from: Offset) {
+        let Some(part) = self.parts.get(key) else { return };
+        if !part.backlog {
+            return;
+        }
+        let limit =
+            part.grow.saturating_mul(2).clamp(self.config.batch_max_bytes.as_u64(), self.backlog_bytes);
+        match self.read_from(key, from, limit) {
+            Ok(Some((batch, read))) if !batch.records.is_empty() => {
+                if let Some(part) = self.parts.get_mut(key) {
+                    part.ahead = Some((from, batch, read));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(uplink = %self.config.name, error = %e, "read-ahead failed"),
+        }
+    }
+
+    /// Reads up to `limit` bytes of flushed records of a partition from
+    /// `from`; the batch may be empty when every record read was skipped.
+    /// None when nothing flushed is there.
+    fn read_from(
+        &self,
+        key: &Key,
+        from: Offset,
+        limit: u64,
+    ) -> Result<Option<(Batch, ReadEnd)>, sluice_store::StoreError> {
         let Some(part) = self.parts.get(key) else { return Ok(None) };
-        let (service, partitions, cursor) = (part.service.clone(), part.partitions, part.cursor);
-        let max_bytes = usize::try_from(self.config.batch_max_bytes.as_u64()).unwrap_or(usize::MAX);
-        let mut read = self.store.read(&key.0, PartitionId(key.1), cursor, 100_000, max_bytes)?;
+        let (service, partitions) = (part.service.clone(), part.partitions);
+        let max_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut read = self.store.read(&key.0, PartitionId(key.1), from, 100_000, max_bytes)?;
         let flushed =
             self.store.topic(&key.0).and_then(|t| t.partitions.get(key.1 as usize).map(|p| p.flushed));
         read.records.retain(|r| flushed.is_some_and(|f| r.offset < f));
@@ -451,11 +779,6 @@ impl<S: Sink> Worker<S> {
         }
         let Some(next) = last.map(Offset::next) else { return Ok(None) };
         let read = ReadEnd { next, expired, unfit };
-        if records.is_empty() {
-            self.skipped(key, &service, &read);
-            self.advance(key, next);
-            return Ok(None);
-        }
         let batch =
             Batch { topic: key.0.clone(), partition: key.1, partitions, remote_topic, service, records };
         Ok(Some((batch, read)))
@@ -464,18 +787,13 @@ impl<S: Sink> Worker<S> {
 
 /// Where a read for a batch ended: the offset after its last record, and
 /// the records left out of the batch.
+#[derive(Debug)]
 struct ReadEnd {
     next: Offset,
     /// Records past their service's TTL.
     expired: u64,
     /// (offset, why) of records the sink cannot carry.
     unfit: Vec<(u64, String)>,
-}
-
-enum Step {
-    Sent,
-    Idle(Duration),
-    Failed,
 }
 
 /// Bytes-per-second cap shared by everything one uplink sends; the
@@ -492,17 +810,20 @@ impl TokenBucket {
         TokenBucket { rate: rate as f64, tokens: 0.0, last: Instant::now() }
     }
 
-    /// Waits until `bytes` may be sent. A batch larger than one second's
-    /// allowance waits proportionally longer; the debt is paid before the
-    /// next one.
-    async fn take(&mut self, bytes: u64) {
+    /// Takes `bytes` from the bucket and says how long their batch must
+    /// wait before it is sent. A batch larger than one second's allowance
+    /// waits proportionally longer; the debt is paid by the batches after
+    /// it, which wait longer still.
+    fn reserve(&mut self, bytes: u64) -> Duration {
         let now = Instant::now();
         // At most one second of unused allowance accumulates.
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
         self.last = now;
         self.tokens -= bytes as f64;
         if self.tokens < 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        } else {
+            Duration::ZERO
         }
     }
 }

@@ -152,7 +152,7 @@ fn simple(first: u64, n: u64) -> Batch {
 #[tokio::test]
 async fn batch_arrives_as_gzipped_json_lines() {
     let server = Server::start().await;
-    let mut sink = sink(vec![server.url()], HttpSinkOptions::default());
+    let sink = sink(vec![server.url()], HttpSinkOptions::default());
     let b = batch(vec![
         record(40, Some(b"dev-1"), br#"{"t":21.5}"#),
         record(41, None, &[0, 1, 2, 0xff]),
@@ -205,7 +205,7 @@ async fn batch_arrives_as_gzipped_json_lines() {
 #[tokio::test]
 async fn batches_share_one_keep_alive_connection() {
     let server = Server::start().await;
-    let mut sink = sink(vec![server.url()], HttpSinkOptions::default());
+    let sink = sink(vec![server.url()], HttpSinkOptions::default());
     for i in 0..3 {
         sink.send(&simple(i * 10, 10)).await.unwrap();
     }
@@ -217,7 +217,7 @@ async fn batches_share_one_keep_alive_connection() {
 #[tokio::test]
 async fn error_status_fails_with_url_status_and_body() {
     let server = Server::start().await;
-    let mut sink = sink(vec![server.url()], HttpSinkOptions::default());
+    let sink = sink(vec![server.url()], HttpSinkOptions::default());
     server.central.status.store(500, Ordering::SeqCst);
     let err = sink.send(&simple(0, 2)).await.unwrap_err();
     assert!(err.0.contains(&server.url()), "{err}");
@@ -237,7 +237,7 @@ async fn unreachable_server_is_an_error_not_a_hang() {
     // A port nothing listens on.
     let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let url = format!("http://{addr}/ingest");
-    let mut sink = sink(vec![url.clone()], HttpSinkOptions::default());
+    let sink = sink(vec![url.clone()], HttpSinkOptions::default());
     let err = tokio::time::timeout(GUARD, sink.send(&simple(0, 1))).await.expect("send hung").unwrap_err();
     assert!(err.0.contains(&url), "{err}");
 }
@@ -256,7 +256,7 @@ async fn silent_server_times_out() {
     // A server that never answers fails any response timeout; a short one
     // keeps the test short.
     let options = HttpSinkOptions { response_timeout: Duration::from_secs(1), ..HttpSinkOptions::default() };
-    let mut sink = sink(vec![format!("http://{addr}/ingest")], options);
+    let sink = sink(vec![format!("http://{addr}/ingest")], options);
     let err = tokio::time::timeout(GUARD, sink.send(&simple(0, 1))).await.expect("send hung").unwrap_err();
     assert!(err.0.contains("no answer within"), "{err}");
     silent.abort();
@@ -266,7 +266,7 @@ async fn silent_server_times_out() {
 async fn restarted_server_is_reached_on_a_fresh_connection() {
     let server = Server::start().await;
     let addr = server.addr;
-    let mut sink = sink(vec![server.url()], HttpSinkOptions::default());
+    let sink = sink(vec![server.url()], HttpSinkOptions::default());
     sink.send(&simple(0, 1)).await.unwrap();
     // The server goes away, closing the idle keep-alive connection...
     server.stop().await;
@@ -284,7 +284,7 @@ async fn restarted_server_is_reached_on_a_fresh_connection() {
 async fn stale_keep_alive_connection_is_replaced_without_an_error() {
     let server = Server::start().await;
     let addr = server.addr;
-    let mut sink = sink(vec![server.url()], HttpSinkOptions::default());
+    let sink = sink(vec![server.url()], HttpSinkOptions::default());
     sink.send(&simple(0, 1)).await.unwrap();
     // Server restarts between two batches: the sink's pooled connection is
     // dead, the next send must still succeed on its first try.
@@ -299,7 +299,7 @@ async fn stale_keep_alive_connection_is_replaced_without_an_error() {
 async fn unreachable_first_url_fails_over_to_the_next() {
     let server = Server::start().await;
     let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let mut sink = sink(vec![format!("http://{dead}/ingest"), server.url()], HttpSinkOptions::default());
+    let sink = sink(vec![format!("http://{dead}/ingest"), server.url()], HttpSinkOptions::default());
     sink.send(&simple(0, 3)).await.unwrap();
     assert_eq!(server.received()[0].lines.len(), 3);
     server.stop().await;
@@ -333,7 +333,7 @@ async fn https_with_a_client_certificate_delivers_and_an_untrusted_server_fails(
         config.tls = Some(tls);
         HttpSink::with_options(&config, "pi-01", HttpSinkOptions::default()).unwrap()
     };
-    let mut sink = tls_sink(UplinkTls {
+    let sink = tls_sink(UplinkTls {
         ca: Some(certs.path("ca.pem")),
         cert: Some(certs.path("client.pem")),
         key: Some(certs.path("client.key")),
@@ -346,7 +346,7 @@ async fn https_with_a_client_certificate_delivers_and_an_untrusted_server_fails(
     assert_eq!(offsets, [0, 1, 2, 3, 4]);
     assert_eq!(server.central.peers.lock().unwrap().len(), 1, "both batches on one TLS connection");
 
-    let mut untrusting = tls_sink(UplinkTls { ca: Some(certs.path("other-ca.pem")), cert: None, key: None });
+    let untrusting = tls_sink(UplinkTls { ca: Some(certs.path("other-ca.pem")), cert: None, key: None });
     let err = untrusting.send(&simple(5, 1)).await.unwrap_err();
     assert!(err.0.contains(&format!("TLS handshake with {url} failed")), "{err}");
     assert!(err.0.contains("UnknownIssuer"), "{err}");

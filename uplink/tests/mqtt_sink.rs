@@ -179,7 +179,7 @@ async fn silent_broker_times_out_instead_of_hanging() {
     // A frozen broker never answers, so any ack timeout ends in an error;
     // a short one keeps the test short.
     let options = MqttSinkOptions { ack_timeout: Duration::from_secs(1), ..MqttSinkOptions::default() };
-    let mut sink = sink(vec![broker.addr()], options);
+    let sink = sink(vec![broker.addr()], options);
     sink.send(&batch("edge/x", 0, 2)).await.unwrap();
 
     broker.freeze(true);
@@ -210,7 +210,7 @@ async fn unreachable_first_broker_fails_over_to_the_next() {
 
     // Every broker down: one error naming each.
     let config = UplinkConfig::new("central", UplinkKind::Mqtt, vec![format!("127.0.0.1:{}", free_port())]);
-    let mut lonely = MqttSink::new(&config, "pi-01").unwrap();
+    let lonely = MqttSink::new(&config, "pi-01").unwrap();
     let err = tokio::time::timeout(GUARD, lonely.send(&b)).await.unwrap().unwrap_err();
     assert!(
         err.0.contains("cannot connect to any MQTT broker") && err.0.contains(&config.brokers[0]),
@@ -228,7 +228,7 @@ async fn refused_publish_fails_the_batch() {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(acl.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
     let broker = Mosquitto::start_on(free_port(), &format!("acl_file {}", acl.path().display()));
-    let mut sink = sink(vec![broker.addr()], MqttSinkOptions::default());
+    let sink = sink(vec![broker.addr()], MqttSinkOptions::default());
     sink.send(&batch("edge/ok", 0, 2)).await.unwrap();
     let err = sink.send(&batch("denied/x", 5, 2)).await.unwrap_err();
     assert!(err.0.contains("NotAuthorized") && err.0.contains("offset 5"), "{err}");
@@ -237,7 +237,7 @@ async fn refused_publish_fails_the_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_topic_is_refused_before_publishing() {
     let broker = Mosquitto::start();
-    let mut sink = sink(vec![broker.addr()], MqttSinkOptions::default());
+    let sink = sink(vec![broker.addr()], MqttSinkOptions::default());
     let err = sink.send(&batch("edge/+/x", 0, 1)).await.unwrap_err();
     assert!(err.0.contains("wildcard"), "{err}");
 }
@@ -257,7 +257,7 @@ async fn reset_and_drop_end_the_event_loop_task() {
         false
     };
 
-    let mut sink = sink(vec![broker.addr()], MqttSinkOptions::default());
+    let sink = sink(vec![broker.addr()], MqttSinkOptions::default());
     sink.send(&batch("edge/z", 0, 1)).await.unwrap();
     assert_eq!(metrics.num_alive_tasks(), baseline + 1);
     sink.reset();
@@ -309,12 +309,12 @@ async fn tls_with_a_client_certificate_delivers_and_failures_say_why() {
         assert_eq!(next_record(&sub), expected(topic, r), "record at offset {}", r.offset);
     }
 
-    let mut untrusting = tls_sink(UplinkTls { ca: Some(certs.path("other-ca.pem")), cert: None, key: None });
+    let untrusting = tls_sink(UplinkTls { ca: Some(certs.path("other-ca.pem")), cert: None, key: None });
     let err = untrusting.send(&batch(topic, 20, 1)).await.expect_err("server certificate not trusted");
     assert!(err.to_string().contains(&broker.addr()), "{err}");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 
-    let mut anonymous = tls_sink(UplinkTls { ca: Some(certs.path("ca.pem")), cert: None, key: None });
+    let anonymous = tls_sink(UplinkTls { ca: Some(certs.path("ca.pem")), cert: None, key: None });
     let err = anonymous.send(&batch(topic, 20, 1)).await.expect_err("no client certificate");
     assert!(err.to_string().starts_with("cannot connect to any MQTT broker"), "{err}");
 }

@@ -160,6 +160,10 @@ pub(super) fn uplinks_json(shared: &Shared) -> serde_json::Value {
                 "retries": u.retries,
                 "throughput_bytes_per_sec": u.throughput_bps,
                 "eta_seconds": u.eta_seconds(),
+                "in_flight": u.in_flight,
+                "max_in_flight": u.max_in_flight,
+                "checkpoints": u.checkpoints,
+                "resent_records": u.resent_records,
                 "services": services,
             })
         })

@@ -132,10 +132,12 @@ impl Tansu {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("broker")
             .args(["--listener-url", &format!("tcp://127.0.0.1:{}", self.port)])
-            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{}", self.advertised_port)])
+            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{}", self.advertised_port)]);
+        if !self.args.iter().any(|a| a == "--storage-engine") {
             // Relative to the working directory: the temporary directory.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .arg("--silent")
+            cmd.args(["--storage-engine", "sqlite://tansu.db"]);
+        }
+        cmd.arg("--silent")
             .args(&self.args)
             .current_dir(self.dir.path())
             .env_remove("CLUSTER_ID")
