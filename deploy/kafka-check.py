@@ -64,6 +64,12 @@ def main():
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
         "check.crcs": True,
+        # Small fetches: tansu 0.6 answers a fetch that spans many small
+        # batches slowly enough to time out; a small response limit keeps
+        # each fetch short.
+        "fetch.max.bytes": 2 * 1024 * 1024,
+        "message.max.bytes": 1024 * 1024,
+        "max.partition.fetch.bytes": 64 * 1024,
     }
     if args.ca:
         config["ssl.ca.location"] = args.ca

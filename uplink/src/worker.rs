@@ -190,6 +190,7 @@ impl<S: Sink> Worker<S> {
         let backlog_bytes = backlog_bytes.max(config.batch_max_bytes.as_u64());
         status.update(|s| s.max_in_flight = window as u64);
         let sent_owner = format!("{}#sent", config.name);
+        let checkpoint_interval = config.checkpoint_interval;
         Worker {
             config,
             node,
@@ -211,7 +212,14 @@ impl<S: Sink> Worker<S> {
             sending: HashMap::new(),
             window,
             backlog_bytes,
-            checkpoints: Checkpoints { dirty: false, pending: false, last: Instant::now() },
+            // The first checkpoint is due as soon as a cursor moves: a node
+            // that crashes within `checkpoint_interval` of every start does
+            // not re-send its whole backlog each time.
+            checkpoints: Checkpoints {
+                dirty: false,
+                pending: false,
+                last: Instant::now().checked_sub(checkpoint_interval).unwrap_or_else(Instant::now),
+            },
             last_ack: None,
             sent_owner,
         }

@@ -43,6 +43,8 @@ kind = "kafka"
 brokers = ["{bootstrap}"]
 linger = "50ms"
 batch_max_bytes = "64KiB"
+backlog_batch_max_bytes = "64KiB"
+checkpoint_interval = "100ms"
 "#,
         mixed_config(3, 2)
     )
@@ -137,6 +139,12 @@ async fn sigkill_loop_under_mixed_load_loses_nothing_acknowledged() {
         checks += assert_stored(&gw, "events", &snapshot, &format!("cycle {cycle}")).await;
         checks += assert_stored(&gw, "plant", &durable_mqtt, &format!("cycle {cycle} (MQTT)")).await;
     }
+    // (The uplink checkpoints its cursors every 100 ms here, the first one
+    // at once: most kills find durable cursors to check.)
+    assert!(
+        cursors >= CYCLES as usize / 2,
+        "only {cursors} durable uplink cursors found after {CYCLES} kills"
+    );
     wait_drained(&gw).await;
     let events = assert_all_delivered(&gw, &tansu.bootstrap(), "events").await;
     let plant = assert_all_delivered(&gw, &tansu.bootstrap(), "plant").await;
