@@ -226,15 +226,13 @@ fn package_config_is_the_defaults() {
         })
         .collect();
     let all_set = Config::from_toml_str(&uncommented.join("\n")).expect("uncommented package config");
-    let v5 =
-        MqttConfig { listen_v5: Some("0.0.0.0:1884".parse().expect("address")), ..MqttConfig::default() };
     assert_eq!(
         all_set.node,
         sluice_config::NodeConfig { data_dir: "/var/lib/sluice".into(), ..Default::default() }
     );
     assert_eq!(
         (&all_set.mqtt, &all_set.http, &all_set.store),
-        (&v5, &HttpConfig::default(), &StoreConfig::default())
+        (&MqttConfig::default(), &HttpConfig::default(), &StoreConfig::default())
     );
 }
 
