@@ -1,8 +1,8 @@
-//! Drain benchmark (issue 17), not a timed test: ignored by default. Run
+//! Drain benchmark (issue 17), a benchmark target, not a test. Run
 //!
 //! ```text
-//! SLUICE_BENCH_DELAY_MS=0,25 SLUICE_BENCH_RUNS=3 \
-//!   cargo test --release -p sluice-uplink --test drain_bench -- --ignored --nocapture
+//! SLUICE_BENCH_DELAY_MS=0,25 SLUICE_BENCH_RUNS=3 cargo bench -p sluice-uplink --bench drain
+//! cargo bench -p sluice-uplink --bench drain -- sink-only   # the Kafka sink alone
 //! ```
 //!
 //! A stored backlog of `SLUICE_BENCH_RECORDS` (default 100,000) records of
@@ -16,6 +16,7 @@
 //! broker by its watermarks. Prints one line per run and the medians.
 #![allow(clippy::unwrap_used, clippy::print_stdout, dead_code)]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::tansu::Tansu;
@@ -249,8 +250,16 @@ async fn librdkafka_run(bootstrap: &str, topic: &str, n: usize, headers: bool) -
     v["rate"].as_f64().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark: run with --ignored --nocapture"]
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // (`cargo bench` passes --bench; the one argument of ours is the mode.)
+    if std::env::args().skip(1).any(|a| a == "sink-only") {
+        rt.block_on(sink_only_bench());
+    } else {
+        rt.block_on(drain_bench());
+    }
+}
+
 async fn drain_bench() {
     let n = env_list("SLUICE_BENCH_RECORDS", "100000")[0] as usize;
     let runs = env_list("SLUICE_BENCH_RUNS", "3")[0];
@@ -317,8 +326,6 @@ async fn latency_proxy_on(port: u16, target: u16, delay: Duration) -> (u16, toki
 
 /// Diagnosis: the Kafka sink alone (batches prepared in memory, 4
 /// partitions concurrently), with and without sluice's provenance headers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn sink_only_bench() {
     use sluice_uplink::{Batch, OutRecord, Sink};
     let n = env_list("SLUICE_BENCH_RECORDS", "100000")[0] as usize;
