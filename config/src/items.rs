@@ -303,6 +303,75 @@ pub struct UplinkConfig {
     /// Kafka only: authenticate with SASL. Default none.
     #[serde(default)]
     pub sasl: Option<UplinkSasl>,
+    /// A metered link: a byte budget per period, spent in priority order.
+    /// Default none (unmetered).
+    #[serde(default)]
+    pub budget: Option<UplinkBudget>,
+}
+
+/// `budget = { bytes = "50MiB", period = "1d", reserve = 0.1,
+/// windows = ["01:00-05:00"], always = ["alarms"] }` of an uplink: what a
+/// metered link may carry per period, and when bulk data may use it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkBudget {
+    /// Required. Bytes the uplink may send per period (keys, values,
+    /// headers and the framing of records and batches, counted before
+    /// compression: the wire carries at most this).
+    pub bytes: ByteSize,
+    /// Length of a budget period; periods start at multiples of it since
+    /// 1970-01-01 00:00 UTC (a day: at midnight UTC). Default 1d, 1s..=366d.
+    #[serde(default = "default_budget_period", deserialize_with = "crate::duration::deserialize")]
+    pub period: Duration,
+    /// Share of the budget kept for the `always` services, in [0, 1): the
+    /// others stop when less than this is left. Default 0.1.
+    #[serde(default = "default_budget_reserve")]
+    pub reserve: f64,
+    /// UTC time windows `"HH:MM-HH:MM"` (may wrap past midnight) when the
+    /// services not in `always` may send. Default none: at any time.
+    #[serde(default)]
+    pub windows: Vec<String>,
+    /// Services that may spend the reserve and send outside `windows`.
+    /// Default: the express services.
+    #[serde(default)]
+    pub always: Option<Vec<String>>,
+}
+
+impl UplinkBudget {
+    /// `windows` as (start, end) minutes of the UTC day; end may be lower
+    /// than start (the window wraps past midnight). An error names the
+    /// first window that is not `"HH:MM-HH:MM"`.
+    pub fn window_minutes(&self) -> Result<Vec<(u32, u32)>, String> {
+        self.windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                parse_window(w).ok_or_else(|| format!("windows[{i}]: {w:?} is not \"HH:MM-HH:MM\""))
+            })
+            .collect()
+    }
+}
+
+fn parse_window(w: &str) -> Option<(u32, u32)> {
+    let minute = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        if h.len() != 2 || m.len() != 2 {
+            return None;
+        }
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let (a, b) = w.split_once('-')?;
+    let (a, b) = (minute(a)?, minute(b)?);
+    (a != b).then_some((a, b))
+}
+
+fn default_budget_period() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+fn default_budget_reserve() -> f64 {
+    0.1
 }
 
 /// `tls = { ca = "...", cert = "...", key = "..." }` of an uplink.
@@ -446,6 +515,7 @@ impl UplinkConfig {
             create_topics: default_create_topics(),
             tls: None,
             sasl: None,
+            budget: None,
         }
     }
 

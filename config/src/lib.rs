@@ -70,7 +70,7 @@ pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, FieldError};
 pub use items::{
     Compression, Durability, ListenerTls, OnFull, RetentionConfig, RouteConfig, SaslMechanism, ServiceConfig,
-    TopicConfig, UplinkConfig, UplinkKind, UplinkSasl, UplinkTls,
+    TopicConfig, UplinkBudget, UplinkConfig, UplinkKind, UplinkSasl, UplinkTls,
 };
 pub use model::{
     Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig, Unrouted,

@@ -359,6 +359,9 @@ pub(crate) mod limits {
         (Duration::from_millis(1), Duration::from_secs(10));
     pub(crate) const MAX_HTTP_WAIT: Duration = Duration::from_secs(3600);
     pub(crate) const MAX_LINGER: Duration = Duration::from_secs(60);
+    /// An uplink's `budget.period`.
+    pub(crate) const BUDGET_PERIOD: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(366 * 86_400));
     /// An uplink's `max_in_flight`.
     pub(crate) const MAX_IN_FLIGHT: u32 = 64;
     pub(crate) const RATE_BURST: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));

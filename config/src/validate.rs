@@ -249,6 +249,24 @@ impl Problems {
                 format!("{label}.checkpoint_interval"),
                 dur_range(u.checkpoint_interval, limits::CHECKPOINT),
             );
+            if let Some(b) = &u.budget {
+                self.check(format!("{label}.budget.bytes"), at_least(b.bytes, ByteSize(1)));
+                self.check(format!("{label}.budget.period"), dur_range(b.period, limits::BUDGET_PERIOD));
+                if !(0.0..1.0).contains(&b.reserve) {
+                    self.add(
+                        format!("{label}.budget.reserve"),
+                        format!("{} is out of range [0, 1)", b.reserve),
+                    );
+                }
+                if let Err(e) = b.window_minutes() {
+                    self.add(format!("{label}.budget.windows"), e);
+                }
+                for (j, name) in b.always.iter().flatten().enumerate() {
+                    if !cfg.services.iter().any(|s| &s.name == name) {
+                        self.add(format!("{label}.budget.always[{j}]"), format!("unknown service {name:?}"));
+                    }
+                }
+            }
             self.kafka_options(u, label);
         }
     }

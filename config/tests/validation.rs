@@ -354,6 +354,37 @@ fn uplink_numbers() {
 }
 
 #[test]
+fn uplink_budget() {
+    let base = "brokers = [\"k:1\"]\n";
+    let budget = |fields: &str| uplink("kafka", &format!("{base}budget = {{ {fields} }}\n"));
+    assert_problem(&budget("bytes = 0"), "uplink[\"up\"].budget.bytes", &["0B"]);
+    assert_problem(
+        &budget("bytes = \"1MiB\", period = \"0s\""),
+        "uplink[\"up\"].budget.period",
+        &["out of range"],
+    );
+    assert_problem(
+        &budget("bytes = \"1MiB\", reserve = 1.0"),
+        "uplink[\"up\"].budget.reserve",
+        &["1 is out of range [0, 1)"],
+    );
+    assert_problem(
+        &budget("bytes = \"1MiB\", windows = [\"01:00-05:00\", \"25:00-26:00\"]"),
+        "uplink[\"up\"].budget.windows",
+        &["windows[1]", "\"25:00-26:00\"", "HH:MM-HH:MM"],
+    );
+    assert_problem(
+        &budget("bytes = \"1MiB\", always = [\"nobody\"]"),
+        "uplink[\"up\"].budget.always[0]",
+        &["unknown service \"nobody\""],
+    );
+    let ok = budget("bytes = \"1MiB\", period = \"1h\", reserve = 0.0, windows = [\"22:00-06:00\"]");
+    let cfg = Config::from_toml_str(&ok).expect("a valid budget");
+    let b = cfg.uplinks[0].budget.as_ref().expect("budget");
+    assert_eq!(b.window_minutes(), Ok(vec![(22 * 60, 6 * 60)]));
+}
+
+#[test]
 fn all_problems_are_reported_together() {
     let text = "[store]\nsync_window = \"5s\"\n[[service]]\nname = \"a\"\nweight = 0\n";
     let err = Config::from_toml_str(text).expect_err("two problems");

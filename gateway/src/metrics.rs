@@ -362,6 +362,23 @@ fn render_uplinks(out: &mut Out, uplinks: &[sluice_uplink::UplinkSnapshot]) {
     for u in uplinks {
         out.sample("sluice_uplink_resent_records_total", &[("uplink", &u.name)], u.resent_records);
     }
+    type Budget = fn(&sluice_uplink::BudgetStatus) -> f64;
+    let budget: [(&str, &str, Budget); 4] = [
+        ("sluice_uplink_budget_bytes", "Metered link: bytes per budget period", |b| b.bytes as f64),
+        ("sluice_uplink_budget_used_bytes", "Metered link: bytes charged in this period", |b| b.used as f64),
+        ("sluice_uplink_budget_left_bytes", "Metered link: bytes left in this period", |b| b.left as f64),
+        ("sluice_uplink_budget_bulk_open", "Metered link: 1 when services outside `always` may send", |b| {
+            f64::from(u8::from(b.bulk_open))
+        }),
+    ];
+    for (name, help, get) in budget {
+        out.family(name, "gauge", help);
+        for u in uplinks {
+            if let Some(b) = &u.budget {
+                out.sample(name, &[("uplink", &u.name)], get(b));
+            }
+        }
+    }
     type Get = fn(&sluice_uplink::ServiceLag) -> f64;
     let per_service: [(&str, &str, &str, Get); 8] = [
         ("sluice_uplink_lag_records", "gauge", "Records not forwarded yet", |s| s.lag_records as f64),

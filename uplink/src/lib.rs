@@ -20,6 +20,7 @@
 //! implements; it knows nothing of HTTP ingest or MQTT ingest.
 
 pub mod backoff;
+mod budget;
 pub mod http;
 pub mod kafka;
 pub mod mqtt;
@@ -27,6 +28,7 @@ pub mod sink;
 pub mod status;
 mod worker;
 
+pub use budget::BudgetStatus;
 pub use sink::{Batch, OutRecord, Sink, SinkError};
 pub use status::{ServiceLag, State, UplinkSnapshot, UplinkStatus};
 pub use worker::LIVE_AGE;

@@ -42,14 +42,16 @@ pub struct Batch {
 impl Batch {
     /// Bytes of keys, values and headers (what bandwidth caps count).
     pub fn bytes(&self) -> u64 {
-        self.records
-            .iter()
-            .map(|r| {
-                (r.key.as_ref().map_or(0, Vec::len)
-                    + r.value.len()
-                    + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
-            })
-            .sum()
+        self.records.iter().map(OutRecord::bytes).sum()
+    }
+}
+
+impl OutRecord {
+    /// Bytes of its key, value and headers.
+    pub fn bytes(&self) -> u64 {
+        (self.key.as_ref().map_or(0, Vec::len)
+            + self.value.len()
+            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
     }
 }
 

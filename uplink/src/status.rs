@@ -80,14 +80,23 @@ pub struct UplinkSnapshot {
     pub resent_records: u64,
     /// Per service.
     pub services: BTreeMap<String, ServiceLag>,
+    /// The metered link's budget, when the uplink has one.
+    pub budget: Option<crate::BudgetStatus>,
 }
 
 impl UplinkSnapshot {
-    /// Estimated seconds to forward the whole lag at the current throughput.
+    /// Estimated seconds to forward the whole lag at the current
+    /// throughput; on a metered link whose budget left is smaller than the
+    /// lag, until the period in which the budget covers it (the lag's bytes
+    /// before framing: a lower bound).
     pub fn eta_seconds(&self) -> Option<f64> {
         let lag: u64 = self.services.values().map(|s| s.lag_bytes).sum();
         if lag == 0 {
             return Some(0.0);
+        }
+        if let Some(b) = self.budget.as_ref().filter(|b| lag > b.left && b.bytes > 0) {
+            let full_periods = (lag - b.left) / b.bytes;
+            return Some(b.resets_in_seconds + full_periods as f64 * b.period_seconds);
         }
         (self.throughput_bps > 0.0).then(|| lag as f64 / self.throughput_bps)
     }

@@ -39,6 +39,7 @@
 //!   in.
 
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::budget::{wire_bytes, Budget, BATCH_FRAMING, RECORD_FRAMING};
 use crate::sink::{Batch, OutRecord, Sink, SinkError};
 use crate::status::{State, UplinkStatus};
 use crate::Host;
@@ -164,6 +165,11 @@ pub(crate) struct Worker<S> {
     last_ack: Option<Instant>,
     /// Owner name of the sent marks in the store.
     sent_owner: String,
+    /// The metered link's budget.
+    budget: Option<Budget>,
+    /// Partitions the budget stopped in this round of `fill` (not queued
+    /// again until the next round).
+    held: std::collections::HashSet<Key>,
 }
 
 const LIVE: usize = 0;
@@ -191,6 +197,7 @@ impl<S: Sink> Worker<S> {
         status.update(|s| s.max_in_flight = window as u64);
         let sent_owner = format!("{}#sent", config.name);
         let checkpoint_interval = config.checkpoint_interval;
+        let budget = config.budget.as_ref().map(|b| Budget::load(&config.name, b, &store, now_ms()));
         Worker {
             config,
             node,
@@ -222,6 +229,8 @@ impl<S: Sink> Worker<S> {
             },
             last_ack: None,
             sent_owner,
+            budget,
+            held: std::collections::HashSet::new(),
         }
     }
 
@@ -274,6 +283,10 @@ impl<S: Sink> Worker<S> {
             self.retry_at = None;
         }
         let mut empty_reads = 0;
+        self.held.clear();
+        if let Some(b) = &mut self.budget {
+            b.roll(now_ms());
+        }
         while self.flights < self.window {
             if let Err(e) = self.refresh() {
                 tracing::error!(uplink = %self.config.name, error = %e, "cannot read the log");
@@ -306,6 +319,9 @@ impl<S: Sink> Worker<S> {
                 self.enqueue(lane, id, key, 1);
                 return self.config.linger - age;
             }
+            let Some((batch, read, bytes)) = self.spend(&key, batch, read) else {
+                continue;
+            };
             let (ahead_key, from) = (key.clone(), read.next);
             self.dispatch(Flight { key, lane, batch, read, bytes, started: Instant::now() });
             self.read_ahead(&ahead_key, from);
@@ -493,10 +509,10 @@ impl<S: Sink> Worker<S> {
             tracing::warn!(uplink = %self.config.name, topic = %key.0, partition = key.1, offset,
                 "record skipped: {why}");
         }
-        if read.expired > 0 || !read.unfit.is_empty() {
+        if !read.expired.is_empty() || !read.unfit.is_empty() {
             self.status.update(|s| {
                 let svc = s.services.entry(service.to_owned()).or_default();
-                svc.ttl_skipped += read.expired;
+                svc.ttl_skipped += read.expired.len() as u64;
                 svc.unfit_skipped += read.unfit.len() as u64;
             });
         }
@@ -591,6 +607,13 @@ impl<S: Sink> Worker<S> {
                         continue;
                     }
                 }
+                if self.held.contains(&key) || !self.may_send(&t.service) {
+                    // A metered link: waits for its window, or the next
+                    // period (its lag still shows).
+                    self.queued[LIVE].remove(&key);
+                    self.queued[BACKLOG].remove(&key);
+                    continue;
+                }
                 let other = 1 - lane;
                 let service = t.service.clone();
                 let id = self.service_id(&service);
@@ -604,7 +627,9 @@ impl<S: Sink> Worker<S> {
                 self.enqueue(lane, id, key, want);
             }
         }
+        let budget = self.budget.as_ref().map(|b| b.status(now));
         self.status.update(|s| {
+            s.budget = budget;
             for (service, lag) in lags {
                 let e = s.services.entry(service).or_default();
                 e.lag_records = lag.lag_records;
@@ -616,6 +641,75 @@ impl<S: Sink> Worker<S> {
             }
         });
         Ok(())
+    }
+
+    /// Whether the metered link's budget lets `service` send now (always
+    /// without a budget).
+    fn may_send(&self, service: &str) -> bool {
+        let Some(b) = &self.budget else { return true };
+        b.allowance(self.privileged(service), now_ms()) >= BATCH_FRAMING + RECORD_FRAMING
+    }
+
+    /// Whether `service` may spend the budget's reserve and send outside
+    /// its windows: listed in `always`, or express when there is no list.
+    fn privileged(&self, service: &str) -> bool {
+        match self.budget.as_ref().and_then(|b| b.always.as_ref()) {
+            Some(list) => list.iter().any(|s| s == service),
+            None => self.host.class(service).express,
+        }
+    }
+
+    /// Charges a batch to the metered link's budget before it is sent,
+    /// cutting it to what is left; None (and the partition held until the
+    /// next round) when not even one record fits or the charge cannot be
+    /// stored. Returns the batch, where its read now ends, and its bytes.
+    fn spend(&mut self, key: &Key, mut batch: Batch, mut read: ReadEnd) -> Option<(Batch, ReadEnd, u64)> {
+        let privileged = self.privileged(&batch.service);
+        let Some(budget) = &mut self.budget else {
+            let bytes = batch.bytes();
+            return Some((batch, read, bytes));
+        };
+        let allowance = budget.allowance(privileged, now_ms());
+        let mut cost = BATCH_FRAMING;
+        let mut fits = 0;
+        for r in &batch.records {
+            let one = RECORD_FRAMING + OutRecord::bytes(r);
+            if cost + one > allowance {
+                break;
+            }
+            cost += one;
+            fits += 1;
+        }
+        if fits == 0 {
+            self.held.insert(key.clone());
+            if let Some(part) = self.parts.get_mut(key) {
+                part.ahead = None;
+            }
+            return None;
+        }
+        if fits < batch.records.len() {
+            // The rest waits for the next period (or the reserve, if the
+            // service may spend it): the read ends after the last record
+            // that goes.
+            let next = Offset(batch.records[fits - 1].offset + 1);
+            batch.records.truncate(fits);
+            read.next = next;
+            read.expired.retain(|o| *o < next.0);
+            read.unfit.retain(|(o, _)| *o < next.0);
+            self.held.insert(key.clone());
+        }
+        let bytes = batch.bytes();
+        debug_assert_eq!(wire_bytes(batch.records.len(), bytes), cost);
+        if let Err(e) = budget.charge(cost, &self.store) {
+            tracing::error!(uplink = %self.config.name, error = %e,
+                "cannot store what the metered link spent; not sending");
+            self.held.insert(key.clone());
+            if let Some(part) = self.parts.get_mut(key) {
+                part.ahead = None;
+            }
+            return None;
+        }
+        Some((batch, read, bytes))
     }
 
     fn service_id(&mut self, service: &str) -> ServiceId {
@@ -683,6 +777,9 @@ impl<S: Sink> Worker<S> {
             }
             // A batch of it is in flight: queued again after the ack.
             if self.parts.get(&key).is_some_and(|p| p.busy) {
+                continue;
+            }
+            if self.held.contains(&key) || self.parts.get(&key).is_some_and(|p| !self.may_send(&p.service)) {
                 continue;
             }
             return Some((key, lane));
@@ -757,12 +854,12 @@ impl<S: Sink> Worker<S> {
         let cutoff = self.host.ttl(&service).map(|ttl| older_than_cutoff(now_ms(), ttl));
         let remote_topic = self.config.remote_topic_for(&self.node, &key.0, &service);
         let mut records = Vec::with_capacity(read.records.len());
-        let (mut expired, mut unfit) = (0u64, Vec::new());
+        let (mut expired, mut unfit) = (Vec::new(), Vec::new());
         let mut last = None;
         for r in read.records {
             last = Some(r.offset);
             if cutoff.is_some_and(|c| r.record.timestamp_ms < c) {
-                expired += 1;
+                expired.push(r.offset.0);
                 continue;
             }
             let mut headers = r.record.headers;
@@ -798,8 +895,8 @@ impl<S: Sink> Worker<S> {
 #[derive(Debug)]
 struct ReadEnd {
     next: Offset,
-    /// Records past their service's TTL.
-    expired: u64,
+    /// Offsets of records past their service's TTL.
+    expired: Vec<u64>,
     /// (offset, why) of records the sink cannot carry.
     unfit: Vec<(u64, String)>,
 }

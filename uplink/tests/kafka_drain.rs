@@ -54,7 +54,7 @@ const GUARD: Duration = Duration::from_secs(120);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_drain_keeps_order_per_partition_when_the_broker_goes_away() {
     const PARTITIONS: u32 = 4;
-    const PER_PARTITION: u64 = 3_000;
+    const PER_PARTITION: u64 = 1_500;
     let mut tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&StoreOptions::new(dir.path())).unwrap();

@@ -164,6 +164,14 @@ pub(super) fn uplinks_json(shared: &Shared) -> serde_json::Value {
                 "max_in_flight": u.max_in_flight,
                 "checkpoints": u.checkpoints,
                 "resent_records": u.resent_records,
+                "budget": u.budget.as_ref().map(|b| serde_json::json!({
+                    "bytes": b.bytes,
+                    "used_bytes": b.used,
+                    "left_bytes": b.left,
+                    "period_seconds": b.period_seconds,
+                    "resets_in_seconds": b.resets_in_seconds,
+                    "bulk_open": b.bulk_open,
+                })),
                 "services": services,
             })
         })

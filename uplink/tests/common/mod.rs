@@ -23,7 +23,7 @@ use base64::Engine as _;
 use sluice_uplink::{Batch, OutRecord};
 
 /// Failure guard for reading records back (not a speed expectation).
-pub(crate) const READ_GUARD: Duration = Duration::from_secs(90);
+pub(crate) const READ_GUARD: Duration = Duration::from_secs(150);
 
 /// `${SLUICE_CACHE:-$HOME/.cache/sluice}`.
 pub(crate) fn cache_dir() -> PathBuf {
