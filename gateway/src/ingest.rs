@@ -184,6 +184,9 @@ enum FlushRequest {
         tx: Option<oneshot::Sender<Result<(), IngestError>>>,
         parts: Vec<(Arc<Topic>, PartitionId)>,
         checkpoint: bool,
+        /// The produce this makes durable: its service and when it was
+        /// queued (the ingest-to-durable histogram).
+        timing: Option<(ServiceId, Instant)>,
     },
     Shutdown,
 }
@@ -201,6 +204,9 @@ pub struct Ingest {
     dirty_bytes: AtomicU64,
     /// Topics with buffered appends not yet durable (woken by the bulk lane).
     dirty_topics: Mutex<Vec<Arc<Topic>>>,
+    /// Buffered produces appended since the bulk lane last looked: service
+    /// and when each was queued (the ingest-to-durable histogram).
+    pending_durable: Mutex<Vec<(ServiceId, Instant)>>,
     /// Wakes the bulk lane early (over `max_dirty`, shutdown).
     bulk_wake: Condvar,
     bulk_flag: Mutex<bool>,
@@ -283,6 +289,7 @@ impl Ingest {
             dirty: Arc::new(AtomicBool::new(false)),
             dirty_bytes: AtomicU64::new(0),
             dirty_topics: Mutex::new(Vec::new()),
+            pending_durable: Mutex::new(Vec::new()),
             bulk_wake: Condvar::new(),
             bulk_flag: Mutex::new(false),
             opts,
@@ -344,24 +351,26 @@ impl Ingest {
     /// checkpoint through the sync lane (consumer-group commits). `urgent`
     /// is kept for callers; the sync lane never lingers for them.
     pub fn flush_soon(&self, _urgent: bool) -> oneshot::Receiver<Result<(), IngestError>> {
-        self.request(Vec::new(), true)
+        self.request(Vec::new(), true, None)
     }
 
     /// Makes `parts` durable through the sync lane.
     fn sync_soon(&self, parts: Vec<(Arc<Topic>, PartitionId)>) -> oneshot::Receiver<Result<(), IngestError>> {
-        self.request(parts, false)
+        self.request(parts, false, None)
     }
 
     fn request(
         &self,
         parts: Vec<(Arc<Topic>, PartitionId)>,
         checkpoint: bool,
+        timing: Option<(ServiceId, Instant)>,
     ) -> oneshot::Receiver<Result<(), IngestError>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.flush_tx.lock().unwrap_or_else(PoisonError::into_inner).send(FlushRequest::Wait {
             tx: Some(tx),
             parts,
             checkpoint,
+            timing,
         });
         if let Err(mpsc::SendError(FlushRequest::Wait { tx: Some(tx), .. })) = sent {
             let _ = tx.send(Err(IngestError::ShuttingDown));
@@ -478,6 +487,9 @@ impl Ingest {
                 self.wake.notify_all();
             }
             if dirty || stopping {
+                // Appended before the flush below starts: durable when it ends.
+                let pending =
+                    std::mem::take(&mut *self.pending_durable.lock().unwrap_or_else(PoisonError::into_inner));
                 let appended = self.flush_stats.appended_jobs.load(Ordering::Acquire);
                 let started = Instant::now();
                 let result = store.flush_paced(self.opts.writeback_step, &|_| true);
@@ -493,8 +505,12 @@ impl Ingest {
                 match result {
                     Ok(()) => {
                         self.flush_stats.durable_jobs.fetch_max(appended, Ordering::AcqRel);
+                        for (service, queued) in &pending {
+                            crate::histograms::durable(&self.services.by_id(*service).name, queued.elapsed());
+                        }
                     }
                     Err(e) => {
+                        self.pending_durable.lock().unwrap_or_else(PoisonError::into_inner).extend(pending);
                         self.flush_stats.failures.fetch_add(1, Ordering::Relaxed);
                         self.dirty.store(true, Ordering::Release);
                         tracing::error!(error = %e, "flush failed");
@@ -546,6 +562,12 @@ impl Ingest {
         self.flush_stats.appended_jobs.fetch_add(1, Ordering::AcqRel);
         let durable_now = job.sync || service.class().express;
         if !durable_now {
+            if failure.is_none() {
+                self.pending_durable
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((job.service, job.enqueued));
+            }
             self.dirty_bytes.fetch_add(job.cost, Ordering::AcqRel);
             let mut topics = self.dirty_topics.lock().unwrap_or_else(PoisonError::into_inner);
             if !topics.iter().any(|t| Arc::ptr_eq(t, &job.topic)) {
@@ -572,7 +594,7 @@ impl Ingest {
                 // so consumers see them without waiting for the bulk lane.
                 let durable = if durable_now {
                     let parts = job.parts.iter().map(|p| (job.topic.clone(), p.partition)).collect();
-                    let synced = self.sync_soon(parts);
+                    let synced = self.request(parts, false, Some((job.service, job.enqueued)));
                     job.sync.then_some(synced)
                 } else {
                     None
@@ -617,8 +639,10 @@ fn sync_lane(
         let mut waiters = Vec::new();
         let mut parts: Vec<(Arc<Topic>, PartitionId)> = Vec::new();
         let mut checkpoint = false;
+        let mut timings: Vec<(ServiceId, Instant)> = Vec::new();
         let mut take = |req: FlushRequest, shutting_down: &mut bool| match req {
-            FlushRequest::Wait { tx, parts: p, checkpoint: c } => {
+            FlushRequest::Wait { tx, parts: p, checkpoint: c, timing: t } => {
+                timings.extend(t);
                 waiters.extend(tx.map(|tx| (tx, c)));
                 for (t, id) in p {
                     if !parts.iter().any(|(u, q)| *q == id && Arc::ptr_eq(u, &t)) {
@@ -651,6 +675,11 @@ fn sync_lane(
         count_discarded(store, services);
         for (t, _) in &parts {
             t.notify_appended();
+        }
+        if synced.is_ok() {
+            for (service, queued) in timings {
+                crate::histograms::durable(&services.by_id(service).name, queued.elapsed());
+            }
         }
         // Sync waiters are answered before a checkpoint runs: a consumer's
         // commit never delays a producer's acknowledgement.

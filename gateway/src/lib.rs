@@ -26,6 +26,7 @@
 
 pub mod bench;
 pub mod delivery;
+pub mod histograms;
 pub mod http;
 pub mod ingest;
 pub mod listener;

@@ -264,6 +264,7 @@ pub fn render(shared: &Shared) -> String {
     out.sample("sluice_panics_total", &[], PANICS.load(Ordering::Relaxed));
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
     out.sample("sluice_uptime_seconds", &[], shared.started.elapsed().as_secs());
+    crate::histograms::render(&mut out.0);
     out.0
 }
 

@@ -41,6 +41,10 @@ impl Host for GatewayHost {
         self.0.config.scheduler.express_max_share
     }
 
+    fn acked(&self, uplink: &str, service: &str, timestamps_ms: &[i64]) {
+        crate::histograms::uplink_acked(uplink, service, timestamps_ms);
+    }
+
     fn flush(&self) -> Pin<Box<dyn Future<Output = bool> + Send>> {
         let rx = self.0.ingest.flush_soon(false);
         Box::pin(async move { matches!(rx.await, Ok(Ok(()))) })

@@ -60,6 +60,9 @@ pub trait Host: Send + Sync + 'static {
     fn ttl(&self, service: &str) -> Option<Duration>;
     /// `scheduler.express_max_share`.
     fn express_max_share(&self) -> f64;
+    /// The central side acknowledged records of `service` with these
+    /// timestamps (for the host's latency histograms). Default: nothing.
+    fn acked(&self, _uplink: &str, _service: &str, _timestamps_ms: &[i64]) {}
     /// Makes stored cursors durable (the uplink's checkpoints, at most every
     /// `checkpoint_interval`, never on a batch's critical path); resolves to
     /// false when the flush failed.

@@ -473,6 +473,8 @@ impl<S: Sink> Worker<S> {
         let resent = batch.records.iter().filter(|r| r.offset < resend_below.0).count() as u64;
         let next = read.next.max(cursor);
         self.advance(&key, next);
+        let stamps: Vec<i64> = batch.records.iter().map(|r| r.timestamp_ms).collect();
+        self.host.acked(&self.config.name, &batch.service, &stamps);
         let (batch_max, limit) = (self.config.batch_max_bytes.as_u64(), self.backlog_bytes);
         if let Some(part) = self.parts.get_mut(&key) {
             part.grow =

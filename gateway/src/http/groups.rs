@@ -127,6 +127,9 @@ pub(super) async fn fetch(
     let records =
         fetch_group(&shared, &group, &topics, req.max_records as usize, Duration::from_millis(req.wait_ms))
             .await?;
+    for r in &records {
+        crate::histograms::delivered(&r.topic.service, "group", [r.record.record.timestamp_ms]);
+    }
     json_reply(group_fetch_reply(records.iter().map(|r| (&*r.topic.name, r.partition.0, &r.record))))
 }
 

@@ -72,5 +72,6 @@ pub(super) async fn fetch(
         Duration::from_millis(wait_ms),
     )
     .await?;
+    crate::histograms::delivered(&topic.service, "fetch", res.records.iter().map(|r| r.record.timestamp_ms));
     json_reply(fetch_reply(&res.records, res.high_watermark.0, res.log_start.0))
 }

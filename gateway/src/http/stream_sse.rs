@@ -46,7 +46,14 @@ async fn next_event(state: Option<Pending>) -> Option<(Result<Event, Infallible>
                 for r in &batch {
                     let id = format!("{}/{}/{}", r.topic.name, r.partition, r.record.offset);
                     let event = match record_json(r) {
-                        Ok(json) => Event::default().id(id).data(json),
+                        Ok(json) => {
+                            crate::histograms::delivered(
+                                &r.topic.service,
+                                "sse",
+                                [r.record.record.timestamp_ms],
+                            );
+                            Event::default().id(id).data(json)
+                        }
                         Err(e) => return Some((Ok(error_event(&format!("cannot encode {id}: {e}"))), None)),
                     };
                     p.events.push_back(event);

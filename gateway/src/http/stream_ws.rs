@@ -113,6 +113,7 @@ async fn send_records(socket: &mut WebSocket, batch: &[GroupRecord]) -> Result<(
     for r in batch {
         let text = record_json(r).map_err(|e| End::Failed(format!("cannot encode a record: {e}")))?;
         socket.send(Message::Text(text.into())).await.map_err(|_| End::Client)?;
+        crate::histograms::delivered(&r.topic.service, "websocket", [r.record.record.timestamp_ms]);
     }
     Ok(())
 }

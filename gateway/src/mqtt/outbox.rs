@@ -99,6 +99,9 @@ struct Queued {
     frame: Bytes,
     /// Where its packet id is, when it is a QoS 1 publish sluice delivers.
     own_pkid_at: Option<usize>,
+    /// Its service, and when it was queued (the delivery histogram).
+    service: ServiceId,
+    queued: Instant,
 }
 
 /// The QoS 1 window toward the client.
@@ -299,7 +302,7 @@ impl Outbox {
         let own_pkid_at = (qos == 1 && st.own_qos1).then(|| packet::publish_pkid_at(&frame)).flatten();
         let len = frame.len() as u64;
         st.bytes += len;
-        st.sched.push(service, len, Queued { frame, own_pkid_at });
+        st.sched.push(service, len, Queued { frame, own_pkid_at, service, queued: Instant::now() });
         while st.bytes > st.limit {
             if !st.evict_one(&self.services) {
                 break;
@@ -372,6 +375,10 @@ impl Outbox {
                 out.extend_from_slice(&q.frame);
             }
             st.bytes -= q.frame.len() as u64;
+            crate::histograms::delivered_mqtt(
+                &self.services.by_id(q.service).name,
+                now.saturating_duration_since(q.queued),
+            );
         }
         if !out.is_empty() {
             Next::Bytes(out)
