@@ -38,4 +38,6 @@ if [[ ${SLUICE_CI_CROSS:-aarch64} != none ]]; then
         deploy/cross.sh --profile ci-cross ${SLUICE_CI_CROSS:-aarch64}
 fi
 # A short fuzz smoke run (20 s per target); deploy/fuzz.sh runs them longer.
-deploy/fuzz.sh "${SLUICE_FUZZ_SECONDS:-20}"
+# Its build is kept in the cache between runs, like the cross build's.
+CARGO_TARGET_DIR=${SLUICE_FUZZ_TARGET_DIR:-${SLUICE_CACHE:-$HOME/.cache/sluice}/fuzz-target} \
+    deploy/fuzz.sh "${SLUICE_FUZZ_SECONDS:-20}"
