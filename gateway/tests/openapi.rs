@@ -119,7 +119,8 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<Str
         Value::Object(_) => "object",
     };
     let t = type_of(value);
-    if !types.is_empty() && !types.contains(&t) && !(t == "integer" && types.contains(&"number")) {
+    let fits = types.is_empty() || types.contains(&t) || (t == "integer" && types.contains(&"number"));
+    if !fits {
         out.push(format!("{at}: {t} where the document says {types:?}"));
         return;
     }
@@ -158,11 +159,9 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<Str
                 }
             }
         }
-        Value::Array(items) => {
-            if !schema["items"].is_null() {
-                for (i, v) in items.iter().enumerate() {
-                    check(doc, &schema["items"], v, &format!("{at}[{i}]"), out);
-                }
+        Value::Array(items) if !schema["items"].is_null() => {
+            for (i, v) in items.iter().enumerate() {
+                check(doc, &schema["items"], v, &format!("{at}[{i}]"), out);
             }
         }
         _ => {}
