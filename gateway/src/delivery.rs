@@ -348,3 +348,52 @@ impl Shared {
         self.commits.subscribe()
     }
 }
+
+/// Where a consumer group stands in one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupLag {
+    /// The group.
+    pub group: String,
+    /// Topic and partition.
+    pub topic: String,
+    /// Partition.
+    pub partition: PartitionId,
+    /// Committed position (next offset to read).
+    pub committed: u64,
+    /// The durable end: what the group can read up to.
+    pub durable: Option<u64>,
+    /// Records between the two.
+    pub lag_records: Option<u64>,
+    /// Age of the oldest record the group has not committed (0 when it
+    /// is caught up).
+    pub lag_seconds: f64,
+}
+
+/// Every committed consumer-group position with its lag in records and in
+/// seconds (the age of the first record after the committed position).
+pub fn group_lags(store: &sluice_store::Store) -> Result<Vec<GroupLag>, sluice_store::StoreError> {
+    let topics = store.topics();
+    let now = sluice_store::now_ms();
+    let positions = store.group_positions()?;
+    Ok(positions
+        .into_iter()
+        .map(|(group, topic, partition, committed)| {
+            let durable = topics
+                .iter()
+                .find(|t| t.spec.name == topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+                .map(|p| p.flushed.0);
+            let lag_records = durable.map(|d| d.saturating_sub(committed.0));
+            let lag_seconds = if lag_records.unwrap_or(0) > 0 {
+                store
+                    .read(&topic, partition, committed, 1, 1)
+                    .ok()
+                    .and_then(|r| r.records.first().map(|r| r.record.timestamp_ms))
+                    .map_or(0.0, |ts| now.saturating_sub(ts).max(0) as f64 / 1000.0)
+            } else {
+                0.0
+            };
+            GroupLag { group, topic, partition, committed: committed.0, durable, lag_records, lag_seconds }
+        })
+        .collect())
+}

@@ -260,6 +260,7 @@ pub fn render(shared: &Shared) -> String {
         }
     }
     render_uplinks(&mut out, &shared.uplink_snapshots());
+    render_groups(&mut out, &shared.store);
     out.family("sluice_panics_total", "counter", "Panics (internal errors) in the sluice process");
     out.sample("sluice_panics_total", &[], PANICS.load(Ordering::Relaxed));
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
@@ -317,6 +318,32 @@ fn render_listener(out: &mut Out, listener: Listener, stats: &crate::listener::L
         let name = format!("{prefix}_{name}");
         out.family(&name, "counter", &format!("{what} {help}"));
         out.sample(&name, &[], get(value));
+    }
+}
+
+fn render_groups(out: &mut Out, store: &sluice_store::Store) {
+    let lags = match crate::delivery::group_lags(store) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot list group offsets");
+            return;
+        }
+    };
+    out.family("sluice_group_lag_records", "gauge", "Durable records a consumer group has not committed");
+    for g in &lags {
+        let p = g.partition.0.to_string();
+        let labels = [("group", g.group.as_str()), ("topic", g.topic.as_str()), ("partition", p.as_str())];
+        out.sample("sluice_group_lag_records", &labels, g.lag_records.unwrap_or(0));
+    }
+    out.family(
+        "sluice_group_lag_seconds",
+        "gauge",
+        "Age of the oldest record a consumer group has not committed (0 when caught up)",
+    );
+    for g in &lags {
+        let p = g.partition.0.to_string();
+        let labels = [("group", g.group.as_str()), ("topic", g.topic.as_str()), ("partition", p.as_str())];
+        out.sample("sluice_group_lag_seconds", &labels, g.lag_seconds);
     }
 }
 

@@ -1,7 +1,8 @@
 //! The latency histograms of `/metrics`: ingest to durable per service
 //! (sync lane and bulk lane), record age at delivery per consumer path
 //! (partition fetch, group fetch, SSE, live MQTT subscriber) and at the
-//! uplink's acknowledgement, in the Prometheus histogram format.
+//! uplink's acknowledgement, in the Prometheus histogram format; and a
+//! consumer group's lag in records and seconds.
 #![allow(clippy::unwrap_used, dead_code)]
 
 mod common;
@@ -89,6 +90,9 @@ linger = "1ms"
         gw.post_json("/v1/groups/ops/fetch", &json!({"topics": ["logs"], "max_records": 10})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["records"].as_array().unwrap().len(), 3, "{body}");
+    // The group commits the first of the three: two left, the oldest of
+    // them some time old.
+    gw.commit("ops", &body["records"].as_array().unwrap()[..1]).await;
     let mut sse = gw.http.get(gw.url("/v1/groups/watch/stream?topics=alarms")).send().await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(30), sse.chunk()).await.unwrap().unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("data:"), "{first:?}");
@@ -129,6 +133,17 @@ linger = "1ms"
         count(&metrics, "sluice_delivery_age_seconds", &["service=\"alarms\"", "path=\"mqtt\""]) >= 1,
         "{metrics}"
     );
+    // The group's lag, in records and seconds.
+    let lag = |name: &str| -> f64 {
+        let series = format!("{name}{{group=\"ops\",topic=\"logs\",partition=\"0\"}} ");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .unwrap_or_else(|| panic!("no {series}in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(lag("sluice_group_lag_records"), 2.0);
+    assert!(lag("sluice_group_lag_seconds") > 0.0, "{metrics}");
     // Buckets as documented, cumulative, ending in +Inf.
     let buckets: Vec<&str> = metrics
         .lines()

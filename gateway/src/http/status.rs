@@ -97,29 +97,24 @@ pub(super) fn status_json(shared: &Shared, access: &Access) -> serde_json::Value
 /// Committed consumer-group positions with their lag in records (to the
 /// durable end, what a consumer can read).
 fn groups_json(shared: &Shared) -> serde_json::Value {
-    let positions = match shared.store.group_positions() {
-        Ok(p) => p,
+    let lags = match crate::delivery::group_lags(&shared.store) {
+        Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "status: cannot list group offsets");
             return serde_json::json!([]);
         }
     };
-    let topics = shared.store.topics();
-    let list: Vec<_> = positions
+    let list: Vec<_> = lags
         .into_iter()
-        .map(|(group, topic, partition, committed)| {
-            let durable = topics
-                .iter()
-                .find(|t| t.spec.name == topic)
-                .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
-                .map(|p| p.flushed.0);
+        .map(|g| {
             serde_json::json!({
-                "group": group,
-                "topic": topic,
-                "partition": partition.0,
-                "committed": committed.0,
-                "durable": durable,
-                "lag_records": durable.map(|d| d.saturating_sub(committed.0)),
+                "group": g.group,
+                "topic": g.topic,
+                "partition": g.partition.0,
+                "committed": g.committed,
+                "durable": g.durable,
+                "lag_records": g.lag_records,
+                "lag_seconds": g.lag_seconds,
             })
         })
         .collect();
