@@ -225,6 +225,12 @@ pub fn render(shared: &Shared) -> String {
         out.sample("sluice_mqtt_connect_refused_total", &[("reason", reason)], v.load(Ordering::Relaxed));
     }
     out.family(
+        "sluice_mqtt_closed_removed_user_total",
+        "counter",
+        "MQTT connections closed because a configuration reload removed their user",
+    );
+    out.sample("sluice_mqtt_closed_removed_user_total", &[], m.closed_removed_user.load(Ordering::Relaxed));
+    out.family(
         "sluice_service_rate_limited_total",
         "counter",
         "HTTP produce requests refused with 429 by the service's rate limit",

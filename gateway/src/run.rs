@@ -118,6 +118,7 @@ pub async fn run(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mqtt_stats = Arc::new(crate::mqtt::MqttStats::default());
+    let http_tokens = std::sync::RwLock::new(Arc::new(crate::http::auth::Tokens::new(&config.http.tokens)));
     let shared = Shared(Arc::new(Inner {
         config,
         store: store.clone(),
@@ -132,6 +133,8 @@ pub async fn run(
         commits: watch::channel(0).0,
         group_rounds: Default::default(),
         uplinks: std::sync::OnceLock::new(),
+        http_tokens,
+        mqtt_guard: std::sync::OnceLock::new(),
     }));
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
     let uplinks = crate::uplinks::start(&shared, &shared.config)?;
@@ -204,11 +207,35 @@ async fn reload_on_sighup(shared: Shared, path: PathBuf) {
     }
 }
 
-/// Applies the weights and express flags of a re-read configuration;
-/// returns how many services changed. Other changes need a restart.
+/// Applies what can change at run time from a re-read configuration:
+/// service weights and express flags, the HTTP bearer tokens and the MQTT
+/// users (their secret files re-read too); returns how many of these
+/// changed. Other changes need a restart. A configuration that does not
+/// load changes nothing.
 pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
     let new = Config::load(path)?;
     let mut changed = 0;
+    let tokens = crate::http::auth::Tokens::new(&new.http.tokens);
+    if *shared.tokens() != tokens {
+        *shared.http_tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(tokens);
+        tracing::info!(tokens = new.http.tokens.len(), "HTTP bearer tokens reloaded");
+        changed += 1;
+    }
+    if let Some(guard) = shared.mqtt_guard.get() {
+        match guard.reload(&new.mqtt) {
+            Ok(r) if r == crate::mqtt::auth::UsersReloaded::default() => {}
+            Ok(r) => {
+                tracing::info!(
+                    added = r.added,
+                    removed = r.removed,
+                    changed = r.changed,
+                    "MQTT users reloaded"
+                );
+                changed += 1;
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
     for s in &new.services {
         match shared.services.get(&s.name) {
             Some(service) => {

@@ -43,6 +43,18 @@ pub struct Inner {
     pub group_rounds: std::sync::Mutex<std::collections::HashMap<String, crate::delivery::Rounds>>,
     /// Status of each running uplink (set once they start).
     pub uplinks: std::sync::OnceLock<Vec<Arc<sluice_uplink::UplinkStatus>>>,
+    /// The HTTP bearer tokens in force (replaced by a reload).
+    pub http_tokens: std::sync::RwLock<Arc<crate::http::auth::Tokens>>,
+    /// The MQTT users in force (set once the MQTT front starts; reloaded
+    /// in place).
+    pub mqtt_guard: std::sync::OnceLock<Arc<crate::mqtt::auth::Guard>>,
+}
+
+impl Inner {
+    /// The HTTP bearer tokens in force.
+    pub fn tokens(&self) -> Arc<crate::http::auth::Tokens> {
+        self.http_tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
 }
 
 impl Inner {

@@ -225,3 +225,73 @@ async fn subscriptions_outside_the_subscribe_filters_are_refused_in_the_suback()
     }
     assert_eq!(gw.metric("sluice_mqtt_subscribe_refused_total").await, 3);
 }
+
+/// SIGHUP reloads the MQTT users and the HTTP tokens: a new user connects,
+/// a changed password takes effect, a removed user's open connection is
+/// closed (counted) while another user's stays up; a new HTTP token works
+/// and the old one is refused; a reload that would switch MQTT
+/// authentication off is refused and the users in force stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_users_and_tokens_and_closes_removed_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_hash, new_hash) = (hash_password("password"), hash_password("rotated"));
+    let (token_a, token_b) = ("a".repeat(32), "b".repeat(32));
+    let users = |users: &[(&str, &str)], token: &str| {
+        let mut text = format!("[[http.tokens]]\ntoken = \"{token}\"\nadmin = true\n");
+        for (name, hash) in users {
+            text.push_str(&format!(
+                "[[mqtt.users]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\npublish = [\"plant/#\"]\n"
+            ));
+        }
+        text
+    };
+    let gw = Gateway::start(
+        &dir.path().join("d"),
+        Some(&users(&[("sensor", &old_hash), ("gone", &old_hash)], &token_a)),
+    )
+    .await;
+    let mut stays = try_client(&gw, "stays", login("sensor", "password")).await.unwrap();
+    let mut leaves = try_client(&gw, "leaves", login("gone", "password")).await.unwrap();
+    assert!(try_client(&gw, "new", login("newcomer", "rotated")).await.is_err(), "unknown user refused");
+
+    // Reload: "gone" removed, "sensor" gets a new password, "newcomer" added;
+    // the HTTP token changes.
+    std::fs::write(
+        gw.config_path().unwrap(),
+        users(&[("sensor", &new_hash), ("newcomer", &new_hash)], &token_b),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    // The removed user's connection ends.
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(p) = leaves.2.recv().await {
+            let _ = p;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the removed user's connection stayed open");
+    let _ = leaves.1.await;
+    // The new user and the new password work, the old password does not.
+    try_client(&gw, "new", login("newcomer", "rotated")).await.unwrap();
+    try_client(&gw, "rotated", login("sensor", "rotated")).await.unwrap();
+    assert!(try_client(&gw, "old-pw", login("sensor", "password")).await.is_err(), "old password refused");
+    // The other user's connection stayed up through the reload.
+    publish_acked(&mut stays, &[("plant/a", "1")]).await;
+    // HTTP: the new token works, the old one is refused.
+    let status = |token: String| {
+        let req = gw.http.get(gw.url("/v1/services")).bearer_auth(token);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(token_b.clone()).await, 200);
+    assert_eq!(status(token_a.clone()).await, 401);
+    let metrics =
+        gw.http.get(gw.url("/metrics")).bearer_auth(&token_b).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sluice_mqtt_closed_removed_user_total 1"), "{metrics}");
+
+    // Switching authentication off needs a restart: refused, users stay.
+    std::fs::write(gw.config_path().unwrap(), users(&[], &token_b)).unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(try_client(&gw, "anon", |_| {}).await.is_err(), "anonymous still refused");
+    try_client(&gw, "still", login("newcomer", "rotated")).await.unwrap();
+}

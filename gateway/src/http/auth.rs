@@ -40,7 +40,7 @@ pub struct Grant {
 pub struct Access(pub Option<Arc<Grant>>);
 
 /// The configured tokens.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Tokens(Vec<([u8; 32], Arc<Grant>)>);
 
 impl Tokens {
@@ -180,11 +180,9 @@ fn service_of(shared: &Shared, topic: &str) -> String {
 
 /// The middleware: authenticates, checks the route's need, and leaves
 /// [`Access`] in the request's extensions.
-pub async fn require_token(
-    State((shared, tokens)): State<(Shared, Arc<Tokens>)>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn require_token(State(shared): State<Shared>, mut req: Request, next: Next) -> Response {
+    // (Replaced by a configuration reload: each request sees one set.)
+    let tokens = shared.tokens();
     if tokens.0.is_empty() {
         req.extensions_mut().insert(Access(None));
         return next.run(req).await;

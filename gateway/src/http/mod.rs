@@ -31,8 +31,7 @@ use std::collections::HashMap;
 
 /// The whole API as a router, so tests can call it without a socket.
 pub fn router(shared: Shared) -> Router {
-    let tokens = std::sync::Arc::new(auth::Tokens::new(&shared.config.http.tokens));
-    let authenticate = axum::middleware::from_fn_with_state((shared.clone(), tokens), auth::require_token);
+    let authenticate = axum::middleware::from_fn_with_state(shared.clone(), auth::require_token);
     let router = Router::new()
         .route("/v1/topics", get(read::list_topics))
         .route("/v1/topics/{topic}/records", post(produce::produce))

@@ -132,33 +132,17 @@ impl Verdicts {
     }
 }
 
-/// Users, publish permissions and the verifier; shared by every listener.
-pub struct Guard {
+/// The users and anonymous rules in force (replaced by a reload).
+struct Users {
     users: HashMap<String, User>,
     anonymous: bool,
     anonymous_acl: Option<Arc<Acl>>,
     anonymous_subscribe: Option<Arc<Acl>>,
-    verdicts: Mutex<Verdicts>,
-    tickets: Mutex<HashMap<u64, Ticket>>,
-    next_ticket: AtomicU64,
-    jobs: Option<SyncSender<Job>>,
-    /// Counters (refusals, not-allowed publishes).
-    pub stats: Arc<MqttStats>,
-    /// Rate limit of the "publish not allowed" warning.
-    pub warn_limit: crate::metrics::LogLimit,
 }
 
-impl std::fmt::Debug for Guard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guard").field("users", &self.users.len()).field("anonymous", &self.anonymous).finish()
-    }
-}
-
-impl Guard {
-    /// From the `[mqtt]` section; starts the verifier thread when users are
-    /// configured.
-    pub fn new(mqtt: &MqttConfig, stats: Arc<MqttStats>) -> std::io::Result<Arc<Guard>> {
-        let users: HashMap<String, User> = mqtt
+impl Users {
+    fn new(mqtt: &MqttConfig) -> Users {
+        let users = mqtt
             .users
             .iter()
             .map(|u| {
@@ -171,17 +155,64 @@ impl Guard {
                 (u.name.clone(), user)
             })
             .collect();
-        let (jobs, rx) = if users.is_empty() {
+        Users {
+            users,
+            anonymous: mqtt.anonymous_allowed(),
+            anonymous_acl: Acl::restricting(&mqtt.anonymous_publish),
+            anonymous_subscribe: Acl::restricting(&mqtt.anonymous_subscribe),
+        }
+    }
+}
+
+/// What a reload of the MQTT users changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsersReloaded {
+    /// Users that are new.
+    pub added: usize,
+    /// Users that are gone (their connections are closed).
+    pub removed: usize,
+    /// Users whose password or filters changed (their open connections
+    /// keep the filters they connected with; new ones get the new ones).
+    pub changed: usize,
+}
+
+/// Users, publish permissions and the verifier; shared by every listener.
+pub struct Guard {
+    current: std::sync::RwLock<Users>,
+    /// Bumped by every reload of the users (connections of a removed user
+    /// watch it and close).
+    generation: tokio::sync::watch::Sender<u64>,
+    verdicts: Mutex<Verdicts>,
+    tickets: Mutex<HashMap<u64, Ticket>>,
+    next_ticket: AtomicU64,
+    jobs: Option<SyncSender<Job>>,
+    /// Counters (refusals, not-allowed publishes).
+    pub stats: Arc<MqttStats>,
+    /// Rate limit of the "publish not allowed" warning.
+    pub warn_limit: crate::metrics::LogLimit,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let u = self.users();
+        f.debug_struct("Guard").field("users", &u.users.len()).field("anonymous", &u.anonymous).finish()
+    }
+}
+
+impl Guard {
+    /// From the `[mqtt]` section; starts the verifier thread when users are
+    /// configured.
+    pub fn new(mqtt: &MqttConfig, stats: Arc<MqttStats>) -> std::io::Result<Arc<Guard>> {
+        let users = Users::new(mqtt);
+        let (jobs, rx) = if users.users.is_empty() {
             (None, None)
         } else {
             let (tx, rx) = sync_channel::<Job>(QUEUE);
             (Some(tx), Some(rx))
         };
         let guard = Arc::new(Guard {
-            users,
-            anonymous: mqtt.anonymous_allowed(),
-            anonymous_acl: Acl::restricting(&mqtt.anonymous_publish),
-            anonymous_subscribe: Acl::restricting(&mqtt.anonymous_subscribe),
+            current: std::sync::RwLock::new(users),
+            generation: tokio::sync::watch::channel(0).0,
             verdicts: Mutex::new(Verdicts::default()),
             tickets: Mutex::new(HashMap::new()),
             next_ticket: AtomicU64::new(0),
@@ -209,19 +240,69 @@ impl Guard {
         self.jobs.is_some()
     }
 
+    fn users(&self) -> std::sync::RwLockReadGuard<'_, Users> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the users and the anonymous rules with those of `mqtt`
+    /// (a reload): new CONNECTs are checked against them at once, cached
+    /// password verdicts are dropped, and connections of removed users are
+    /// closed (see [`Guard::watch_users`]). Refused, keeping the users in
+    /// force, when it would switch authentication on or off (the first
+    /// user added, the last removed): that needs a restart.
+    pub fn reload(&self, mqtt: &MqttConfig) -> Result<UsersReloaded, String> {
+        let new = Users::new(mqtt);
+        let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if new.users.is_empty() != current.users.is_empty() {
+            return Err(format!(
+                "mqtt.users: switching MQTT authentication {} needs a restart (the users in force stay)",
+                if new.users.is_empty() { "off (no user left)" } else { "on (the first user)" }
+            ));
+        }
+        let mut r = UsersReloaded::default();
+        for (name, u) in &new.users {
+            match current.users.get(name) {
+                None => r.added += 1,
+                Some(old) if old.hash != u.hash || old.acl != u.acl || old.subscribe != u.subscribe => {
+                    r.changed += 1
+                }
+                Some(_) => {}
+            }
+        }
+        r.removed = current.users.keys().filter(|n| !new.users.contains_key(*n)).count();
+        *current = new;
+        drop(current);
+        *self.verdicts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Verdicts::default();
+        self.generation.send_modify(|g| *g += 1);
+        Ok(r)
+    }
+
+    /// Changes with every reload of the users.
+    pub fn watch_users(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Whether `name` is a configured user.
+    pub fn has_user(&self, name: &str) -> bool {
+        self.users().users.contains_key(name)
+    }
+
     /// The publish and subscribe filters of a client the broker accepted
     /// with `username`; `None` allows everything.
     pub fn acls_for(&self, username: Option<&str>) -> (Option<Arc<Acl>>, Option<Arc<Acl>>) {
         match username.filter(|u| !u.is_empty()) {
             // Accepted, so the user exists; if not, nothing is allowed.
-            Some(name) if self.authenticates() => match self.users.get(name) {
+            Some(name) if self.authenticates() => match self.users().users.get(name) {
                 Some(user) => (user.acl.clone(), user.subscribe.clone()),
                 None => {
                     let nothing = Some(Arc::new(Acl { filters: Vec::new() }));
                     (nothing.clone(), nothing)
                 }
             },
-            _ => (self.anonymous_acl.clone(), self.anonymous_subscribe.clone()),
+            _ => {
+                let u = self.users();
+                (u.anonymous_acl.clone(), u.anonymous_subscribe.clone())
+            }
         }
     }
 
@@ -241,19 +322,20 @@ impl Guard {
 
     /// Decides what to do with a CONNECT carrying `login` (user, password).
     pub fn on_connect(&self, login: Option<(&str, &str)>) -> Admission {
-        let anonymous = || Admission::Accept { ticket: None, user: None, acl: self.anonymous_acl.clone() };
+        let users = self.users();
+        let anonymous = || Admission::Accept { ticket: None, user: None, acl: users.anonymous_acl.clone() };
         if !self.authenticates() {
             return anonymous();
         }
         let pass = || Some(self.ticket(Ticket::Pass));
         let (name, password) = match login {
             Some((name, password)) if !name.is_empty() => (name, password),
-            _ if self.anonymous => {
-                return Admission::Accept { ticket: pass(), user: None, acl: self.anonymous_acl.clone() }
+            _ if users.anonymous => {
+                return Admission::Accept { ticket: pass(), user: None, acl: users.anonymous_acl.clone() }
             }
             _ => return Admission::Refuse { ticket: pass(), why: Refusal::NoCredentials },
         };
-        let Some(user) = self.users.get(name) else {
+        let Some(user) = users.users.get(name) else {
             return Admission::Refuse { ticket: pass(), why: Refusal::BadCredentials };
         };
         match self.cached(&user.name, password) {
@@ -322,7 +404,8 @@ impl Guard {
         if let Some(ok) = self.cached(user, password) {
             return ok;
         }
-        let ok = self.users.get(&**user).is_some_and(|u| verify_password(&u.hash, password));
+        let hash = self.users().users.get(&**user).map(|u| u.hash.clone());
+        let ok = hash.is_some_and(|h| verify_password(&h, password));
         let key = (user.clone(), digest(password));
         self.verdicts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).put(key, ok);
         ok

@@ -134,6 +134,7 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
     let public = listeners.addrs()?;
     let _ = stats.ports.set(public.iter().map(|a| a.port()).collect());
     let guard = Guard::new(mqtt, stats.clone()).context("cannot start the MQTT password checker")?;
+    let _ = shared.mqtt_guard.set(guard.clone());
     if !guard.authenticates() {
         for a in public.iter().filter(|a| !a.ip().is_loopback()) {
             tracing::warn!(listen = %a, "MQTT listener without authentication: any client that reaches it may publish and subscribe; configure [[mqtt.users]]");

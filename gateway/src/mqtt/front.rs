@@ -323,6 +323,31 @@ where
         stop_tx.clone(),
     ));
     let (acl, subscribe_acl) = front.guard.acls_for(connect.username.as_deref());
+    // A reload that removes this connection's user closes it.
+    let removed_watch = match connect
+        .username
+        .clone()
+        .filter(|u| !u.is_empty() && front.guard.authenticates())
+    {
+        Some(user) => {
+            let (guard, stop) = (front.guard.clone(), stop_tx.clone());
+            let mut generation = guard.watch_users();
+            Some(tokio::spawn(async move {
+                while generation.changed().await.is_ok() {
+                    if !guard.has_user(&user) {
+                        guard.stats.closed_removed_user.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(
+                            user,
+                            "MQTT user removed by a configuration reload: closing its connection"
+                        );
+                        let _ = stop.send(true);
+                        break;
+                    }
+                }
+            }))
+        }
+        None => None,
+    };
     let mut conn = Conn {
         front: front.clone(),
         level: connect.level,
@@ -336,6 +361,9 @@ where
         pings: pings.clone(),
     };
     let ending = conn.pump(&mut rd, &mut buf, &mut bw, &acks_tx, &mut stop_rx).await;
+    if let Some(w) = removed_watch {
+        w.abort();
+    }
     let will_applies = match &ending {
         Ok(Ending::Disconnect { with_will }) => *with_will,
         Ok(Ending::Lost) | Err(_) => true,

@@ -55,6 +55,8 @@ pub struct MqttStats {
     pub refused_bad_credentials: AtomicU64,
     /// CONNECTs refused: too many password checks waiting.
     pub refused_busy: AtomicU64,
+    /// Connections closed because a reload removed their user.
+    pub closed_removed_user: AtomicU64,
     /// Stored without key because the route's key was missing.
     pub key_missing: AtomicU64,
     /// Ports of the MQTT listeners (for the connection gauge).
