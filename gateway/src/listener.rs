@@ -106,10 +106,12 @@ impl Gate {
     }
 }
 
-/// TLS on one listener: the acceptor and the handshake deadline.
+/// TLS on one listener: the acceptor and the handshake deadline. Clones
+/// share the acceptor, which [`TlsListener::reload`] replaces.
 #[derive(Clone)]
 pub struct TlsListener {
-    acceptor: TlsAcceptor,
+    acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
+    alpn: Vec<Vec<u8>>,
     timeout: Duration,
     field: &'static str,
 }
@@ -124,13 +126,32 @@ impl TlsListener {
     /// Reads the files of `tls` (the table at `field`, e.g. `http.tls`);
     /// `alpn` lists the protocols offered, most preferred first.
     pub fn new(tls: &ListenerTls, field: &'static str, alpn: &[&[u8]]) -> anyhow::Result<TlsListener> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
         let mut config = sluice_config::tls::server_config(tls, field)?;
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols.clone_from(&alpn);
         Ok(TlsListener {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: Arc::new(std::sync::RwLock::new(TlsAcceptor::from(Arc::new(config)))),
+            alpn,
             timeout: tls.handshake_timeout,
             field,
         })
+    }
+
+    /// The configuration field of this listener, e.g. `http.tls`.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Reads the certificate, key and client CA files of `tls` again and
+    /// serves new handshakes with them; open connections keep theirs. On
+    /// an error (named like at start) the files in force stay. (The
+    /// handshake timeout is the one read at start.)
+    pub fn reload(&self, tls: &ListenerTls) -> anyhow::Result<()> {
+        let mut config = sluice_config::tls::server_config(tls, self.field)?;
+        config.alpn_protocols.clone_from(&self.alpn);
+        *self.acceptor.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            TlsAcceptor::from(Arc::new(config));
+        Ok(())
     }
 
     /// The server side of the handshake, within the deadline; `None` (and
@@ -141,7 +162,8 @@ impl TlsListener {
         peer: SocketAddr,
         stats: &ListenerStats,
     ) -> Option<TlsStream<TcpStream>> {
-        let failure = match tokio::time::timeout(self.timeout, self.acceptor.accept(tcp)).await {
+        let acceptor = self.acceptor.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let failure = match tokio::time::timeout(self.timeout, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => return Some(stream),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("not complete within {}.handshake_timeout ({:?})", self.field, self.timeout),

@@ -135,6 +135,7 @@ pub async fn run(
         uplinks: std::sync::OnceLock::new(),
         http_tokens,
         mqtt_guard: std::sync::OnceLock::new(),
+        tls_listeners: std::sync::Mutex::new(http_limits.tls.iter().cloned().collect()),
     }));
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
     let uplinks = crate::uplinks::start(&shared, &shared.config)?;
@@ -220,6 +221,26 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
         *shared.http_tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(tokens);
         tracing::info!(tokens = new.http.tokens.len(), "HTTP bearer tokens reloaded");
         changed += 1;
+    }
+    let listeners = shared.tls_listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    for tls in listeners {
+        let table = match tls.field() {
+            "http.tls" => new.http.tls.as_ref(),
+            _ => new.mqtt.tls.as_ref(),
+        };
+        match table {
+            Some(t) => match tls.reload(t) {
+                Ok(()) => {
+                    tracing::info!(listener = tls.field(), "TLS certificate and key reloaded");
+                    changed += 1;
+                }
+                Err(e) => tracing::error!(
+                    listener = tls.field(),
+                    "TLS reload refused, keeping the files in force: {e:#}"
+                ),
+            },
+            None => tracing::error!(listener = tls.field(), "turning TLS off needs a restart; TLS stays on"),
+        }
     }
     if let Some(guard) = shared.mqtt_guard.get() {
         match guard.reload(&new.mqtt) {

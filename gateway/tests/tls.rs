@@ -262,3 +262,83 @@ async fn uplinks_over_tls_deliver_and_an_untrusted_server_shows_in_uplinks() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// SIGHUP reloads a listener's certificate and key: new HTTPS connections
+/// get the new certificate (signed by another CA) without a restart; a
+/// reload naming a missing file is refused and the new certificate stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_https_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make();
+    // A second server certificate, signed by the other CA.
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(certs.path("")).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-new",
+        "-subj",
+        "/CN=sluice test server2",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ]
+    .into_iter()
+    .chain(["-nodes", "-keyout", "server2.key", "-out", "server2.csr"])
+    .collect::<Vec<_>>());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server2.csr",
+        "-CA",
+        "other-ca.pem",
+        "-CAkey",
+        "other-ca.key",
+        "-set_serial",
+        "7",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.cnf",
+        "-extensions",
+        "server",
+        "-out",
+        "server2.pem",
+    ]);
+    let cfg = format!("[http.tls]\n{}", tls_config(&certs, false));
+    let gw = Gateway::start_tls(&dir.path().join("d"), &cfg, &certs.path("ca.pem")).await;
+    let client = |ca: &str| {
+        reqwest::Client::builder().use_preconfigured_tls(common::tls_client(&certs.path(ca))).build().unwrap()
+    };
+    let (first, second) = (client("ca.pem"), client("other-ca.pem"));
+    assert_eq!(first.get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    assert!(second.get(gw.url("/healthz")).send().await.is_err(), "the other CA is not trusted yet");
+
+    let path = |name: &str| certs.path(name).display().to_string();
+    let reloaded = format!(
+        "[http.tls]\ncert = {:?}\nkey = {:?}\nhandshake_timeout = \"1s\"\n",
+        path("server2.pem"),
+        path("server2.key")
+    );
+    std::fs::write(gw.config_path().unwrap(), &reloaded).unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + GUARD;
+    // (A fresh client each time: no connection kept from before.)
+    while client("other-ca.pem").get(gw.url("/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        client("ca.pem").get(gw.url("/healthz")).send().await.is_err(),
+        "the old certificate is still served"
+    );
+
+    // A reload naming a missing key keeps the certificate in force.
+    std::fs::write(gw.config_path().unwrap(), reloaded.replace("server2.key", "missing.key")).unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client("other-ca.pem").get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+}

@@ -132,6 +132,9 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
     let mqtt = &shared.config.mqtt;
     let listeners = Listeners::bind(mqtt, stats.listener.clone())?;
     let public = listeners.addrs()?;
+    if let Some(tls) = listeners.tls_listener() {
+        shared.tls_listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tls);
+    }
     let _ = stats.ports.set(public.iter().map(|a| a.port()).collect());
     let guard = Guard::new(mqtt, stats.clone()).context("cannot start the MQTT password checker")?;
     let _ = shared.mqtt_guard.set(guard.clone());

@@ -134,6 +134,11 @@ impl Listeners {
         self.tls.is_some()
     }
 
+    /// Their TLS (shared with the listeners: a reload reaches them).
+    pub(super) fn tls_listener(&self) -> Option<TlsListener> {
+        self.tls.clone()
+    }
+
     /// The public addresses: `listen`, then `listen_v5` if configured.
     pub(super) fn addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
         self.listeners.iter().map(|l| Ok(l.local_addr()?)).collect()
