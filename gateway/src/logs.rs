@@ -4,7 +4,9 @@
 //! rumqttd 0.20 logs every ordinary end of a connection at ERROR: the
 //! router's "no-connection id N is already gone" (a DISCONNECT followed by
 //! the socket closing is two disconnections to it), and the link's
-//! "router-drop", "connection-stop" and "disconnected". sluice's front
+//! "router-drop", "connection-stop" and "disconnected", and the broker's
+//! "Remote link error" when the error is the link's channel closing
+//! (`Link(Recv(Disconnected))`, the other side of the same end). sluice's front
 //! sees every connection end itself (logged at DEBUG with the reason), so
 //! these lines are dropped; everything else rumqttd logs at WARN or above
 //! stays.
@@ -22,26 +24,35 @@ const ORDINARY: &[&str] = &["no-connection id", "router-drop", "connection-stop"
 #[derive(Debug, Clone, Copy)]
 pub struct QuietBroker;
 
-struct Message(Option<String>);
+/// The `message` and `error` fields of an event.
+#[derive(Default)]
+struct Message(Option<String>, Option<String>);
 
 impl Visit for Message {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0 = Some(value.to_owned());
+        match field.name() {
+            "message" => self.0 = Some(value.to_owned()),
+            "error" => self.1 = Some(value.to_owned()),
+            _ => {}
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = Some(format!("{value:?}"));
+        match field.name() {
+            "message" => self.0 = Some(format!("{value:?}")),
+            "error" => self.1 = Some(format!("{value:?}")),
+            _ => {}
         }
     }
 }
 
-/// Whether an event from `target` with `message` is one rumqttd logs for an
-/// ordinary connection end.
-fn ordinary(target: &str, message: &str) -> bool {
-    target.starts_with("rumqttd") && ORDINARY.iter().any(|m| message.starts_with(m))
+/// Whether an event from `target` with `message` (and `error`) is one
+/// rumqttd logs for an ordinary connection end.
+fn ordinary(target: &str, message: &str, error: Option<&str>) -> bool {
+    target.starts_with("rumqttd")
+        && (ORDINARY.iter().any(|m| message.starts_with(m))
+            || (message.starts_with("Remote link error")
+                && error.is_some_and(|e| e.contains("Disconnected"))))
 }
 
 impl<S: Subscriber> Layer<S> for QuietBroker {
@@ -50,9 +61,9 @@ impl<S: Subscriber> Layer<S> for QuietBroker {
         if !target.starts_with("rumqttd") {
             return true;
         }
-        let mut message = Message(None);
+        let mut message = Message::default();
         event.record(&mut message);
-        !message.0.is_some_and(|m| ordinary(target, &m))
+        !message.0.is_some_and(|m| ordinary(target, &m, message.1.as_deref()))
     }
 }
 
@@ -81,9 +92,11 @@ mod tests {
 
     #[test]
     fn only_rumqttds_connection_ends_are_dropped() {
-        assert!(ordinary("rumqttd::router::routing", "no-connection id 3 is already gone"));
-        assert!(ordinary("rumqttd::server::broker", "router-drop"));
-        assert!(!ordinary("rumqttd::router::routing", "no space for new connection"));
-        assert!(!ordinary("sluice_gateway::run", "disconnected"));
+        assert!(ordinary("rumqttd::router::routing", "no-connection id 3 is already gone", None));
+        assert!(ordinary("rumqttd::server::broker", "router-drop", None));
+        assert!(ordinary("rumqttd::server::broker", "Remote link error", Some("Link(Recv(Disconnected))")));
+        assert!(!ordinary("rumqttd::server::broker", "Remote link error", Some("Io(TimedOut)")));
+        assert!(!ordinary("rumqttd::router::routing", "no space for new connection", None));
+        assert!(!ordinary("sluice_gateway::run", "disconnected", None));
     }
 }
