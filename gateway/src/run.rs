@@ -136,6 +136,7 @@ pub async fn run(
         http_tokens,
         mqtt_guard: std::sync::OnceLock::new(),
         tls_listeners: std::sync::Mutex::new(http_limits.tls.iter().cloned().collect()),
+        config_path: config_path.clone(),
     }));
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
     let uplinks = crate::uplinks::start(&shared, &shared.config)?;

@@ -48,6 +48,9 @@ pub struct Inner {
     /// The MQTT users in force (set once the MQTT front starts; reloaded
     /// in place).
     pub mqtt_guard: std::sync::OnceLock<Arc<crate::mqtt::auth::Guard>>,
+    /// The configuration file, when sluice was started with one (what a
+    /// reload re-reads).
+    pub config_path: Option<std::path::PathBuf>,
     /// The TLS listeners (their certificates are reloaded in place).
     pub tls_listeners: std::sync::Mutex<Vec<crate::listener::TlsListener>>,
 }

@@ -155,6 +155,28 @@ async fn sighup_applies_new_weights() {
     assert_eq!(s["services"][0]["weight"], 9);
 }
 
+#[tokio::test]
+async fn post_reload_applies_the_file_like_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some("[[service]]\nname = \"logs\"\nweight = 2\n")).await;
+    std::fs::write(gw.config_path().unwrap(), "[[service]]\nname = \"logs\"\nweight = 7\n").unwrap();
+    let (status, body) = gw.post_json("/v1/reload", &json!({})).await;
+    assert_eq!((status, &body), (200, &json!({"changed": 1})));
+    let (_, s) = gw.get_json("/v1/services").await;
+    assert_eq!(s["services"][0]["weight"], 7);
+    // A broken file: 400 naming the field, the running configuration stays.
+    std::fs::write(gw.config_path().unwrap(), "[[service]]\nname = \"logs\"\nweight = 0\n").unwrap();
+    let (status, body) = gw.post_json("/v1/reload", &json!({})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("weight"), "{body}");
+    let (_, s) = gw.get_json("/v1/services").await;
+    assert_eq!(s["services"][0]["weight"], 7);
+    // Started without a file: nothing to reload.
+    let bare = Gateway::start(&dir.path().join("bare"), None).await;
+    let (status, body) = bare.post_json("/v1/reload", &json!({})).await;
+    assert_eq!(status, 409, "{body}");
+}
+
 #[test]
 fn an_uplink_its_sink_refuses_stops_the_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();

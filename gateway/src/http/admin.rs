@@ -115,6 +115,31 @@ pub(super) async fn update_service(
     Ok(Json(serde_json::json!({ "name": name, "weight": class.weight, "express": class.express })))
 }
 
+/// `POST /v1/reload`: what SIGHUP does (weights, tokens, MQTT users, TLS
+/// files), answered with how many of them changed, or why the file was
+/// refused.
+pub(super) async fn reload(State(shared): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(path) = shared.config_path.clone() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "sluice was started without a configuration file: there is nothing to reload",
+        ));
+    };
+    let s = shared.clone();
+    let result = tokio::task::spawn_blocking(move || crate::run::reload(&s, &path)).await.map_err(|e| {
+        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}"))
+    })?;
+    match result {
+        Ok(changed) => {
+            tracing::info!(changed, "configuration reloaded (POST /v1/reload)");
+            Ok(Json(serde_json::json!({ "changed": changed })))
+        }
+        Err(e) => {
+            Err(ApiError::bad_request(format!("reload refused, the running configuration stays: {e:#}")))
+        }
+    }
+}
+
 pub(super) async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no such endpoint: {}", uri.path()))
 }

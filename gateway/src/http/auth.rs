@@ -106,7 +106,11 @@ fn need(method: &Method, path: &str) -> Need {
         ["healthz"] | ["readyz"] | [""] | ["v1", "openapi.json"] => Need::Nothing,
         // The status feeds show what `/metrics` shows.
         ["metrics"] | ["v1", "status"] | ["v1", "status", "stream"] => Need::Metrics,
-        ["v1", "topics"] | ["v1", "services"] | ["v1", "services", _] | ["v1", "uplinks"] => Need::Admin,
+        ["v1", "topics"]
+        | ["v1", "services"]
+        | ["v1", "services", _]
+        | ["v1", "uplinks"]
+        | ["v1", "reload"] => Need::Admin,
         ["v1", "topics", t, "records"] if method == Method::POST => Need::Produce((*t).to_owned()),
         ["v1", "topics", t, "partitions", _, "records"] => Need::Consume((*t).to_owned()),
         ["v1", "groups", ..] => Need::ConsumeSome,
