@@ -297,17 +297,19 @@ fn init_tracing() {
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
+    sluice_gateway::run::compile_rules(&config)?;
     sluice_gateway::listener::check_tls_files(&config)?;
     for warning in secret_warnings(&config, file) {
         eprintln!("warning: {warning}");
     }
     eprintln!(
-        "{}: ok ({} services, {} topics, {} routes, {} uplinks)",
+        "{}: ok ({} services, {} topics, {} routes, {} uplinks, {} rules)",
         file.display(),
         config.services.len(),
         config.topics.len(),
         config.routes.len(),
-        config.uplinks.len()
+        config.uplinks.len(),
+        config.rules.len()
     );
     Ok(())
 }

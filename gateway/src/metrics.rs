@@ -260,6 +260,8 @@ pub fn render(shared: &Shared) -> String {
         }
     }
     render_uplinks(&mut out, &shared.uplink_snapshots());
+    #[cfg(feature = "rules")]
+    render_rules(&mut out, shared.rules.get().map_or(&[][..], Vec::as_slice));
     out.family("sluice_panics_total", "counter", "Panics (internal errors) in the sluice process");
     out.sample("sluice_panics_total", &[], PANICS.load(Ordering::Relaxed));
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
@@ -316,6 +318,21 @@ fn render_listener(out: &mut Out, listener: Listener, stats: &crate::listener::L
         let name = format!("{prefix}_{name}");
         out.family(&name, "counter", &format!("{what} {help}"));
         out.sample(&name, &[], get(value));
+    }
+}
+
+/// `sluice_rule_*{rule="..."}`: one family per counter or gauge of
+/// [`crate::rules::stats::RuleStats`].
+#[cfg(feature = "rules")]
+fn render_rules(out: &mut Out, rules: &[std::sync::Arc<crate::rules::RuleHandle>]) {
+    let Some(first) = rules.first() else { return };
+    for (i, (name, counter, _)) in first.stats.values().into_iter().enumerate() {
+        let family =
+            if counter { format!("sluice_rule_{name}_total") } else { format!("sluice_rule_{name}") };
+        out.family(&family, if counter { "counter" } else { "gauge" }, crate::rules::stats::help(name));
+        for r in rules {
+            out.sample(&family, &[("rule", &r.program.name)], r.stats.values()[i].2);
+        }
     }
 }
 

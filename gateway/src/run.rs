@@ -57,6 +57,10 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     overrides.apply(&mut config);
+    #[cfg(feature = "rules")]
+    let rules = compile_rules(&config)?;
+    #[cfg(not(feature = "rules"))]
+    compile_rules(&config)?;
     // Every TLS file is read before anything starts (as check-config does).
     crate::listener::check_tls_files(&config)?;
     let data_dir = config.node.data_dir.clone();
@@ -132,10 +136,14 @@ pub async fn run(
         commits: watch::channel(0).0,
         group_rounds: Default::default(),
         uplinks: std::sync::OnceLock::new(),
+        #[cfg(feature = "rules")]
+        rules: std::sync::OnceLock::new(),
     }));
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
     let uplinks = crate::uplinks::start(&shared, &shared.config)?;
     let _ = shared.uplinks.set(uplinks.iter().map(|u| u.status.clone()).collect());
+    #[cfg(feature = "rules")]
+    let rule_tasks = crate::rules::start(&shared, rules);
     let http_tls = http_limits.tls.is_some();
     write_listen_json(&data_dir, http_addr, http_tls, &mqtt).context("cannot write listen.json")?;
     let app = crate::http::router(shared.clone());
@@ -167,6 +175,12 @@ pub async fn run(
     for u in uplinks {
         u.join().await;
     }
+    // Rules saw the shutdown signal: a step in progress either committed
+    // or left nothing (it runs again after the restart).
+    #[cfg(feature = "rules")]
+    for task in rule_tasks {
+        let _ = task.await;
+    }
     tokio::task::spawn_blocking(move || {
         // rumqttd cannot stop accepting; take in what it delivered so far,
         // then close the pipeline, which persists and flushes all of it.
@@ -178,6 +192,24 @@ pub async fn run(
     .await?;
     store.flush()?;
     tracing::info!("sluice stopped; everything accepted is on disk");
+    Ok(())
+}
+
+/// The compiled `[[rule]]`s, or an error naming the rule, field and column.
+#[cfg(feature = "rules")]
+pub fn compile_rules(config: &Config) -> anyhow::Result<Vec<Arc<crate::rules::program::Program>>> {
+    Ok(crate::rules::compile(config)?)
+}
+
+/// Without the `rules` feature a configuration with rules is refused.
+#[cfg(not(feature = "rules"))]
+pub fn compile_rules(config: &Config) -> anyhow::Result<()> {
+    if let Some(r) = config.rules.first() {
+        anyhow::bail!(
+            "rule {:?}: this sluice was built without the rules feature; remove the [[rule]] sections or use a build with it",
+            r.name
+        );
+    }
     Ok(())
 }
 

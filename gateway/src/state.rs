@@ -43,6 +43,9 @@ pub struct Inner {
     pub group_rounds: std::sync::Mutex<std::collections::HashMap<String, crate::delivery::Rounds>>,
     /// Status of each running uplink (set once they start).
     pub uplinks: std::sync::OnceLock<Vec<Arc<sluice_uplink::UplinkStatus>>>,
+    /// The running rules (set once they start).
+    #[cfg(feature = "rules")]
+    pub rules: std::sync::OnceLock<Vec<Arc<crate::rules::RuleHandle>>>,
 }
 
 impl Inner {

@@ -119,6 +119,19 @@ pub(super) async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no such endpoint: {}", uri.path()))
 }
 
+/// `GET /v1/rules`: per rule counters and gauges (an empty list in a build
+/// without the `rules` feature).
+pub(super) async fn rules(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    #[cfg(feature = "rules")]
+    let body = crate::rules::stats::rules_json(shared.rules.get().map_or(&[][..], Vec::as_slice));
+    #[cfg(not(feature = "rules"))]
+    let body = {
+        let _ = &shared;
+        serde_json::json!({ "rules": [] })
+    };
+    Json(body)
+}
+
 pub(super) async fn uplinks(State(shared): State<Shared>) -> Json<serde_json::Value> {
     Json(uplinks_json(&shared))
 }

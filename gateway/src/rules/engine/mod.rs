@@ -1,0 +1,389 @@
+//! The rule engine as a pure function of (state, record) -> (state,
+//! outputs): no I/O and no clock (the wall clock is passed in, used only to
+//! close the windows of idle inputs), so it can be tested without a node.
+//! The consumer loop in [`super::runner`] drives it and commits its state
+//! with the outputs and input positions.
+
+use super::expr::{type_name, EvalError, Input};
+use super::program::Program;
+use super::window::{Closed, Refused, Windows};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sluice_store::Record;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Header naming the failure on records written to a side topic.
+pub const ERROR_HEADER: &str = "sluice-rule-error";
+
+/// What a rule keeps between records (committed atomically with its
+/// outputs and input positions).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuleState {
+    /// Deadband: last emitted reading per key.
+    #[serde(default)]
+    pub deadband: BTreeMap<String, Last>,
+    /// Open windows.
+    #[serde(default)]
+    pub windows: Windows,
+    /// Stream time: the largest event time seen.
+    #[serde(default)]
+    pub stream_ms: Option<i64>,
+    /// The largest event time seen per input partition (`topic/partition`).
+    #[serde(default)]
+    pub sources: BTreeMap<String, i64>,
+    /// Wall clock when the last record was processed.
+    #[serde(default)]
+    pub stream_wall_ms: i64,
+    /// Windows ending at or before this have closed: stream time minus
+    /// lateness, moved on by the wall clock while inputs are idle.
+    #[serde(default)]
+    pub closed_ms: Option<i64>,
+}
+
+/// The last reading a deadband emitted for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Last {
+    /// The reading.
+    pub v: f64,
+    /// Its event time.
+    pub t: i64,
+}
+
+/// Counters of one step (added to the rule's totals once committed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records read.
+    pub records_in: u64,
+    /// Records written (outputs, routes; not the side topic).
+    pub records_out: u64,
+    /// Records the filter dropped.
+    pub filtered: u64,
+    /// Records whose windows had closed.
+    pub late: u64,
+    /// Records (or window results) an expression failed on.
+    pub errors: u64,
+    /// Readings the deadband held back.
+    pub suppressed: u64,
+    /// Value and key bytes of those readings.
+    pub bytes_saved: u64,
+    /// Records refused because the state holds `max_keys` keys.
+    pub state_full: u64,
+    /// The last failure, `field: column N: ...`.
+    pub last_error: Option<String>,
+}
+
+/// An output record and the index of its topic in [`Program::topics`].
+pub type Emit = (usize, Record);
+
+/// A rule's program and state.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    prog: Arc<Program>,
+    /// The state (serialized into each commit).
+    pub state: RuleState,
+}
+
+struct Failure {
+    field: String,
+    error: EvalError,
+}
+
+fn fail(field: impl Into<String>) -> impl FnOnce(EvalError) -> Failure {
+    let field = field.into();
+    move |error| Failure { field, error }
+}
+
+impl Engine {
+    /// An engine starting from `state`.
+    pub fn new(prog: Arc<Program>, state: RuleState) -> Engine {
+        Engine { prog, state }
+    }
+
+    /// The program.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.prog
+    }
+
+    /// Keys held in state.
+    pub fn state_keys(&self) -> usize {
+        self.state.deadband.len() + self.state.windows.keys()
+    }
+
+    /// Processes one input record read from `source` (`topic/partition`).
+    /// Windows close in [`Engine::advance`], once the step's reads are done.
+    pub fn process(
+        &mut self,
+        rec: &Record,
+        source: &str,
+        now_wall: i64,
+        out: &mut Vec<Emit>,
+        counts: &mut Counts,
+    ) {
+        counts.records_in += 1;
+        let value = serde_json::from_slice::<Value>(&rec.value)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&rec.value).into_owned()));
+        let input = Input {
+            value: &value,
+            key: rec
+                .key
+                .as_ref()
+                .map_or(Value::Null, |k| Value::String(String::from_utf8_lossy(k).into_owned())),
+            headers: Value::Object(
+                rec.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(String::from_utf8_lossy(v).into_owned())))
+                    .collect(),
+            ),
+            timestamp_ms: rec.timestamp_ms,
+        };
+        if let Err(f) = self.step(rec, &input, source, now_wall, out, counts) {
+            self.failed(f, rec.clone(), out, counts);
+        }
+    }
+
+    fn failed(&self, f: Failure, mut rec: Record, out: &mut Vec<Emit>, counts: &mut Counts) {
+        let message = format!("rule {:?} {}: {}", self.prog.name, f.field, f.error);
+        counts.errors += 1;
+        if let Some(side) = self.prog.side_topic {
+            rec.headers.push((ERROR_HEADER.to_owned(), message.clone().into_bytes()));
+            out.push((side, rec));
+        }
+        counts.last_error = Some(message);
+    }
+
+    fn step(
+        &mut self,
+        rec: &Record,
+        input: &Input<'_>,
+        source: &str,
+        now_wall: i64,
+        out: &mut Vec<Emit>,
+        counts: &mut Counts,
+    ) -> Result<(), Failure> {
+        let prog = self.prog.clone();
+        if let Some(filter) = &prog.filter {
+            if !filter.eval_bool(input).map_err(fail("filter"))? {
+                counts.filtered += 1;
+                return Ok(());
+            }
+        }
+        let key = match &prog.key {
+            Some(e) => key_string(e.eval(input).map_err(fail("key"))?).map_err(fail("key"))?,
+            None => rec.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+        };
+        let t = match &prog.time {
+            Some(e) => e.eval_f64(input).map_err(fail("time"))? as i64,
+            None => rec.timestamp_ms,
+        };
+        if let Some(spec) = prog.window {
+            let mut args = Vec::with_capacity(prog.aggregates.len());
+            for a in &prog.aggregates {
+                let field = || format!("window.aggregates.{}", a.name);
+                let v = match &a.arg {
+                    Some(e) => e.eval(input).map_err(fail(field()))?,
+                    None => Value::Null,
+                };
+                if a.kind.numeric() && !v.is_number() {
+                    let message = format!("gave {}, not a number", type_name(&v));
+                    return Err(Failure { field: field(), error: whole(message) });
+                }
+                args.push(v);
+            }
+            let kinds: Vec<_> = prog.aggregates.iter().map(|a| a.kind).collect();
+            let closed_before = self.state.closed_ms;
+            let k = key.as_deref().unwrap_or("");
+            match self.state.windows.add(&spec, &kinds, k, t, &args, closed_before, prog.max_keys) {
+                Ok(()) => {}
+                Err(Refused::Late) => counts.late += 1,
+                Err(Refused::Full) => counts.state_full += 1,
+            }
+            self.state.stream_ms = Some(self.state.stream_ms.map_or(t, |s| s.max(t)));
+            let seen = self.state.sources.entry(source.to_owned()).or_insert(t);
+            *seen = (*seen).max(t);
+            self.state.stream_wall_ms = now_wall;
+            return Ok(());
+        }
+        if let Some(db) = &prog.deadband {
+            let x = db.value.eval_f64(input).map_err(fail("deadband.value"))?;
+            let k = key.clone().unwrap_or_default();
+            let emit = match self.state.deadband.get(&k) {
+                None => true,
+                Some(last) => {
+                    let moved = (x - last.v).abs();
+                    db.absolute.is_some_and(|b| moved > b)
+                        || db.relative.is_some_and(|r| moved > r * last.v.abs())
+                        || db.heartbeat_ms.is_some_and(|h| t - last.t >= h)
+                }
+            };
+            if !emit {
+                counts.suppressed += 1;
+                counts.bytes_saved += (rec.value.len() + rec.key.as_ref().map_or(0, Vec::len)) as u64;
+                return Ok(());
+            }
+            if !self.state.deadband.contains_key(&k) && self.state.deadband.len() >= prog.max_keys {
+                // Forget the key that emitted longest ago: its next reading
+                // is emitted (as for a new key), nothing is lost.
+                let oldest = self.state.deadband.iter().min_by_key(|(_, l)| l.t).map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    self.state.deadband.remove(&oldest);
+                }
+            }
+            self.state.deadband.insert(k, Last { v: x, t });
+        }
+        let value = match &prog.project {
+            Some(_) => None,
+            None => Some(rec.value.clone()),
+        };
+        self.emit(input, key, value, rec.headers.clone(), rec.timestamp_ms, out, counts)
+    }
+
+    /// Projects and routes one result. `raw` is the value to write when
+    /// there is no projection (the input bytes, unchanged).
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &self,
+        input: &Input<'_>,
+        key: Option<String>,
+        raw: Option<Vec<u8>>,
+        headers: Vec<(String, Vec<u8>)>,
+        timestamp_ms: i64,
+        out: &mut Vec<Emit>,
+        counts: &mut Counts,
+    ) -> Result<(), Failure> {
+        let (bytes, projected) = match (&self.prog.project, raw) {
+            (Some(fields), _) => {
+                let mut m = Map::new();
+                for f in fields {
+                    m.insert(
+                        f.name.clone(),
+                        f.expr.eval(input).map_err(fail(format!("project.{}", f.name)))?,
+                    );
+                }
+                let v = Value::Object(m);
+                (serde_json::to_vec(&v).unwrap_or_default(), Some(v))
+            }
+            (None, Some(raw)) => (raw, None),
+            (None, None) => (serde_json::to_vec(input.value).unwrap_or_default(), None),
+        };
+        let result = Input {
+            value: projected.as_ref().unwrap_or(input.value),
+            key: key.as_ref().map_or(Value::Null, |k| Value::String(k.clone())),
+            headers: input.headers.clone(),
+            timestamp_ms,
+        };
+        let mut targets = Vec::new();
+        for (i, r) in self.prog.routes.iter().enumerate() {
+            if r.when.eval_bool(&result).map_err(fail(format!("routes[{i}].when")))? {
+                targets.push(r.topic);
+            }
+        }
+        if targets.is_empty() {
+            targets.push(0);
+        }
+        for topic in targets {
+            let rec = Record {
+                key: key.as_ref().map(|k| k.clone().into_bytes()),
+                value: bytes.clone(),
+                headers: headers.clone(),
+                timestamp_ms,
+            };
+            out.push((topic, rec));
+            counts.records_out += 1;
+        }
+        Ok(())
+    }
+
+    /// Closes the windows ending at or before `upto` (and moves
+    /// `closed_ms` there; it never goes back).
+    fn close_upto(&mut self, upto: i64, out: &mut Vec<Emit>, counts: &mut Counts) {
+        let Some(spec) = self.prog.window else { return };
+        let upto = self.state.closed_ms.map_or(upto, |c| c.max(upto));
+        self.state.closed_ms = Some(upto);
+        for closed in self.state.windows.close(&spec, upto) {
+            self.window_result(closed, out, counts);
+        }
+    }
+
+    fn window_result(&self, c: Closed, out: &mut Vec<Emit>, counts: &mut Counts) {
+        let mut m = Map::new();
+        m.insert("key".into(), if c.key.is_empty() { Value::Null } else { Value::String(c.key.clone()) });
+        m.insert("start".into(), Value::from(c.start));
+        m.insert("end".into(), Value::from(c.end));
+        for (a, acc) in self.prog.aggregates.iter().zip(&c.accs) {
+            m.insert(a.name.clone(), acc.result(a.kind));
+        }
+        let value = Value::Object(m);
+        let key = (!c.key.is_empty()).then(|| c.key.clone());
+        let input = Input {
+            value: &value,
+            key: key.as_ref().map_or(Value::Null, |k| Value::String(k.clone())),
+            headers: Value::Object(Map::new()),
+            timestamp_ms: c.end,
+        };
+        if let Err(f) = self.emit(&input, key.clone(), None, Vec::new(), c.end, out, counts) {
+            let rec = Record {
+                key: key.map(String::into_bytes),
+                value: serde_json::to_vec(&value).unwrap_or_default(),
+                headers: Vec::new(),
+                timestamp_ms: c.end,
+            };
+            self.failed(f, rec, out, counts);
+        }
+    }
+
+    /// Closes the windows stream time has passed, after a step's reads.
+    /// `lagging` are the input partitions with records left to read: stream
+    /// time stops at the slowest of them (one read ahead must not make the
+    /// other's records late); caught-up partitions do not hold it back.
+    pub fn advance(&mut self, lagging: &[String], out: &mut Vec<Emit>, counts: &mut Counts) {
+        let (Some(spec), Some(mut stream)) = (self.prog.window, self.state.stream_ms) else { return };
+        for source in lagging {
+            match self.state.sources.get(source) {
+                Some(t) => stream = stream.min(*t),
+                // Not read yet: its event times are unknown.
+                None => return,
+            }
+        }
+        self.close_upto(stream - spec.lateness_ms, out, counts);
+    }
+
+    /// Called while every input is idle: once they have been idle for the
+    /// window's `idle_timeout`, stream time follows the wall clock, so the
+    /// windows of idle inputs close.
+    pub fn tick(&mut self, now_wall: i64, out: &mut Vec<Emit>, counts: &mut Counts) {
+        let (Some(spec), Some(stream)) = (self.prog.window, self.state.stream_ms) else { return };
+        let idle = now_wall - self.state.stream_wall_ms - spec.idle_ms;
+        if idle > 0 {
+            self.close_upto(stream - spec.lateness_ms + idle, out, counts);
+        }
+    }
+
+    /// Wall-clock ms from `now_wall` until the oldest open window closes if
+    /// the inputs stay idle.
+    pub fn next_close_in(&self, now_wall: i64) -> Option<i64> {
+        let spec = self.prog.window?;
+        let end = self.state.windows.next_end(&spec)?;
+        let stream = self.state.stream_ms?;
+        let due_wall = self.state.stream_wall_ms + spec.idle_ms + (end + spec.lateness_ms - stream);
+        Some((due_wall - now_wall).max(0))
+    }
+}
+
+fn whole(message: String) -> EvalError {
+    EvalError { column: 1, text: String::new(), message }
+}
+
+/// A key from an expression's result: strings as they are, numbers and
+/// booleans as text, null for no key.
+fn key_string(v: Value) -> Result<Option<String>, EvalError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        Value::Number(_) | Value::Bool(_) => Ok(Some(v.to_string())),
+        other => Err(whole(format!("gave {}; a key is a string, a number or null", type_name(&other)))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,465 @@
+//! Edge rules (`[[rule]]`) against the real binary on 127.0.0.1: filter and
+//! projection over HTTP and MQTT, deadband, tumbling windows, exactly once
+//! across kill -9, on_error, and check-config's messages.
+#![cfg(feature = "rules")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::mqtt::client;
+use common::{sluice, Gateway};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Reads every record of partition 0 of `topic` (durable ones).
+async fn all_records(gw: &Gateway, topic: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let (s, b) = gw
+            .get_json(&format!(
+                "/v1/topics/{topic}/partitions/0/records?offset={}&max_records=1000",
+                out.len()
+            ))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let recs = b["records"].as_array().unwrap();
+        if recs.is_empty() {
+            return out;
+        }
+        out.extend(recs.iter().cloned());
+    }
+}
+
+/// `/v1/rules` entry of `name`.
+async fn rule(gw: &Gateway, name: &str) -> Value {
+    let (s, b) = gw.get_json("/v1/rules").await;
+    assert_eq!(s, 200, "{b}");
+    b["rules"].as_array().unwrap().iter().find(|r| r["name"] == name).cloned().unwrap()
+}
+
+/// Waits until rule `name` has read `n` records and has no lag.
+async fn caught_up(gw: &Gateway, name: &str, n: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = rule(gw, name).await;
+        if r["records_in"].as_u64() == Some(n) && r["lag_records"] == 0 {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "rule {name} never read {n} records: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn produce_keyed(gw: &Gateway, topic: &str, records: &[(&str, Value)]) {
+    let records: Vec<Value> = records.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+    let (s, b) = gw.post_json(&format!("/v1/topics/{topic}/records"), &json!({ "records": records })).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+const ALARM_FILTER: &str = r#"
+[[service]]
+name = "alarms"
+weight = 10
+durability = "sync"
+[[topic]]
+name = "telemetry"
+[[topic]]
+name = "hot"
+service = "alarms"
+[[route]]
+mqtt = "plant/+/telemetry"
+topic = "telemetry"
+key = "level:2"
+
+[[rule]]
+name = "hot"
+inputs = ["telemetry"]
+output = "hot"
+filter = "value.temp > 30 && has(value.hum)"
+project = { device = "key", temp = "value.temp", hum = "value.hum", alarm = "value.temp > 40 ? 'high' : 'warm'" }
+"#;
+
+#[tokio::test]
+async fn filter_and_projection_over_http_and_mqtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(ALARM_FILTER)).await;
+    produce_keyed(
+        &gw,
+        "telemetry",
+        &[
+            ("d1", json!({"temp": 20, "hum": 40})),
+            ("d2", json!({"temp": 35, "hum": 41})),
+            ("d3", json!({"temp": 45})),
+            ("d4", json!({"temp": 45.5, "hum": 10})),
+        ],
+    )
+    .await;
+    let (c, _task, _rx) = client(&gw, "sensor").await;
+    for (dev, body) in [("m1", r#"{"temp":31,"hum":50}"#), ("m2", r#"{"temp":12,"hum":50}"#)] {
+        c.publish(format!("plant/{dev}/telemetry"), QoS::AtLeastOnce, false, body.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let r = caught_up(&gw, "hot", 6).await;
+    let got: Vec<Value> = all_records(&gw, "hot").await.into_iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(
+        got,
+        [
+            json!({"device": "d2", "temp": 35, "hum": 41, "alarm": "warm"}),
+            json!({"device": "d4", "temp": 45.5, "hum": 10, "alarm": "high"}),
+            json!({"device": "m1", "temp": 31, "hum": 50, "alarm": "warm"}),
+        ]
+    );
+    assert_eq!(
+        (r["records_out"].as_u64(), r["filtered"].as_u64(), r["errors"].as_u64()),
+        (Some(3), Some(3), Some(0))
+    );
+    assert_eq!(gw.metric("sluice_rule_records_out_total{rule=\"hot\"}").await, 3);
+    assert_eq!(gw.metric("sluice_rule_filtered_total{rule=\"hot\"}").await, 3);
+}
+
+/// A slow temperature with noise: a sine of 2 degrees over 600 readings
+/// plus +-0.15 of deterministic noise.
+fn slow_signal(n: usize) -> Vec<f64> {
+    let mut seed: u64 = 7;
+    (0..n)
+        .map(|i| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let noise = ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 0.3;
+            let x = 20.0 + 2.0 * (i as f64 / 600.0 * std::f64::consts::TAU).sin() + noise;
+            // As the gateway will read it back from the JSON text.
+            let x = (x * 100.0).round() / 100.0;
+            serde_json::from_slice::<f64>(&serde_json::to_vec(&x).unwrap()).unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn deadband_reduces_a_noisy_slow_signal() {
+    let config = r#"
+[[topic]]
+name = "temps"
+[[topic]]
+name = "temps-changed"
+
+[[rule]]
+name = "rbe"
+inputs = ["temps"]
+output = "temps-changed"
+[rule.deadband]
+value = "value.t"
+absolute = 0.5
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(config)).await;
+    let signal = slow_signal(600);
+    for chunk in signal.chunks(100) {
+        let recs: Vec<(&str, Value)> = chunk.iter().map(|t| ("boiler", json!({"t": t}))).collect();
+        produce_keyed(&gw, "temps", &recs).await;
+    }
+    let r = caught_up(&gw, "rbe", 600).await;
+    // The same rule computed here: emit when moved more than 0.5.
+    let mut last: Option<f64> = None;
+    let mut expected = Vec::new();
+    let mut saved = 0u64;
+    for t in &signal {
+        if last.is_none_or(|l| (t - l).abs() > 0.5) {
+            expected.push(*t);
+            last = Some(*t);
+        } else {
+            saved += (serde_json::to_vec(&json!({"t": t})).unwrap().len() + "boiler".len()) as u64;
+        }
+    }
+    let got: Vec<f64> =
+        all_records(&gw, "temps-changed").await.iter().map(|r| r["value"]["t"].as_f64().unwrap()).collect();
+    assert_eq!(got, expected);
+    assert!(got.len() * 10 < signal.len(), "deadband kept {} of {}", got.len(), signal.len());
+    assert_eq!(r["suppressed"].as_u64(), Some((signal.len() - got.len()) as u64));
+    assert_eq!(r["bytes_saved"].as_u64(), Some(saved));
+    assert_eq!(gw.metric("sluice_rule_bytes_saved_total{rule=\"rbe\"}").await, saved);
+    let raw: u64 =
+        signal.iter().map(|t| (serde_json::to_vec(&json!({"t": t})).unwrap().len() + 6) as u64).sum();
+    eprintln!(
+        "deadband: {} of {} readings forwarded, {} of {raw} bytes kept off the uplink ({:.1}x less)",
+        got.len(),
+        signal.len(),
+        saved,
+        raw as f64 / (raw - saved) as f64
+    );
+}
+
+const WINDOW_RULE: &str = r#"
+[[topic]]
+name = "readings"
+[[topic]]
+name = "per-minute"
+
+[[rule]]
+name = "avg"
+inputs = ["readings"]
+output = "per-minute"
+key = "value.device"
+time = "value.ts"
+[rule.window]
+size = "1m"
+lateness = "2s"
+idle_timeout = "1s"
+aggregates = { n = "count()", sum = "sum(value.t)", lo = "min(value.t)", hi = "max(value.t)", avg = "avg(value.t)", first = "first(value.t)", last = "last(value.t)" }
+"#;
+
+#[tokio::test]
+async fn tumbling_window_emits_correct_aggregates() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(WINDOW_RULE)).await;
+    let readings = [
+        ("a", 1_000, 10),
+        ("b", 2_000, 1),
+        ("a", 30_000, 14),
+        ("a", 20_000, 12),
+        ("b", 59_999, 3),
+        ("a", 61_000, 20),  // the stream is at 61 s: [0, 60 s) still takes records
+        ("b", 59_000, 5),   // within the lateness
+        ("a", 117_000, 21), // closes [0, 60 s)
+        ("a", 118_500, 22),
+        ("b", 10_000, 100), // late: dropped and counted
+    ];
+    let values: Vec<Value> =
+        readings.iter().map(|(d, ts, t)| json!({"device": d, "ts": ts, "t": t})).collect();
+    for v in values {
+        gw.produce("readings", &[v]).await;
+    }
+    let recs = gw.wait_records("per-minute", 2).await;
+    let got: Vec<Value> = recs.iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(
+        got,
+        [
+            json!({"key": "a", "start": 0, "end": 60_000, "n": 3, "sum": 36, "lo": 10, "hi": 14, "avg": 12, "first": 10, "last": 14}),
+            json!({"key": "b", "start": 0, "end": 60_000, "n": 3, "sum": 9, "lo": 1, "hi": 5, "avg": 3, "first": 1, "last": 3}),
+        ]
+    );
+    assert_eq!(recs[0]["key"], "a");
+    assert_eq!(recs[0]["timestamp"], 60_000);
+    let r = caught_up(&gw, "avg", 10).await;
+    assert_eq!(r["late"], 1);
+    // The inputs go idle: after idle_timeout, stream time follows the wall
+    // clock and [60 s, 120 s) closes without another record.
+    let recs = gw.wait_records("per-minute", 3).await;
+    assert_eq!(
+        recs[2]["value"],
+        json!({"key": "a", "start": 60_000, "end": 120_000, "n": 3, "sum": 63, "lo": 20, "hi": 22, "avg": 21, "first": 20, "last": 22})
+    );
+    assert_eq!(rule(&gw, "avg").await["open_windows"], 0);
+}
+
+#[tokio::test]
+async fn kill9_mid_stream_window_output_is_exactly_once_and_state_resumes() {
+    let config = r#"
+[[service]]
+name = "sensors"
+durability = "sync"
+[[topic]]
+name = "seq"
+service = "sensors"
+partitions = 2
+[[topic]]
+name = "sums"
+
+[[rule]]
+name = "sums"
+inputs = ["seq"]
+output = "sums"
+key = "value.dev"
+time = "value.i * 100"
+batch = 50
+[rule.window]
+size = "1s"
+idle_timeout = "1h"
+aggregates = { n = "count()", sum = "sum(value.i)", first = "first(value.i)", last = "last(value.i)" }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let mut gw = Gateway::start(&data, Some(config)).await;
+    const N: u64 = 3000;
+    let devs = ["d0", "d1", "d2"];
+    let mut i = 0u64;
+    let mut kills = 0;
+    while i < N {
+        // Batches of 75 records per device (each a copy of the sequence), so
+        // kills fall in the middle of 1 s windows (10 records).
+        let end = (i + 75).min(N);
+        let recs: Vec<Value> = (i..end)
+            .flat_map(|i| devs.iter().map(move |d| json!({"key": d, "value": {"dev": d, "i": i}})))
+            .collect();
+        let (s, b) = gw.post_json("/v1/topics/seq/records", &json!({ "records": recs })).await;
+        assert_eq!(s, 200, "{b}");
+        i = end;
+        if i % 525 == 0 && i < N {
+            // Mid-stream: the rule may still be working through what was
+            // just acknowledged, and windows are half full.
+            let before = rule(&gw, "sums").await;
+            eprintln!(
+                "kill -9 at {i}: lag {} records, {} open windows",
+                before["lag_records"], before["open_windows"]
+            );
+            gw.kill9();
+            kills += 1;
+            gw = Gateway::start(&data, Some(config)).await;
+        }
+    }
+    // One more record per device closes the last window (stream time N * 100).
+    let closing: Vec<Value> =
+        devs.iter().map(|d| json!({"key": d, "value": {"dev": d, "i": N + 10}})).collect();
+    let (s, b) = gw.post_json("/v1/topics/seq/records", &json!({ "records": closing })).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(kills, 5);
+    let windows = (N / 10) as usize * devs.len();
+    // Counters start at 0 with each process: wait for no lag and the last
+    // open window of each device (the one of the closing record).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let r = loop {
+        let r = rule(&gw, "sums").await;
+        if r["lag_records"] == 0 && r["open_windows"] == 3 && r["records_in"].as_u64() > Some(0) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "rule sums never caught up: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut got: BTreeMap<(String, i64), Vec<Value>> = BTreeMap::new();
+    let (s, b) = gw.get_json("/v1/topics").await;
+    assert_eq!(s, 200);
+    let parts = b["topics"].as_array().unwrap().iter().find(|t| t["name"] == "sums").unwrap()["partitions"]
+        .as_array()
+        .unwrap()
+        .len();
+    let mut total = 0;
+    for p in 0..parts {
+        let mut offset = 0;
+        loop {
+            let (_, body) = gw
+                .get_json(&format!("/v1/topics/sums/partitions/{p}/records?offset={offset}&max_records=1000"))
+                .await;
+            let recs = body["records"].as_array().unwrap();
+            if recs.is_empty() {
+                break;
+            }
+            for rec in recs {
+                let v = &rec["value"];
+                got.entry((v["key"].as_str().unwrap().to_owned(), v["start"].as_i64().unwrap()))
+                    .or_default()
+                    .push(v.clone());
+            }
+            offset += recs.len();
+            total += recs.len();
+        }
+    }
+    assert_eq!(total, windows, "one result per (device, window), no duplicates: {r}");
+    for d in devs {
+        for w in 0..(N / 10) {
+            let (first, last) = (w * 10, w * 10 + 9);
+            let results = &got[&(d.to_owned(), (w * 1000) as i64)];
+            assert_eq!(
+                results,
+                &vec![json!({"key": d, "start": w * 1000, "end": (w + 1) * 1000, "n": 10,
+                    "sum": (first..=last).sum::<u64>(), "first": first, "last": last})],
+                "window {w} of {d}"
+            );
+        }
+    }
+    assert_eq!(r["late"], 0);
+    assert_eq!(r["errors"], 0);
+}
+
+#[tokio::test]
+async fn on_error_skip_counts_and_the_rule_keeps_going() {
+    let config = r#"
+[[topic]]
+name = "in"
+[[topic]]
+name = "out"
+[[topic]]
+name = "bad"
+
+[[rule]]
+name = "skip"
+inputs = ["in"]
+output = "out"
+filter = "value.temp > 30"
+project = { t = "value.temp * 2" }
+
+[[rule]]
+name = "side"
+inputs = ["in"]
+output = "out2"
+filter = "value.temp > 30"
+on_error = "side_topic"
+side_topic = "bad"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(config)).await;
+    let values =
+        [json!({"temp": 31}), json!({"hum": 3}), json!("text"), json!({"temp": "hot"}), json!({"temp": 40})];
+    gw.produce("in", &values).await;
+    let r = caught_up(&gw, "skip", 5).await;
+    assert_eq!((r["errors"].as_u64(), r["records_out"].as_u64()), (Some(3), Some(2)));
+    let last_error = r["last_error"].as_str().unwrap();
+    assert!(
+        last_error
+            .contains("rule \"skip\" filter: column 1: value.temp > 30 cannot order a string and a number"),
+        "{last_error}"
+    );
+    let out: Vec<Value> = all_records(&gw, "out").await.into_iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(out, [json!({"t": 62}), json!({"t": 80})]);
+    assert_eq!(gw.metric("sluice_rule_errors_total{rule=\"skip\"}").await, 3);
+    // The side topic gets the failing input records, with the reason.
+    caught_up(&gw, "side", 5).await;
+    let bad = all_records(&gw, "bad").await;
+    assert_eq!(bad.len(), 3);
+    assert_eq!(bad[0]["value"], json!({"hum": 3}));
+    let why = bad[0]["headers"]["sluice-rule-error"].as_str().unwrap();
+    assert!(why.contains("value.temp is missing"), "{why}");
+}
+
+#[test]
+fn check_config_names_the_rule_field_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let config = r#"
+[[rule]]
+name = "hot"
+inputs = ["telemetry"]
+output = "hot-out"
+filter = "value.temp > 30 && hass(value.hum)"
+project = { t = "value.temp +" }
+[rule.window]
+size = "1m"
+aggregates = { m = "median(value.t)", a = "avg(value.t +)" }
+"#;
+    std::fs::write(&path, config).unwrap();
+    let (ok, err) = sluice(&["check-config", path.to_str().unwrap()]);
+    assert!(!ok);
+    for want in [
+        "rule[\"hot\"].filter: column 20: unknown function \"hass\"",
+        "rule[\"hot\"].project.t: column 13: expected a value, a name or \"(\", found the end",
+        "rule[\"hot\"].window.aggregates.m: unknown aggregate \"median\"",
+        "rule[\"hot\"].window.aggregates.a: column 14: expected a value",
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+    // Structure is checked by the configuration itself.
+    std::fs::write(
+        &path,
+        "[[rule]]\nname = \"r\"\ninputs = [\"a\"]\noutput = \"a\"\non_error = \"side_topic\"\n",
+    )
+    .unwrap();
+    let (ok, err) = sluice(&["check-config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("rule[\"r\"].output: \"a\" is also an input of the rule"), "{err}");
+    assert!(err.contains("rule[\"r\"].side_topic: is missing"), "{err}");
+    // And a good one passes.
+    std::fs::write(&path, ALARM_FILTER).unwrap();
+    let (ok, err) = sluice(&["check-config", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("1 rules"), "{err}");
+}
