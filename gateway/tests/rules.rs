@@ -463,3 +463,56 @@ aggregates = { m = "median(value.t)", a = "avg(value.t +)" }
     assert!(ok, "{err}");
     assert!(err.contains("1 rules"), "{err}");
 }
+
+#[test]
+fn rule_test_prints_what_a_rule_emits_without_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, WINDOW_RULE).unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines = [
+        r#"{"value": {"device": "a", "ts": 1000, "t": 10}}"#,
+        r#"{"value": {"device": "a", "ts": 2000, "t": 20}}"#,
+        r#"{"value": {"device": "b", "ts": 3000}}"#,
+        "",
+        r#"{"value": {"device": "a", "ts": 70000, "t": 30}, "key": "k", "timestamp": 5}"#,
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "rule",
+            "test",
+            "avg",
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("SLUICE_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let got: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["topic"], "per-minute");
+    assert_eq!(got[0]["key"], "a");
+    assert_eq!(got[0]["value"]["avg"], 15);
+    assert_eq!(got[1]["value"]["start"], 60_000, "closed at the end of the input");
+    assert!(stderr.contains("4 in, 2 out, 0 filtered"), "{stderr}");
+    assert!(stderr.contains("1 errors"), "{stderr}");
+    assert!(stderr.contains("rule \"avg\" window.aggregates.avg: column 1: value.t is missing"), "{stderr}");
+    // An unknown rule is named with the ones there are.
+    let (ok, err) = sluice(&[
+        "rule",
+        "test",
+        "nope",
+        "--input",
+        input.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("no rule \"nope\" in the configuration (rules: avg)"), "{err}");
+}

@@ -9,7 +9,9 @@
 //! - [`runner`]: the consumer loop; outputs, input positions and state go
 //!   out in one atomic commit of the store.
 //! - [`stats`]: per-rule counters for `/v1/rules` and `/metrics`.
+//! - [`dry_run`]: `sluice rule test`, a rule over a file without a node.
 
+pub mod dry_run;
 pub mod engine;
 pub mod expr;
 pub mod program;
