@@ -96,6 +96,17 @@ pub enum OnError {
     SideTopic,
 }
 
+/// A window's `on_late`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLate {
+    /// `"drop"`: drop the record, count it.
+    #[default]
+    Drop,
+    /// `"side_topic"`: write it to the rule's `side_topic`, count it.
+    SideTopic,
+}
+
 /// `[rule.deadband]`: emit a reading only when it moved enough.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +159,11 @@ pub struct WindowConfig {
     /// 1ms..=7d.
     #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
     pub idle_timeout: Option<Duration>,
+    /// What happens to a record whose windows have all closed: `"drop"`
+    /// (default; counted as late) or `"side_topic"` (also written to the
+    /// rule's `side_topic` with a `sluice-rule-late` header).
+    #[serde(default)]
+    pub on_late: OnLate,
     /// Required. Output field = aggregate: `count()`, `sum(x)`, `min(x)`,
     /// `max(x)`, `avg(x)`, `first(x)`, `last(x)`.
     pub aggregates: BTreeMap<String, String>,
@@ -198,14 +214,16 @@ pub(crate) fn problems(cfg: &Config) -> Vec<FieldError> {
                 add(field, format!("{t:?} is also an input of the rule; a rule cannot feed itself"));
             }
         }
-        match (r.on_error, &r.side_topic) {
-            (OnError::SideTopic, None) => add(
+        let late_to_side = r.window.as_ref().is_some_and(|w| w.on_late == OnLate::SideTopic);
+        match (r.on_error == OnError::SideTopic || late_to_side, &r.side_topic) {
+            (true, None) => add(
                 format!("{label}.side_topic"),
-                "is missing: on_error = \"side_topic\" needs the topic to write failing records to".into(),
+                "is missing: on_error or window.on_late = \"side_topic\" needs the topic to write those records to"
+                    .into(),
             ),
-            (OnError::Skip, Some(_)) => add(
+            (false, Some(_)) => add(
                 format!("{label}.side_topic"),
-                "is set but on_error is \"skip\"; set on_error = \"side_topic\" or remove it".into(),
+                "is set but nothing goes there; set on_error or window.on_late = \"side_topic\", or remove it".into(),
             ),
             _ => {}
         }

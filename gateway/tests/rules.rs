@@ -202,10 +202,12 @@ inputs = ["readings"]
 output = "per-minute"
 key = "value.device"
 time = "value.ts"
+side_topic = "late-readings"
 [rule.window]
 size = "1m"
 lateness = "2s"
 idle_timeout = "1s"
+on_late = "side_topic"
 aggregates = { n = "count()", sum = "sum(value.t)", lo = "min(value.t)", hi = "max(value.t)", avg = "avg(value.t)", first = "first(value.t)", last = "last(value.t)" }
 "#;
 
@@ -243,6 +245,12 @@ async fn tumbling_window_emits_correct_aggregates() {
     assert_eq!(recs[0]["timestamp"], 60_000);
     let r = caught_up(&gw, "avg", 10).await;
     assert_eq!(r["late"], 1);
+    // on_late = "side_topic": the late record, unchanged, with the reason.
+    let late = all_records(&gw, "late-readings").await;
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0]["value"], json!({"device": "b", "ts": 10_000, "t": 100}));
+    let why = late[0]["headers"]["sluice-rule-late"].as_str().unwrap();
+    assert_eq!(why, "event time 10000: windows up to 116500 have closed");
     // The inputs go idle: after idle_timeout, stream time follows the wall
     // clock and [60 s, 120 s) closes without another record.
     let recs = gw.wait_records("per-minute", 3).await;

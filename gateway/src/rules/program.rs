@@ -3,7 +3,7 @@
 
 use super::expr::{Expr, ExprError};
 use super::window::{AggKind, WindowSpec};
-use sluice_config::{Config, FieldError, OnError, RuleConfig, WindowKind};
+use sluice_config::{Config, FieldError, OnError, OnLate, RuleConfig, WindowKind};
 use std::sync::Arc;
 
 /// One output expression of a projection.
@@ -73,8 +73,12 @@ pub struct Program {
     pub window: Option<WindowSpec>,
     /// Window aggregates.
     pub aggregates: Vec<Aggregate>,
-    /// Index into `topics` of the side topic, with `on_error = "side_topic"`.
+    /// Index into `topics` of the side topic of failing records, with
+    /// `on_error = "side_topic"`.
     pub side_topic: Option<usize>,
+    /// Index into `topics` of the side topic of late records, with
+    /// `window.on_late = "side_topic"`.
+    pub late_topic: Option<usize>,
     /// State bound.
     pub max_keys: usize,
     /// Records per commit.
@@ -192,6 +196,7 @@ pub fn compile(rule: &RuleConfig, label: &str) -> Result<Program, Vec<FieldError
         window,
         aggregates,
         side_topic: None,
+        late_topic: None,
         max_keys: rule.max_keys as usize,
         batch: rule.batch as usize,
         config: rule.clone(),
@@ -200,8 +205,10 @@ pub fn compile(rule: &RuleConfig, label: &str) -> Result<Program, Vec<FieldError
         let topic = p.topic_index(&r.topic);
         p.routes.push(Route { when: when.expect("route expressions compiled (checked above)"), topic });
     }
-    if let (OnError::SideTopic, Some(side)) = (rule.on_error, &rule.side_topic) {
-        p.side_topic = Some(p.topic_index(side));
+    if let Some(side) = &rule.side_topic {
+        let side = p.topic_index(side);
+        p.side_topic = (rule.on_error == OnError::SideTopic).then_some(side);
+        p.late_topic = rule.window.as_ref().is_some_and(|w| w.on_late == OnLate::SideTopic).then_some(side);
     }
     Ok(p)
 }

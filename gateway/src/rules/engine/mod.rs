@@ -15,6 +15,9 @@ use std::sync::Arc;
 
 /// Header naming the failure on records written to a side topic.
 pub const ERROR_HEADER: &str = "sluice-rule-error";
+/// Header on late records written to a side topic: where the rule's
+/// closed windows ended when the record came.
+pub const LATE_HEADER: &str = "sluice-rule-late";
 
 /// What a rule keeps between records (committed atomically with its
 /// outputs and input positions).
@@ -195,7 +198,18 @@ impl Engine {
             let k = key.as_deref().unwrap_or("");
             match self.state.windows.add(&spec, &kinds, k, t, &args, closed_before, prog.max_keys) {
                 Ok(()) => {}
-                Err(Refused::Late) => counts.late += 1,
+                Err(Refused::Late) => {
+                    counts.late += 1;
+                    if let Some(side) = prog.late_topic {
+                        let mut rec = rec.clone();
+                        let why = format!(
+                            "event time {t}: windows up to {} have closed",
+                            closed_before.unwrap_or(t)
+                        );
+                        rec.headers.push((LATE_HEADER.to_owned(), why.into_bytes()));
+                        out.push((side, rec));
+                    }
+                }
                 Err(Refused::Full) => counts.state_full += 1,
             }
             self.state.stream_ms = Some(self.state.stream_ms.map_or(t, |s| s.max(t)));
