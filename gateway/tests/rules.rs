@@ -524,3 +524,65 @@ fn rule_test_prints_what_a_rule_emits_without_a_node() {
     assert!(!ok);
     assert!(err.contains("no rule \"nope\" in the configuration (rules: avg)"), "{err}");
 }
+
+/// A flood into a low-priority rule's input makes that rule lag, not an
+/// alarm rule: the alarm's result is out while the bulk rule still has a
+/// backlog.
+#[tokio::test]
+async fn a_flooded_bulk_rule_lags_and_the_alarm_rule_does_not() {
+    let config = r#"
+[[service]]
+name = "bulk"
+weight = 1
+[[service]]
+name = "alarms"
+express = true
+durability = "sync"
+[[topic]]
+name = "raw"
+service = "bulk"
+[[topic]]
+name = "raw-out"
+service = "bulk"
+[[topic]]
+name = "alarm-in"
+service = "alarms"
+[[topic]]
+name = "alarm-out"
+service = "alarms"
+
+[[rule]]
+name = "bulk"
+inputs = ["raw"]
+output = "raw-out"
+project = { x = "value.i * 2", odd = "value.i % 2 == 1" }
+batch = 100
+
+[[rule]]
+name = "alarm"
+inputs = ["alarm-in"]
+output = "alarm-out"
+filter = "value.level > 2"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(config)).await;
+    for b in 0..30 {
+        let recs: Vec<Value> = (0..2000).map(|i| json!({ "value": {"i": b * 2000 + i} })).collect();
+        let (s, body) = gw.post_json("/v1/topics/raw/records", &json!({ "records": recs })).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    gw.settle("raw").await;
+    let before = rule(&gw, "bulk").await;
+    assert!(
+        before["lag_records"].as_u64().unwrap() > 10_000,
+        "the flood is queued for the bulk rule: {before}"
+    );
+    let sent = Instant::now();
+    gw.produce("alarm-in", &[json!({"level": 5})]).await;
+    let got = gw.wait_records("alarm-out", 1).await;
+    let latency = sent.elapsed();
+    assert_eq!(got[0]["value"], json!({"level": 5}));
+    let bulk = rule(&gw, "bulk").await;
+    assert!(bulk["lag_records"].as_u64().unwrap() > 0, "the bulk rule caught up first: {bulk}");
+    eprintln!("alarm rule result after {latency:?}; bulk rule lag then {}", bulk["lag_records"]);
+}

@@ -6,6 +6,7 @@
 //! - [`program`]: a `[[rule]]` compiled, with errors naming field and column.
 //! - [`engine`]: the pure engine, (state, record) -> (state, outputs).
 //! - [`window`]: windows per key and their aggregates.
+//! - [`gate`]: which rule computes next, by its service's priority.
 //! - [`runner`]: the consumer loop; outputs, input positions and state go
 //!   out in one atomic commit of the store.
 //! - [`stats`]: per-rule counters for `/v1/rules` and `/metrics`.
@@ -14,6 +15,7 @@
 pub mod dry_run;
 pub mod engine;
 pub mod expr;
+pub mod gate;
 pub mod program;
 pub mod runner;
 pub mod stats;
@@ -47,11 +49,17 @@ pub fn start(shared: &Shared, programs: Vec<Arc<Program>>) -> Vec<tokio::task::J
         .map(|program| Arc::new(RuleHandle { program, stats: RuleStats::default() }))
         .collect();
     let _ = shared.rules.set(handles.clone());
+    let services: Vec<_> = shared.services.iter().map(|s| (s.name.clone(), s.class())).collect();
+    let gate = gate::Gate::new(
+        crate::ingest::scheduler_mode(&shared.config),
+        shared.config.scheduler.express_max_share,
+        &services,
+    );
     handles
         .into_iter()
         .map(|h| {
             tracing::info!(rule = %h.program.name, inputs = ?h.program.inputs, outputs = ?h.program.topics, "rule started");
-            tokio::spawn(runner::run(shared.clone(), h))
+            tokio::spawn(runner::run(shared.clone(), h, gate.clone()))
         })
         .collect()
 }

@@ -5,6 +5,7 @@
 //! matches the positions.
 
 use super::engine::{Counts, Emit, Engine, RuleState};
+use super::gate::Gate;
 use super::RuleHandle;
 use crate::state::Shared;
 use crate::topics::Topic;
@@ -24,10 +25,10 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs a rule until shutdown. A failure (store error) is logged and the
 /// rule starts over from its last commit.
-pub async fn run(shared: Shared, handle: Arc<RuleHandle>) {
+pub async fn run(shared: Shared, handle: Arc<RuleHandle>, gate: Arc<Gate>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
-        match run_from_commit(&shared, &handle).await {
+        match run_from_commit(&shared, &handle, &gate).await {
             Ok(()) => return,
             Err(e) => {
                 let message = format!("{e:#}");
@@ -52,7 +53,7 @@ struct Input {
     moved: bool,
 }
 
-async fn run_from_commit(shared: &Shared, handle: &RuleHandle) -> anyhow::Result<()> {
+async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>) -> anyhow::Result<()> {
     let prog = handle.program.clone();
     let store = &shared.store;
     let topic = |name: &String| {
@@ -86,17 +87,23 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle) -> anyhow::Result
     let stateful = prog.window.is_some() || prog.deadband.is_some();
     let mut shutdown = shared.shutdown.clone();
     let mut first = 0;
+    // The rule's priority is its output topic's service's.
+    let service = outputs[0].service.clone();
+    let mut step_bytes: u64 = 1024;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
         let appended = shared.topics.subscribe_any();
+        let class = shared.services.resolve(&service).class();
+        let permit = gate.acquire(&service, class, step_bytes).await;
         let now = now_ms();
         let (mut out, mut counts) = (Vec::new(), Counts::default());
         let mut budget = prog.batch;
         let mut lag = 0;
         let mut skipped = 0;
         let mut lagging = Vec::new();
+        let mut bytes = 0;
         // Rotate the first partition read so a busy one cannot starve the rest.
         first = (first + 1) % inputs.len().max(1);
         let n = inputs.len();
@@ -113,6 +120,7 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle) -> anyhow::Result
                 }
                 let from = input.next;
                 for r in res.records.iter().filter(|r| r.offset >= from) {
+                    bytes += r.record.value.len() as u64;
                     engine.process(&r.record, &input.source, now, &mut out, &mut counts);
                     input.next = Offset(r.offset.0 + 1);
                     input.moved = true;
@@ -130,6 +138,9 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle) -> anyhow::Result
         if !read {
             engine.tick(now, &mut out, &mut counts);
         }
+        // The commit is I/O: the next rule computes meanwhile.
+        drop(permit);
+        step_bytes = bytes.max(1024);
         if read || !out.is_empty() {
             let state = stateful.then(|| serde_json::to_vec(&engine.state)).transpose()?;
             if let Some(s) = &state {
