@@ -586,3 +586,48 @@ filter = "value.level > 2"
     assert!(bulk["lag_records"].as_u64().unwrap() > 0, "the bulk rule caught up first: {bulk}");
     eprintln!("alarm rule result after {latency:?}; bulk rule lag then {}", bulk["lag_records"]);
 }
+
+/// Restarts with a changed rule: a new filter keeps the open windows, a
+/// new aggregate list starts the state over and says so.
+#[tokio::test]
+async fn a_changed_window_starts_fresh_and_a_changed_filter_keeps_the_state() {
+    let base = r#"
+[[topic]]
+name = "r"
+[[topic]]
+name = "w"
+[[rule]]
+name = "w"
+inputs = ["r"]
+output = "w"
+key = "value.d"
+time = "value.ts"
+FILTER
+[rule.window]
+size = "1m"
+idle_timeout = "1h"
+aggregates = AGGS
+"#;
+    let config = |filter: &str, aggs: &str| base.replace("FILTER", filter).replace("AGGS", aggs);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let mut gw = Gateway::start(&data, Some(&config("", r#"{ n = "count()" }"#))).await;
+    gw.produce("r", &[json!({"d": "a", "ts": 1000}), json!({"d": "a", "ts": 2000})]).await;
+    caught_up(&gw, "w", 2).await;
+    gw.terminate();
+
+    let mut gw =
+        Gateway::start(&data, Some(&config("filter = \"value.ts >= 0\"", r#"{ n = "count()" }"#))).await;
+    gw.produce("r", &[json!({"d": "a", "ts": 3000}), json!({"d": "a", "ts": 61_000})]).await;
+    let out = gw.wait_records("w", 1).await;
+    assert_eq!(out[0]["value"], json!({"key": "a", "start": 0, "end": 60_000, "n": 3}), "state kept");
+    assert_eq!(rule(&gw, "w").await["last_error"], Value::Null);
+    gw.terminate();
+
+    let gw = Gateway::start(&data, Some(&config("", r#"{ n = "count()", s = "sum(value.ts)" }"#))).await;
+    let r = rule(&gw, "w").await;
+    assert!(r["last_error"].as_str().unwrap().starts_with("state started fresh: the rule changed"), "{r}");
+    gw.produce("r", &[json!({"d": "a", "ts": 62_000}), json!({"d": "a", "ts": 125_000})]).await;
+    let out = gw.wait_records("w", 2).await;
+    assert_eq!(out[1]["value"], json!({"key": "a", "start": 60_000, "end": 120_000, "n": 1, "s": 62_000}));
+}

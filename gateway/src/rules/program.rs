@@ -98,6 +98,20 @@ impl Program {
         format!("rule\0{}", self.name).into_bytes()
     }
 
+    /// What the rule's state depends on (key, event time, deadband
+    /// reading, window and aggregates): a state made under another shape is
+    /// not used.
+    pub fn shape(&self) -> String {
+        let c = &self.config;
+        format!(
+            "key={:?} time={:?} deadband={:?} window={:?}",
+            c.key,
+            c.time,
+            c.deadband.as_ref().map(|d| &d.value),
+            c.window.as_ref().map(|w| (w.kind, w.size, w.hop, &w.aggregates))
+        )
+    }
+
     fn topic_index(&mut self, name: &str) -> usize {
         match self.topics.iter().position(|t| t == name) {
             Some(i) => i,

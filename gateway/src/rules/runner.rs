@@ -77,10 +77,23 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>)
             inputs.push(Input { source, topic: t.clone(), partition, next, moved: false });
         }
     }
+    let shape = prog.shape();
     let state = match store.state(&prog.state_key())? {
         Some(bytes) => serde_json::from_slice::<RuleState>(&bytes)
             .with_context(|| format!("rule {:?}: its stored state is not readable", prog.name))?,
-        None => RuleState::default(),
+        None => RuleState { shape: shape.clone(), ..RuleState::default() },
+    };
+    let state = if state.shape == shape {
+        state
+    } else {
+        // Open windows or last readings of another key, window or
+        // aggregate list would give wrong results: start them over.
+        tracing::warn!(rule = %prog.name, was = %state.shape, now = %shape,
+            "the rule's key, event time, deadband reading or window changed: its state starts fresh (input positions are kept)");
+        handle
+            .stats
+            .set_error(format!("state started fresh: the rule changed from {} to {shape}", state.shape));
+        RuleState { shape, ..RuleState::default() }
     };
     let mut engine = Engine::new(prog.clone(), state);
     handle.stats.publish_state(&engine, 0);

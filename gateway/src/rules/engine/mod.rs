@@ -23,6 +23,9 @@ pub const LATE_HEADER: &str = "sluice-rule-late";
 /// outputs and input positions).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RuleState {
+    /// The rule's [`Program::shape`] when the state was made.
+    #[serde(default)]
+    pub shape: String,
     /// Deadband: last emitted reading per key.
     #[serde(default)]
     pub deadband: BTreeMap<String, Last>,
