@@ -134,18 +134,34 @@ pub enum WindowKind {
     Tumbling,
     /// `"hopping"`: windows of `size` starting every `hop`.
     Hopping,
+    /// `"count"`: per key, a window closes after `count` records.
+    Count,
+}
+
+impl WindowKind {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowKind::Tumbling => "tumbling",
+            WindowKind::Hopping => "hopping",
+            WindowKind::Count => "count",
+        }
+    }
 }
 
 /// `[rule.window]`: aggregates per key and time window.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
-    /// `"tumbling"` (default) or `"hopping"`.
+    /// `"tumbling"` (default), `"hopping"` or `"count"`.
     #[serde(default)]
     pub kind: WindowKind,
-    /// Required. Window length, 1ms..=7d.
-    #[serde(deserialize_with = "crate::duration::deserialize")]
-    pub size: Duration,
+    /// Window length, 1ms..=7d; required for tumbling and hopping windows.
+    #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
+    pub size: Option<Duration>,
+    /// Count windows: records per window and key, 1..=1000000.
+    #[serde(default)]
+    pub count: Option<u32>,
     /// Hopping windows: how often one starts; divides `size`.
     #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
     pub hop: Option<Duration>,
@@ -250,39 +266,7 @@ pub(crate) fn problems(cfg: &Config) -> Vec<FieldError> {
             }
         }
         if let Some(w) = &r.window {
-            if let Err(e) = dur_range(w.size, WINDOW_SIZE) {
-                add(format!("{label}.window.size"), e);
-            }
-            if let Some(idle) = w.idle_timeout {
-                if let Err(e) = dur_range(idle, WINDOW_SIZE) {
-                    add(format!("{label}.window.idle_timeout"), e);
-                }
-            }
-            if let Err(e) = dur_range(w.lateness, (Duration::ZERO, MAX_LATENESS)) {
-                add(format!("{label}.window.lateness"), e);
-            }
-            match (w.kind, w.hop) {
-                (WindowKind::Hopping, None) => {
-                    add(format!("{label}.window.hop"), "is missing: a hopping window needs hop".into())
-                }
-                (WindowKind::Tumbling, Some(_)) => add(
-                    format!("{label}.window.hop"),
-                    "applies to hopping windows only; set kind = \"hopping\" or remove hop".into(),
-                ),
-                (WindowKind::Hopping, Some(hop)) => {
-                    if hop.is_zero() || hop > w.size || w.size.as_millis() % hop.as_millis().max(1) != 0 {
-                        add(
-                            format!("{label}.window.hop"),
-                            format!(
-                                "{} must be more than 0, at most size and divide size ({})",
-                                crate::format_duration(hop),
-                                crate::format_duration(w.size)
-                            ),
-                        );
-                    }
-                }
-                (WindowKind::Tumbling, None) => {}
-            }
+            window_problems(w, label, &mut add);
             if w.aggregates.is_empty() {
                 add(
                     format!("{label}.window.aggregates"),
@@ -298,4 +282,72 @@ pub(crate) fn problems(cfg: &Config) -> Vec<FieldError> {
         }
     }
     out
+}
+
+/// The shape of a `[rule.window]`: size or count by kind, hop, lateness.
+fn window_problems(w: &WindowConfig, label: &str, add: &mut impl FnMut(String, String)) {
+    let kind = w.kind.as_str();
+    match (w.kind, w.size, w.count) {
+        (WindowKind::Count, size, count) => {
+            if size.is_some() || w.hop.is_some() {
+                let field = if size.is_some() { "size" } else { "hop" };
+                add(
+                    format!("{label}.window.{field}"),
+                    format!("a count window closes after `count` records; remove {field}"),
+                );
+            }
+            match count {
+                None => add(format!("{label}.window.count"), "is missing: a count window needs count".into()),
+                Some(n) if !(1..=1_000_000).contains(&n) => {
+                    add(format!("{label}.window.count"), format!("{n} is out of range [1, 1000000]"))
+                }
+                Some(_) => {}
+            }
+        }
+        (_, None, _) => add(
+            format!("{label}.window.size"),
+            format!("is missing: a {kind} window needs size, e.g. \"1m\""),
+        ),
+        (_, Some(size), count) => {
+            if let Err(e) = dur_range(size, WINDOW_SIZE) {
+                add(format!("{label}.window.size"), e);
+            }
+            if count.is_some() {
+                add(
+                    format!("{label}.window.count"),
+                    format!("applies to count windows only, and this one is {kind}; remove count"),
+                );
+            }
+            match (w.kind, w.hop) {
+                (WindowKind::Hopping, None) => {
+                    add(format!("{label}.window.hop"), "is missing: a hopping window needs hop".into())
+                }
+                (WindowKind::Hopping, Some(hop)) => {
+                    if hop.is_zero() || hop > size || size.as_millis() % hop.as_millis().max(1) != 0 {
+                        add(
+                            format!("{label}.window.hop"),
+                            format!(
+                                "{} must be more than 0, at most size and divide size ({})",
+                                crate::format_duration(hop),
+                                crate::format_duration(size)
+                            ),
+                        );
+                    }
+                }
+                (_, Some(_)) => add(
+                    format!("{label}.window.hop"),
+                    "applies to hopping windows only; set kind = \"hopping\" or remove hop".into(),
+                ),
+                (_, None) => {}
+            }
+        }
+    }
+    if let Some(idle) = w.idle_timeout {
+        if let Err(e) = dur_range(idle, WINDOW_SIZE) {
+            add(format!("{label}.window.idle_timeout"), e);
+        }
+    }
+    if let Err(e) = dur_range(w.lateness, (Duration::ZERO, MAX_LATENESS)) {
+        add(format!("{label}.window.lateness"), e);
+    }
 }

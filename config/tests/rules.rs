@@ -22,7 +22,7 @@ fn a_rule_with_its_defaults() {
     let w = r.window.as_ref().expect("window");
     assert_eq!(
         (w.kind, w.size, w.lateness, w.hop, w.idle_timeout),
-        (WindowKind::Tumbling, Duration::from_secs(60), Duration::ZERO, None, None)
+        (WindowKind::Tumbling, Some(Duration::from_secs(60)), Duration::ZERO, None, None)
     );
 }
 
@@ -34,6 +34,8 @@ fn structural_problems_name_the_rule_and_field() {
 auto_create_topics = false
 [[topic]]
 name = "a"
+[[topic]]
+name = "b"
 [[rule]]
 name = "r"
 inputs = []
@@ -51,6 +53,16 @@ kind = "hopping"
 size = "1m"
 hop = "7s"
 aggregates = {}
+[[rule]]
+name = "c"
+inputs = ["a"]
+output = "b"
+window = { kind = "count", size = "1m", aggregates = { n = "count()" } }
+[[rule]]
+name = "t"
+inputs = ["a"]
+output = "b"
+window = { count = 5, aggregates = { n = "count()" } }
 "#,
     );
     let want = [
@@ -63,6 +75,9 @@ aggregates = {}
         "rule[1].output: \"a\" is also an input of the rule",
         "rule[1].window.hop: 7s must be more than 0, at most size and divide size (1m)",
         "rule[1].window.aggregates: is empty",
+        "rule[\"c\"].window.size: a count window closes after `count` records; remove size",
+        "rule[\"c\"].window.count: is missing: a count window needs count",
+        "rule[\"t\"].window.size: is missing: a tumbling window needs size",
     ];
     for w in want {
         assert!(got.iter().any(|g| g.contains(w)), "{w:?} not in {got:#?}");

@@ -631,3 +631,44 @@ aggregates = AGGS
     let out = gw.wait_records("w", 2).await;
     assert_eq!(out[1]["value"], json!({"key": "a", "start": 60_000, "end": 120_000, "n": 1, "s": 62_000}));
 }
+
+/// MQTT publishes into a count window: per device, one result every 3
+/// readings, keyed by the MQTT topic level.
+#[tokio::test]
+async fn count_window_over_mqtt() {
+    let config = r#"
+[[topic]]
+name = "vib"
+[[topic]]
+name = "vib-3"
+[[route]]
+mqtt = "plant/+/vib"
+topic = "vib"
+key = "level:2"
+
+[[rule]]
+name = "per3"
+inputs = ["vib"]
+output = "vib-3"
+[rule.window]
+kind = "count"
+count = 3
+aggregates = { n = "count()", mean = "avg(value.rms)", top = "max(value.rms)" }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(config)).await;
+    let (c, _task, _rx) = client(&gw, "vib-sensor").await;
+    for (dev, rms) in [("m1", 1), ("m2", 10), ("m1", 2), ("m1", 6), ("m2", 20), ("m1", 7), ("m2", 30)] {
+        let body = json!({ "rms": rms }).to_string();
+        c.publish(format!("plant/{dev}/vib"), QoS::AtLeastOnce, false, body.into_bytes()).await.unwrap();
+    }
+    let r = caught_up(&gw, "per3", 7).await;
+    assert_eq!(r["open_windows"], 1, "{r}");
+    let got: Vec<(Value, Value)> =
+        all_records(&gw, "vib-3").await.into_iter().map(|r| (r["key"].clone(), r["value"].clone())).collect();
+    let without_times = |v: &Value| json!({"key": v["key"], "n": v["n"], "mean": v["mean"], "top": v["top"]});
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, "m1");
+    assert_eq!(without_times(&got[0].1), json!({"key": "m1", "n": 3, "mean": 3, "top": 6}));
+    assert_eq!(without_times(&got[1].1), json!({"key": "m2", "n": 3, "mean": 20, "top": 30}));
+}

@@ -5,6 +5,7 @@ use super::expr::{Expr, ExprError};
 use super::window::{AggKind, WindowSpec};
 use sluice_config::{Config, FieldError, OnError, OnLate, RuleConfig, WindowKind};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One output expression of a projection.
 #[derive(Debug, Clone)]
@@ -69,8 +70,10 @@ pub struct Program {
     pub routes: Vec<Route>,
     /// Report by exception.
     pub deadband: Option<Deadband>,
-    /// Windows.
+    /// Time windows.
     pub window: Option<WindowSpec>,
+    /// Count windows: records per window and key.
+    pub count: Option<u64>,
     /// Window aggregates.
     pub aggregates: Vec<Aggregate>,
     /// Index into `topics` of the side topic of failing records, with
@@ -108,7 +111,7 @@ impl Program {
             c.key,
             c.time,
             c.deadband.as_ref().map(|d| &d.value),
-            c.window.as_ref().map(|w| (w.kind, w.size, w.hop, &w.aggregates))
+            c.window.as_ref().map(|w| (w.kind, w.size, w.hop, w.count, &w.aggregates))
         )
     }
 
@@ -175,7 +178,7 @@ pub fn compile(rule: &RuleConfig, label: &str) -> Result<Program, Vec<FieldError
         })
     });
     let mut aggregates = Vec::new();
-    let window = rule.window.as_ref().map(|w| {
+    if let Some(w) = &rule.window {
         for (name, src) in &w.aggregates {
             let field = format!("{label}.window.aggregates.{name}");
             match aggregate(name, src) {
@@ -183,15 +186,20 @@ pub fn compile(rule: &RuleConfig, label: &str) -> Result<Program, Vec<FieldError
                 Err(message) => problems.push(FieldError { field, message }),
             }
         }
-        let size = w.size.as_millis() as i64;
+    }
+    let count =
+        rule.window.as_ref().filter(|w| w.kind == WindowKind::Count).map(|w| u64::from(w.count.unwrap_or(1)));
+    let window = rule.window.as_ref().filter(|w| w.kind != WindowKind::Count).map(|w| {
+        let size = w.size.unwrap_or(Duration::from_secs(60));
+        let size_ms = size.as_millis() as i64;
         WindowSpec {
-            size_ms: size,
+            size_ms,
             hop_ms: match w.kind {
-                WindowKind::Tumbling => size,
-                WindowKind::Hopping => w.hop.map_or(size, |h| h.as_millis() as i64),
+                WindowKind::Hopping => w.hop.map_or(size_ms, |h| h.as_millis() as i64),
+                WindowKind::Tumbling | WindowKind::Count => size_ms,
             },
             lateness_ms: w.lateness.as_millis() as i64,
-            idle_ms: w.idle_timeout.unwrap_or(w.size).as_millis() as i64,
+            idle_ms: w.idle_timeout.unwrap_or(size).as_millis() as i64,
         }
     });
     if !problems.is_empty() {
@@ -208,6 +216,7 @@ pub fn compile(rule: &RuleConfig, label: &str) -> Result<Program, Vec<FieldError
         routes: Vec::new(),
         deadband,
         window,
+        count,
         aggregates,
         side_topic: None,
         late_topic: None,

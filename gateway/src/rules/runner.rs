@@ -97,7 +97,7 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>)
     };
     let mut engine = Engine::new(prog.clone(), state);
     handle.stats.publish_state(&engine, 0);
-    let stateful = prog.window.is_some() || prog.deadband.is_some();
+    let stateful = prog.window.is_some() || prog.count.is_some() || prog.deadband.is_some();
     let mut shutdown = shared.shutdown.clone();
     let mut first = 0;
     // The rule's priority is its output topic's service's.

@@ -68,7 +68,7 @@ impl RuleStats {
     /// Updates the gauges.
     pub fn publish_state(&self, engine: &Engine, lag: u64) {
         self.lag_records.store(lag, Ordering::Relaxed);
-        self.open_windows.store(engine.state.windows.entries() as u64, Ordering::Relaxed);
+        self.open_windows.store(engine.open_windows() as u64, Ordering::Relaxed);
         self.state_keys.store(engine.state_keys() as u64, Ordering::Relaxed);
     }
 
@@ -115,7 +115,7 @@ pub fn rules_json(rules: &[std::sync::Arc<RuleHandle>]) -> serde_json::Value {
             m.insert("name".into(), p.name.clone().into());
             m.insert("inputs".into(), p.inputs.clone().into());
             m.insert("outputs".into(), p.topics.clone().into());
-            let kind = if p.window.is_some() {
+            let kind = if p.window.is_some() || p.count.is_some() {
                 "window"
             } else if p.deadband.is_some() {
                 "deadband"

@@ -234,6 +234,70 @@ impl Windows {
     }
 }
 
+/// Count windows: per key, a window closes after `count` records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CountWindows {
+    open: BTreeMap<String, Counted>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Counted {
+    n: u64,
+    /// Earliest and latest event time in the window.
+    start: i64,
+    end: i64,
+    accs: Vec<Acc>,
+}
+
+impl CountWindows {
+    /// Keys with an open window.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether no window is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Adds a record; returns the window it completed, if any. Its `start`
+    /// and `end` are the earliest and latest event times in it.
+    pub fn add(
+        &mut self,
+        kinds: &[AggKind],
+        key: &str,
+        t: i64,
+        args: &[Value],
+        count: u64,
+        max_keys: usize,
+    ) -> Result<Option<Closed>, Refused> {
+        if !self.open.contains_key(key) && self.open.len() >= max_keys {
+            return Err(Refused::Full);
+        }
+        let w = self.open.entry(key.to_owned()).or_insert_with(|| Counted {
+            n: 0,
+            start: t,
+            end: t,
+            accs: vec![Acc::Empty; kinds.len()],
+        });
+        w.n += 1;
+        w.start = w.start.min(t);
+        w.end = w.end.max(t);
+        for ((acc, kind), arg) in w.accs.iter_mut().zip(kinds).zip(args) {
+            acc.add(*kind, t, arg);
+        }
+        if w.n < count {
+            return Ok(None);
+        }
+        Ok(self.open.remove(key).map(|w| Closed {
+            key: key.to_owned(),
+            start: w.start,
+            end: w.end,
+            accs: w.accs,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -275,6 +339,23 @@ mod tests {
         let got: Vec<Value> = closed[0].accs.iter().zip(kinds).map(|(a, k)| a.result(k)).collect();
         assert_eq!(got, [json!(4), json!(16), json!(1), json!(9), json!(4), json!(2.0), json!(9.0)]);
         assert_eq!(w.entries(), 0);
+    }
+
+    #[test]
+    fn count_windows_close_after_n_records_per_key() {
+        let mut w = CountWindows::default();
+        let kinds = [AggKind::Count, AggKind::Sum];
+        let mut closed = Vec::new();
+        for (i, key) in ["a", "b", "a", "a", "b"].iter().enumerate() {
+            let t = i as i64 * 10;
+            let args = [json!(null), json!(i)];
+            closed.extend(w.add(&kinds, key, t, &args, 3, 10).unwrap());
+        }
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].key.as_str(), closed[0].start, closed[0].end), ("a", 0, 30));
+        assert_eq!(closed[0].accs[1].result(AggKind::Sum), json!(5));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.add(&kinds, "c", 0, &[json!(null), json!(1)], 3, 1), Err(Refused::Full));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use super::expr::{type_name, EvalError, Input};
 use super::program::Program;
-use super::window::{Closed, Refused, Windows};
+use super::window::{Closed, CountWindows, Refused, Windows};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sluice_store::Record;
@@ -29,9 +29,12 @@ pub struct RuleState {
     /// Deadband: last emitted reading per key.
     #[serde(default)]
     pub deadband: BTreeMap<String, Last>,
-    /// Open windows.
+    /// Open time windows.
     #[serde(default)]
     pub windows: Windows,
+    /// Open count windows.
+    #[serde(default)]
+    pub counted: CountWindows,
     /// Stream time: the largest event time seen.
     #[serde(default)]
     pub stream_ms: Option<i64>,
@@ -113,7 +116,12 @@ impl Engine {
 
     /// Keys held in state.
     pub fn state_keys(&self) -> usize {
-        self.state.deadband.len() + self.state.windows.keys()
+        self.state.deadband.len() + self.state.windows.keys() + self.state.counted.len()
+    }
+
+    /// Open (key, window) pairs.
+    pub fn open_windows(&self) -> usize {
+        self.state.windows.entries() + self.state.counted.len()
     }
 
     /// Processes one input record read from `source` (`topic/partition`).
@@ -182,7 +190,7 @@ impl Engine {
             Some(e) => e.eval_f64(input).map_err(fail("time"))? as i64,
             None => rec.timestamp_ms,
         };
-        if let Some(spec) = prog.window {
+        if prog.window.is_some() || prog.count.is_some() {
             let mut args = Vec::with_capacity(prog.aggregates.len());
             for a in &prog.aggregates {
                 let field = || format!("window.aggregates.{}", a.name);
@@ -197,6 +205,16 @@ impl Engine {
                 args.push(v);
             }
             let kinds: Vec<_> = prog.aggregates.iter().map(|a| a.kind).collect();
+            let Some(spec) = prog.window else {
+                let count = prog.count.unwrap_or(1);
+                let k = key.as_deref().unwrap_or("");
+                match self.state.counted.add(&kinds, k, t, &args, count, prog.max_keys) {
+                    Ok(Some(closed)) => self.window_result(closed, out, counts),
+                    Ok(None) => {}
+                    Err(_) => counts.state_full += 1,
+                }
+                return Ok(());
+            };
             let closed_before = self.state.closed_ms;
             let k = key.as_deref().unwrap_or("");
             match self.state.windows.add(&spec, &kinds, k, t, &args, closed_before, prog.max_keys) {
