@@ -181,3 +181,44 @@ fn max_keys_bounds_window_state() {
     assert_eq!(counts.state_full, 1);
     assert_eq!(e.state_keys(), 2);
 }
+
+#[test]
+fn relative_deadband_and_hopping_windows() {
+    let mut e = engine(
+        r#"
+        [[rule]]
+        name = "rel"
+        inputs = ["t"]
+        output = "out"
+        deadband = { value = "value.p", relative = 0.1 }
+        "#,
+    );
+    let recs: Vec<Record> =
+        [100.0, 109.0, 111.0, 121.0, 123.0, 0.0].iter().map(|p| rec("k", json!({"p": p}), 0)).collect();
+    let (out, _) = run(&mut e, &recs);
+    let got: Vec<Value> = out.into_iter().map(|(_, _, v)| v["p"].clone()).collect();
+    // 111 moved 11% from 100; 123 moved 10.8% from 111; 0 moved 100%.
+    assert_eq!(got, [json!(100.0), json!(111.0), json!(123.0), json!(0.0)]);
+
+    let mut e = engine(
+        r#"
+        [[rule]]
+        name = "hop"
+        inputs = ["t"]
+        output = "out"
+        time = "value.ts"
+        [rule.window]
+        kind = "hopping"
+        size = "1m"
+        hop = "30s"
+        aggregates = { n = "count()" }
+        "#,
+    );
+    let recs: Vec<Record> =
+        [10_000, 40_000, 70_000, 200_000].iter().map(|ts| rec("k", json!({"ts": ts}), 0)).collect();
+    let (out, _) = run(&mut e, &recs);
+    let got: Vec<(i64, i64)> =
+        out.iter().map(|(_, _, v)| (v["start"].as_i64().unwrap(), v["n"].as_i64().unwrap())).collect();
+    // Windows [-30 s, 30 s), [0, 60 s), [30 s, 90 s), [60 s, 120 s).
+    assert_eq!(got, [(-30_000, 1), (0, 2), (30_000, 2), (60_000, 1)]);
+}
