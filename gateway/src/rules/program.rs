@@ -240,14 +240,14 @@ pub fn compile(rule: &RuleConfig, label: &str) -> Result<Program, Vec<FieldError
 fn aggregate(name: &str, src: &str) -> Result<Aggregate, String> {
     let kinds = "count(), sum(x), min(x), max(x), avg(x), first(x), last(x)";
     let Some((func, arg)) = Expr::split_call(src) else {
-        return Err(format!("{src:?} is not an aggregate; use one of {kinds}"));
+        return Err(format!("{src:?} is not an aggregate (use one of {kinds})"));
     };
     let kind = AggKind::parse(func)
-        .ok_or_else(|| format!("unknown aggregate {func:?} in {src:?}; use one of {kinds}"))?;
+        .ok_or_else(|| format!("unknown aggregate {func:?} in {src:?} (use one of {kinds})"))?;
     let column_shift = src.find('(').map_or(0, |i| src[..=i].chars().count());
     let arg = match (kind, arg.trim().is_empty()) {
         (AggKind::Count, true) => None,
-        (AggKind::Count, false) => return Err("count() takes no argument; it counts records".into()),
+        (AggKind::Count, false) => return Err("count() takes no argument (it counts records)".into()),
         (_, true) => return Err(format!("{func}() needs an argument, e.g. {func}(value.temp)")),
         (_, false) => Some(
             Expr::compile(arg).map_err(|e| format!("column {}: {}", e.column + column_shift, e.message))?,

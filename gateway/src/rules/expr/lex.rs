@@ -65,9 +65,9 @@ pub(super) fn tokens(src: &str) -> Result<Vec<Token>, ExprError> {
         } else {
             let ch = src[i..].chars().next().unwrap_or('?');
             let hint = match ch {
-                '=' => "; compare with ==",
-                '&' => "; and is &&",
-                '|' => "; or is ||",
+                '=' => " (compare with ==)",
+                '&' => " (and is &&)",
+                '|' => " (or is ||)",
                 _ => "",
             };
             return Err(ExprError::at(src, at, format!("unexpected character {ch:?}{hint}")));

@@ -240,7 +240,7 @@ impl<'s> Parser<'s> {
         self.bump();
         let rhs = self.add()?;
         if matches!(&self.peek().kind, Tok::Op("==" | "!=" | "<" | "<=" | ">" | ">=")) {
-            return Err(self.err_here("comparisons do not chain; combine them with &&"));
+            return Err(self.err_here("comparisons do not chain (combine them with &&)"));
         }
         Ok(Node::Bin(op, Box::new(lhs), Box::new(rhs), self.span(start)))
     }
@@ -354,7 +354,7 @@ impl<'s> Parser<'s> {
                 _ => Err(ExprError::at(
                     self.src,
                     start,
-                    format!("unknown name {name:?}; a record has value, key, headers and timestamp"),
+                    format!("unknown name {name:?} (a record has value, key, headers and timestamp)"),
                 )),
             },
             other => {
@@ -370,7 +370,7 @@ impl<'s> Parser<'s> {
             return Err(ExprError::at(
                 self.src,
                 start,
-                format!("unknown function {name:?}; functions are {}", known.join(", ")),
+                format!("unknown function {name:?} (functions: {})", known.join(", ")),
             ));
         };
         let mut args = Vec::new();
