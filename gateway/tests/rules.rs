@@ -44,7 +44,7 @@ async fn caught_up(gw: &Gateway, name: &str, n: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let r = rule(gw, name).await;
-        if r["records_in"].as_u64() == Some(n) && r["lag_records"] == 0 {
+        if r["records_in"].as_u64() == Some(n) && r["lag_records"] == 0 && r["lag_ms"] == 0 {
             return r;
         }
         assert!(Instant::now() < deadline, "rule {name} never read {n} records: {r}");
@@ -584,6 +584,8 @@ filter = "value.level > 2"
     assert_eq!(got[0]["value"], json!({"level": 5}));
     let bulk = rule(&gw, "bulk").await;
     assert!(bulk["lag_records"].as_u64().unwrap() > 0, "the bulk rule caught up first: {bulk}");
+    // Its backlog is old: the oldest record waiting was produced before the alarm.
+    assert!(bulk["lag_ms"].as_u64().unwrap() >= latency.as_millis() as u64, "{bulk}");
     eprintln!("alarm rule result after {latency:?}; bulk rule lag then {}", bulk["lag_records"]);
 }
 

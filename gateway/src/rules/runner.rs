@@ -96,7 +96,7 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>)
         RuleState { shape, ..RuleState::default() }
     };
     let mut engine = Engine::new(prog.clone(), state);
-    handle.stats.publish_state(&engine, 0);
+    handle.stats.publish_state(&engine, 0, None);
     let stateful = prog.window.is_some() || prog.count.is_some() || prog.deadband.is_some();
     let mut shutdown = shared.shutdown.clone();
     let mut first = 0;
@@ -117,6 +117,7 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>)
         let mut skipped = 0;
         let mut lagging = Vec::new();
         let mut bytes = 0;
+        let mut oldest = i64::MAX;
         // Rotate the first partition read so a busy one cannot starve the rest.
         first = (first + 1) % inputs.len().max(1);
         let n = inputs.len();
@@ -144,6 +145,11 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>)
             lag += end.0.saturating_sub(input.next.0);
             if end > input.next {
                 lagging.push(input.source.clone());
+                // How long the oldest record not processed yet has waited.
+                let next = store.read(&input.topic.name, input.partition, input.next, 1, 1)?;
+                if let Some(r) = next.records.first() {
+                    oldest = oldest.min(r.record.timestamp_ms);
+                }
             }
         }
         engine.advance(&lagging, &mut out, &mut counts);
@@ -173,10 +179,10 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>)
                 t.notify_appended();
             }
             handle.stats.add(&counts, skipped);
-            handle.stats.publish_state(&engine, lag);
+            handle.stats.publish_state(&engine, lag, (oldest != i64::MAX).then(|| now - oldest));
             continue;
         }
-        handle.stats.publish_state(&engine, lag);
+        handle.stats.publish_state(&engine, lag, (oldest != i64::MAX).then(|| now - oldest));
         let wait = engine
             .next_close_in(now_ms())
             .map_or(IDLE_TICK, |ms| Duration::from_millis(ms.clamp(10, IDLE_TICK.as_millis() as i64) as u64));

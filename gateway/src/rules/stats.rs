@@ -32,6 +32,9 @@ pub struct RuleStats {
     pub restarts: AtomicU64,
     /// Input records not processed yet (gauge).
     pub lag_records: AtomicU64,
+    /// Age in ms of the oldest input record not processed yet, by its
+    /// timestamp (gauge; 0 when caught up).
+    pub lag_ms: AtomicU64,
     /// (key, window) pairs open (gauge).
     pub open_windows: AtomicU64,
     /// Keys with state (gauge).
@@ -66,8 +69,9 @@ impl RuleStats {
     }
 
     /// Updates the gauges.
-    pub fn publish_state(&self, engine: &Engine, lag: u64) {
+    pub fn publish_state(&self, engine: &Engine, lag: u64, lag_ms: Option<i64>) {
         self.lag_records.store(lag, Ordering::Relaxed);
+        self.lag_ms.store(lag_ms.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
         self.open_windows.store(engine.open_windows() as u64, Ordering::Relaxed);
         self.state_keys.store(engine.state_keys() as u64, Ordering::Relaxed);
     }
@@ -83,7 +87,7 @@ impl RuleStats {
     }
 
     /// Every counter and gauge by name, in a stable order.
-    pub fn values(&self) -> [(&'static str, bool, u64); 15] {
+    pub fn values(&self) -> [(&'static str, bool, u64); 16] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("records_in", true, g(&self.records_in)),
@@ -98,6 +102,7 @@ impl RuleStats {
             ("commits", true, g(&self.commits)),
             ("restarts", true, g(&self.restarts)),
             ("lag_records", false, g(&self.lag_records)),
+            ("lag_ms", false, g(&self.lag_ms)),
             ("open_windows", false, g(&self.open_windows)),
             ("state_keys", false, g(&self.state_keys)),
             ("state_bytes", false, g(&self.state_bytes)),
@@ -149,6 +154,7 @@ pub fn help(name: &str) -> &'static str {
         "commits" => "Atomic commits of outputs, positions and state",
         "restarts" => "Restarts of a rule from its last commit after a failure",
         "lag_records" => "Input records a rule has not processed yet",
+        "lag_ms" => "Age in ms of the oldest input record a rule has not processed yet",
         "open_windows" => "Open (key, window) pairs",
         "state_keys" => "Keys a rule holds state for",
         _ => "Bytes of a rule's serialized state at its last commit",
