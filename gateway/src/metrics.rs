@@ -261,7 +261,7 @@ pub fn render(shared: &Shared) -> String {
     }
     render_uplinks(&mut out, &shared.uplink_snapshots());
     #[cfg(feature = "rules")]
-    render_rules(&mut out, shared.rules.get().map_or(&[][..], Vec::as_slice));
+    render_rules(&mut out, &shared.rules.get().map(|r| r.handles()).unwrap_or_default());
     out.family("sluice_panics_total", "counter", "Panics (internal errors) in the sluice process");
     out.sample("sluice_panics_total", &[], PANICS.load(Ordering::Relaxed));
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");

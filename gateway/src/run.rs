@@ -143,7 +143,7 @@ pub async fn run(
     let uplinks = crate::uplinks::start(&shared, &shared.config)?;
     let _ = shared.uplinks.set(uplinks.iter().map(|u| u.status.clone()).collect());
     #[cfg(feature = "rules")]
-    let rule_tasks = crate::rules::start(&shared, rules);
+    let rules = crate::rules::start(&shared, rules).await;
     let http_tls = http_limits.tls.is_some();
     write_listen_json(&data_dir, http_addr, http_tls, &mqtt).context("cannot write listen.json")?;
     let app = crate::http::router(shared.clone());
@@ -178,9 +178,7 @@ pub async fn run(
     // Rules saw the shutdown signal: a step in progress either committed
     // or left nothing (it runs again after the restart).
     #[cfg(feature = "rules")]
-    for task in rule_tasks {
-        let _ = task.await;
-    }
+    rules.join().await;
     tokio::task::spawn_blocking(move || {
         // rumqttd cannot stop accepting; take in what it delivered so far,
         // then close the pipeline, which persists and flushes all of it.
@@ -230,7 +228,15 @@ async fn reload_on_sighup(shared: Shared, path: PathBuf) {
         match reload(&shared, &path) {
             Ok(changed) => tracing::info!(path = %path.display(), changed, "configuration reloaded"),
             Err(e) => {
-                tracing::error!(path = %path.display(), "reload refused, keeping the running configuration: {e:#}")
+                tracing::error!(path = %path.display(), "reload refused, keeping the running configuration: {e:#}");
+                continue;
+            }
+        }
+        #[cfg(feature = "rules")]
+        match crate::rules::reload(&shared, &path).await {
+            Ok(changed) => tracing::info!(path = %path.display(), changed, "rules reloaded"),
+            Err(e) => {
+                tracing::error!(path = %path.display(), "rules not reloaded, keeping the running ones: {e:#}")
             }
         }
     }

@@ -45,7 +45,7 @@ pub struct Inner {
     pub uplinks: std::sync::OnceLock<Vec<Arc<sluice_uplink::UplinkStatus>>>,
     /// The running rules (set once they start).
     #[cfg(feature = "rules")]
-    pub rules: std::sync::OnceLock<Vec<Arc<crate::rules::RuleHandle>>>,
+    pub rules: std::sync::OnceLock<Arc<crate::rules::Rules>>,
 }
 
 impl Inner {

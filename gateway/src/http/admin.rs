@@ -123,7 +123,7 @@ pub(super) async fn not_found(uri: Uri) -> ApiError {
 /// without the `rules` feature).
 pub(super) async fn rules(State(shared): State<Shared>) -> Json<serde_json::Value> {
     #[cfg(feature = "rules")]
-    let body = crate::rules::stats::rules_json(shared.rules.get().map_or(&[][..], Vec::as_slice));
+    let body = crate::rules::stats::rules_json(&shared.rules.get().map(|r| r.handles()).unwrap_or_default());
     #[cfg(not(feature = "rules"))]
     let body = {
         let _ = &shared;

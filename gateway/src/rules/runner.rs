@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Bytes read per partition and step (a step reads at least one record).
 const MAX_READ_BYTES: usize = 1 << 20;
@@ -25,10 +26,11 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs a rule until shutdown. A failure (store error) is logged and the
 /// rule starts over from its last commit.
-pub async fn run(shared: Shared, handle: Arc<RuleHandle>, gate: Arc<Gate>) {
+pub async fn run(shared: Shared, handle: Arc<RuleHandle>, gate: Arc<Gate>, stop: watch::Receiver<bool>) {
     let mut shutdown = shared.shutdown.clone();
+    let mut stopped = stop.clone();
     loop {
-        match run_from_commit(&shared, &handle, &gate).await {
+        match run_from_commit(&shared, &handle, &gate, stop.clone()).await {
             Ok(()) => return,
             Err(e) => {
                 let message = format!("{e:#}");
@@ -40,6 +42,7 @@ pub async fn run(shared: Shared, handle: Arc<RuleHandle>, gate: Arc<Gate>) {
         tokio::select! {
             _ = tokio::time::sleep(RETRY_PAUSE) => {}
             _ = shutdown.wait_for(|s| *s) => return,
+            _ = stopped.wait_for(|s| *s) => return,
         }
     }
 }
@@ -53,7 +56,12 @@ struct Input {
     moved: bool,
 }
 
-async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>) -> anyhow::Result<()> {
+async fn run_from_commit(
+    shared: &Shared,
+    handle: &RuleHandle,
+    gate: &Arc<Gate>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let prog = handle.program.clone();
     let store = &shared.store;
     let topic = |name: &String| {
@@ -104,7 +112,7 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>)
     let service = outputs[0].service.clone();
     let mut step_bytes: u64 = 1024;
     loop {
-        if *shutdown.borrow() {
+        if *shutdown.borrow() || *stop.borrow() {
             return Ok(());
         }
         let appended = shared.topics.subscribe_any();
@@ -191,6 +199,7 @@ async fn run_from_commit(shared: &Shared, handle: &RuleHandle, gate: &Arc<Gate>)
             _ = appended.changed() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
+            _ = stop.changed() => {}
         }
     }
 }
