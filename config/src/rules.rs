@@ -181,7 +181,7 @@ pub struct WindowConfig {
     #[serde(default)]
     pub on_late: OnLate,
     /// Required. Output field = aggregate: `count()`, `sum(x)`, `min(x)`,
-    /// `max(x)`, `avg(x)`, `first(x)`, `last(x)`.
+    /// `max(x)`, `avg(x)`, `first(x)`, `last(x)`, `p1(x)`..`p99(x)`.
     pub aggregates: BTreeMap<String, String>,
 }
 

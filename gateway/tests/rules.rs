@@ -208,7 +208,7 @@ size = "1m"
 lateness = "2s"
 idle_timeout = "1s"
 on_late = "side_topic"
-aggregates = { n = "count()", sum = "sum(value.t)", lo = "min(value.t)", hi = "max(value.t)", avg = "avg(value.t)", first = "first(value.t)", last = "last(value.t)" }
+aggregates = { n = "count()", sum = "sum(value.t)", lo = "min(value.t)", hi = "max(value.t)", avg = "avg(value.t)", first = "first(value.t)", last = "last(value.t)", med = "p50(value.t)" }
 "#;
 
 #[tokio::test]
@@ -237,8 +237,8 @@ async fn tumbling_window_emits_correct_aggregates() {
     assert_eq!(
         got,
         [
-            json!({"key": "a", "start": 0, "end": 60_000, "n": 3, "sum": 36, "lo": 10, "hi": 14, "avg": 12, "first": 10, "last": 14}),
-            json!({"key": "b", "start": 0, "end": 60_000, "n": 3, "sum": 9, "lo": 1, "hi": 5, "avg": 3, "first": 1, "last": 3}),
+            json!({"key": "a", "start": 0, "end": 60_000, "n": 3, "sum": 36, "lo": 10, "hi": 14, "avg": 12, "first": 10, "last": 14, "med": 12}),
+            json!({"key": "b", "start": 0, "end": 60_000, "n": 3, "sum": 9, "lo": 1, "hi": 5, "avg": 3, "first": 1, "last": 3, "med": 3}),
         ]
     );
     assert_eq!(recs[0]["key"], "a");
@@ -256,7 +256,7 @@ async fn tumbling_window_emits_correct_aggregates() {
     let recs = gw.wait_records("per-minute", 3).await;
     assert_eq!(
         recs[2]["value"],
-        json!({"key": "a", "start": 60_000, "end": 120_000, "n": 3, "sum": 63, "lo": 20, "hi": 22, "avg": 21, "first": 20, "last": 22})
+        json!({"key": "a", "start": 60_000, "end": 120_000, "n": 3, "sum": 63, "lo": 20, "hi": 22, "avg": 21, "first": 20, "last": 22, "med": 21})
     );
     assert_eq!(rule(&gw, "avg").await["open_windows"], 0);
 }

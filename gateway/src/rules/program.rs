@@ -238,7 +238,7 @@ pub fn compile(rule: &RuleConfig, label: &str) -> Result<Program, Vec<FieldError
 
 /// `avg(value.temp)` and friends.
 fn aggregate(name: &str, src: &str) -> Result<Aggregate, String> {
-    let kinds = "count(), sum(x), min(x), max(x), avg(x), first(x), last(x)";
+    let kinds = "count(), sum(x), min(x), max(x), avg(x), first(x), last(x), p50(x) (any of p1 to p99)";
     let Some((func, arg)) = Expr::split_call(src) else {
         return Err(format!("{src:?} is not an aggregate (use one of {kinds})"));
     };

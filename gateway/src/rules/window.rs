@@ -46,7 +46,14 @@ pub enum AggKind {
     First,
     /// Argument of the latest record (event time; ties: last arrived).
     Last,
+    /// The given percentile (1..=99) of the argument, nearest rank, over
+    /// at most [`MAX_SAMPLES`] values (a uniform sample beyond).
+    Percentile(u8),
 }
+
+/// Values a percentile keeps per window and key; beyond, a uniform
+/// reservoir sample of this many (bounded memory, approximate result).
+pub const MAX_SAMPLES: usize = 1000;
 
 impl AggKind {
     /// From its name in the configuration.
@@ -59,13 +66,16 @@ impl AggKind {
             "avg" => AggKind::Avg,
             "first" => AggKind::First,
             "last" => AggKind::Last,
-            _ => return None,
+            _ => {
+                let p = name.strip_prefix('p')?.parse::<u8>().ok().filter(|p| (1..=99).contains(p))?;
+                AggKind::Percentile(p)
+            }
         })
     }
 
     /// Whether the argument must be a number.
     pub fn numeric(self) -> bool {
-        matches!(self, AggKind::Sum | AggKind::Min | AggKind::Max | AggKind::Avg)
+        matches!(self, AggKind::Sum | AggKind::Min | AggKind::Max | AggKind::Avg | AggKind::Percentile(_))
     }
 }
 
@@ -77,6 +87,8 @@ pub enum Acc {
     Num { n: u64, sum: f64, min: f64, max: f64 },
     /// first / last: event time and the value.
     Pick { t: i64, v: Value },
+    /// Percentiles: values seen and (a sample of) the values.
+    Samples { n: u64, v: Vec<f64> },
     /// Nothing yet.
     Empty,
 }
@@ -85,6 +97,25 @@ impl Acc {
     /// Adds one record's argument (`Value::Null` for `count()`).
     pub fn add(&mut self, kind: AggKind, t: i64, arg: &Value) {
         match kind {
+            AggKind::Percentile(_) => {
+                let x = arg.as_f64().unwrap_or(0.0);
+                if !matches!(self, Acc::Samples { .. }) {
+                    *self = Acc::Samples { n: 0, v: Vec::new() };
+                }
+                if let Acc::Samples { n, v } = self {
+                    *n += 1;
+                    if v.len() < MAX_SAMPLES {
+                        v.push(x);
+                    } else {
+                        // Reservoir sampling, with a hash of the count as the
+                        // random draw (replays give the same sample).
+                        let j = (splitmix(*n) % *n) as usize;
+                        if j < MAX_SAMPLES {
+                            v[j] = x;
+                        }
+                    }
+                }
+            }
             AggKind::First | AggKind::Last => {
                 let replace = match self {
                     Acc::Pick { t: seen, .. } => {
@@ -124,10 +155,23 @@ impl Acc {
             (Acc::Num { max, .. }, AggKind::Max) => super::expr::number(*max),
             (Acc::Num { n, sum, .. }, AggKind::Avg) if *n > 0 => super::expr::number(*sum / *n as f64),
             (Acc::Pick { v, .. }, _) => v.clone(),
+            (Acc::Samples { v, .. }, AggKind::Percentile(p)) if !v.is_empty() => {
+                let mut sorted = v.clone();
+                sorted.sort_by(f64::total_cmp);
+                let rank = (f64::from(p) / 100.0 * sorted.len() as f64).ceil() as usize;
+                super::expr::number(sorted[rank.clamp(1, sorted.len()) - 1])
+            }
             (_, AggKind::Count) => Value::from(0),
             _ => Value::Null,
         }
     }
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Open windows: start -> key -> one accumulator per aggregate.
@@ -356,6 +400,29 @@ mod tests {
         assert_eq!(closed[0].accs[1].result(AggKind::Sum), json!(5));
         assert_eq!(w.len(), 1);
         assert_eq!(w.add(&kinds, "c", 0, &[json!(null), json!(1)], 3, 1), Err(Refused::Full));
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank_and_bounded() {
+        let kinds = [AggKind::Percentile(50), AggKind::Percentile(95), AggKind::Percentile(99)];
+        assert_eq!(AggKind::parse("p95"), Some(AggKind::Percentile(95)));
+        assert_eq!(AggKind::parse("p100"), None);
+        let mut accs = vec![Acc::Empty; 3];
+        for x in (1..=100).rev() {
+            for (a, k) in accs.iter_mut().zip(kinds) {
+                a.add(k, 0, &json!(x));
+            }
+        }
+        let got: Vec<Value> = accs.iter().zip(kinds).map(|(a, k)| a.result(k)).collect();
+        assert_eq!(got, [json!(50), json!(95), json!(99)]);
+        let mut big = Acc::Empty;
+        for x in 0..100_000 {
+            big.add(AggKind::Percentile(50), 0, &json!(x));
+        }
+        let Acc::Samples { n, v } = &big else { panic!("samples") };
+        assert_eq!((*n, v.len()), (100_000, MAX_SAMPLES));
+        let p50 = big.result(AggKind::Percentile(50)).as_f64().unwrap();
+        assert!((40_000.0..60_000.0).contains(&p50), "{p50}");
     }
 
     #[test]
