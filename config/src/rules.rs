@@ -136,6 +136,9 @@ pub enum WindowKind {
     Hopping,
     /// `"count"`: per key, a window closes after `count` records.
     Count,
+    /// `"session"`: per key, a window grows while records come within
+    /// `gap` of each other.
+    Session,
 }
 
 impl WindowKind {
@@ -145,6 +148,7 @@ impl WindowKind {
             WindowKind::Tumbling => "tumbling",
             WindowKind::Hopping => "hopping",
             WindowKind::Count => "count",
+            WindowKind::Session => "session",
         }
     }
 }
@@ -162,6 +166,10 @@ pub struct WindowConfig {
     /// Count windows: records per window and key, 1..=1000000.
     #[serde(default)]
     pub count: Option<u32>,
+    /// Session windows: the longest pause (event time) inside a session,
+    /// 1ms..=7d.
+    #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
+    pub gap: Option<Duration>,
     /// Hopping windows: how often one starts; divides `size`.
     #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
     pub hop: Option<Duration>,
@@ -287,7 +295,36 @@ pub(crate) fn problems(cfg: &Config) -> Vec<FieldError> {
 /// The shape of a `[rule.window]`: size or count by kind, hop, lateness.
 fn window_problems(w: &WindowConfig, label: &str, add: &mut impl FnMut(String, String)) {
     let kind = w.kind.as_str();
+    if w.gap.is_some() && w.kind != WindowKind::Session {
+        add(
+            format!("{label}.window.gap"),
+            format!("applies to session windows only, and this one is {kind}; remove gap"),
+        );
+    }
     match (w.kind, w.size, w.count) {
+        (WindowKind::Session, size, count) => {
+            for (field, set) in
+                [("size", size.is_some()), ("hop", w.hop.is_some()), ("count", count.is_some())]
+            {
+                if set {
+                    add(
+                        format!("{label}.window.{field}"),
+                        format!("a session window closes after `gap` without records; remove {field}"),
+                    );
+                }
+            }
+            match w.gap {
+                None => add(
+                    format!("{label}.window.gap"),
+                    "is missing: a session window needs gap, e.g. \"5m\"".into(),
+                ),
+                Some(gap) => {
+                    if let Err(e) = dur_range(gap, WINDOW_SIZE) {
+                        add(format!("{label}.window.gap"), e);
+                    }
+                }
+            }
+        }
         (WindowKind::Count, size, count) => {
             if size.is_some() || w.hop.is_some() {
                 let field = if size.is_some() { "size" } else { "hop" };

@@ -5,7 +5,8 @@
 //! - [`expr`]: the expression language (compiled once, always terminates).
 //! - [`program`]: a `[[rule]]` compiled, with errors naming field and column.
 //! - [`engine`]: the pure engine, (state, record) -> (state, outputs).
-//! - [`window`]: windows per key and their aggregates.
+//! - [`window`]: windows per key and their aggregates; [`session`]:
+//!   session windows.
 //! - [`gate`]: which rule computes next, by its service's priority.
 //! - [`runner`]: the consumer loop; outputs, input positions and state go
 //!   out in one atomic commit of the store.
@@ -18,6 +19,7 @@ pub mod expr;
 pub mod gate;
 pub mod program;
 pub mod runner;
+pub mod session;
 pub mod stats;
 pub mod window;
 

@@ -111,7 +111,7 @@ impl Program {
             c.key,
             c.time,
             c.deadband.as_ref().map(|d| &d.value),
-            c.window.as_ref().map(|w| (w.kind, w.size, w.hop, w.count, &w.aggregates))
+            c.window.as_ref().map(|w| (w.kind, w.size, w.hop, w.count, w.gap, &w.aggregates))
         )
     }
 
@@ -190,16 +190,21 @@ pub fn compile(rule: &RuleConfig, label: &str) -> Result<Program, Vec<FieldError
     let count =
         rule.window.as_ref().filter(|w| w.kind == WindowKind::Count).map(|w| u64::from(w.count.unwrap_or(1)));
     let window = rule.window.as_ref().filter(|w| w.kind != WindowKind::Count).map(|w| {
-        let size = w.size.unwrap_or(Duration::from_secs(60));
+        let size = match w.kind {
+            WindowKind::Session => w.gap,
+            _ => w.size,
+        }
+        .unwrap_or(Duration::from_secs(60));
         let size_ms = size.as_millis() as i64;
         WindowSpec {
             size_ms,
             hop_ms: match w.kind {
                 WindowKind::Hopping => w.hop.map_or(size_ms, |h| h.as_millis() as i64),
-                WindowKind::Tumbling | WindowKind::Count => size_ms,
+                WindowKind::Tumbling | WindowKind::Count | WindowKind::Session => size_ms,
             },
             lateness_ms: w.lateness.as_millis() as i64,
             idle_ms: w.idle_timeout.unwrap_or(size).as_millis() as i64,
+            session: w.kind == WindowKind::Session,
         }
     });
     if !problems.is_empty() {

@@ -17,6 +17,8 @@ pub struct WindowSpec {
     pub lateness_ms: i64,
     /// How long inputs stay idle before stream time follows the wall clock.
     pub idle_ms: i64,
+    /// Session windows: `size_ms` is the gap (see [`super::session`]).
+    pub session: bool,
 }
 
 impl WindowSpec {
@@ -352,16 +354,16 @@ mod tests {
 
     #[test]
     fn tumbling_and_hopping_starts() {
-        let t = WindowSpec { size_ms: MIN, hop_ms: MIN, lateness_ms: 0, idle_ms: MIN };
+        let t = WindowSpec { size_ms: MIN, hop_ms: MIN, lateness_ms: 0, idle_ms: MIN, session: false };
         assert_eq!(t.starts(61_000).collect::<Vec<_>>(), [MIN]);
         assert_eq!(t.starts(-1).collect::<Vec<_>>(), [-MIN]);
-        let h = WindowSpec { size_ms: MIN, hop_ms: 20_000, lateness_ms: 0, idle_ms: MIN };
+        let h = WindowSpec { size_ms: MIN, hop_ms: 20_000, lateness_ms: 0, idle_ms: MIN, session: false };
         assert_eq!(h.starts(61_000).collect::<Vec<_>>(), [20_000, 40_000, 60_000]);
     }
 
     #[test]
     fn aggregates_over_a_window() {
-        let spec = WindowSpec { size_ms: MIN, hop_ms: MIN, lateness_ms: 0, idle_ms: MIN };
+        let spec = WindowSpec { size_ms: MIN, hop_ms: MIN, lateness_ms: 0, idle_ms: MIN, session: false };
         let kinds = [
             AggKind::Count,
             AggKind::Sum,
@@ -427,7 +429,7 @@ mod tests {
 
     #[test]
     fn late_and_full_are_refused() {
-        let spec = WindowSpec { size_ms: MIN, hop_ms: MIN, lateness_ms: 0, idle_ms: MIN };
+        let spec = WindowSpec { size_ms: MIN, hop_ms: MIN, lateness_ms: 0, idle_ms: MIN, session: false };
         let mut w = Windows::default();
         let args = [json!(null)];
         assert_eq!(w.add(&spec, &[AggKind::Count], "a", 10, &args, Some(MIN), 2), Err(Refused::Late));

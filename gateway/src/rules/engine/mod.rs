@@ -6,6 +6,7 @@
 
 use super::expr::{type_name, EvalError, Input};
 use super::program::Program;
+use super::session::Sessions;
 use super::window::{Closed, CountWindows, Refused, Windows};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -35,6 +36,9 @@ pub struct RuleState {
     /// Open count windows.
     #[serde(default)]
     pub counted: CountWindows,
+    /// Open session windows.
+    #[serde(default)]
+    pub sessions: Sessions,
     /// Stream time: the largest event time seen.
     #[serde(default)]
     pub stream_ms: Option<i64>,
@@ -116,12 +120,15 @@ impl Engine {
 
     /// Keys held in state.
     pub fn state_keys(&self) -> usize {
-        self.state.deadband.len() + self.state.windows.keys() + self.state.counted.len()
+        self.state.deadband.len()
+            + self.state.windows.keys()
+            + self.state.counted.len()
+            + self.state.sessions.len()
     }
 
     /// Open (key, window) pairs.
     pub fn open_windows(&self) -> usize {
-        self.state.windows.entries() + self.state.counted.len()
+        self.state.windows.entries() + self.state.counted.len() + self.state.sessions.len()
     }
 
     /// Processes one input record read from `source` (`topic/partition`).
@@ -217,7 +224,17 @@ impl Engine {
             };
             let closed_before = self.state.closed_ms;
             let k = key.as_deref().unwrap_or("");
-            match self.state.windows.add(&spec, &kinds, k, t, &args, closed_before, prog.max_keys) {
+            let added = if spec.session {
+                let added = self.state.sessions.add(&spec, &kinds, k, t, &args, closed_before, prog.max_keys);
+                added.map(|ended| {
+                    if let Some(ended) = ended {
+                        self.window_result(ended, out, counts);
+                    }
+                })
+            } else {
+                self.state.windows.add(&spec, &kinds, k, t, &args, closed_before, prog.max_keys)
+            };
+            match added {
                 Ok(()) => {}
                 Err(Refused::Late) => {
                     counts.late += 1;
@@ -335,8 +352,10 @@ impl Engine {
         let Some(spec) = self.prog.window else { return };
         let upto = self.state.closed_ms.map_or(upto, |c| c.max(upto));
         self.state.closed_ms = Some(upto);
-        for closed in self.state.windows.close(&spec, upto) {
-            self.window_result(closed, out, counts);
+        let mut closed = self.state.windows.close(&spec, upto);
+        closed.extend(self.state.sessions.close(&spec, upto));
+        for c in closed {
+            self.window_result(c, out, counts);
         }
     }
 
@@ -398,7 +417,10 @@ impl Engine {
     /// the inputs stay idle.
     pub fn next_close_in(&self, now_wall: i64) -> Option<i64> {
         let spec = self.prog.window?;
-        let end = self.state.windows.next_end(&spec)?;
+        let end = match (self.state.windows.next_end(&spec), self.state.sessions.next_end(&spec)) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
         let stream = self.state.stream_ms?;
         let due_wall = self.state.stream_wall_ms + spec.idle_ms + (end + spec.lateness_ms - stream);
         Some((due_wall - now_wall).max(0))

@@ -222,3 +222,30 @@ fn relative_deadband_and_hopping_windows() {
     // Windows [-30 s, 30 s), [0, 60 s), [30 s, 90 s), [60 s, 120 s).
     assert_eq!(got, [(-30_000, 1), (0, 2), (30_000, 2), (60_000, 1)]);
 }
+
+#[test]
+fn session_windows_through_the_engine() {
+    let mut e = engine(
+        r#"
+        [[rule]]
+        name = "s"
+        inputs = ["t"]
+        output = "out"
+        time = "value.ts"
+        [rule.window]
+        kind = "session"
+        gap = "30s"
+        aggregates = { n = "count()", hi = "max(value.v)" }
+        "#,
+    );
+    let recs: Vec<Record> = [(0, 1), (20_000, 5), (45_000, 2), (200_000, 9), (10_000, 7)]
+        .iter()
+        .map(|(ts, v)| rec("k", json!({"ts": ts, "v": v}), 0))
+        .collect();
+    let (out, counts) = run(&mut e, &recs);
+    let got: Vec<Value> = out.into_iter().map(|(_, _, v)| v).collect();
+    // 200 s starts a new session and ends the first; 10 s is then late.
+    assert_eq!(got, [json!({"key": "k", "start": 0, "end": 75_000, "n": 3, "hi": 5})]);
+    assert_eq!(counts.late, 1);
+    assert_eq!(e.open_windows(), 1);
+}
