@@ -137,6 +137,7 @@ async fn run_from_commit(
                 if res.log_start > input.next {
                     // Retention deleted input the rule had not processed.
                     skipped += res.log_start.0 - input.next.0;
+                    engine.input_lost();
                     input.next = res.log_start;
                     input.moved = true;
                 }

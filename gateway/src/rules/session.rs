@@ -83,6 +83,11 @@ impl Sessions {
         done.into_iter().filter_map(|k| self.open.remove(&k).map(|s| closed(&k, s, gap))).collect()
     }
 
+    /// Keys with an open session.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.open.keys().map(String::as_str)
+    }
+
     /// The earliest end (last record + gap) of an open session.
     pub fn next_end(&self, spec: &WindowSpec) -> Option<i64> {
         self.open.values().map(|s| s.last + spec.size_ms).min()

@@ -274,6 +274,11 @@ impl Windows {
         out
     }
 
+    /// (key, start) of every open window.
+    pub fn open_ids(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.open.iter().flat_map(|(s, m)| m.keys().map(move |k| (k.as_str(), *s)))
+    }
+
     /// End of the oldest open window.
     pub fn next_end(&self, spec: &WindowSpec) -> Option<i64> {
         self.open.keys().next().map(|s| s + spec.size_ms)
@@ -304,6 +309,11 @@ impl CountWindows {
     /// Whether no window is open.
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
+    }
+
+    /// Keys with an open window.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.open.keys().map(String::as_str)
     }
 
     /// Adds a record; returns the window it completed, if any. Its `start`

@@ -48,6 +48,11 @@ pub struct RuleState {
     /// Wall clock when the last record was processed.
     #[serde(default)]
     pub stream_wall_ms: i64,
+    /// Windows that were open when retention deleted input the rule had
+    /// not read (`key/start` for time windows, `key/*` for count and
+    /// session windows): their results say `"incomplete": true`.
+    #[serde(default)]
+    pub incomplete: std::collections::BTreeSet<String>,
     /// Windows ending at or before this have closed: stream time minus
     /// lateness, moved on by the wall clock while inputs are idle.
     #[serde(default)]
@@ -359,13 +364,18 @@ impl Engine {
         }
     }
 
-    fn window_result(&self, c: Closed, out: &mut Vec<Emit>, counts: &mut Counts) {
+    fn window_result(&mut self, c: Closed, out: &mut Vec<Emit>, counts: &mut Counts) {
         let mut m = Map::new();
+        let incomplete = self.state.incomplete.remove(&format!("{}/{}", c.key, c.start))
+            | self.state.incomplete.remove(&format!("{}/*", c.key));
         m.insert("key".into(), if c.key.is_empty() { Value::Null } else { Value::String(c.key.clone()) });
         m.insert("start".into(), Value::from(c.start));
         m.insert("end".into(), Value::from(c.end));
         for (a, acc) in self.prog.aggregates.iter().zip(&c.accs) {
             m.insert(a.name.clone(), acc.result(a.kind));
+        }
+        if incomplete {
+            m.insert("incomplete".into(), Value::Bool(true));
         }
         let value = Value::Object(m);
         let key = (!c.key.is_empty()).then(|| c.key.clone());
@@ -400,6 +410,19 @@ impl Engine {
             }
         }
         self.close_upto(stream - spec.lateness_ms, out, counts);
+    }
+
+    /// Retention deleted input records before the rule read them: every
+    /// open window may miss some, and its result will say so.
+    pub fn input_lost(&mut self) {
+        let s = &mut self.state;
+        let ids: Vec<String> = s
+            .windows
+            .open_ids()
+            .map(|(k, start)| format!("{k}/{start}"))
+            .chain(s.counted.keys().chain(s.sessions.keys()).map(|k| format!("{k}/*")))
+            .collect();
+        s.incomplete.extend(ids);
     }
 
     /// Called while every input is idle: once they have been idle for the

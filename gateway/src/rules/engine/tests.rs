@@ -249,3 +249,31 @@ fn session_windows_through_the_engine() {
     assert_eq!(counts.late, 1);
     assert_eq!(e.open_windows(), 1);
 }
+
+#[test]
+fn windows_open_when_input_was_lost_say_they_are_incomplete() {
+    let mut e = engine(
+        r#"
+        [[rule]]
+        name = "w"
+        inputs = ["t"]
+        output = "out"
+        time = "value.ts"
+        [rule.window]
+        size = "1m"
+        aggregates = { n = "count()" }
+        "#,
+    );
+    run(&mut e, &[rec("a", json!({"ts": 1000}), 0)]);
+    e.input_lost();
+    let (out, _) = run(&mut e, &[rec("a", json!({"ts": 61_000}), 0), rec("a", json!({"ts": 130_000}), 0)]);
+    let got: Vec<Value> = out.into_iter().map(|(_, _, v)| v).collect();
+    assert_eq!(
+        got,
+        [
+            json!({"key": "a", "start": 0, "end": 60_000, "n": 1, "incomplete": true}),
+            json!({"key": "a", "start": 60_000, "end": 120_000, "n": 1}),
+        ]
+    );
+    assert!(e.state.incomplete.is_empty());
+}
