@@ -18,7 +18,7 @@ fn a_rule_with_its_defaults() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let r = &cfg.rules[0];
-    assert_eq!((r.max_keys, r.batch, r.on_error), (10_000, 1000, OnError::Skip));
+    assert_eq!((r.max_keys, r.batch, r.on_error), (10_000, 10_000, OnError::Skip));
     let w = r.window.as_ref().expect("window");
     assert_eq!(
         (w.kind, w.size, w.lateness, w.hop, w.idle_timeout),
