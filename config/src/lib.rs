@@ -28,6 +28,7 @@
 //! - `model`: `[node]`, `[mqtt]`, `[http]`, `[store]`, `[scheduler]` and
 //!   [`Config`] itself.
 //! - `items`: `[[service]]`, `[[topic]]`, `[[route]]`, `[[uplink]]`.
+//! - `rules`: `[[rule]]` (structure; the gateway compiles the expressions).
 //! - `size`, `duration`: human sizes (`"8MiB"`) and durations (`"50ms"`).
 //! - `security`: `[[mqtt.users]]` and `[[http.tokens]]`.
 //! - [`secrets`]: the `*_file` fields that keep secrets out of the file
@@ -58,6 +59,7 @@ mod locate;
 mod model;
 mod names;
 mod number;
+mod rules;
 pub mod secrets;
 mod security;
 mod size;
@@ -79,6 +81,7 @@ pub use names::{
     check_mqtt_filter, check_topic_name, mqtt_filter_covers, mqtt_filter_matches, RouteKey,
     MAX_TOPIC_NAME_LEN,
 };
+pub use rules::{DeadbandConfig, OnError, OnLate, RuleConfig, RuleRoute, WindowConfig, WindowKind};
 pub use security::{check_password_hash, parse_sha256, HttpToken, MqttUser, ALL_SERVICES, MIN_TOKEN_LEN};
 pub use size::{parse_size, ByteSize};
 
@@ -157,6 +160,13 @@ impl Config {
         self.topics.iter().find(|t| t.name == name)
     }
 
+    /// Field labels of the `[[rule]]` entries, in order (`rule["hot"]`, or
+    /// `rule[2]` when the name is not valid and unique), for messages about
+    /// their expressions.
+    pub fn rule_labels(&self) -> Vec<String> {
+        rules::labels(self)
+    }
+
     /// The service a topic belongs to: its configured `service`, or
     /// [`DEFAULT_SERVICE`] for topics that are not configured.
     pub fn service_of_topic(&self, topic: &str) -> &str {
@@ -178,6 +188,7 @@ impl Default for Config {
             topics: Vec::new(),
             routes: Vec::new(),
             uplinks: Vec::new(),
+            rules: Vec::new(),
         };
         cfg.normalize();
         cfg

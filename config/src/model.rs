@@ -50,6 +50,9 @@ pub struct Config {
     /// `[[uplink]]` entries: sinks that forward to the central cluster.
     #[serde(default, rename = "uplink")]
     pub uplinks: Vec<UplinkConfig>,
+    /// `[[rule]]` entries: edge processing into derived topics.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<crate::rules::RuleConfig>,
 }
 
 /// `[node]`

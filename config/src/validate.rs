@@ -28,6 +28,7 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     v.topics(cfg);
     v.routes(cfg);
     v.uplinks(cfg);
+    v.0.extend(crate::rules::problems(cfg));
     v.0.extend(crate::security::problems(cfg));
     if v.0.is_empty() {
         Ok(())
@@ -364,7 +365,7 @@ fn name_rule(name: &str) -> Result<(), String> {
 }
 
 /// A topic referred to by a route or uplink: configured, or auto-creatable.
-fn topic_ref(cfg: &Config, topic: &str) -> Result<(), String> {
+pub(crate) fn topic_ref(cfg: &Config, topic: &str) -> Result<(), String> {
     if cfg.topic(topic).is_some() {
         return Ok(());
     }
@@ -431,7 +432,7 @@ fn at_least(value: ByteSize, min: ByteSize) -> Result<(), String> {
     Ok(())
 }
 
-fn dur_range(value: Duration, (lo, hi): (Duration, Duration)) -> Result<(), String> {
+pub(crate) fn dur_range(value: Duration, (lo, hi): (Duration, Duration)) -> Result<(), String> {
     if value < lo || value > hi {
         return Err(format!(
             "{} is out of range {}..={}",

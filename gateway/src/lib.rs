@@ -22,6 +22,8 @@
 //! - [`metrics`]: Prometheus text rendering.
 //! - [`maintenance`]: retention and disk-budget eviction on a timer.
 //! - [`systemd`]: readiness, watchdog and stopping notifications.
+//! - `rules` (feature `rules`): edge rules from local topics into derived
+//!   topics, exactly once (gateway/src/rules/).
 //! - [`bench`]: the `sluice bench` load tool.
 
 pub mod bench;
@@ -35,6 +37,8 @@ pub mod maintenance;
 pub mod metrics;
 pub mod mqtt;
 pub mod rate;
+#[cfg(feature = "rules")]
+pub mod rules;
 pub mod run;
 pub mod services;
 pub mod state;

@@ -1,4 +1,4 @@
-//! The `sluice` command: `run`, `check-config`, `bench`.
+//! The `sluice` command: `run`, `check-config`, `hash-password`, `rule test`, `bench`.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -46,10 +46,35 @@ enum Command {
     /// terminal without echo, or one line from standard input when that is
     /// not a terminal; never from the command line, which `ps` shows.
     HashPassword,
+    /// Edge rules (`[[rule]]`).
+    #[cfg(feature = "rules")]
+    Rule {
+        #[command(subcommand)]
+        action: RuleCommand,
+    },
     /// Load tool against a running sluice (and, for comparison, any MQTT broker).
     Bench {
         #[command(subcommand)]
         scenario: Bench,
+    },
+}
+
+#[cfg(feature = "rules")]
+#[derive(Debug, Subcommand)]
+enum RuleCommand {
+    /// Run one rule over records from a JSON-lines file, without a node, and
+    /// print what it emits (one JSON object per line; counters on stderr).
+    /// Each input line is {"value": ..., "key": "k", "headers": {..},
+    /// "timestamp": ms}, only value required. Open windows close at the end.
+    Test {
+        /// The rule's name.
+        rule: String,
+        /// JSON-lines file of input records ("-" for standard input).
+        #[arg(long)]
+        input: PathBuf,
+        /// The configuration that defines the rule.
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -227,6 +252,33 @@ enum ConsumerKind {
     Sse,
 }
 
+#[cfg(feature = "rules")]
+fn rule_test(rule: &str, input: &std::path::Path, config: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let config = Config::load(config)?;
+    let text = if input == std::path::Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?
+    };
+    let run = sluice_gateway::rules::dry_run::run(&config, rule, &text)?;
+    let mut out = std::io::stdout().lock();
+    for rec in &run.outputs {
+        writeln!(out, "{rec}")?;
+    }
+    let c = &run.counts;
+    eprintln!(
+        "rule {rule:?}: {} in, {} out, {} filtered, {} suppressed ({} bytes saved), {} late, {} errors, {} refused at max_keys",
+        c.records_in, c.records_out, c.filtered, c.suppressed, c.bytes_saved, c.late, c.errors, c.state_full
+    );
+    if let Some(e) = &c.last_error {
+        eprintln!("last error: {e}");
+    }
+    Ok(())
+}
+
 fn hash_password() -> anyhow::Result<()> {
     use std::io::{BufRead as _, IsTerminal as _, Write as _};
     let stdin = std::io::stdin();
@@ -279,6 +331,10 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::HashPassword => hash_password(),
+        #[cfg(feature = "rules")]
+        Command::Rule { action: RuleCommand::Test { rule, input, config } } => {
+            rule_test(&rule, &input, &config)
+        }
         Command::Bench { scenario } => bench(scenario),
     };
     match result {
@@ -297,17 +353,19 @@ fn init_tracing() {
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
+    sluice_gateway::run::compile_rules(&config)?;
     sluice_gateway::listener::check_tls_files(&config)?;
     for warning in secret_warnings(&config, file) {
         eprintln!("warning: {warning}");
     }
     eprintln!(
-        "{}: ok ({} services, {} topics, {} routes, {} uplinks)",
+        "{}: ok ({} services, {} topics, {} routes, {} uplinks, {} rules)",
         file.display(),
         config.services.len(),
         config.topics.len(),
         config.routes.len(),
-        config.uplinks.len()
+        config.uplinks.len(),
+        config.rules.len()
     );
     Ok(())
 }

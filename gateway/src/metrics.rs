@@ -267,6 +267,8 @@ pub fn render(shared: &Shared) -> String {
     }
     render_uplinks(&mut out, &shared.uplink_snapshots());
     render_groups(&mut out, &shared.store);
+    #[cfg(feature = "rules")]
+    render_rules(&mut out, &shared.rules.get().map(|r| r.handles()).unwrap_or_default());
     out.family("sluice_panics_total", "counter", "Panics (internal errors) in the sluice process");
     out.sample("sluice_panics_total", &[], PANICS.load(Ordering::Relaxed));
     out.family("sluice_uptime_seconds", "gauge", "Seconds since start");
@@ -350,6 +352,21 @@ fn render_groups(out: &mut Out, store: &sluice_store::Store) {
         let p = g.partition.0.to_string();
         let labels = [("group", g.group.as_str()), ("topic", g.topic.as_str()), ("partition", p.as_str())];
         out.sample("sluice_group_lag_seconds", &labels, g.lag_seconds);
+    }
+}
+
+/// `sluice_rule_*{rule="..."}`: one family per counter or gauge of
+/// [`crate::rules::stats::RuleStats`].
+#[cfg(feature = "rules")]
+fn render_rules(out: &mut Out, rules: &[std::sync::Arc<crate::rules::RuleHandle>]) {
+    let Some(first) = rules.first() else { return };
+    for (i, (name, counter, _)) in first.stats.values().into_iter().enumerate() {
+        let family =
+            if counter { format!("sluice_rule_{name}_total") } else { format!("sluice_rule_{name}") };
+        out.family(&family, if counter { "counter" } else { "gauge" }, crate::rules::stats::help(name));
+        for r in rules {
+            out.sample(&family, &[("rule", &r.program.name)], r.stats.values()[i].2);
+        }
     }
 }
 

@@ -57,6 +57,10 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     overrides.apply(&mut config);
+    #[cfg(feature = "rules")]
+    let rules = compile_rules(&config)?;
+    #[cfg(not(feature = "rules"))]
+    compile_rules(&config)?;
     // Every TLS file is read before anything starts (as check-config does).
     crate::listener::check_tls_files(&config)?;
     let data_dir = config.node.data_dir.clone();
@@ -137,10 +141,14 @@ pub async fn run(
         mqtt_guard: std::sync::OnceLock::new(),
         tls_listeners: std::sync::Mutex::new(http_limits.tls.iter().cloned().collect()),
         config_path: config_path.clone(),
+        #[cfg(feature = "rules")]
+        rules: std::sync::OnceLock::new(),
     }));
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
     let uplinks = crate::uplinks::start(&shared, &shared.config)?;
     let _ = shared.uplinks.set(uplinks.iter().map(|u| u.status.clone()).collect());
+    #[cfg(feature = "rules")]
+    let rules = crate::rules::start(&shared, rules).await;
     let http_tls = http_limits.tls.is_some();
     write_listen_json(&data_dir, http_addr, http_tls, &mqtt).context("cannot write listen.json")?;
     let app = crate::http::router(shared.clone());
@@ -172,6 +180,10 @@ pub async fn run(
     for u in uplinks {
         u.join().await;
     }
+    // Rules saw the shutdown signal: a step in progress either committed
+    // or left nothing (it runs again after the restart).
+    #[cfg(feature = "rules")]
+    rules.join().await;
     tokio::task::spawn_blocking(move || {
         // rumqttd cannot stop accepting; take in what it delivered so far,
         // then close the pipeline, which persists and flushes all of it.
@@ -183,6 +195,24 @@ pub async fn run(
     .await?;
     store.flush()?;
     tracing::info!("sluice stopped; everything accepted is on disk");
+    Ok(())
+}
+
+/// The compiled `[[rule]]`s, or an error naming the rule, field and column.
+#[cfg(feature = "rules")]
+pub fn compile_rules(config: &Config) -> anyhow::Result<Vec<Arc<crate::rules::program::Program>>> {
+    Ok(crate::rules::compile(config)?)
+}
+
+/// Without the `rules` feature a configuration with rules is refused.
+#[cfg(not(feature = "rules"))]
+pub fn compile_rules(config: &Config) -> anyhow::Result<()> {
+    if let Some(r) = config.rules.first() {
+        anyhow::bail!(
+            "rule {:?}: this sluice was built without the rules feature; remove the [[rule]] sections or use a build with it",
+            r.name
+        );
+    }
     Ok(())
 }
 
@@ -203,7 +233,15 @@ async fn reload_on_sighup(shared: Shared, path: PathBuf) {
         match reload(&shared, &path) {
             Ok(changed) => tracing::info!(path = %path.display(), changed, "configuration reloaded"),
             Err(e) => {
-                tracing::error!(path = %path.display(), "reload refused, keeping the running configuration: {e:#}")
+                tracing::error!(path = %path.display(), "reload refused, keeping the running configuration: {e:#}");
+                continue;
+            }
+        }
+        #[cfg(feature = "rules")]
+        match crate::rules::reload(&shared, &path).await {
+            Ok(changed) => tracing::info!(path = %path.display(), changed, "rules reloaded"),
+            Err(e) => {
+                tracing::error!(path = %path.display(), "rules not reloaded, keeping the running ones: {e:#}")
             }
         }
     }

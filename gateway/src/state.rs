@@ -53,6 +53,9 @@ pub struct Inner {
     pub config_path: Option<std::path::PathBuf>,
     /// The TLS listeners (their certificates are reloaded in place).
     pub tls_listeners: std::sync::Mutex<Vec<crate::listener::TlsListener>>,
+    /// The running rules (set once they start).
+    #[cfg(feature = "rules")]
+    pub rules: std::sync::OnceLock<Arc<crate::rules::Rules>>,
 }
 
 impl Inner {

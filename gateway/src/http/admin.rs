@@ -125,10 +125,19 @@ pub(super) async fn reload(State(shared): State<Shared>) -> Result<Json<serde_js
             "sluice was started without a configuration file: there is nothing to reload",
         ));
     };
-    let s = shared.clone();
-    let result = tokio::task::spawn_blocking(move || crate::run::reload(&s, &path)).await.map_err(|e| {
+    let (s, p) = (shared.clone(), path.clone());
+    let result = tokio::task::spawn_blocking(move || crate::run::reload(&s, &p)).await.map_err(|e| {
         ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}"))
     })?;
+    // The rules reload like on SIGHUP (after the rest, as there).
+    #[cfg(feature = "rules")]
+    let result = match result {
+        Ok(changed) => match crate::rules::reload(&shared, &path).await {
+            Ok(rules) => Ok(changed + rules),
+            Err(e) => Err(anyhow::anyhow!("rules: {e:#}")),
+        },
+        Err(e) => Err(e),
+    };
     match result {
         Ok(changed) => {
             tracing::info!(changed, "configuration reloaded (POST /v1/reload)");
@@ -142,6 +151,19 @@ pub(super) async fn reload(State(shared): State<Shared>) -> Result<Json<serde_js
 
 pub(super) async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+}
+
+/// `GET /v1/rules`: per rule counters and gauges (an empty list in a build
+/// without the `rules` feature).
+pub(super) async fn rules(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    #[cfg(feature = "rules")]
+    let body = crate::rules::stats::rules_json(&shared.rules.get().map(|r| r.handles()).unwrap_or_default());
+    #[cfg(not(feature = "rules"))]
+    let body = {
+        let _ = &shared;
+        serde_json::json!({ "rules": [] })
+    };
+    Json(body)
 }
 
 pub(super) async fn uplinks(State(shared): State<Shared>) -> Json<serde_json::Value> {

@@ -104,8 +104,8 @@ fn need(method: &Method, path: &str) -> Need {
         // data and asks for a token itself.
         // `/v1/openapi.json` describes the API, public like any API docs.
         ["healthz"] | ["readyz"] | [""] | ["v1", "openapi.json"] => Need::Nothing,
-        // The status feeds show what `/metrics` shows.
-        ["metrics"] | ["v1", "status"] | ["v1", "status", "stream"] => Need::Metrics,
+        // The status feeds and the rules' counters show what `/metrics` shows.
+        ["metrics"] | ["v1", "status"] | ["v1", "status", "stream"] | ["v1", "rules"] => Need::Metrics,
         ["v1", "topics"]
         | ["v1", "services"]
         | ["v1", "services", _]

@@ -42,6 +42,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/groups/{group}/stream", get(stream::stream))
         .route("/v1/services", get(admin::services))
         .route("/v1/uplinks", get(admin::uplinks))
+        .route("/v1/rules", get(admin::rules))
         .route("/v1/services/{service}", axum::routing::put(admin::update_service))
         .route("/v1/reload", post(admin::reload))
         .route("/metrics", get(admin::metrics))
