@@ -12,6 +12,9 @@ command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || need+=(m
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # g++: libfuzzer-sys compiles libFuzzer's C++ sources for deploy/fuzz.sh.
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# kcat (librdkafka 2.0 from Debian): gateway/tests/kafka_listener.rs produces
+# and consumes with it against the Kafka listener.
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
 # lintian: gateway/tests/package.rs checks the .deb with it.
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
 if ((${#need[@]})); then

@@ -129,6 +129,8 @@ pub async fn run(
         started: Instant::now(),
         mqtt: mqtt_stats.clone(),
         http_connections: http_stats,
+        #[cfg(feature = "kafka-listener")]
+        kafka: Default::default(),
         commits: watch::channel(0).0,
         group_rounds: Default::default(),
         uplinks: std::sync::OnceLock::new(),
@@ -136,8 +138,12 @@ pub async fn run(
     let mqtt = crate::mqtt::start(&shared, mqtt_stats)?;
     let uplinks = crate::uplinks::start(&shared, &shared.config)?;
     let _ = shared.uplinks.set(uplinks.iter().map(|u| u.status.clone()).collect());
+    #[cfg(feature = "kafka-listener")]
+    let kafka = crate::kafka::start(&shared).await?.map(|k| k.addr);
+    #[cfg(not(feature = "kafka-listener"))]
+    let kafka: Option<SocketAddr> = None;
     let http_tls = http_limits.tls.is_some();
-    write_listen_json(&data_dir, http_addr, http_tls, &mqtt).context("cannot write listen.json")?;
+    write_listen_json(&data_dir, http_addr, http_tls, &mqtt, kafka).context("cannot write listen.json")?;
     let app = crate::http::router(shared.clone());
     let server =
         tokio::spawn(crate::http::serve::serve(listener, app, http_limits, http_gate, shutdown_rx.clone()));
@@ -147,7 +153,7 @@ pub async fn run(
     shared.ready.store(true, Ordering::Relaxed);
     crate::systemd::ready(&format!("HTTP on {http_addr}, MQTT on {}", mqtt.addr));
     tokio::spawn(crate::systemd::watchdog(shared.clone()));
-    tracing::info!(http = %http_addr, http_tls, mqtt = %mqtt.addr, mqtt_v5 = ?mqtt.addr_v5, mqtt_tls = mqtt.tls,
+    tracing::info!(http = %http_addr, http_tls, mqtt = %mqtt.addr, kafka = ?kafka, mqtt_v5 = ?mqtt.addr_v5, mqtt_tls = mqtt.tls,
         data_dir = %data_dir.display(), "sluice is ready");
 
     stop.await;
@@ -234,11 +240,13 @@ fn write_listen_json(
     http: SocketAddr,
     http_tls: bool,
     mqtt: &crate::mqtt::MqttHandle,
+    kafka: Option<SocketAddr>,
 ) -> std::io::Result<()> {
     let body = serde_json::json!({
         "http": http.to_string(),
         "mqtt": mqtt.addr.to_string(),
         "mqtt_v5": mqtt.addr_v5.map(|a| a.to_string()),
+        "kafka": kafka.map(|a| a.to_string()),
         "tls": {"http": http_tls, "mqtt": mqtt.tls, "mqtt_v5": mqtt.tls && mqtt.addr_v5.is_some()},
     });
     let tmp = data_dir.join("listen.json.tmp");
