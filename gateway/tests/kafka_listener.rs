@@ -268,6 +268,17 @@ async fn consumer_group_rebalances_and_resumes_after_restart() {
     writeln!(members[2].stdin, "leave").unwrap();
     wait_assignment(&events, &["a", "b"], &mut seen);
     assert!(seen.iter().any(|e| e["event"] == "left" && e["name"] == "c"), "c left with LeaveGroup");
+    // Admin tools see the group (ListGroups, DescribeGroups) and create topics.
+    let (admin, status) =
+        driver(&addr, &["admin", "--group", "g1", "--topic", "made", "--partitions", "3"]).await;
+    assert_eq!(status, 0, "{admin:?}");
+    assert_eq!(admin[0], json!({"created": "made"}));
+    assert!(admin[1]["groups"].as_array().unwrap().iter().any(|g| g[0] == "g1"), "{admin:?}");
+    assert_eq!(admin[2]["members"], json!(["a", "b"]), "{admin:?}");
+    assert!(admin[2]["state"].as_str().unwrap().contains("STABLE"), "{admin:?}");
+    let (_, topics) = gw.get_json("/v1/topics").await;
+    let made = topics["topics"].as_array().unwrap().iter().find(|t| t["name"] == "made").expect("created");
+    assert_eq!(made["partitions"].as_array().unwrap().len(), 3);
     let more: Vec<Value> = (30..45).map(|i| json!({"key": format!("dev-{i}"), "value": i})).collect();
     let (status, _) = gw.post_json("/v1/topics/metrics/records", &json!({ "records": more })).await;
     assert_eq!(status, 200);

@@ -59,6 +59,7 @@ pub(super) struct JoinRequest {
 
 #[derive(Debug)]
 struct Member {
+    client_id: String,
     protocols: Vec<(String, Bytes)>,
     session_timeout: Duration,
     rebalance_timeout: Duration,
@@ -135,6 +136,7 @@ impl Coordinator {
         };
         group.protocol_type = req.protocol_type;
         let member = group.members.entry(member_id).or_insert_with(|| Member {
+            client_id: req.client_id.clone(),
             protocols: Vec::new(),
             session_timeout: req.session_timeout,
             rebalance_timeout: req.rebalance_timeout,
@@ -276,6 +278,71 @@ impl Coordinator {
     #[cfg(test)]
     pub(super) fn describe(&self, group: &str) -> Option<(Phase, i32, usize)> {
         self.groups.get(group).map(|g| (g.phase, g.generation, g.members.len()))
+    }
+
+    /// What DescribeGroups shows of a group.
+    pub(super) fn view(&self, group: &str) -> Option<GroupView> {
+        let g = self.groups.get(group)?;
+        let members = g
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m.protocols.iter().find(|(n, _)| *n == g.protocol).map(|(_, b)| b.clone());
+                MemberView {
+                    member_id: id.clone(),
+                    client_id: m.client_id.clone(),
+                    metadata: meta.unwrap_or_default(),
+                    assignment: m.assignment.clone(),
+                }
+            })
+            .collect();
+        Some(GroupView {
+            state: g.phase.kafka_name(),
+            protocol_type: g.protocol_type.clone(),
+            protocol: g.protocol.clone(),
+            members,
+        })
+    }
+
+    /// (group, protocol type, state) of every group with members.
+    pub(super) fn list(&self) -> Vec<(String, String, &'static str)> {
+        let mut out: Vec<_> = self
+            .groups
+            .iter()
+            .map(|(n, g)| (n.clone(), g.protocol_type.clone(), g.phase.kafka_name()))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// A group as DescribeGroups shows it.
+#[derive(Debug)]
+pub(super) struct GroupView {
+    pub(super) state: &'static str,
+    pub(super) protocol_type: String,
+    pub(super) protocol: String,
+    pub(super) members: Vec<MemberView>,
+}
+
+/// A member as DescribeGroups shows it.
+#[derive(Debug)]
+pub(super) struct MemberView {
+    pub(super) member_id: String,
+    pub(super) client_id: String,
+    pub(super) metadata: Bytes,
+    pub(super) assignment: Bytes,
+}
+
+impl Phase {
+    /// Kafka's name of the state.
+    pub(super) fn kafka_name(self) -> &'static str {
+        match self {
+            Phase::Empty => "Empty",
+            Phase::Preparing => "PreparingRebalance",
+            Phase::Completing => "CompletingRebalance",
+            Phase::Stable => "Stable",
+        }
     }
 }
 

@@ -5,8 +5,10 @@
 
 use super::group::JoinRequest;
 use super::{Broker, REAP_EVERY};
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -31,7 +33,12 @@ fn millis(ms: i32) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-pub(super) async fn join(broker: &Arc<Broker>, req: JoinGroupRequest, version: i16) -> JoinGroupResponse {
+pub(super) async fn join(
+    broker: &Arc<Broker>,
+    req: JoinGroupRequest,
+    client_id: String,
+    version: i16,
+) -> JoinGroupResponse {
     let session = millis(req.session_timeout_ms);
     let mut resp = JoinGroupResponse::default().with_member_id(req.member_id.clone());
     if version >= 7 {
@@ -49,7 +56,7 @@ pub(super) async fn join(broker: &Arc<Broker>, req: JoinGroupRequest, version: i
         JoinRequest {
             group: req.group_id.0.to_string(),
             member_id: req.member_id.to_string(),
-            client_id: String::new(),
+            client_id,
             protocol_type: req.protocol_type.to_string(),
             protocols: req.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
             session_timeout: session,
@@ -120,6 +127,59 @@ pub(super) fn leave(broker: &Broker, req: LeaveGroupRequest, version: i16) -> Le
         })
         .collect();
     LeaveGroupResponse::default().with_members(members)
+}
+
+pub(super) fn describe_groups(broker: &Broker, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+    let coordinator = broker.groups();
+    let groups = req
+        .groups
+        .into_iter()
+        .map(|id| {
+            let Some(view) = coordinator.view(&id.0) else {
+                return DescribedGroup::default()
+                    .with_group_id(id)
+                    .with_group_state(StrBytes::from_static_str("Dead"));
+            };
+            let members = view
+                .members
+                .into_iter()
+                .map(|m| {
+                    DescribedGroupMember::default()
+                        .with_member_id(s(m.member_id))
+                        .with_client_id(s(m.client_id))
+                        .with_member_metadata(m.metadata)
+                        .with_member_assignment(m.assignment)
+                })
+                .collect();
+            DescribedGroup::default()
+                .with_group_id(id)
+                .with_group_state(StrBytes::from_static_str(view.state))
+                .with_protocol_type(s(view.protocol_type))
+                .with_protocol_data(s(view.protocol))
+                .with_members(members)
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+pub(super) fn list_groups(broker: &Broker, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+    let groups = broker
+        .groups()
+        .list()
+        .into_iter()
+        .filter(|(_, _, state)| {
+            req.states_filter.is_empty() || req.states_filter.iter().any(|f| &**f == *state)
+        })
+        .map(|(name, protocol_type, state)| {
+            let mut g =
+                ListedGroup::default().with_group_id(GroupId(s(name))).with_protocol_type(s(protocol_type));
+            if version >= 4 {
+                g.group_state = StrBytes::from_static_str(state);
+            }
+            g
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
 }
 
 /// Expires silent members until shutdown.

@@ -104,3 +104,67 @@ pub(super) fn find_coordinator(
     }
     FindCoordinatorResponse::default().with_node_id(BrokerId(NODE_ID)).with_host(host).with_port(broker.port)
 }
+
+/// Most partitions a topic may have (as `[[topic]] partitions`).
+const MAX_PARTITIONS: i32 = 256;
+
+/// CreateTopics: topics of the default service, by sluice's rules
+/// (`store.auto_create_topics`); replication factor -1 or 1; topic configs
+/// are not applied (retention comes from sluice's configuration).
+pub(super) fn create_topics(broker: &Broker, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+    use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+    let shared = &broker.shared;
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = if t.num_partitions == -1 {
+                i32::try_from(shared.config.store.default_partitions).unwrap_or(1)
+            } else {
+                t.num_partitions
+            };
+            let fail = |error: ResponseError, message: String| (error.code(), Some(message));
+            let (error, message) = if !(1..=MAX_PARTITIONS).contains(&partitions) {
+                fail(
+                    ResponseError::InvalidPartitions,
+                    format!("num_partitions {partitions} is outside 1..={MAX_PARTITIONS}"),
+                )
+            } else if !matches!(t.replication_factor, -1 | 1) {
+                fail(
+                    ResponseError::InvalidReplicationFactor,
+                    format!("replication_factor {}: sluice is a single broker; use 1", t.replication_factor),
+                )
+            } else if !t.assignments.is_empty() {
+                fail(ResponseError::InvalidRequest, "manual replica assignments are not supported".to_owned())
+            } else if req.validate_only {
+                match (sluice_config::check_topic_name(&t.name.0), shared.topics.get(&t.name.0)) {
+                    (Err(reason), _) => fail(ResponseError::InvalidTopicException, reason),
+                    (Ok(()), Some(_)) => fail(ResponseError::TopicAlreadyExists, "topic exists".to_owned()),
+                    (Ok(()), None) => (0, None),
+                }
+            } else {
+                match shared.topics.create(&t.name.0, partitions as u32, &shared.store, &shared.services) {
+                    Ok(Some(_)) => (0, None),
+                    Ok(None) => {
+                        fail(ResponseError::TopicAlreadyExists, format!("topic {:?} exists", &*t.name.0))
+                    }
+                    Err(e @ TopicError::InvalidName { .. }) => {
+                        fail(ResponseError::InvalidTopicException, e.to_string())
+                    }
+                    Err(e @ TopicError::Unknown(_)) => fail(ResponseError::PolicyViolation, e.to_string()),
+                    Err(e) => fail(ResponseError::KafkaStorageError, e.to_string()),
+                }
+            };
+            let mut r = CreatableTopicResult::default().with_name(t.name).with_error_code(error);
+            if version >= 1 {
+                r.error_message = message.map(StrBytes::from_string);
+            }
+            if version >= 5 {
+                r.num_partitions = if error == 0 { partitions } else { -1 };
+                r.replication_factor = if error == 0 { 1 } else { -1 };
+            }
+            r
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}

@@ -25,7 +25,10 @@ pub(super) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 4),
     (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
 ];
 
 /// The versions of `key` sluice serves.
@@ -107,7 +110,8 @@ pub(super) async fn dispatch(
         ApiKey::ListOffsets => ready(corr, v, fetch::list_offsets(broker, decode(body, v)?, v)?),
         ApiKey::JoinGroup => {
             let req = decode(body, v)?;
-            Box::pin(async move { frame(corr, v, &group_api::join(&b, req, v).await).map(Some) })
+            let client = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
+            Box::pin(async move { frame(corr, v, &group_api::join(&b, req, client, v).await).map(Some) })
         }
         ApiKey::SyncGroup => {
             let req = decode(body, v)?;
@@ -120,6 +124,9 @@ pub(super) async fn dispatch(
             Box::pin(async move { frame(corr, v, &group_api::offset_commit(&b, req).await).map(Some) })
         }
         ApiKey::OffsetFetch => ready(corr, v, group_api::offset_fetch(broker, decode(body, v)?)),
+        ApiKey::DescribeGroups => ready(corr, v, group_api::describe_groups(broker, decode(body, v)?)),
+        ApiKey::ListGroups => ready(corr, v, group_api::list_groups(broker, decode(body, v)?, v)),
+        ApiKey::CreateTopics => ready(corr, v, metadata::create_topics(broker, decode(body, v)?, v)),
         other => anyhow::bail!("API {other:?} is not served"),
     })
 }
@@ -145,6 +152,9 @@ mod tests {
                 ApiKey::LeaveGroup => LeaveGroupRequest::VERSIONS,
                 ApiKey::SyncGroup => SyncGroupRequest::VERSIONS,
                 ApiKey::ApiVersions => ApiVersionsRequest::VERSIONS,
+                ApiKey::DescribeGroups => DescribeGroupsRequest::VERSIONS,
+                ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
+                ApiKey::CreateTopics => CreateTopicsRequest::VERSIONS,
                 other => panic!("{other:?} advertised but not checked here"),
             };
             let (clo, chi) = (codec.min, codec.max);

@@ -12,6 +12,10 @@ gateway/tests/kafka_listener.rs. Every command prints JSON lines on stdout.
            a consumer group member that prints {"event": "assigned", ...},
            {"event": "record", ...}, commits each record synchronously, and
            closes (LeaveGroup) when a line "leave" arrives on stdin.
+  admin    [--topic T --partitions P] [--group G]
+           creates T (CreateTopics), then prints {"created": ...},
+           {"groups": [[id, state], ...]} (ListGroups) and, with --group,
+           {"group": id, "state", "members": [client ids]} (DescribeGroups)
   bench    --count N --size B   produce throughput (acks=1, linger 5 ms):
            {"records", "seconds", "per_sec"}
 
@@ -25,6 +29,7 @@ import sys
 import time
 
 from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 
 def out(obj):
@@ -131,6 +136,25 @@ def member(args):
     return 1
 
 
+def admin(args):
+    a = AdminClient({"bootstrap.servers": args.bootstrap})
+    if args.topic:
+        futures = a.create_topics([NewTopic(args.topic, args.partitions, 1)], request_timeout=args.timeout)
+        for topic, f in futures.items():
+            try:
+                f.result()
+                out({"created": topic})
+            except Exception as e:  # the test prints what failed
+                out({"created": None, "error": str(e)})
+    listed = a.list_consumer_groups(request_timeout=args.timeout).result()
+    out({"groups": sorted([g.group_id, str(g.state)] for g in listed.valid)})
+    if args.group:
+        d = a.describe_consumer_groups([args.group], request_timeout=args.timeout)[args.group].result()
+        out({"group": d.group_id, "state": str(d.state),
+             "members": sorted(m.client_id for m in d.members)})
+    return 0
+
+
 def bench(args):
     p = Producer({"bootstrap.servers": args.bootstrap, "acks": 1, "linger.ms": 5,
                   "queue.buffering.max.messages": 1000000})
@@ -155,7 +179,7 @@ def bench(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["produce", "consume", "member", "bench"])
+    ap.add_argument("command", choices=["produce", "consume", "member", "admin", "bench"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic")
     ap.add_argument("--topics")
@@ -168,9 +192,11 @@ def main():
     ap.add_argument("--group")
     ap.add_argument("--name", default="m")
     ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=60)
     args = ap.parse_args()
-    return {"produce": produce, "consume": consume, "member": member, "bench": bench}[args.command](args)
+    commands = {"produce": produce, "consume": consume, "member": member, "admin": admin, "bench": bench}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
