@@ -63,6 +63,15 @@ if ! "$venv/bin/python" -c "import confluent_kafka, sys; sys.exit(confluent_kafk
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
         "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
 fi
+# kafka-python (pure Python, its own codec) in the same venv: the Kafka
+# listener's tests produce and consume with it besides librdkafka.
+KAFKA_PYTHON_VERSION=3.0.12
+if ! "$venv/bin/python" -c "import kafka, sys; sys.exit(kafka.__version__ != '$KAFKA_PYTHON_VERSION')" \
+    >/dev/null 2>&1; then
+    echo "installing kafka-python $KAFKA_PYTHON_VERSION into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "kafka-python==$KAFKA_PYTHON_VERSION"
+fi
 
 # The status page's browser test (gateway/tests/status_page.rs): Debian's
 # chromium, driven headless by playwright-core (npm, no bundled browser)

@@ -39,7 +39,13 @@ fn python() -> PathBuf {
 }
 
 fn driver_cmd(bootstrap: &str, args: &[&str]) -> Command {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/driver.py");
+    script_cmd("driver.py", bootstrap, args)
+}
+
+/// `gateway/tests/kafka/{name}` with the venv's python: `args[0]` is the
+/// command, then `--bootstrap`, then the rest.
+fn script_cmd(name: &str, bootstrap: &str, args: &[&str]) -> Command {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka").join(name);
     let mut cmd = Command::new(python());
     cmd.arg(script).args(&args[..1]).args(["--bootstrap", bootstrap]).args(&args[1..]);
     cmd
@@ -47,7 +53,11 @@ fn driver_cmd(bootstrap: &str, args: &[&str]) -> Command {
 
 /// Runs a driver command to the end: its JSON lines and exit status.
 async fn driver(bootstrap: &str, args: &[&str]) -> (Vec<Value>, i32) {
-    let mut cmd = driver_cmd(bootstrap, args);
+    run_script("driver.py", bootstrap, args).await
+}
+
+async fn run_script(name: &str, bootstrap: &str, args: &[&str]) -> (Vec<Value>, i32) {
+    let mut cmd = script_cmd(name, bootstrap, args);
     let output = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run driver.py");
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !stderr.is_empty() {
@@ -519,4 +529,123 @@ async fn one_fetch_fills_its_budget_in_priority_order() {
     let (name, bulk_n) = &fetched[0];
     assert_eq!(name, "bulk");
     assert!(*bulk_n >= 1 && *bulk_n <= 20, "bulk takes the rest of the budget: {fetched:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_python_codec_produces_compressed_and_consumes_in_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&common::service_topics(&[("alarms", "express = true\ndurability = \"sync\"")]));
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    let mut expected = Vec::new();
+    for (acks, compression) in [("1", "gzip"), ("all", "none"), ("0", "none")] {
+        let args =
+            ["produce", "--topic", "alarms", "--count", "10", "--acks", acks, "--compression", compression];
+        let (lines, status) = run_script("kafka_python.py", &addr, &args).await;
+        assert_eq!(status, 0, "kafka-python acks={acks} {compression}: {lines:?}");
+        assert_eq!(lines.len(), 10);
+        expected.extend((0..10).map(|i| format!("kp-{i}")));
+    }
+    // acks=0 is not acknowledged: wait until every record is readable.
+    let deadline = Instant::now() + GUARD;
+    while http_values(&gw, "alarms", 0).await.len() < 30 {
+        assert!(Instant::now() < deadline, "records produced by kafka-python never became readable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recs = http_values(&gw, "alarms", 0).await;
+    assert_eq!(recs[0]["key"], "k0");
+    assert_eq!(recs[0]["headers"], json!({"via": "kafka-python"}));
+    let (lines, status) =
+        run_script("kafka_python.py", &addr, &["consume", "--topic", "alarms", "--count", "30"]).await;
+    assert_eq!(status, 0, "{lines:?}");
+    let values: Vec<String> = lines.iter().map(|l| l["value"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(values, expected);
+    assert_eq!(lines[29]["headers"], json!([["via", "kafka-python"]]));
+    let (_, offsets) = gw.get_json("/v1/groups/kafka-python/offsets?topics=alarms").await;
+    assert_eq!(offsets["offsets"][0]["committed"], 30, "{offsets}");
+}
+
+/// One idempotent Produce v9 of `values` to partition 0 of `topic`; the
+/// partition's (error code, base offset).
+fn produce_idempotent(raw: &mut Raw, topic: &str, pid: i64, first_seq: i32, values: &[&str]) -> (i16, i64) {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: pid,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: first_seq + i as i32,
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut batch = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut batch,
+        &records,
+        &RecordEncodeOptions { version: 2, compression: Compression::None },
+    )
+    .unwrap();
+    let data =
+        produce_request::PartitionProduceData::default().with_index(0).with_records(Some(batch.freeze()));
+    let req = ProduceRequest::default()
+        .with_transactional_id(None)
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partition_data(vec![data])]);
+    raw.send(ApiKey::Produce, 9, 5, &req);
+    let mut body = raw.recv().expect("produce answer");
+    let header = ResponseHeader::decode(&mut body, ProduceResponse::header_version(9)).unwrap();
+    assert_eq!(header.correlation_id, 5);
+    let resp = ProduceResponse::decode(&mut body, 9).unwrap();
+    let p = &resp.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotent_retries_keep_their_offsets_and_gaps_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&common::service_topics(&[("alarms", "express = true\ndurability = \"sync\"")]));
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    tokio::task::spawn_blocking(move || {
+        let mut raw = Raw::connect(&addr);
+        raw.send(
+            ApiKey::InitProducerId,
+            4,
+            4,
+            &InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000),
+        );
+        let mut body = raw.recv().expect("InitProducerId answer");
+        let _ = ResponseHeader::decode(&mut body, InitProducerIdResponse::header_version(4)).unwrap();
+        let init = InitProducerIdResponse::decode(&mut body, 4).unwrap();
+        assert_eq!((init.error_code, init.producer_epoch), (0, 0));
+        let pid = init.producer_id.0;
+        assert!(pid >= 0);
+        assert_eq!(produce_idempotent(&mut raw, "alarms", pid, 0, &["a", "b"]), (0, 0));
+        assert_eq!(produce_idempotent(&mut raw, "alarms", pid, 2, &["c"]), (0, 2));
+        // The first batch retried: its original offset, not stored again.
+        assert_eq!(produce_idempotent(&mut raw, "alarms", pid, 0, &["a", "b"]), (0, 0));
+        // A gap in the sequence: OUT_OF_ORDER_SEQUENCE_NUMBER.
+        assert_eq!(produce_idempotent(&mut raw, "alarms", pid, 7, &["x"]).0, 45);
+        assert_eq!(produce_idempotent(&mut raw, "alarms", pid, 3, &["d"]), (0, 3));
+    })
+    .await
+    .unwrap();
+    let values: Vec<Value> =
+        http_values(&gw, "alarms", 0).await.iter().map(|r| r["value_b64"].clone()).collect();
+    assert_eq!(values, [json!("YQ=="), json!("Yg=="), json!("Yw=="), json!("ZA==")], "a b c d once each");
 }

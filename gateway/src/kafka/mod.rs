@@ -14,6 +14,8 @@
 //! - [`fetch`]: Fetch (long-poll, the byte budget filled in priority
 //!   order) and ListOffsets.
 //! - [`records`]: RecordBatch <-> sluice records.
+//! - [`idempotence`]: producer ids and sequence numbers (retries keep
+//!   their offsets).
 //! - [`group`]: the classic group protocol's state machine (join, sync,
 //!   heartbeat, leave, session timeouts), free of I/O.
 //! - [`group_api`]: its requests, and OffsetCommit/OffsetFetch over the
@@ -23,6 +25,7 @@ mod conn;
 mod fetch;
 mod group;
 mod group_api;
+mod idempotence;
 mod metadata;
 mod produce;
 mod records;
@@ -73,11 +76,16 @@ struct Broker {
     max_request: usize,
     stats: Arc<KafkaStats>,
     groups: Mutex<group::Coordinator>,
+    producers: Mutex<idempotence::Producers>,
 }
 
 impl Broker {
     fn groups(&self) -> std::sync::MutexGuard<'_, group::Coordinator> {
         self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn producers(&self) -> std::sync::MutexGuard<'_, idempotence::Producers> {
+        self.producers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -113,6 +121,7 @@ pub async fn start(shared: &Shared) -> anyhow::Result<Option<KafkaHandle>> {
         max_request: usize::try_from(cfg.max_request.as_u64()).unwrap_or(usize::MAX),
         stats: stats.clone(),
         groups: Mutex::new(group::Coordinator::default()),
+        producers: Mutex::new(idempotence::Producers::new(crate::now_ms())),
     });
     let gate = Gate::new(cfg.max_connections, stats.connections.clone());
     tokio::spawn(accept_loop(broker.clone(), listener, gate));

@@ -7,19 +7,25 @@
 //! - acks=all: answered once durable per the service's durability (after
 //!   the group commit for `sync`, after the append for `buffered`).
 //!
+//! Batches of idempotent producers go through [`super::idempotence`]
+//! first: a retry is answered with its original offset, not appended.
+//!
 //! A service over its rate or pending limit is throttled as Kafka quotas
 //! do it: this connection stops being read for the wait (the producer
 //! feels it even when it ignores `throttle_time_ms`), other connections
 //! are not delayed. A request that cannot be queued within its
 //! `timeout_ms` is answered REQUEST_TIMED_OUT (retriable).
 
+use super::idempotence::{BaseOffset, Decision};
 use super::records::decode_produced;
 use super::versions::{frame, Reply};
 use super::{Broker, KafkaStats};
 use crate::ingest::{Appended, IngestError, Job, PartBatch, Rejected};
 use crate::topics::TopicError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+};
 use kafka_protocol::ResponseError;
 use sluice_config::Durability;
 use sluice_store::PartitionId;
@@ -38,12 +44,31 @@ struct TopicOutcome {
     /// (partition, index of its first record in the job) of queued ones.
     queued: Vec<(i32, usize)>,
     reply: Option<oneshot::Receiver<Result<Appended, IngestError>>>,
+    /// Idempotent batches queued: (partition, where to publish the base
+    /// offset, producer id, first sequence).
+    idem: Vec<(i32, Sender, i64, i32)>,
+    /// Retries of batches already taken: (partition, their base offset).
+    dups: Vec<(i32, BaseOffset)>,
+}
+
+type Sender = tokio::sync::watch::Sender<Option<Result<i64, i16>>>;
+
+/// InitProducerId: idempotent producers only (no transactions).
+pub(super) fn init_producer_id(broker: &Broker, req: InitProducerIdRequest) -> InitProducerIdResponse {
+    if req.transactional_id.is_some() {
+        return InitProducerIdResponse::default()
+            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
+    let (id, epoch) = broker.producers().init(req.producer_id.0, req.producer_epoch);
+    InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(epoch)
 }
 
 pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, corr: i32, version: i16) -> Reply {
     if req.transactional_id.is_some() {
         let outcomes = refuse_all(req, ResponseError::TransactionalIdAuthorizationFailed.code());
-        return answer(outcomes, 0, -1, corr, version);
+        return answer(broker.clone(), outcomes, 0, -1, corr, version);
     }
     let acks = req.acks;
     let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).max(1));
@@ -57,7 +82,7 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, corr: i32
     if acks == 0 {
         return Box::pin(async { Ok(None) });
     }
-    answer(outcomes, throttle_ms, acks, corr, version)
+    answer(broker.clone(), outcomes, throttle_ms, acks, corr, version)
 }
 
 fn refuse_all(req: ProduceRequest, error: i16) -> Vec<TopicOutcome> {
@@ -68,6 +93,8 @@ fn refuse_all(req: ProduceRequest, error: i16) -> Vec<TopicOutcome> {
             refused: td.partition_data.iter().map(|p| (p.index, error)).collect(),
             queued: Vec::new(),
             reply: None,
+            idem: Vec::new(),
+            dups: Vec::new(),
         })
         .collect()
 }
@@ -80,8 +107,14 @@ async fn queue_topic(
     throttled: &mut Duration,
 ) -> TopicOutcome {
     let shared = &broker.shared;
-    let mut out =
-        TopicOutcome { name: td.name.clone(), refused: Vec::new(), queued: Vec::new(), reply: None };
+    let mut out = TopicOutcome {
+        name: td.name.clone(),
+        refused: Vec::new(),
+        queued: Vec::new(),
+        reply: None,
+        idem: Vec::new(),
+        dups: Vec::new(),
+    };
     let topic = match shared.topics.get_or_create(&td.name.0, &shared.store, &shared.services) {
         Ok(t) => t,
         Err(e) => {
@@ -103,8 +136,8 @@ async fn queue_topic(
             out.refused.push((pd.index, ResponseError::UnknownTopicOrPartition.code()));
             continue;
         }
-        let produced = match pd.records.map(|data| decode_produced(data, now)).transpose() {
-            Ok(p) => p.map(|p| p.records).unwrap_or_default(),
+        let (produced, producer) = match pd.records.map(|data| decode_produced(data, now)).transpose() {
+            Ok(p) => p.map(|p| (p.records, p.producer)).unwrap_or_default(),
             Err(e) => {
                 tracing::debug!(topic = %topic.name, partition = pd.index, error = %e, "Kafka produce: bad record batch");
                 out.refused.push((pd.index, ResponseError::CorruptMessage.code()));
@@ -114,6 +147,20 @@ async fn queue_topic(
         if produced.is_empty() {
             out.refused.push((pd.index, ResponseError::InvalidRecord.code()));
             continue;
+        }
+        if let Some((pid, epoch, first)) = producer {
+            let count = i32::try_from(produced.len()).unwrap_or(i32::MAX);
+            match broker.producers().check(pid, epoch, &topic.name, pd.index as u32, first, count) {
+                Decision::Append(tx) => out.idem.push((pd.index, tx, pid, first)),
+                Decision::Duplicate(base) => {
+                    out.dups.push((pd.index, base));
+                    continue;
+                }
+                Decision::Refuse(code) => {
+                    out.refused.push((pd.index, code));
+                    continue;
+                }
+            }
         }
         cost += produced.iter().map(|r| r.encoded_len() as u64).sum::<u64>();
         let n = produced.len();
@@ -130,6 +177,9 @@ async fn queue_topic(
     }
     let refuse_queued = |out: &mut TopicOutcome, code: i16| {
         out.refused.extend(out.queued.drain(..).map(|(p, _)| (p, code)));
+        for (p, _, pid, first) in out.idem.drain(..) {
+            broker.producers().failed(pid, &topic.name, p as u32, first);
+        }
     };
     if cost > service.max_pending {
         refuse_queued(&mut out, ResponseError::MessageTooLarge.code());
@@ -188,7 +238,14 @@ async fn queue_topic(
     out
 }
 
-fn answer(outcomes: Vec<TopicOutcome>, throttle_ms: i32, acks: i16, corr: i32, version: i16) -> Reply {
+fn answer(
+    broker: Arc<Broker>,
+    outcomes: Vec<TopicOutcome>,
+    throttle_ms: i32,
+    acks: i16,
+    corr: i32,
+    version: i16,
+) -> Reply {
     Box::pin(async move {
         let mut responses = Vec::with_capacity(outcomes.len());
         for o in outcomes {
@@ -201,17 +258,30 @@ fn answer(outcomes: Vec<TopicOutcome>, throttle_ms: i32, acks: i16, corr: i32, v
                     Err(_) => Err(IngestError::ShuttingDown),
                 };
                 for &(p, first) in &o.queued {
-                    parts.push(match &result {
-                        Ok(offsets) => {
-                            let base = offsets.get(first).map_or(-1, |&(_, o)| o.0 as i64);
-                            partition(p, 0, base, version)
-                        }
+                    let (code, base) = match &result {
+                        Ok(offsets) => (0, offsets.get(first).map_or(-1, |&(_, o)| o.0 as i64)),
                         Err(e) => {
                             tracing::warn!(topic = %o.name.0, partition = p, error = %e, "Kafka produce failed");
-                            partition(p, ResponseError::KafkaStorageError.code(), -1, version)
+                            (ResponseError::KafkaStorageError.code(), -1)
                         }
-                    });
+                    };
+                    if let Some((_, tx, pid, seq)) = o.idem.iter().find(|i| i.0 == p) {
+                        tx.send_replace(Some(if code == 0 { Ok(base) } else { Err(code) }));
+                        if code != 0 {
+                            broker.producers().failed(*pid, &o.name.0, p as u32, *seq);
+                        }
+                    }
+                    parts.push(partition(p, code, base, version));
                 }
+            }
+            for (p, mut base) in o.dups {
+                let known = base.wait_for(Option::is_some).await.map(|v| *v);
+                let (code, offset) = match known {
+                    Ok(Some(Ok(offset))) => (0, offset),
+                    Ok(Some(Err(code))) => (code, -1),
+                    _ => (ResponseError::KafkaStorageError.code(), -1),
+                };
+                parts.push(partition(p, code, offset, version));
             }
             parts.sort_by_key(|p| p.index);
             responses.push(TopicProduceResponse::default().with_name(o.name).with_partition_responses(parts));

@@ -22,12 +22,15 @@ use sluice_store::{Record, StoredRecord};
 #[derive(Debug)]
 pub(super) struct Produced {
     pub(super) records: Vec<Record>,
+    /// Idempotent producers: (producer id, epoch, first sequence).
+    pub(super) producer: Option<(i64, i16, i32)>,
 }
 
 /// Decodes every batch of one partition's produce data.
 pub(super) fn decode_produced(mut data: Bytes, now_ms: i64) -> anyhow::Result<Produced> {
     let sets = RecordBatchDecoder::decode_all(&mut data)?;
     let mut records = Vec::new();
+    let mut producer = None;
     for set in sets {
         if set.version < 2 {
             anyhow::bail!(
@@ -38,6 +41,9 @@ pub(super) fn decode_produced(mut data: Bytes, now_ms: i64) -> anyhow::Result<Pr
         for r in set.records {
             if r.control || r.transactional {
                 anyhow::bail!("transactional and control records are not served");
+            }
+            if producer.is_none() && r.producer_id >= 0 {
+                producer = Some((r.producer_id, r.producer_epoch, r.sequence));
             }
             records.push(Record {
                 key: r.key.map(|k| k.to_vec()),
@@ -51,7 +57,7 @@ pub(super) fn decode_produced(mut data: Bytes, now_ms: i64) -> anyhow::Result<Pr
             });
         }
     }
-    Ok(Produced { records })
+    Ok(Produced { records, producer })
 }
 
 /// Encodes stored records (consecutive in one partition) as one batch.

@@ -29,6 +29,7 @@ pub(super) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The versions of `key` sluice serves.
@@ -102,7 +103,7 @@ pub(super) async fn dispatch(
         }
         ApiKey::Metadata => ready(corr, v, metadata::metadata(broker, decode(body, v)?, v)?),
         ApiKey::FindCoordinator => ready(corr, v, metadata::find_coordinator(broker, decode(body, v)?, v)),
-        ApiKey::Produce => produce::produce(broker, decode(body, v)?, corr, v).await,
+        ApiKey::Produce => produce::produce(&b, decode(body, v)?, corr, v).await,
         ApiKey::Fetch => {
             let req = decode(body, v)?;
             Box::pin(async move { frame(corr, v, &fetch::fetch(&b, req, v).await?).map(Some) })
@@ -127,6 +128,7 @@ pub(super) async fn dispatch(
         ApiKey::DescribeGroups => ready(corr, v, group_api::describe_groups(broker, decode(body, v)?)),
         ApiKey::ListGroups => ready(corr, v, group_api::list_groups(broker, decode(body, v)?, v)),
         ApiKey::CreateTopics => ready(corr, v, metadata::create_topics(broker, decode(body, v)?, v)),
+        ApiKey::InitProducerId => ready(corr, v, produce::init_producer_id(broker, decode(body, v)?)),
         other => anyhow::bail!("API {other:?} is not served"),
     })
 }
@@ -155,6 +157,7 @@ mod tests {
                 ApiKey::DescribeGroups => DescribeGroupsRequest::VERSIONS,
                 ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
                 ApiKey::CreateTopics => CreateTopicsRequest::VERSIONS,
+                ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
                 other => panic!("{other:?} advertised but not checked here"),
             };
             let (clo, chi) = (codec.min, codec.max);
