@@ -243,11 +243,20 @@ pub struct KafkaConfig {
     pub max_request: ByteSize,
     /// Most concurrent Kafka connections. Default 1000.
     pub max_connections: u32,
+    /// `[kafka.tls]`: serve the listener over TLS (Kafka's `SSL` security
+    /// protocol). Default none (plain TCP).
+    pub tls: Option<ListenerTls>,
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig { listen: None, advertised: None, max_request: ByteSize::mib(16), max_connections: 1000 }
+        KafkaConfig {
+            listen: None,
+            advertised: None,
+            max_request: ByteSize::mib(16),
+            max_connections: 1000,
+            tls: None,
+        }
     }
 }
 

@@ -110,6 +110,7 @@ impl Problems {
         let kafka = &cfg.kafka;
         self.check("kafka.max_request", size_range(kafka.max_request, limits::KAFKA_REQUEST));
         self.check("kafka.max_connections", range(kafka.max_connections, limits::CONNECTIONS));
+        self.listener_tls("kafka.tls", kafka.tls.as_ref());
         if let Some(adv) = &kafka.advertised {
             self.check("kafka.advertised", names::check_host_port(adv));
         }

@@ -287,6 +287,12 @@ fn render_kafka(out: &mut Out, k: &crate::kafka::KafkaStats) {
         "Kafka connections closed at accept: kafka.max_connections were open",
     );
     out.sample("sluice_kafka_connections_refused_total", &[], get(&k.connections.refused));
+    out.family(
+        "sluice_kafka_tls_handshake_failures_total",
+        "counter",
+        "Kafka TLS handshakes that failed or timed out",
+    );
+    out.sample("sluice_kafka_tls_handshake_failures_total", &[], get(&k.connections.handshake_failures));
     out.family("sluice_kafka_requests_total", "counter", "Kafka requests taken");
     out.sample("sluice_kafka_requests_total", &[], get(&k.requests));
     out.family(

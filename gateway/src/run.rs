@@ -139,9 +139,9 @@ pub async fn run(
     let uplinks = crate::uplinks::start(&shared, &shared.config)?;
     let _ = shared.uplinks.set(uplinks.iter().map(|u| u.status.clone()).collect());
     #[cfg(feature = "kafka-listener")]
-    let kafka = crate::kafka::start(&shared).await?.map(|k| k.addr);
+    let kafka = crate::kafka::start(&shared).await?.map(|k| (k.addr, k.tls));
     #[cfg(not(feature = "kafka-listener"))]
-    let kafka: Option<SocketAddr> = None;
+    let kafka: Option<(SocketAddr, bool)> = None;
     let http_tls = http_limits.tls.is_some();
     write_listen_json(&data_dir, http_addr, http_tls, &mqtt, kafka).context("cannot write listen.json")?;
     let app = crate::http::router(shared.clone());
@@ -153,7 +153,7 @@ pub async fn run(
     shared.ready.store(true, Ordering::Relaxed);
     crate::systemd::ready(&format!("HTTP on {http_addr}, MQTT on {}", mqtt.addr));
     tokio::spawn(crate::systemd::watchdog(shared.clone()));
-    tracing::info!(http = %http_addr, http_tls, mqtt = %mqtt.addr, kafka = ?kafka, mqtt_v5 = ?mqtt.addr_v5, mqtt_tls = mqtt.tls,
+    tracing::info!(http = %http_addr, http_tls, mqtt = %mqtt.addr, kafka = ?kafka.map(|(a, _)| a), mqtt_v5 = ?mqtt.addr_v5, mqtt_tls = mqtt.tls,
         data_dir = %data_dir.display(), "sluice is ready");
 
     stop.await;
@@ -240,14 +240,15 @@ fn write_listen_json(
     http: SocketAddr,
     http_tls: bool,
     mqtt: &crate::mqtt::MqttHandle,
-    kafka: Option<SocketAddr>,
+    kafka: Option<(SocketAddr, bool)>,
 ) -> std::io::Result<()> {
     let body = serde_json::json!({
         "http": http.to_string(),
         "mqtt": mqtt.addr.to_string(),
         "mqtt_v5": mqtt.addr_v5.map(|a| a.to_string()),
-        "kafka": kafka.map(|a| a.to_string()),
-        "tls": {"http": http_tls, "mqtt": mqtt.tls, "mqtt_v5": mqtt.tls && mqtt.addr_v5.is_some()},
+        "kafka": kafka.map(|(a, _)| a.to_string()),
+        "tls": {"http": http_tls, "mqtt": mqtt.tls, "mqtt_v5": mqtt.tls && mqtt.addr_v5.is_some(),
+                "kafka": kafka.is_some_and(|(_, tls)| tls)},
     });
     let tmp = data_dir.join("listen.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;

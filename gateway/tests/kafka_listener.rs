@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../uplink/tests/common/tls.rs"]
+mod certs;
 mod common;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -648,4 +651,35 @@ async fn idempotent_retries_keep_their_offsets_and_gaps_are_refused() {
     let values: Vec<Value> =
         http_values(&gw, "alarms", 0).await.iter().map(|r| r["value_b64"].clone()).collect();
     assert_eq!(values, [json!("YQ=="), json!("Yg=="), json!("Yw=="), json!("ZA==")], "a b c d once each");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_listener_needs_a_trusted_client_certificate() {
+    let certs = certs::Certs::make();
+    let path = |name: &str| certs.path(name).display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&format!(
+        "[kafka.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\nhandshake_timeout = \"2s\"\n",
+        path("server.pem"),
+        path("server.key"),
+        path("ca.pem")
+    ));
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    assert_eq!(gw.listen["tls"]["kafka"], true);
+    let addr = kafka_addr(&gw);
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
+    let tls = ["--ca", &ca, "--cert", &cert, "--cert-key", &key];
+    let produce = [&["produce", "--topic", "secure", "--count", "3", "--acks", "all"][..], &tls].concat();
+    let (lines, status) = driver(&addr, &produce).await;
+    assert_eq!(status, 0, "{lines:?}");
+    let consume = [&["consume", "--topic", "secure", "--count", "3"][..], &tls].concat();
+    let (lines, status) = driver(&addr, &consume).await;
+    assert_eq!(status, 0, "{lines:?}");
+    assert_eq!(lines.iter().map(|l| l["value"].as_str().unwrap()).collect::<Vec<_>>(), ["v0", "v1", "v2"]);
+    // Without a client certificate the handshake fails and nothing is stored.
+    let no_cert = ["produce", "--topic", "secure", "--count", "1", "--ca", &ca, "--timeout", "3"];
+    let (lines, status) = driver(&addr, &no_cert).await;
+    assert_ne!(status, 0, "{lines:?}");
+    assert_eq!(http_values(&gw, "secure", 0).await.len(), 3);
+    assert!(gw.metric("sluice_kafka_tls_handshake_failures_total").await >= 1);
 }

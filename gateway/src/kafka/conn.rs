@@ -17,9 +17,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::Decodable;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
 
 /// Requests read but not yet answered, per connection.
@@ -40,9 +38,11 @@ enum Closed {
 
 /// Serves one connection until the client closes it, bad input, or
 /// shutdown.
-pub(super) async fn serve(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr, _admitted: Admitted) {
-    let _ = tcp.set_nodelay(true);
-    let (rd, wr) = tcp.into_split();
+pub(super) async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr, _admitted: Admitted)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_loop(wr, rx, peer));
     let mut shutdown = broker.shared.shutdown.clone();
@@ -68,7 +68,11 @@ pub(super) async fn serve(broker: Arc<Broker>, tcp: TcpStream, peer: SocketAddr,
     let _ = writer.await;
 }
 
-async fn read_loop(broker: &Arc<Broker>, rd: OwnedReadHalf, tx: &mpsc::Sender<Reply>) -> Result<(), Closed> {
+async fn read_loop<R: AsyncRead + Unpin>(
+    broker: &Arc<Broker>,
+    rd: R,
+    tx: &mpsc::Sender<Reply>,
+) -> Result<(), Closed> {
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     loop {
         let len = match rd.read_i32().await {
@@ -122,7 +126,7 @@ async fn request(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Reply, Closed
     Ok(reply)
 }
 
-async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>, peer: SocketAddr) {
+async fn write_loop<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::Receiver<Reply>, peer: SocketAddr) {
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     while let Some(reply) = rx.recv().await {
         match reply.await {

@@ -31,7 +31,7 @@ mod produce;
 mod records;
 mod versions;
 
-use crate::listener::{Gate, ListenerStats};
+use crate::listener::{Gate, ListenerStats, TlsListener};
 use crate::state::Shared;
 use anyhow::Context as _;
 use std::net::SocketAddr;
@@ -96,6 +96,8 @@ pub struct KafkaHandle {
     pub addr: SocketAddr,
     /// The advertised `host:port`.
     pub advertised: String,
+    /// Whether it speaks TLS.
+    pub tls: bool,
 }
 
 /// Binds `kafka.listen` and serves until shutdown; `None` when the
@@ -124,18 +126,35 @@ pub async fn start(shared: &Shared) -> anyhow::Result<Option<KafkaHandle>> {
         producers: Mutex::new(idempotence::Producers::new(crate::now_ms())),
     });
     let gate = Gate::new(cfg.max_connections, stats.connections.clone());
-    tokio::spawn(accept_loop(broker.clone(), listener, gate));
+    let tls = cfg.tls.as_ref().map(|tls| TlsListener::new(tls, "kafka.tls", &[])).transpose()?;
+    let tls_on = tls.is_some();
+    tokio::spawn(accept_loop(broker.clone(), listener, gate, tls));
     tokio::spawn(group_api::reaper(broker));
-    tracing::info!(kafka = %addr, %advertised, "Kafka listener started");
-    Ok(Some(KafkaHandle { addr, advertised }))
+    tracing::info!(kafka = %addr, %advertised, tls = tls_on, "Kafka listener started");
+    Ok(Some(KafkaHandle { addr, advertised, tls: tls_on }))
 }
 
-async fn accept_loop(broker: Arc<Broker>, listener: tokio::net::TcpListener, gate: Gate) {
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: tokio::net::TcpListener,
+    gate: Gate,
+    tls: Option<TlsListener>,
+) {
     let mut shutdown = broker.shared.shutdown.clone();
     loop {
         tokio::select! {
             (tcp, peer, admitted) = gate.accept(&listener, "kafka.max_connections") => {
-                tokio::spawn(conn::serve(broker.clone(), tcp, peer, admitted));
+                let _ = tcp.set_nodelay(true);
+                let broker = broker.clone();
+                match tls.clone() {
+                    None => drop(tokio::spawn(conn::serve(broker, tcp, peer, admitted))),
+                    Some(tls) => drop(tokio::spawn(async move {
+                        // The handshake runs in the connection's own task, under its deadline.
+                        if let Some(stream) = tls.accept(tcp, peer, &broker.stats.connections).await {
+                            conn::serve(broker, stream, peer, admitted).await;
+                        }
+                    })),
+                }
             }
             _ = shutdown.wait_for(|s| *s) => return,
         }

@@ -41,9 +41,21 @@ def text(b):
     return None if b is None else b.decode("utf-8", "replace")
 
 
+def security(args):
+    """TLS settings when --ca is given (the listener's CA), with a client
+    certificate when --cert/--cert-key are."""
+    if not args.ca:
+        return {}
+    conf = {"security.protocol": "SSL", "ssl.ca.location": args.ca,
+            "ssl.endpoint.identification.algorithm": "none"}
+    if args.cert:
+        conf.update({"ssl.certificate.location": args.cert, "ssl.key.location": args.cert_key})
+    return conf
+
+
 def produce(args):
     p = Producer({"bootstrap.servers": args.bootstrap, "acks": args.acks, "linger.ms": 5,
-                  "message.timeout.ms": int(args.timeout * 1000)})
+                  "message.timeout.ms": int(args.timeout * 1000), **security(args)})
     results = []
 
     def done(err, msg):
@@ -66,7 +78,7 @@ def consumer(args, group, extra=None):
     conf = {"bootstrap.servers": args.bootstrap, "group.id": group,
             "auto.offset.reset": getattr(args, "start", "earliest"), "enable.auto.commit": False,
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 300,
-            "fetch.wait.max.ms": 100, "topic.metadata.refresh.interval.ms": 1000}
+            "fetch.wait.max.ms": 100, "topic.metadata.refresh.interval.ms": 1000, **security(args)}
     conf.update(extra or {})
     return Consumer(conf)
 
@@ -193,6 +205,9 @@ def main():
     ap.add_argument("--name", default="m")
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--ca")
+    ap.add_argument("--cert")
+    ap.add_argument("--cert-key")
     ap.add_argument("--timeout", type=float, default=60)
     args = ap.parse_args()
     commands = {"produce": produce, "consume": consume, "member": member, "admin": admin, "bench": bench}
