@@ -683,3 +683,38 @@ async fn tls_listener_needs_a_trusted_client_certificate() {
     assert_eq!(http_values(&gw, "secure", 0).await.len(), 3);
     assert!(gw.metric("sluice_kafka_tls_handshake_failures_total").await >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_over_its_rate_is_throttled_while_others_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&common::service_topics(&[
+        ("slow", "max_records_per_sec = 50\nrate_burst = \"1s\""),
+        ("fast", "weight = 1"),
+    ]));
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    // 300 records in batches of 10 at 50/s with a burst of 50: at least
+    // 5 s, whatever the machine.
+    let slow_args = ["produce", "--topic", "slow", "--count", "300", "--acks", "1", "--batch", "10"];
+    let mut slow = driver_cmd(&addr, &slow_args).stdout(Stdio::piped()).spawn().unwrap();
+    let slow_lines = lines_of(slow.stdout.take().unwrap());
+    let (lines, status) =
+        driver(&addr, &["produce", "--topic", "fast", "--count", "50", "--acks", "1"]).await;
+    assert_eq!(status, 0, "{lines:?}");
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "the fast service's producer finished while the slow one waits"
+    );
+    let status = tokio::task::spawn_blocking(move || slow.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    let delivered: Vec<Value> = slow_lines.iter().collect();
+    assert_eq!(delivered.len(), 300);
+    assert!(delivered.iter().all(|l| l["error"].is_null()), "throttled, not refused");
+    // Acknowledged on append; readable once durable (store.flush_interval).
+    let deadline = Instant::now() + GUARD;
+    while http_values(&gw, "slow", 0).await.len() < 300 {
+        assert!(Instant::now() < deadline, "acknowledged records never became readable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.metric("sluice_kafka_produce_throttled_total").await >= 1);
+}

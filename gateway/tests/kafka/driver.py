@@ -55,7 +55,8 @@ def security(args):
 
 def produce(args):
     p = Producer({"bootstrap.servers": args.bootstrap, "acks": args.acks, "linger.ms": 5,
-                  "message.timeout.ms": int(args.timeout * 1000), **security(args)})
+                  "message.timeout.ms": int(args.timeout * 1000), "batch.num.messages": args.batch,
+                  **security(args)})
     results = []
 
     def done(err, msg):
@@ -205,6 +206,7 @@ def main():
     ap.add_argument("--name", default="m")
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=10000, help="records per produce batch, at most")
     ap.add_argument("--ca")
     ap.add_argument("--cert")
     ap.add_argument("--cert-key")
