@@ -718,3 +718,48 @@ async fn a_producer_over_its_rate_is_throttled_while_others_flow() {
     }
     assert!(gw.metric("sluice_kafka_produce_throttled_total").await >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_offsets_finds_earliest_latest_and_by_timestamp() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config(""))).await;
+    let addr = kafka_addr(&gw);
+    let mut stamps = Vec::new();
+    for i in 0..3 {
+        let body = json!({ "records": [{"value": i}] });
+        assert_eq!(gw.post_json("/v1/topics/times/records", &body).await.0, 200);
+        // Each record accepted in a later millisecond than the one before.
+        let deadline = Instant::now() + GUARD;
+        let recs = loop {
+            let recs = http_values(&gw, "times", 0).await;
+            if recs.len() > i || Instant::now() > deadline {
+                break recs;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        stamps.push(recs[i]["timestamp"].as_i64().unwrap());
+        while sluice_gateway::now_ms() <= stamps[i] {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let queries = [-2, -1, stamps[1], stamps[2] + 1];
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut raw = Raw::connect(&addr);
+        let partitions = queries
+            .iter()
+            .map(|&ts| ListOffsetsPartition::default().with_partition_index(0).with_timestamp(ts))
+            .collect();
+        let topic = ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("times")))
+            .with_partitions(partitions);
+        raw.send(ApiKey::ListOffsets, 7, 8, &ListOffsetsRequest::default().with_topics(vec![topic]));
+        let mut body = raw.recv().expect("ListOffsets answer");
+        let _ = ResponseHeader::decode(&mut body, ListOffsetsResponse::header_version(7)).unwrap();
+        let resp = ListOffsetsResponse::decode(&mut body, 7).unwrap();
+        resp.topics[0].partitions.iter().map(|p| (p.error_code, p.offset)).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers, [(0, 0), (0, 3), (0, 1), (0, -1)]);
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Produce throughput through the Kafka protocol: the same confluent-kafka
+# producer (100 B records, linger 5 ms, acks=1, one partition) against
+# sluice's Kafka listener and against tansu (sqlite engine, as the uplink
+# tests run it), one after the other on this machine, 127.0.0.1 only.
+#   deploy/bench/kafka-produce.sh [SLUICE_BIN]
+# SLUICE_BIN defaults to target/release/sluice. COUNT (default 200000)
+# records per run, RUNS (default 3) runs each; prints every run and the
+# medians. Needs deploy/install-test-peers.sh (the venv) and
+# deploy/install-tansu.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${1:-target/release/sluice}
+CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
+PY=${SLUICE_PYTHON:-$CACHE/venv/bin/python}
+TANSU=${SLUICE_TANSU:-$CACHE/tansu-0.6.0/bin/tansu}
+COUNT=${COUNT:-200000}
+RUNS=${RUNS:-3}
+DRIVER=gateway/tests/kafka/driver.py
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { until "$PY" -c "import socket; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null; do sleep 0.05; done; }
+median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+runs() { # runs NAME ADDR: RUNS produce runs into topic "bench", one line each
+    local per_sec
+    for ((i = 1; i <= RUNS; i++)); do
+        per_sec=$("$PY" "$DRIVER" bench --bootstrap "$2" --topic bench --count "$COUNT" --size 100 --timeout 300 |
+            "$PY" -c 'import json, sys; r = json.load(sys.stdin); assert r["failed"] == 0, r; print(round(r["per_sec"]))')
+        echo "$1 run $i: $per_sec records/s" >&2
+        echo "$per_sec"
+    done
+}
+
+# sluice: the default (buffered) service, one partition.
+printf '[kafka]\nlisten = "127.0.0.1:0"\n[[topic]]\nname = "bench"\npartitions = 1\n' >"$work/sluice.toml"
+SLUICE_LOG=warn "$BIN" run --config "$work/sluice.toml" --data-dir "$work/sluice" \
+    --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 2>"$work/sluice.log" &
+pids+=($!)
+until [[ -s $work/sluice/listen.json ]]; do sleep 0.05; done
+sluice_addr=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["kafka"])' "$work/sluice/listen.json")
+sluice=$(runs sluice "$sluice_addr" | median)
+
+# tansu with sqlite, the topic created with one partition.
+port=$(free_port)
+mkdir -p "$work/tansu"
+(cd "$work/tansu" && RUST_LOG=warn exec "$TANSU" broker --storage-engine sqlite://tansu.db \
+    --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    >"$work/tansu.log" 2>&1) &
+pids+=($!)
+wait_port "$port"
+"$PY" "$DRIVER" admin --bootstrap "127.0.0.1:$port" --topic bench --partitions 1 >/dev/null
+tansu=$(runs tansu "127.0.0.1:$port" | median)
+
+echo "median produce throughput, $COUNT x 100 B, linger 5 ms, acks=1: sluice $sluice records/s, tansu $tansu records/s ($(
+    "$PY" -c "print(round($sluice / $tansu, 2))")x)"
