@@ -18,6 +18,10 @@ gateway/tests/kafka_listener.rs. Every command prints JSON lines on stdout.
            {"group": id, "state", "members": [client ids]} (DescribeGroups)
   bench    --count N --size B   produce throughput (acks=1, linger 5 ms):
            {"records", "seconds", "per_sec"}
+  consume-bench --count N --group G   a consumer group reading N records
+           from the earliest offset: {"records", "seconds", "per_sec"}
+  http-group-bench --http HOST:PORT --count N --group G   the same read
+           through sluice's HTTP group fetch and commit (for comparison)
 
 Exit status 0 on success, 1 on a timeout, 2 on a client error.
 """
@@ -168,6 +172,52 @@ def admin(args):
     return 0
 
 
+def consume_bench(args):
+    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group,
+                  "auto.offset.reset": "earliest", **security(args)})
+    c.subscribe([args.topic])
+    got = 0
+    start = time.perf_counter()
+    deadline = time.time() + args.timeout
+    while got < args.count and time.time() < deadline:
+        for msg in c.consume(10000, 0.5):
+            if not msg.error():
+                got += 1
+    seconds = time.perf_counter() - start
+    c.commit(asynchronous=False)
+    c.close()
+    out({"records": got, "seconds": seconds, "per_sec": got / seconds})
+    return 0 if got >= args.count else 1
+
+
+def http_group_bench(args):
+    import urllib.request
+
+    def post(path, body):
+        req = urllib.request.Request("http://%s%s" % (args.http, path), data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=args.timeout) as r:
+            return json.load(r)
+
+    got = 0
+    start = time.perf_counter()
+    deadline = time.time() + args.timeout
+    while got < args.count and time.time() < deadline:
+        recs = post("/v1/groups/%s/fetch" % args.group,
+                    {"topics": [args.topic], "max_records": 10000, "wait_ms": 500})["records"]
+        if not recs:
+            continue
+        got += len(recs)
+        last = {}
+        for r in recs:
+            last[r["partition"]] = r["offset"] + 1
+        post("/v1/groups/%s/commit" % args.group,
+             {"offsets": [{"topic": args.topic, "partition": p, "offset": o} for p, o in last.items()]})
+    seconds = time.perf_counter() - start
+    out({"records": got, "seconds": seconds, "per_sec": got / seconds})
+    return 0 if got >= args.count else 1
+
+
 def bench(args):
     p = Producer({"bootstrap.servers": args.bootstrap, "acks": 1, "linger.ms": 5,
                   "queue.buffering.max.messages": 1000000})
@@ -192,7 +242,8 @@ def bench(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["produce", "consume", "member", "admin", "bench"])
+    ap.add_argument("command", choices=["produce", "consume", "member", "admin", "bench", "consume-bench",
+                                        "http-group-bench"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic")
     ap.add_argument("--topics")
@@ -207,12 +258,14 @@ def main():
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--batch", type=int, default=10000, help="records per produce batch, at most")
+    ap.add_argument("--http")
     ap.add_argument("--ca")
     ap.add_argument("--cert")
     ap.add_argument("--cert-key")
     ap.add_argument("--timeout", type=float, default=60)
     args = ap.parse_args()
-    commands = {"produce": produce, "consume": consume, "member": member, "admin": admin, "bench": bench}
+    commands = {"produce": produce, "consume": consume, "member": member, "admin": admin, "bench": bench,
+                "consume-bench": consume_bench, "http-group-bench": http_group_bench}
     return commands[args.command](args)
 
 

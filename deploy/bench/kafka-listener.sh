@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Produce throughput through the Kafka protocol: the same confluent-kafka
+# Produce and consume throughput through the Kafka protocol.
+# Produce: the same confluent-kafka
 # producer (100 B records, linger 5 ms, acks=1, one partition) against
 # sluice's Kafka listener and against tansu (sqlite engine, as the uplink
 # tests run it), one after the other on this machine, 127.0.0.1 only.
-#   deploy/bench/kafka-produce.sh [SLUICE_BIN]
+# Consume (tansu's fetch of many small batches is unreliable, so the
+# reference is sluice's own HTTP API): a confluent-kafka consumer group
+# reading COUNT records of that topic from the earliest offset, against
+# sluice's HTTP group fetch (10,000 records a page, commit after each) of
+# the same records; a new group each run.
+#   deploy/bench/kafka-listener.sh [SLUICE_BIN]
 # SLUICE_BIN defaults to target/release/sluice. COUNT (default 200000)
 # records per run, RUNS (default 3) runs each; prints every run and the
 # medians. Needs deploy/install-test-peers.sh (the venv) and
@@ -47,6 +53,19 @@ pids+=($!)
 until [[ -s $work/sluice/listen.json ]]; do sleep 0.05; done
 sluice_addr=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["kafka"])' "$work/sluice/listen.json")
 sluice=$(runs sluice "$sluice_addr" | median)
+http_addr=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["http"])' "$work/sluice/listen.json")
+reads() { # reads NAME COMMAND ARGS...: RUNS group reads of COUNT records, one line each
+    local name=$1 per_sec i
+    shift
+    for ((i = 1; i <= RUNS; i++)); do
+        per_sec=$("$PY" "$DRIVER" "$@" --topic bench --count "$COUNT" --group "$name-$i" --timeout 300 |
+            "$PY" -c 'import json, sys; r = json.load(sys.stdin); print(round(r["per_sec"]))')
+        echo "$name run $i: $per_sec records/s" >&2
+        echo "$per_sec"
+    done
+}
+kafka_read=$(reads kafka-group consume-bench --bootstrap "$sluice_addr" | median)
+http_read=$(reads http-group http-group-bench --bootstrap "$sluice_addr" --http "$http_addr" | median)
 
 # tansu with sqlite, the topic created with one partition.
 port=$(free_port)
@@ -59,5 +78,7 @@ wait_port "$port"
 "$PY" "$DRIVER" admin --bootstrap "127.0.0.1:$port" --topic bench --partitions 1 >/dev/null
 tansu=$(runs tansu "127.0.0.1:$port" | median)
 
+echo "median consume throughput, $COUNT records: Kafka group $kafka_read records/s, HTTP group fetch $http_read records/s ($(
+    "$PY" -c "print(round($kafka_read / $http_read, 2))")x)"
 echo "median produce throughput, $COUNT x 100 B, linger 5 ms, acks=1: sluice $sluice records/s, tansu $tansu records/s ($(
     "$PY" -c "print(round($sluice / $tansu, 2))")x)"
