@@ -9,6 +9,10 @@
 # reading COUNT records of that topic from the earliest offset, against
 # sluice's HTTP group fetch (10,000 records a page, commit after each) of
 # the same records; a new group each run.
+# Alarm latency (LATENCY=1, the default): an alarm producer (acks=all,
+# linger 0, one record at a time, 10 ms apart) to an express sync service,
+# idle and while a bulk producer floods a buffered weight-1 service at full
+# speed through the same listener: p50/p99 per run.
 #   deploy/bench/kafka-listener.sh [SLUICE_BIN]
 # SLUICE_BIN defaults to target/release/sluice. COUNT (default 200000)
 # records per run, RUNS (default 3) runs each; prints every run and the
@@ -45,12 +49,18 @@ runs() { # runs NAME ADDR: RUNS produce runs into topic "bench", one line each
     done
 }
 
-# sluice: the default (buffered) service, one partition.
-printf '[kafka]\nlisten = "127.0.0.1:0"\n[[topic]]\nname = "bench"\npartitions = 1\n' >"$work/sluice.toml"
+# sluice: the default (buffered) service, one partition; alarms (express,
+# sync) and bulk (weight 1, buffered) for the latency part.
+printf '[kafka]\nlisten = "127.0.0.1:0"\n[[topic]]\nname = "bench"\npartitions = 1\n%b' \
+    '[[service]]\nname = "alarms"\nexpress = true\ndurability = "sync"\n[[topic]]\nname = "alarms"\nservice = "alarms"\n[[service]]\nname = "bulk"\nweight = 1\n[[topic]]\nname = "bulk"\nservice = "bulk"\n' \
+    >"$work/sluice.toml"
 SLUICE_LOG=warn "$BIN" run --config "$work/sluice.toml" --data-dir "$work/sluice" \
     --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 2>"$work/sluice.log" &
 pids+=($!)
-until [[ -s $work/sluice/listen.json ]]; do sleep 0.05; done
+until [[ -s $work/sluice/listen.json ]]; do
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/sluice.log" >&2; exit 1; }
+    sleep 0.05
+done
 sluice_addr=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["kafka"])' "$work/sluice/listen.json")
 sluice=$(runs sluice "$sluice_addr" | median)
 http_addr=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["http"])' "$work/sluice/listen.json")
@@ -64,6 +74,19 @@ reads() { # reads NAME COMMAND ARGS...: RUNS group reads of COUNT records, one l
         echo "$per_sec"
     done
 }
+if [[ ${LATENCY:-1} == 1 ]]; then
+    for ((i = 1; i <= RUNS; i++)); do
+        idle=$("$PY" "$DRIVER" latency --bootstrap "$sluice_addr" --topic alarms --count 300)
+        "$PY" "$DRIVER" bench --bootstrap "$sluice_addr" --topic bulk --count 100000000 --size 100 --timeout 600 \
+            >/dev/null 2>&1 &
+        flood=$!
+        sleep 1
+        loaded=$("$PY" "$DRIVER" latency --bootstrap "$sluice_addr" --topic alarms --count 300)
+        kill "$flood" 2>/dev/null || true
+        wait "$flood" 2>/dev/null || true
+        echo "alarm latency run $i: idle $idle, under a bulk flood $loaded" >&2
+    done
+fi
 kafka_read=$(reads kafka-group consume-bench --bootstrap "$sluice_addr" | median)
 http_read=$(reads http-group http-group-bench --bootstrap "$sluice_addr" --http "$http_addr" | median)
 

@@ -20,6 +20,9 @@ gateway/tests/kafka_listener.rs. Every command prints JSON lines on stdout.
            {"records", "seconds", "per_sec"}
   consume-bench --count N --group G   a consumer group reading N records
            from the earliest offset: {"records", "seconds", "per_sec"}
+  latency  --count N   N records one at a time (acks=all, linger 0), each
+           after the previous one's acknowledgement, 10 ms apart:
+           {"records", "p50_ms", "p99_ms", "max_ms"}
   http-group-bench --http HOST:PORT --count N --group G   the same read
            through sluice's HTTP group fetch and commit (for comparison)
 
@@ -172,6 +175,26 @@ def admin(args):
     return 0
 
 
+def latency(args):
+    p = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 0, **security(args)})
+    took = []
+    for i in range(args.count):
+        done = []
+        start = time.perf_counter()
+        p.produce(args.topic, value=b"alarm %d" % i, on_delivery=lambda err, _m: done.append(err))
+        while not done:
+            p.poll(0.001)
+        if done[0] is not None:
+            sys.stderr.write("alarm failed: %s\n" % done[0])
+            return 2
+        took.append((time.perf_counter() - start) * 1000)
+        time.sleep(0.01)
+    took.sort()
+    pick = lambda q: round(took[min(len(took) - 1, int(q * len(took)))], 2)
+    out({"records": len(took), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(took[-1], 2)})
+    return 0
+
+
 def consume_bench(args):
     c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group,
                   "auto.offset.reset": "earliest", **security(args)})
@@ -243,7 +266,7 @@ def bench(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["produce", "consume", "member", "admin", "bench", "consume-bench",
-                                        "http-group-bench"])
+                                        "http-group-bench", "latency"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic")
     ap.add_argument("--topics")
@@ -265,7 +288,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=60)
     args = ap.parse_args()
     commands = {"produce": produce, "consume": consume, "member": member, "admin": admin, "bench": bench,
-                "consume-bench": consume_bench, "http-group-bench": http_group_bench}
+                "consume-bench": consume_bench, "http-group-bench": http_group_bench, "latency": latency}
     return commands[args.command](args)
 
 
