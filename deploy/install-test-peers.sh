@@ -12,6 +12,9 @@ command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || need+=(m
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # g++: libfuzzer-sys compiles libFuzzer's C++ sources for deploy/fuzz.sh.
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# kcat (librdkafka 2.0 from Debian): gateway/tests/kafka_listener.rs produces
+# and consumes with it against the Kafka listener.
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
 # lintian: gateway/tests/package.rs checks the .deb with it.
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
 if ((${#need[@]})); then
@@ -59,6 +62,15 @@ if ! "$venv/bin/python" -c "import confluent_kafka, sys; sys.exit(confluent_kafk
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
         "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+fi
+# kafka-python (pure Python, its own codec) in the same venv: the Kafka
+# listener's tests produce and consume with it besides librdkafka.
+KAFKA_PYTHON_VERSION=3.0.12
+if ! "$venv/bin/python" -c "import kafka, sys; sys.exit(kafka.__version__ != '$KAFKA_PYTHON_VERSION')" \
+    >/dev/null 2>&1; then
+    echo "installing kafka-python $KAFKA_PYTHON_VERSION into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "kafka-python==$KAFKA_PYTHON_VERSION"
 fi
 
 # The status page's browser test (gateway/tests/status_page.rs): Debian's

@@ -75,7 +75,8 @@ pub use items::{
     TopicConfig, UplinkBudget, UplinkConfig, UplinkKind, UplinkSasl, UplinkTls,
 };
 pub use model::{
-    Config, HttpConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig, Unrouted,
+    Config, HttpConfig, KafkaConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig,
+    Unrouted,
 };
 pub use names::{
     check_mqtt_filter, check_topic_name, mqtt_filter_covers, mqtt_filter_matches, RouteKey,
@@ -182,6 +183,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             mqtt: MqttConfig::default(),
             http: HttpConfig::default(),
+            kafka: KafkaConfig::default(),
             store: StoreConfig::default(),
             scheduler: SchedulerConfig::default(),
             services: Vec::new(),

@@ -31,6 +31,10 @@ pub struct Config {
     /// `[http]`: the HTTP API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[kafka]`: the local Kafka-protocol listener (off unless `listen` is
+    /// set).
+    #[serde(default)]
+    pub kafka: KafkaConfig,
     /// `[store]`: the on-disk topic log.
     #[serde(default)]
     pub store: StoreConfig,
@@ -225,6 +229,40 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[kafka]`: the local Kafka-protocol listener, where sluice is the only
+/// broker, the leader of every partition and the group coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Address the Kafka listener binds; port 0 picks a free port. Default
+    /// none: no Kafka listener.
+    pub listen: Option<SocketAddr>,
+    /// `host:port` clients are told to connect to (Metadata,
+    /// FindCoordinator). Default: the bound address, with `127.0.0.1` in
+    /// place of a wildcard (`0.0.0.0`, `::`) address.
+    pub advertised: Option<String>,
+    /// Largest request frame accepted; a larger one closes the connection
+    /// (counted). Default 16MiB, 1KiB to 1GiB.
+    pub max_request: ByteSize,
+    /// Most concurrent Kafka connections. Default 1000.
+    pub max_connections: u32,
+    /// `[kafka.tls]`: serve the listener over TLS (Kafka's `SSL` security
+    /// protocol). Default none (plain TCP).
+    pub tls: Option<ListenerTls>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            listen: None,
+            advertised: None,
+            max_request: ByteSize::mib(16),
+            max_connections: 1000,
+            tls: None,
+        }
+    }
+}
+
 /// `[store]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -373,4 +411,6 @@ pub(crate) mod limits {
         (Duration::from_millis(1), Duration::from_secs(3600));
     /// `mqtt.max_connections` and `http.max_connections`.
     pub(crate) const CONNECTIONS: (u32, u32) = (1, 100_000);
+    /// `kafka.max_request`.
+    pub(crate) const KAFKA_REQUEST: (ByteSize, ByteSize) = (ByteSize::kib(1), ByteSize::gib(1));
 }

@@ -83,6 +83,7 @@ impl Problems {
         self.check("http.body_timeout", dur_range(cfg.http.body_timeout, limits::LISTENER_TIMEOUT));
         self.check("http.idle_timeout", dur_range(cfg.http.idle_timeout, limits::LISTENER_TIMEOUT));
         self.check("http.max_connections", range(cfg.http.max_connections, limits::CONNECTIONS));
+        self.kafka(cfg);
         self.listener_tls("mqtt.tls", cfg.mqtt.tls.as_ref());
         self.listener_tls("http.tls", cfg.http.tls.as_ref());
         let store = &cfg.store;
@@ -102,6 +103,40 @@ impl Problems {
             self.add(
                 "scheduler.express_max_share",
                 format!("{share} is out of range (0, 1]; e.g. 0.5 lets express services take at most half"),
+            );
+        }
+    }
+
+    fn kafka(&mut self, cfg: &Config) {
+        let kafka = &cfg.kafka;
+        self.check("kafka.max_request", size_range(kafka.max_request, limits::KAFKA_REQUEST));
+        self.check("kafka.max_connections", range(kafka.max_connections, limits::CONNECTIONS));
+        self.listener_tls("kafka.tls", kafka.tls.as_ref());
+        if let Some(adv) = &kafka.advertised {
+            self.check("kafka.advertised", names::check_host_port(adv));
+        }
+        if let Some(listen) = kafka.listen {
+            let taken = [
+                ("http.listen", Some(cfg.http.listen)),
+                ("mqtt.listen", Some(cfg.mqtt.listen)),
+                ("mqtt.listen_v5", cfg.mqtt.listen_v5),
+            ];
+            for (field, other) in taken {
+                if other.is_some_and(|o| {
+                    o.port() == listen.port()
+                        && o.port() != 0
+                        && (o.ip() == listen.ip() || o.ip().is_unspecified() || listen.ip().is_unspecified())
+                }) {
+                    self.add(
+                        "kafka.listen",
+                        format!("{listen} is also {field}; give the Kafka listener its own port"),
+                    );
+                }
+            }
+        } else if kafka.advertised.is_some() {
+            self.add(
+                "kafka.advertised",
+                "is set but kafka.listen is not; set kafka.listen to turn the Kafka listener on",
             );
         }
     }
@@ -531,5 +566,34 @@ mod tests {
         let cfg = Config::from_toml_str("[mqtt.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").expect("valid");
         assert_eq!(cfg.mqtt.tls, Some(crate::ListenerTls::new("c.pem", "k.pem")));
         assert_eq!(cfg.mqtt.tls.map(|t| t.handshake_timeout), Some(std::time::Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn kafka_section_is_checked() {
+        // Off by default; an empty section is valid.
+        let cfg = Config::from_toml_str("[kafka]\n").expect("valid");
+        assert_eq!(cfg.kafka.listen, None);
+        Config::from_toml_str("[kafka]\nlisten = \"127.0.0.1:0\"\nadvertised = \"edge-1:9092\"\n")
+            .expect("valid");
+        let text = "[http]\nlisten = \"0.0.0.0:8080\"\n[kafka]\nlisten = \"127.0.0.1:8080\"\n\
+                    advertised = \"kafka://edge:9092\"\nmax_request = \"10B\"\nmax_connections = 0\n";
+        assert_eq!(
+            problems(text),
+            [
+                "kafka.max_request: 10B is too small; the minimum is 1KiB",
+                "kafka.max_connections: 0 is out of range 1..=100000",
+                "kafka.advertised: must be host:port without a scheme, e.g. \"central-1:9092\"",
+                "kafka.listen: 127.0.0.1:8080 is also http.listen; give the Kafka listener its own port",
+            ]
+        );
+        assert_eq!(
+            problems("[kafka]\nadvertised = \"edge:0\"\n"),
+            [
+                "kafka.advertised: port \"0\" is not a number in 1..=65535",
+                "kafka.advertised: is set but kafka.listen is not; set kafka.listen to turn the Kafka listener on",
+            ]
+        );
+        assert!(Config::from_toml_str("[kafka]\nlisten = \"nohost\"\n").is_err());
+        assert!(Config::from_toml_str("[kafka]\nport = 9092\n").is_err());
     }
 }

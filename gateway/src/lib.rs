@@ -10,6 +10,8 @@
 //! - [`delivery`]: reads for consumers: partition fetch, group fetch in
 //!   priority order (from committed or explicit positions), long-poll and
 //!   commit notifications.
+//! - `kafka` (feature `kafka-listener`): the local Kafka-protocol listener
+//!   (`[kafka]`): produce, fetch in priority order, classic consumer groups.
 //! - [`mqtt`]: the embedded rumqttd broker, routing, MQTT ingest.
 //! - [`rate`]: per-service ingest rate limits (token buckets).
 //! - [`uplinks`]: runs the configured uplinks (sinks, the uplink's view of
@@ -31,6 +33,8 @@ pub mod delivery;
 pub mod histograms;
 pub mod http;
 pub mod ingest;
+#[cfg(feature = "kafka-listener")]
+pub mod kafka;
 pub mod listener;
 pub mod logs;
 pub mod maintenance;

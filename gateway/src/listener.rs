@@ -178,7 +178,9 @@ impl TlsListener {
 /// and reports every one that cannot be used, naming field and file.
 pub fn check_tls_files(config: &Config) -> anyhow::Result<()> {
     let mut problems = Vec::new();
-    for (field, tls) in [("mqtt.tls", &config.mqtt.tls), ("http.tls", &config.http.tls)] {
+    let listeners =
+        [("mqtt.tls", &config.mqtt.tls), ("http.tls", &config.http.tls), ("kafka.tls", &config.kafka.tls)];
+    for (field, tls) in listeners {
         if let Some(tls) = tls {
             if let Err(e) = sluice_config::tls::server_config(tls, field) {
                 problems.push(e.0);

@@ -177,6 +177,8 @@ pub fn render(shared: &Shared) -> String {
     }
     render_listener(&mut out, Listener::Http, &shared.http_connections);
     render_listener(&mut out, Listener::Mqtt, &m.listener);
+    #[cfg(feature = "kafka-listener")]
+    render_kafka(&mut out, &shared.kafka);
     out.family("sluice_mqtt_dropped_total", "counter", "Publishes dropped, by reason");
     for (reason, v) in [
         ("unrouted", &m.dropped_unrouted),
@@ -284,6 +286,43 @@ enum Listener {
 }
 
 /// Connection counters of the HTTP listener or the MQTT listeners.
+#[cfg(feature = "kafka-listener")]
+fn render_kafka(out: &mut Out, k: &crate::kafka::KafkaStats) {
+    let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    out.family("sluice_kafka_connections", "gauge", "Open Kafka-protocol connections");
+    out.sample("sluice_kafka_connections", &[], get(&k.connections.open));
+    out.family(
+        "sluice_kafka_connections_refused_total",
+        "counter",
+        "Kafka connections closed at accept: kafka.max_connections were open",
+    );
+    out.sample("sluice_kafka_connections_refused_total", &[], get(&k.connections.refused));
+    out.family(
+        "sluice_kafka_tls_handshake_failures_total",
+        "counter",
+        "Kafka TLS handshakes that failed or timed out",
+    );
+    out.sample("sluice_kafka_tls_handshake_failures_total", &[], get(&k.connections.handshake_failures));
+    out.family("sluice_kafka_requests_total", "counter", "Kafka requests taken");
+    out.sample("sluice_kafka_requests_total", &[], get(&k.requests));
+    out.family(
+        "sluice_kafka_protocol_errors_total",
+        "counter",
+        "Kafka connections closed for bad input, by kind (ApiVersions too new is answered, and counted as unsupported)",
+    );
+    for (kind, v) in
+        [("malformed", &k.malformed), ("oversized", &k.oversized), ("unsupported", &k.unsupported)]
+    {
+        out.sample("sluice_kafka_protocol_errors_total", &[("kind", kind)], get(v));
+    }
+    out.family(
+        "sluice_kafka_produce_throttled_total",
+        "counter",
+        "Kafka produce requests delayed by a service's rate or pending limit",
+    );
+    out.sample("sluice_kafka_produce_throttled_total", &[], get(&k.throttled));
+}
+
 fn render_listener(out: &mut Out, listener: Listener, stats: &crate::listener::ListenerStats) {
     let (prefix, what) = match listener {
         Listener::Http => ("sluice_http", "HTTP"),

@@ -134,6 +134,8 @@ pub async fn run(
         started: Instant::now(),
         mqtt: mqtt_stats.clone(),
         http_connections: http_stats,
+        #[cfg(feature = "kafka-listener")]
+        kafka: Default::default(),
         commits: watch::channel(0).0,
         group_rounds: Default::default(),
         uplinks: std::sync::OnceLock::new(),
@@ -149,8 +151,12 @@ pub async fn run(
     let _ = shared.uplinks.set(uplinks.iter().map(|u| u.status.clone()).collect());
     #[cfg(feature = "rules")]
     let rules = crate::rules::start(&shared, rules).await;
+    #[cfg(feature = "kafka-listener")]
+    let kafka = crate::kafka::start(&shared).await?.map(|k| (k.addr, k.tls));
+    #[cfg(not(feature = "kafka-listener"))]
+    let kafka: Option<(SocketAddr, bool)> = None;
     let http_tls = http_limits.tls.is_some();
-    write_listen_json(&data_dir, http_addr, http_tls, &mqtt).context("cannot write listen.json")?;
+    write_listen_json(&data_dir, http_addr, http_tls, &mqtt, kafka).context("cannot write listen.json")?;
     let app = crate::http::router(shared.clone());
     let server =
         tokio::spawn(crate::http::serve::serve(listener, app, http_limits, http_gate, shutdown_rx.clone()));
@@ -160,7 +166,7 @@ pub async fn run(
     shared.ready.store(true, Ordering::Relaxed);
     crate::systemd::ready(&format!("HTTP on {http_addr}, MQTT on {}", mqtt.addr));
     tokio::spawn(crate::systemd::watchdog(shared.clone()));
-    tracing::info!(http = %http_addr, http_tls, mqtt = %mqtt.addr, mqtt_v5 = ?mqtt.addr_v5, mqtt_tls = mqtt.tls,
+    tracing::info!(http = %http_addr, http_tls, mqtt = %mqtt.addr, kafka = ?kafka.map(|(a, _)| a), mqtt_v5 = ?mqtt.addr_v5, mqtt_tls = mqtt.tls,
         data_dir = %data_dir.display(), "sluice is ready");
 
     stop.await;
@@ -265,6 +271,7 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
     for tls in listeners {
         let table = match tls.field() {
             "http.tls" => new.http.tls.as_ref(),
+            "kafka.tls" => new.kafka.tls.as_ref(),
             _ => new.mqtt.tls.as_ref(),
         };
         match table {
@@ -321,12 +328,15 @@ fn write_listen_json(
     http: SocketAddr,
     http_tls: bool,
     mqtt: &crate::mqtt::MqttHandle,
+    kafka: Option<(SocketAddr, bool)>,
 ) -> std::io::Result<()> {
     let body = serde_json::json!({
         "http": http.to_string(),
         "mqtt": mqtt.addr.to_string(),
         "mqtt_v5": mqtt.addr_v5.map(|a| a.to_string()),
-        "tls": {"http": http_tls, "mqtt": mqtt.tls, "mqtt_v5": mqtt.tls && mqtt.addr_v5.is_some()},
+        "kafka": kafka.map(|(a, _)| a.to_string()),
+        "tls": {"http": http_tls, "mqtt": mqtt.tls, "mqtt_v5": mqtt.tls && mqtt.addr_v5.is_some(),
+                "kafka": kafka.is_some_and(|(_, tls)| tls)},
     });
     let tmp = data_dir.join("listen.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;

@@ -37,6 +37,9 @@ pub struct Inner {
     pub mqtt: Arc<crate::mqtt::MqttStats>,
     /// Connection counters of the HTTP listener.
     pub http_connections: Arc<crate::listener::ListenerStats>,
+    /// Counters of the Kafka listener.
+    #[cfg(feature = "kafka-listener")]
+    pub kafka: Arc<crate::kafka::KafkaStats>,
     /// Bumped after every consumer-group commit.
     pub commits: watch::Sender<u64>,
     /// Where each consumer group stopped in the weighted rounds.

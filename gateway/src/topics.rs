@@ -136,6 +136,31 @@ impl Topics {
         if let Some(t) = self.get(name) {
             return Ok(t);
         }
+        self.create_new(name, self.default_partitions, store, services)
+    }
+
+    /// Creates a topic with `partitions` under the default service, as a
+    /// first use would (Kafka's CreateTopics); `Ok(None)` when it exists.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: u32,
+        store: &Store,
+        services: &Services,
+    ) -> Result<Option<Arc<Topic>>, TopicError> {
+        if self.get(name).is_some() {
+            return Ok(None);
+        }
+        self.create_new(name, partitions, store, services).map(Some)
+    }
+
+    fn create_new(
+        &self,
+        name: &str,
+        partitions: u32,
+        store: &Store,
+        services: &Services,
+    ) -> Result<Arc<Topic>, TopicError> {
         sluice_config::check_topic_name(name)
             .map_err(|reason| TopicError::InvalidName { name: name.to_owned(), reason })?;
         if !self.auto_create {
@@ -144,7 +169,7 @@ impl Topics {
         let service = services.default_service().name.clone();
         let spec = TopicSpec {
             name: name.to_owned(),
-            partitions: self.default_partitions,
+            partitions,
             service: service.clone(),
             retention: Retention::default(),
         };

@@ -89,7 +89,7 @@ async fn mqtt_over_tls_requires_a_trusted_client_certificate() {
     let certs = Certs::make();
     let cfg = format!("[mqtt]\nlisten_v5 = \"127.0.0.1:0\"\n[mqtt.tls]\n{}", tls_config(&certs, true));
     let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
-    assert_eq!(gw.listen["tls"], json!({"http": false, "mqtt": true, "mqtt_v5": true}));
+    assert_eq!(gw.listen["tls"], json!({"http": false, "mqtt": true, "mqtt_v5": true, "kafka": false}));
     let (mqtt, mqtt_v5) = (gw.mqtt.clone().unwrap(), gw.mqtt_v5.clone().unwrap());
 
     // A connection that never starts its handshake does not hold up others
