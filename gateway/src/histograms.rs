@@ -8,7 +8,7 @@
 //!   `store.flush_interval`).
 //! - `sluice_delivery_age_seconds{service, path}`: age of a record when it
 //!   was handed to a local consumer: `path` is `fetch` (partition fetch),
-//!   `group` (group fetch), `sse`, `websocket` (now minus the record's
+//!   `group` (group fetch), `sse`, `websocket`, `kafka` (now minus the record's
 //!   timestamp), or `mqtt` (live subscribers: time the publish waited in
 //!   sluice's outbox before it was written to the subscriber's socket).
 //! - `sluice_uplink_ack_age_seconds{uplink, service}`: age of a record

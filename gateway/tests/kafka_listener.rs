@@ -163,6 +163,14 @@ async fn http_records_are_consumed_from_earliest_and_latest() {
     assert_eq!(got, want);
     assert_eq!(lines[0]["headers"], json!([["src", "http"]]));
     assert!(lines[0]["timestamp"].as_i64().unwrap() > 1_600_000_000_000);
+    // What the fetches handed out is in the delivery-age histogram.
+    let metrics = gw.http.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let delivered: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_delivery_age_seconds_count{") && l.contains("path=\"kafka\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(delivered >= 5, "{metrics}");
 
     // From latest: the consumer starts at the end it found. sluice cannot
     // see when the client has its position, so records are written one by

@@ -56,7 +56,23 @@ pub(super) async fn fetch(
         let rx = shared.topics.subscribe_any();
         let (topics, bytes, errors) = read_once(broker, &req)?;
         if bytes >= min_bytes || errors || !wait_for(broker, rx, deadline).await {
+            observe_delivery(broker, &topics);
             return respond(topics, version);
+        }
+    }
+}
+
+/// The records a fetch hands out, in the delivery-age histogram (path
+/// `kafka`).
+fn observe_delivery(broker: &Broker, topics: &TopicSlots) {
+    for (name, slots) in topics {
+        let Some(t) = broker.shared.topics.get(&name.0) else { continue };
+        for s in slots {
+            crate::histograms::delivered(
+                &t.service,
+                "kafka",
+                s.read.iter().take(s.taken).map(|r| r.record.timestamp_ms),
+            );
         }
     }
 }
