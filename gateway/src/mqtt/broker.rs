@@ -187,6 +187,7 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
         broker_v4,
         broker_v5,
         max_packet: max_packet(mqtt),
+        unacked: Default::default(),
     });
     let (stop, stopped) = watch::channel(false);
     let tls = listeners.tls();

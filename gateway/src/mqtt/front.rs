@@ -38,8 +38,14 @@
 //!   a re-sent QoS 2 publish whose PUBREL is pending is not stored twice;
 //! - publishes outside the user's filters are neither stored nor passed
 //!   on: MQTT 5 gets reason 0x87, 3.1.1 a PUBACK (MQTT-3.3.5-2), counted;
-//! - subscriptions outside the user's subscribe filters are taken out of
-//!   the SUBSCRIBE and answered 0x80 (MQTT 5: 0x87) in the SUBACK;
+//! - subscriptions outside the user's subscribe filters, and to `$`
+//!   filters (rumqttd would close the connection), are taken out of the
+//!   SUBSCRIBE and answered 0x80 (MQTT 5: 0x87) in the SUBACK;
+//! - UNSUBSCRIBE is answered by sluice with one UNSUBACK, once the broker
+//!   processed it (rumqttd answers per removed filter, and not at all for
+//!   a filter that was not subscribed);
+//! - an unsupported protocol level gets CONNACK 0x01, a PUBLISH topic with
+//!   a wildcard closes the connection (MQTT-3.1.2-2, MQTT-3.3.2-2);
 //! - when the connection ends without DISCONNECT, its will message is
 //!   stored (the broker publishes it to live subscribers);
 //! - before the end of a connection (DISCONNECT or close) reaches the
@@ -107,6 +113,21 @@ pub(super) struct Front {
     pub(super) broker_v5: SocketAddr,
     /// Largest remaining length accepted from a client.
     pub(super) max_packet: usize,
+    /// Per client id of a persistent session: the packet ids of the
+    /// broker's QoS 1 deliveries its client had not acknowledged when its
+    /// connection ended. The broker sends them again on the next
+    /// connection, where the front marks them DUP (MQTT-3.3.1-1).
+    pub(super) unacked: Mutex<HashMap<String, HashSet<u16>>>,
+}
+
+/// The broker's QoS 1 deliveries to a persistent session's client.
+#[derive(Debug, Default)]
+struct Deliveries {
+    /// Sent on this connection, not yet acknowledged by the client.
+    open: Mutex<HashSet<u16>>,
+    /// Unacknowledged when the previous connection ended: their next
+    /// delivery is a re-send.
+    resend: Mutex<HashSet<u16>>,
 }
 
 /// The bound public listeners, before they serve.
@@ -269,6 +290,22 @@ where
         return Err(SessionError::Protocol("first packet is not CONNECT"));
     }
     let connect = packet::connect(&first)?;
+    let deliveries = Arc::new(Deliveries::default());
+    {
+        let mut unacked = lock(&front.unacked);
+        let previous = unacked.remove(&connect.client_id);
+        if connect.persistent {
+            *lock(&deliveries.resend) = previous.unwrap_or_default();
+        }
+    }
+    if !(3..=5).contains(&connect.level) {
+        // MQTT-3.1.2-2: CONNACK 0x01 "unacceptable protocol level", then
+        // the connection is closed.
+        let mut wr = wr;
+        wr.write_all(&[kind::CONNACK << 4, 2, 0, 1]).await?;
+        let _ = wr.shutdown().await;
+        return Err(SessionError::Protocol("unsupported MQTT protocol level"));
+    }
     let backend = TcpStream::connect(if connect.v5() { front.broker_v5 } else { front.broker_v4 }).await?;
     let _ = backend.set_nodelay(true);
     let (br, bw) = backend.into_split();
@@ -307,6 +344,7 @@ where
         connack_tx,
         stop_tx.clone(),
         (front.clone(), connect.level, subacks.clone(), pings.clone()),
+        deliveries.clone(),
     ));
     let accepted = matches!(tokio::time::timeout(CONNACK_TIMEOUT, connack_rx).await, Ok(Ok(true)));
     if !accepted {
@@ -364,6 +402,7 @@ where
         qos2: qos2.clone(),
         outbox: outbox.clone(),
         pings: pings.clone(),
+        deliveries: deliveries.clone(),
     };
     let ending = conn.pump(&mut rd, &mut buf, &mut bw, &acks_tx, &mut stop_rx).await;
     if let Some(w) = removed_watch {
@@ -388,6 +427,12 @@ where
     let _ = from_broker.await;
     outbox.finish();
     let _ = writer.await;
+    if connect.persistent {
+        let open = std::mem::take(&mut *lock(&deliveries.open));
+        if !open.is_empty() {
+            lock(&front.unacked).insert(connect.client_id.clone(), open);
+        }
+    }
     ending.map(|_| ())
 }
 
@@ -427,6 +472,8 @@ struct Conn {
     outbox: Arc<Outbox>,
     /// sluice's own pings of the broker.
     pings: Arc<Pings>,
+    /// The broker's QoS 1 deliveries the client has not acknowledged.
+    deliveries: Arc<Deliveries>,
 }
 
 impl Conn {
@@ -461,11 +508,24 @@ impl Conn {
                         acks.push(Ack { kind: kind::PUBCOMP, pkid, status: Status::Now(code) });
                     }
                     kind::SUBSCRIBE => self.subscribe(&frame, &mut to_broker, &mut acks)?,
+                    kind::UNSUBSCRIBE => {
+                        // The UNSUBACK goes out once the broker processed
+                        // the UNSUBSCRIBE: after it, nothing more is
+                        // delivered for those filters (MQTT-3.10.4-1).
+                        let unsuback = packet::unsuback_for(&frame, self.level)?;
+                        to_broker.extend_from_slice(&frame);
+                        to_broker.extend_from_slice(&[kind::PINGREQ << 4, 0]);
+                        self.pings.sent(Some(unsuback));
+                    }
                     kind::PUBACK => {
                         // sluice's own QoS 1 deliveries end here; the
                         // broker's (persistent sessions) go on to it.
-                        let ours = packet::pkid_of(&frame).is_some_and(|pkid| self.outbox.acked(pkid));
+                        let pkid = packet::pkid_of(&frame);
+                        let ours = pkid.is_some_and(|pkid| self.outbox.acked(pkid));
                         if !ours {
+                            if let Some(pkid) = pkid {
+                                lock(&self.deliveries.open).remove(&pkid);
+                            }
                             to_broker.extend_from_slice(&frame);
                         }
                     }
@@ -533,6 +593,9 @@ impl Conn {
         if topic.is_empty() {
             return Err(SessionError::Protocol("PUBLISH without topic"));
         }
+        if topic.iter().any(|b| matches!(b, b'+' | b'#')) {
+            return Err(SessionError::Protocol("PUBLISH topic name with a wildcard (MQTT-3.3.2-2)"));
+        }
         let ack_kind = match p.qos {
             1 => Some(kind::PUBACK),
             2 => Some(kind::PUBREC),
@@ -590,13 +653,19 @@ impl Conn {
         to_broker: &mut BytesMut,
         acks: &mut Vec<Ack>,
     ) -> Result<(), SessionError> {
-        let Some(acl) = &self.subscribe_acl else {
-            to_broker.extend_from_slice(frame);
-            return Ok(());
-        };
         let sub = packet::subscribe(frame, self.level)?;
-        let keep: Vec<bool> =
-            sub.filters.iter().map(|(f, _)| std::str::from_utf8(f).is_ok_and(|f| acl.covers(f))).collect();
+        // rumqttd closes the connection on a `$` filter other than
+        // `$share/...` (and matches no topic starting with `$`): such
+        // filters are refused here, like those outside the user's.
+        let servable = |f: &str| !f.starts_with('$') || f.starts_with("$share/");
+        let acl = self.subscribe_acl.as_ref();
+        let keep: Vec<bool> = sub
+            .filters
+            .iter()
+            .map(|(f, _)| {
+                std::str::from_utf8(f).is_ok_and(|f| servable(f) && acl.is_none_or(|acl| acl.covers(f)))
+            })
+            .collect();
         let refused = keep.iter().filter(|k| !**k).count();
         if refused == 0 {
             to_broker.extend_from_slice(frame);
@@ -606,7 +675,7 @@ impl Conn {
         stats.subscribe_refused.fetch_add(refused as u64, Ordering::Relaxed);
         for (f, _) in sub.filters.iter().zip(&keep).filter(|(_, k)| !**k).map(|(f, _)| f) {
             tracing::info!(user = self.user.as_deref().unwrap_or("<anonymous>"), filter = %String::from_utf8_lossy(f),
-                "MQTT subscription outside the user's subscribe filters: refused");
+                "MQTT subscription outside the user's subscribe filters (or to a `$` topic): refused");
         }
         let code = if self.v5() { reason::NOT_AUTHORIZED } else { 0x80 };
         if refused == keep.len() {
@@ -738,6 +807,7 @@ async fn broker_loop(
     connack: oneshot::Sender<bool>,
     stop: Arc<watch::Sender<bool>>,
     (front, level, subacks, pings): (Arc<Front>, u8, Subacks, Arc<Pings>),
+    deliveries: Arc<Deliveries>,
 ) {
     let max = front.max_packet;
     let mut connack = Some(connack);
@@ -759,12 +829,25 @@ async fn broker_loop(
                             out.arrival_order();
                         }
                         let qos = (frame[0] >> 1) & 0x03;
-                        if qos == 1 && own_qos1 {
-                            if let Some(pkid) = packet::publish_pkid_at(&frame)
-                                .map(|at| u16::from_be_bytes([frame[at], frame[at + 1]]))
-                            {
+                        let pkid = packet::publish_pkid_at(&frame)
+                            .filter(|_| qos > 0)
+                            .map(|at| u16::from_be_bytes([frame[at], frame[at + 1]]));
+                        let mut frame = frame;
+                        match pkid {
+                            Some(pkid) if qos == 1 && own_qos1 => {
                                 packet::ack(&mut to_broker, kind::PUBACK, pkid, level == 5, 0);
                             }
+                            Some(pkid) => {
+                                // A persistent session's delivery: the
+                                // client acknowledges it to the broker.
+                                if lock(&deliveries.resend).remove(&pkid) {
+                                    let mut dup = BytesMut::from(&frame[..]);
+                                    dup[0] |= 0x08;
+                                    frame = dup.freeze();
+                                }
+                                lock(&deliveries.open).insert(pkid);
+                            }
+                            None => {}
                         }
                         let topic = packet::publish(&frame, level).map(|p| p.topic).unwrap_or_default();
                         let service = match services.get(&topic) {
@@ -784,7 +867,14 @@ async fn broker_loop(
                         out.publish(frame, service);
                     }
                     kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {}
-                    kind::PINGRESP if pings.answer() => {}
+                    kind::PINGRESP => match pings.answer() {
+                        Some(then) => chunk.extend_from_slice(&then.unwrap_or_default()),
+                        None => chunk.extend_from_slice(&frame),
+                    },
+                    // The front answers UNSUBSCRIBE itself: rumqttd sends
+                    // one UNSUBACK per filter it removed and none for a
+                    // filter not subscribed (MQTT-3.10.4-4, -5).
+                    kind::UNSUBACK => {}
                     kind::SUBACK => {
                         let keep = packet::pkid_of(&frame).and_then(|pkid| {
                             subacks.lock().unwrap_or_else(PoisonError::into_inner).remove(&pkid)
@@ -829,20 +919,29 @@ async fn broker_loop(
 }
 
 /// sluice's own PINGREQs to the broker, whose PINGRESPs end at the front.
+/// The broker's router answers a PINGREQ after the packets before it, so a
+/// PINGRESP also says those were processed.
 #[derive(Debug, Default)]
 struct Pings {
-    ours: std::sync::atomic::AtomicU32,
+    /// Per PINGREQ of sluice's in flight, in order: what the client gets
+    /// when it is answered (the UNSUBACK of an UNSUBSCRIBE before it).
+    ours: Mutex<std::collections::VecDeque<Option<Bytes>>>,
     answered: tokio::sync::Notify,
 }
 
 impl Pings {
-    /// A PINGRESP came: true when it answers one of sluice's.
-    fn answer(&self) -> bool {
-        let ours = self.ours.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
-        if ours {
-            self.answered.notify_one();
-        }
-        ours
+    /// Counts a PINGREQ about to go to the broker; `then` is sent to the
+    /// client once the broker answered it.
+    fn sent(&self, then: Option<Bytes>) {
+        lock(&self.ours).push_back(then);
+    }
+
+    /// A PINGRESP came: `Some` when it answers one of sluice's (with what
+    /// the client is owed then), `None` when it is the client's.
+    fn answer(&self) -> Option<Option<Bytes>> {
+        let then = lock(&self.ours).pop_front()?;
+        self.answered.notify_one();
+        Some(then)
     }
 }
 
@@ -904,7 +1003,7 @@ impl BrokerWriter {
     /// Its router answers a PINGREQ after the packets before it; sluice
     /// keeps that PINGRESP. At most [`BARRIER_TIMEOUT`].
     async fn barrier(&mut self, pings: &Pings) {
-        pings.ours.fetch_add(1, Ordering::AcqRel);
+        pings.sent(None);
         if self.write(Bytes::from_static(&[kind::PINGREQ << 4, 0])).await.is_err() {
             return;
         }

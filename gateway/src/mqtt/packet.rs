@@ -24,6 +24,8 @@ pub(crate) mod kind {
     pub(crate) const PUBCOMP: u8 = 7;
     pub(crate) const SUBSCRIBE: u8 = 8;
     pub(crate) const SUBACK: u8 = 9;
+    pub(crate) const UNSUBSCRIBE: u8 = 10;
+    pub(crate) const UNSUBACK: u8 = 11;
     pub(crate) const PINGREQ: u8 = 12;
     pub(crate) const PINGRESP: u8 = 13;
     pub(crate) const DISCONNECT: u8 = 14;
@@ -386,6 +388,37 @@ impl Subscribe {
     }
 }
 
+/// The UNSUBACK answering an UNSUBSCRIBE frame: its packet id, and (MQTT
+/// 5) reason 0x00 for each of its topic filters.
+pub(crate) fn unsuback_for(frame: &Bytes, level: u8) -> Result<Bytes, PacketError> {
+    let mut r = Reader { bytes: frame, at: body_start(frame), what: "UNSUBSCRIBE" };
+    let pkid = r.u16()?;
+    let mut filters = 0usize;
+    if level == 5 {
+        r.skip_properties()?;
+    }
+    while r.at < frame.len() {
+        r.prefixed()?;
+        filters += 1;
+    }
+    if filters == 0 {
+        // MQTT-3.10.3-2: at least one topic filter.
+        return Err(malformed("UNSUBSCRIBE without filters"));
+    }
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&[kind::UNSUBACK << 4]);
+    if level == 5 {
+        put_remaining_length(&mut out, 3 + filters);
+        out.extend_from_slice(&pkid.to_be_bytes());
+        out.extend_from_slice(&[0]);
+        out.resize(out.len() + filters, 0);
+    } else {
+        put_remaining_length(&mut out, 2);
+        out.extend_from_slice(&pkid.to_be_bytes());
+    }
+    Ok(out.freeze())
+}
+
 /// Appends a SUBACK for `pkid` with one return (3.1.1) or reason (5) code
 /// per filter.
 pub(crate) fn suback(out: &mut BytesMut, pkid: u16, v5: bool, codes: &[u8]) {
@@ -534,6 +567,17 @@ mod tests {
         let f = Bytes::from(publish_frame(0, b"t", 0, Some(&[0x7F]), b""));
         assert!(publish(&f, 5).is_err());
         assert!(publish(&Bytes::from(frame(0x36, &prefixed(b"t"))), 4).is_err());
+    }
+
+    #[test]
+    fn unsuback_answers_every_filter_of_an_unsubscribe() {
+        let body = [&[0x12, 0x34][..], &prefixed(b"a/#"), &prefixed(b"b")].concat();
+        let v4 = unsuback_for(&Bytes::from(frame(0xA2, &body)), 4).expect("valid");
+        assert_eq!(&v4[..], &[0xB0, 2, 0x12, 0x34]);
+        let body5 = [&[0x12, 0x34, 0][..], &prefixed(b"a/#"), &prefixed(b"b")].concat();
+        let v5 = unsuback_for(&Bytes::from(frame(0xA2, &body5)), 5).expect("valid");
+        assert_eq!(&v5[..], &[0xB0, 5, 0x12, 0x34, 0, 0, 0]);
+        assert!(unsuback_for(&Bytes::from(frame(0xA2, &[0x12, 0x34])), 4).is_err(), "no filter");
     }
 
     #[test]
