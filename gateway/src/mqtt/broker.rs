@@ -188,6 +188,7 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
         broker_v5,
         max_packet: max_packet(mqtt),
         unacked: Default::default(),
+        interest: Default::default(),
     });
     let (stop, stopped) = watch::channel(false);
     let tls = listeners.tls();

@@ -118,6 +118,8 @@ pub(super) struct Front {
     /// connection ended. The broker sends them again on the next
     /// connection, where the front marks them DUP (MQTT-3.3.1-1).
     pub(super) unacked: Mutex<HashMap<String, HashSet<u16>>>,
+    /// What live subscribers could want: the broker gets only that.
+    pub(super) interest: super::interest::Interest,
 }
 
 /// The broker's QoS 1 deliveries to a persistent session's client.
@@ -403,6 +405,7 @@ where
         outbox: outbox.clone(),
         pings: pings.clone(),
         deliveries: deliveries.clone(),
+        filters: front.interest.resume(&connect.client_id, connect.persistent),
     };
     let ending = conn.pump(&mut rd, &mut buf, &mut bw, &acks_tx, &mut stop_rx).await;
     if let Some(w) = removed_watch {
@@ -427,6 +430,7 @@ where
     let _ = from_broker.await;
     outbox.finish();
     let _ = writer.await;
+    front.interest.end(&connect.client_id, connect.persistent, std::mem::take(&mut conn.filters));
     if connect.persistent {
         let open = std::mem::take(&mut *lock(&deliveries.open));
         if !open.is_empty() {
@@ -474,6 +478,9 @@ struct Conn {
     pings: Arc<Pings>,
     /// The broker's QoS 1 deliveries the client has not acknowledged.
     deliveries: Arc<Deliveries>,
+    /// This session's subscription filters, counted in the front's
+    /// [`Interest`](super::interest::Interest).
+    filters: Vec<Box<str>>,
 }
 
 impl Conn {
@@ -512,7 +519,15 @@ impl Conn {
                         // The UNSUBACK goes out once the broker processed
                         // the UNSUBSCRIBE: after it, nothing more is
                         // delivered for those filters (MQTT-3.10.4-1).
-                        let unsuback = packet::unsuback_for(&frame, self.level)?;
+                        let unsub = packet::unsubscribe(&frame, self.level)?;
+                        for f in &unsub.filters {
+                            let f = String::from_utf8_lossy(f);
+                            if let Some(at) = self.filters.iter().position(|mine| **mine == *f) {
+                                self.filters.swap_remove(at);
+                                self.front.interest.remove(&f);
+                            }
+                        }
+                        let unsuback = unsub.unsuback(self.level);
                         to_broker.extend_from_slice(&frame);
                         to_broker.extend_from_slice(&[kind::PINGREQ << 4, 0]);
                         self.pings.sent(Some(unsuback));
@@ -636,6 +651,16 @@ impl Conn {
             }
             acks.push(Ack { kind, pkid: p.pkid, status });
         }
+        // Live subscribers and retained messages are the broker's: it gets
+        // what a subscription could match, every retained publish, and
+        // every publish with a topic alias (it must learn the alias).
+        let retain = frame[0] & 0x01 == 0x01;
+        let wanted = retain
+            || p.alias.is_some()
+            || std::str::from_utf8(&topic).map_or(true, |t| self.front.interest.wanted(t));
+        if !wanted {
+            return Ok(());
+        }
         let at = to_broker.len();
         to_broker.extend_from_slice(frame);
         if p.qos == 2 {
@@ -666,6 +691,15 @@ impl Conn {
                 std::str::from_utf8(f).is_ok_and(|f| servable(f) && acl.is_none_or(|acl| acl.covers(f)))
             })
             .collect();
+        for ((f, _), _) in sub.filters.iter().zip(&keep).filter(|(_, k)| **k) {
+            if let Ok(f) = std::str::from_utf8(f) {
+                // Subscribing again replaces a subscription: counted once.
+                if !self.filters.iter().any(|mine| **mine == *f) {
+                    self.front.interest.add(f);
+                    self.filters.push(f.into());
+                }
+            }
+        }
         let refused = keep.iter().filter(|k| !**k).count();
         if refused == 0 {
             to_broker.extend_from_slice(frame);

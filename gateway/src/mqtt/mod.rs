@@ -25,6 +25,7 @@ mod broker;
 mod front;
 pub mod guarded;
 mod ingest;
+mod interest;
 mod outbox;
 pub(crate) mod packet;
 pub mod route;

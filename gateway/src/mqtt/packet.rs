@@ -388,35 +388,48 @@ impl Subscribe {
     }
 }
 
-/// The UNSUBACK answering an UNSUBSCRIBE frame: its packet id, and (MQTT
-/// 5) reason 0x00 for each of its topic filters.
-pub(crate) fn unsuback_for(frame: &Bytes, level: u8) -> Result<Bytes, PacketError> {
+/// An UNSUBSCRIBE: its packet id and topic filters.
+#[derive(Debug)]
+pub(crate) struct Unsubscribe {
+    pub(crate) pkid: u16,
+    pub(crate) filters: Vec<Bytes>,
+}
+
+/// Parses an UNSUBSCRIBE frame of a connection at protocol `level`.
+pub(crate) fn unsubscribe(frame: &Bytes, level: u8) -> Result<Unsubscribe, PacketError> {
     let mut r = Reader { bytes: frame, at: body_start(frame), what: "UNSUBSCRIBE" };
     let pkid = r.u16()?;
-    let mut filters = 0usize;
     if level == 5 {
         r.skip_properties()?;
     }
+    let mut filters = Vec::new();
     while r.at < frame.len() {
-        r.prefixed()?;
-        filters += 1;
+        filters.push(frame.slice_ref(r.prefixed()?));
     }
-    if filters == 0 {
+    if filters.is_empty() {
         // MQTT-3.10.3-2: at least one topic filter.
         return Err(malformed("UNSUBSCRIBE without filters"));
     }
-    let mut out = BytesMut::new();
-    out.extend_from_slice(&[kind::UNSUBACK << 4]);
-    if level == 5 {
-        put_remaining_length(&mut out, 3 + filters);
-        out.extend_from_slice(&pkid.to_be_bytes());
-        out.extend_from_slice(&[0]);
-        out.resize(out.len() + filters, 0);
-    } else {
-        put_remaining_length(&mut out, 2);
-        out.extend_from_slice(&pkid.to_be_bytes());
+    Ok(Unsubscribe { pkid, filters })
+}
+
+impl Unsubscribe {
+    /// The UNSUBACK answering it: its packet id, and (MQTT 5) reason 0x00
+    /// for each topic filter.
+    pub(crate) fn unsuback(&self, level: u8) -> Bytes {
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&[kind::UNSUBACK << 4]);
+        if level == 5 {
+            put_remaining_length(&mut out, 3 + self.filters.len());
+            out.extend_from_slice(&self.pkid.to_be_bytes());
+            out.extend_from_slice(&[0]);
+            out.resize(out.len() + self.filters.len(), 0);
+        } else {
+            put_remaining_length(&mut out, 2);
+            out.extend_from_slice(&self.pkid.to_be_bytes());
+        }
+        out.freeze()
     }
-    Ok(out.freeze())
 }
 
 /// Appends a SUBACK for `pkid` with one return (3.1.1) or reason (5) code
@@ -572,12 +585,13 @@ mod tests {
     #[test]
     fn unsuback_answers_every_filter_of_an_unsubscribe() {
         let body = [&[0x12, 0x34][..], &prefixed(b"a/#"), &prefixed(b"b")].concat();
-        let v4 = unsuback_for(&Bytes::from(frame(0xA2, &body)), 4).expect("valid");
-        assert_eq!(&v4[..], &[0xB0, 2, 0x12, 0x34]);
+        let v4 = unsubscribe(&Bytes::from(frame(0xA2, &body)), 4).expect("valid");
+        assert_eq!(v4.filters, [Bytes::from_static(b"a/#"), Bytes::from_static(b"b")]);
+        assert_eq!(&v4.unsuback(4)[..], &[0xB0, 2, 0x12, 0x34]);
         let body5 = [&[0x12, 0x34, 0][..], &prefixed(b"a/#"), &prefixed(b"b")].concat();
-        let v5 = unsuback_for(&Bytes::from(frame(0xA2, &body5)), 5).expect("valid");
-        assert_eq!(&v5[..], &[0xB0, 5, 0x12, 0x34, 0, 0, 0]);
-        assert!(unsuback_for(&Bytes::from(frame(0xA2, &[0x12, 0x34])), 4).is_err(), "no filter");
+        let v5 = unsubscribe(&Bytes::from(frame(0xA2, &body5)), 5).expect("valid");
+        assert_eq!(&v5.unsuback(5)[..], &[0xB0, 5, 0x12, 0x34, 0, 0, 0]);
+        assert!(unsubscribe(&Bytes::from(frame(0xA2, &[0x12, 0x34])), 4).is_err(), "no filter");
     }
 
     #[test]
