@@ -344,9 +344,7 @@ case!(keep_alive_0_turns_the_timeout_off_3_1_2_10, Setup::Open, [V311, V5]);
 // ------------------------------------------------------------ QoS flows
 
 /// MQTT-4.3.1 (QoS 0 delivered at most once) and MQTT-3.8.4-6 (delivered
-/// at the minimum of the publish and the granted QoS). sluice deviates:
-/// rumqttd's router delivers at the subscription's QoS, so a QoS 0 publish
-/// reaches a QoS 1 subscription at QoS 1 (more than asked, never less).
+/// at the minimum of the publish and the granted QoS).
 async fn qos0_is_delivered_at_qos0_4_3_1(addr: String, v: Version) -> Outcome {
     let mut s = accepted(&addr, v, "q0-sub").await;
     sub(&mut s, 1, &[("q0/t", 1)]).await?;
@@ -359,7 +357,7 @@ async fn qos0_is_delivered_at_qos0_4_3_1(addr: String, v: Version) -> Outcome {
     );
     nothing_delivered(&mut s, "delivered once").await
 }
-case!(qos0_is_delivered_at_qos0_4_3_1, Setup::Open, [V311, V5], sluice_deviates = [V311, V5]);
+case!(qos0_is_delivered_at_qos0_4_3_1, Setup::Open, [V311, V5]);
 
 /// MQTT-4.3.2-2 and MQTT-2.3.1-6 (PUBACK with the PUBLISH's packet id),
 /// MQTT-2.3.1-1 (a QoS 1 delivery carries a non-zero packet id).
@@ -410,7 +408,7 @@ async fn qos2_is_received_and_delivered_exactly_once_4_3_3(addr: String, v: Vers
 case!(qos2_is_received_and_delivered_exactly_once_4_3_3, Setup::Open, [V311, V5]);
 
 /// MQTT-3.8.4-6: delivered QoS is the minimum of the publish's and the
-/// subscription's. sluice deviates as in `qos0_is_delivered_at_qos0_4_3_1`.
+/// subscription's.
 async fn delivery_qos_is_the_minimum_of_publish_and_subscription_3_8_4_6(
     addr: String,
     v: Version,
@@ -426,12 +424,7 @@ async fn delivery_qos_is_the_minimum_of_publish_and_subscription_3_8_4_6(
     check!(matches!(got, Packet::Publish { qos: 0, .. }), "QoS 0 publish to a QoS 1 subscription: {got:?}");
     Ok(())
 }
-case!(
-    delivery_qos_is_the_minimum_of_publish_and_subscription_3_8_4_6,
-    Setup::Open,
-    [V311, V5],
-    sluice_deviates = [V311, V5]
-);
+case!(delivery_qos_is_the_minimum_of_publish_and_subscription_3_8_4_6, Setup::Open, [V311, V5]);
 
 // --------------------------------------------------------------- retained
 
@@ -584,9 +577,7 @@ async fn unsubscribe_is_acknowledged_and_ends_delivery_3_10_4_4(addr: String, v:
 case!(unsubscribe_is_acknowledged_and_ends_delivery_3_10_4_4, Setup::Open, [V311, V5]);
 
 /// MQTT-3.8.4-3: subscribing again to the same filter replaces the
-/// subscription (its new QoS applies; one copy per message). sluice
-/// deviates: rumqttd keeps the first subscription's QoS (one copy, at the
-/// old QoS).
+/// subscription (its new QoS applies; one copy per message).
 async fn a_repeated_subscription_replaces_the_first_3_8_4_3(addr: String, v: Version) -> Outcome {
     let mut s = accepted(&addr, v, "resub").await;
     sub(&mut s, 1, &[("re/t", 0)]).await?;
@@ -597,12 +588,7 @@ async fn a_repeated_subscription_replaces_the_first_3_8_4_3(addr: String, v: Ver
     check!(matches!(got, Packet::Publish { qos: 1, .. }), "delivered at the new QoS 1, got {got:?}");
     nothing_delivered(&mut s, "one copy for a replaced subscription").await
 }
-case!(
-    a_repeated_subscription_replaces_the_first_3_8_4_3,
-    Setup::Open,
-    [V311, V5],
-    sluice_deviates = [V311, V5]
-);
+case!(a_repeated_subscription_replaces_the_first_3_8_4_3, Setup::Open, [V311, V5]);
 
 /// 3.9.3 (0x80 Failure; v5: 0x87 Not authorized) and MQTT-3.8.4-5 (one
 /// return code per filter, in order): filters outside what the client may
@@ -741,8 +727,7 @@ case!(a_publish_topic_with_a_wildcard_closes_the_connection_3_3_2_2, Setup::Open
 // --------------------------------------------------------------- MQTT 5
 
 /// v5 MQTT-3.8.3-3: with No Local, a client's own publishes are not sent
-/// back to it; other clients' are. sluice deviates: rumqttd ignores the
-/// No Local option.
+/// back to it; other clients' are.
 async fn no_local_subscriptions_skip_the_clients_own_publishes_v5_3_8_3_3(
     addr: String,
     v: Version,
@@ -757,9 +742,4 @@ async fn no_local_subscriptions_skip_the_clients_own_publishes_v5_3_8_3_3(
     check!(payload_of(&got) == b"theirs", "another client's publish, got {got:?}");
     Ok(())
 }
-case!(
-    no_local_subscriptions_skip_the_clients_own_publishes_v5_3_8_3_3,
-    Setup::Open,
-    [V5],
-    sluice_deviates = [V5]
-);
+case!(no_local_subscriptions_skip_the_clients_own_publishes_v5_3_8_3_3, Setup::Open, [V5]);

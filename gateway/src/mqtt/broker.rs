@@ -69,7 +69,8 @@ fn server(name: &str, listen: SocketAddr, mqtt: &MqttConfig) -> rumqttd::ServerS
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 10_000,
         // The front enforces the limit; the broker gets what it passed.
-        max_payload_size: max_packet(mqtt),
+        // Room for the trailer the front appends to every payload.
+        max_payload_size: max_packet(mqtt) + super::packet::TRAILER,
         max_inflight_count: mqtt.max_inflight as usize,
         auth: None,
         external_auth: None,
@@ -189,6 +190,7 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
         max_packet: max_packet(mqtt),
         unacked: Default::default(),
         interest: Default::default(),
+        connections: Default::default(),
     });
     let (stop, stopped) = watch::channel(false);
     let tls = listeners.tls();

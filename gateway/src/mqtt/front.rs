@@ -57,6 +57,7 @@
 
 use super::auth::{Acl, Guard};
 use super::ingest::{Gather, Intake, NotStored, Pending, Refused};
+use super::interest::{Delivery, Sub, Subs};
 use super::outbox::{self, Next, Outbox, Setup, WRITE_BATCH};
 use super::packet::{self, kind, reason, PacketError};
 use super::route::Drop;
@@ -120,6 +121,8 @@ pub(super) struct Front {
     pub(super) unacked: Mutex<HashMap<String, HashSet<u16>>>,
     /// What live subscribers could want: the broker gets only that.
     pub(super) interest: super::interest::Interest,
+    /// Numbers connections, for the origin in payload trailers.
+    pub(super) connections: std::sync::atomic::AtomicU64,
 }
 
 /// The broker's QoS 1 deliveries to a persistent session's client.
@@ -311,14 +314,26 @@ where
     let backend = TcpStream::connect(if connect.v5() { front.broker_v5 } else { front.broker_v4 }).await?;
     let _ = backend.set_nodelay(true);
     let (br, bw) = backend.into_split();
+    let origin = front.connections.fetch_add(1, Ordering::Relaxed);
     let mut hello = BytesMut::from(&first[..]);
     if connect.keep_alive == 0 {
         // rumqttd refuses keep-alive 0; the longest one it accepts is the
         // closest thing to "none".
         hello[connect.keep_alive_at..connect.keep_alive_at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
     }
+    let hello = match &connect.will {
+        // The broker publishes the will: with a trailer, like every
+        // publish it gets.
+        Some(will) => packet::connect_with_will_trailer(
+            &hello,
+            will.end,
+            will.payload.len(),
+            &packet::trailer(will.qos, origin),
+        ),
+        None => hello.freeze(),
+    };
     let mut bw = BrokerWriter::spawn(bw);
-    bw.write(Bytes::from(hello)).await?;
+    bw.write(hello).await?;
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
@@ -338,6 +353,7 @@ where
     let (connack_tx, connack_rx) = oneshot::channel();
     let subacks = Arc::new(Mutex::new(HashMap::new()));
     let pings = Arc::new(Pings::default());
+    let subs = Arc::new(Subs::default());
     let writer =
         tokio::spawn(write_loop(wr, outbox.clone(), stop_tx.clone(), (sock, mqtt.delivery_target_delay)));
     let from_broker = tokio::spawn(broker_loop(
@@ -346,7 +362,7 @@ where
         connack_tx,
         stop_tx.clone(),
         (front.clone(), connect.level, subacks.clone(), pings.clone()),
-        deliveries.clone(),
+        (deliveries.clone(), subs.clone(), origin),
     ));
     let accepted = matches!(tokio::time::timeout(CONNACK_TIMEOUT, connack_rx).await, Ok(Ok(true)));
     if !accepted {
@@ -405,8 +421,13 @@ where
         outbox: outbox.clone(),
         pings: pings.clone(),
         deliveries: deliveries.clone(),
-        filters: front.interest.resume(&connect.client_id, connect.persistent),
+        subs: subs.clone(),
+        origin,
     };
+    for filter in front.interest.resume(&connect.client_id, connect.persistent) {
+        // A persistent session's subscriptions carry on at the broker.
+        subs.set(Sub { filter, qos: 1, no_local: false });
+    }
     let ending = conn.pump(&mut rd, &mut buf, &mut bw, &acks_tx, &mut stop_rx).await;
     if let Some(w) = removed_watch {
         w.abort();
@@ -430,7 +451,7 @@ where
     let _ = from_broker.await;
     outbox.finish();
     let _ = writer.await;
-    front.interest.end(&connect.client_id, connect.persistent, std::mem::take(&mut conn.filters));
+    front.interest.end(&connect.client_id, connect.persistent, subs.filters());
     if connect.persistent {
         let open = std::mem::take(&mut *lock(&deliveries.open));
         if !open.is_empty() {
@@ -478,9 +499,11 @@ struct Conn {
     pings: Arc<Pings>,
     /// The broker's QoS 1 deliveries the client has not acknowledged.
     deliveries: Arc<Deliveries>,
-    /// This session's subscription filters, counted in the front's
-    /// [`Interest`](super::interest::Interest).
-    filters: Vec<Box<str>>,
+    /// This session's subscriptions (their filters are counted in the
+    /// front's [`Interest`](super::interest::Interest)).
+    subs: Arc<Subs>,
+    /// This connection's number, in the trailer of what it publishes.
+    origin: u64,
 }
 
 impl Conn {
@@ -522,8 +545,7 @@ impl Conn {
                         let unsub = packet::unsubscribe(&frame, self.level)?;
                         for f in &unsub.filters {
                             let f = String::from_utf8_lossy(f);
-                            if let Some(at) = self.filters.iter().position(|mine| **mine == *f) {
-                                self.filters.swap_remove(at);
+                            if self.subs.remove(&f) {
                                 self.front.interest.remove(&f);
                             }
                         }
@@ -661,12 +683,16 @@ impl Conn {
         if !wanted {
             return Ok(());
         }
-        let at = to_broker.len();
-        to_broker.extend_from_slice(frame);
-        if p.qos == 2 {
-            // sluice completes the QoS 2 exchange; the broker gets QoS 1.
-            to_broker[at] = (to_broker[at] & !0x06) | 0x02;
-        }
+        // sluice completes the QoS 2 exchange; the broker gets QoS 1. A
+        // zero-byte retained publish clears the retained message: it goes
+        // without a trailer (the broker must see it empty).
+        let trailer = packet::trailer(p.qos, self.origin);
+        let clears = retain && p.payload.is_empty();
+        to_broker.extend_from_slice(&packet::publish_with_trailer(
+            frame,
+            p.qos,
+            if clears { &[] } else { &trailer },
+        ));
         Ok(())
     }
 
@@ -691,18 +717,22 @@ impl Conn {
                 std::str::from_utf8(f).is_ok_and(|f| servable(f) && acl.is_none_or(|acl| acl.covers(f)))
             })
             .collect();
-        for ((f, _), _) in sub.filters.iter().zip(&keep).filter(|(_, k)| **k) {
+        for ((f, options), _) in sub.filters.iter().zip(&keep).filter(|(_, k)| **k) {
             if let Ok(f) = std::str::from_utf8(f) {
+                let sub = Sub {
+                    filter: f.into(),
+                    qos: (options & 0x03).min(1),
+                    no_local: self.v5() && options & 0x04 != 0,
+                };
                 // Subscribing again replaces a subscription: counted once.
-                if !self.filters.iter().any(|mine| **mine == *f) {
+                if self.subs.set(sub) {
                     self.front.interest.add(f);
-                    self.filters.push(f.into());
                 }
             }
         }
         let refused = keep.iter().filter(|k| !**k).count();
         if refused == 0 {
-            to_broker.extend_from_slice(frame);
+            sub.encode_kept(&keep, to_broker);
             return Ok(());
         }
         let stats = self.front.intake.stats();
@@ -841,7 +871,7 @@ async fn broker_loop(
     connack: oneshot::Sender<bool>,
     stop: Arc<watch::Sender<bool>>,
     (front, level, subacks, pings): (Arc<Front>, u8, Subacks, Arc<Pings>),
-    deliveries: Arc<Deliveries>,
+    (deliveries, subs, origin): (Arc<Deliveries>, Arc<Subs>, u64),
 ) {
     let max = front.max_packet;
     let mut connack = Some(connack);
@@ -866,24 +896,36 @@ async fn broker_loop(
                         let pkid = packet::publish_pkid_at(&frame)
                             .filter(|_| qos > 0)
                             .map(|at| u16::from_be_bytes([frame[at], frame[at + 1]]));
-                        let mut frame = frame;
-                        match pkid {
-                            Some(pkid) if qos == 1 && own_qos1 => {
+                        if let (Some(pkid), true) = (pkid, own_qos1) {
+                            packet::ack(&mut to_broker, kind::PUBACK, pkid, level == 5, 0);
+                        }
+                        let topic = packet::publish(&frame, level).map(|p| p.topic).unwrap_or_default();
+                        let Some(frame) = deliverable(&frame, qos, &topic, (&subs, origin, own_qos1)) else {
+                            // Not for this client: the broker still gets
+                            // its acknowledgement.
+                            if let (Some(pkid), false) = (pkid, own_qos1) {
                                 packet::ack(&mut to_broker, kind::PUBACK, pkid, level == 5, 0);
                             }
-                            Some(pkid) => {
-                                // A persistent session's delivery: the
-                                // client acknowledges it to the broker.
+                            continue;
+                        };
+                        let mut frame = frame;
+                        let delivered_qos = (frame[0] >> 1) & 0x03;
+                        match pkid {
+                            // A persistent session's delivery: the client
+                            // acknowledges it to the broker.
+                            Some(pkid) if !own_qos1 && delivered_qos > 0 => {
                                 if lock(&deliveries.resend).remove(&pkid) {
-                                    let mut dup = BytesMut::from(&frame[..]);
-                                    dup[0] |= 0x08;
-                                    frame = dup.freeze();
+                                    frame[0] |= 0x08;
                                 }
                                 lock(&deliveries.open).insert(pkid);
                             }
-                            None => {}
+                            // Delivered at QoS 0: sluice acknowledges it.
+                            Some(pkid) if !own_qos1 => {
+                                packet::ack(&mut to_broker, kind::PUBACK, pkid, level == 5, 0);
+                            }
+                            _ => {}
                         }
-                        let topic = packet::publish(&frame, level).map(|p| p.topic).unwrap_or_default();
+                        let frame = frame.freeze();
                         let service = match services.get(&topic) {
                             Some(s) => *s,
                             None => {
@@ -950,6 +992,32 @@ async fn broker_loop(
         }
     }
     let _ = stop.send(true);
+}
+
+/// A delivery of the broker's to this connection's client, re-framed: the
+/// payload trailer taken off, at the QoS the client is owed (the lower of
+/// the publish's and the highest of its matching subscriptions',
+/// MQTT-3.8.4-6; rumqttd sends the subscription's). `None` when only No
+/// Local subscriptions match the client's own publish (MQTT-3.8.3-3).
+fn deliverable(
+    frame: &Bytes,
+    broker_qos: u8,
+    topic: &[u8],
+    (subs, origin, own_qos1): (&Subs, u64, bool),
+) -> Option<BytesMut> {
+    let as_sent = || Some(BytesMut::from(&frame[..]));
+    let Some((published, from)) = packet::trailer_of(frame) else {
+        return as_sent();
+    };
+    let want = match subs.delivery(std::str::from_utf8(topic).unwrap_or(""), from == origin) {
+        Delivery::Skip => return None,
+        Delivery::Granted(granted) => published.min(granted),
+        Delivery::Unknown => published.min(broker_qos),
+    };
+    // sluice delivers QoS 1 itself on clean sessions (so it can add it);
+    // a persistent session's QoS 1 is the broker's.
+    let qos = if own_qos1 { want.min(1) } else { want.min(broker_qos) };
+    packet::strip_trailer(frame, qos).map(|(f, _)| f).or_else(as_sent)
 }
 
 /// sluice's own PINGREQs to the broker, whose PINGRESPs end at the front.

@@ -103,6 +103,80 @@ impl Interest {
     }
 }
 
+/// One subscription of a connection, as passed to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Sub {
+    pub(super) filter: Box<str>,
+    /// The QoS granted (sluice grants at most 1 to live subscribers).
+    pub(super) qos: u8,
+    /// MQTT 5 No Local: not the connection's own publishes.
+    pub(super) no_local: bool,
+}
+
+/// What [`Subs::delivery`] decides for a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// At most this QoS (the highest of the matching subscriptions).
+    Granted(u8),
+    /// No subscription of the connection matches (a topic alias, or a
+    /// subscription the connection does not know of): as the broker sent it.
+    Unknown,
+    /// Only No Local subscriptions match the connection's own publish.
+    Skip,
+}
+
+/// A connection's subscriptions: kept by its reader, read by the loop that
+/// passes the broker's deliveries on.
+#[derive(Debug, Default)]
+pub(super) struct Subs(Mutex<Vec<Sub>>);
+
+impl Subs {
+    /// Adds or replaces (MQTT-3.8.4-3) the subscription of `sub.filter`;
+    /// true when it is new.
+    pub(super) fn set(&self, sub: Sub) -> bool {
+        let mut subs = lock(&self.0);
+        match subs.iter_mut().find(|s| s.filter == sub.filter) {
+            Some(s) => {
+                *s = sub;
+                false
+            }
+            None => {
+                subs.push(sub);
+                true
+            }
+        }
+    }
+
+    /// Removes the subscription of `filter`; true when there was one.
+    pub(super) fn remove(&self, filter: &str) -> bool {
+        let mut subs = lock(&self.0);
+        let before = subs.len();
+        subs.retain(|s| &*s.filter != filter);
+        subs.len() != before
+    }
+
+    /// The filters, for [`Interest::end`].
+    pub(super) fn filters(&self) -> Vec<Box<str>> {
+        lock(&self.0).iter().map(|s| s.filter.clone()).collect()
+    }
+
+    /// How a publish on `topic` (empty: sent with a topic alias) is
+    /// delivered; `own`: this connection published it.
+    pub(super) fn delivery(&self, topic: &str, own: bool) -> Delivery {
+        let subs = lock(&self.0);
+        let mut matching =
+            subs.iter().filter(|s| mqtt_filter_matches(matching_part(&s.filter), topic)).peekable();
+        if topic.is_empty() || matching.peek().is_none() {
+            return Delivery::Unknown;
+        }
+        matching
+            .filter(|s| !(own && s.no_local))
+            .map(|s| s.qos)
+            .max()
+            .map_or(Delivery::Skip, Delivery::Granted)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -127,6 +201,23 @@ mod tests {
         assert!(!i.wanted("c/d"));
         i.remove("never/added");
         assert!(!i.wanted("never/added"));
+    }
+
+    #[test]
+    fn deliveries_follow_the_connections_own_subscriptions() {
+        let subs = Subs::default();
+        let sub = |f: &str, qos, no_local| Sub { filter: f.into(), qos, no_local };
+        assert!(subs.set(sub("a/#", 0, false)));
+        assert!(subs.set(sub("a/b", 1, true)));
+        assert_eq!(subs.delivery("a/b", false), Delivery::Granted(1), "highest matching QoS");
+        assert_eq!(subs.delivery("a/b", true), Delivery::Granted(0), "own: the No Local one does not count");
+        assert!(!subs.set(sub("a/#", 1, true)), "a repeated subscription replaces the first");
+        assert_eq!(subs.delivery("a/c", false), Delivery::Granted(1));
+        assert_eq!(subs.delivery("a/c", true), Delivery::Skip);
+        assert_eq!(subs.delivery("z", false), Delivery::Unknown);
+        assert_eq!(subs.delivery("", false), Delivery::Unknown, "topic alias");
+        assert!(subs.remove("a/#") && !subs.remove("a/#"));
+        assert_eq!(subs.filters(), vec![Box::<str>::from("a/b")]);
     }
 
     #[test]

@@ -139,6 +139,8 @@ pub(crate) struct Will {
     pub(crate) topic: Bytes,
     pub(crate) payload: Bytes,
     pub(crate) qos: u8,
+    /// Offset in the CONNECT frame just after the will payload.
+    pub(crate) end: usize,
 }
 
 /// What sluice needs of a CONNECT.
@@ -212,7 +214,7 @@ pub(crate) fn connect(frame: &Bytes) -> Result<Connect, PacketError> {
         // whole connection.
         let topic = Bytes::copy_from_slice(r.prefixed()?);
         let payload = Bytes::copy_from_slice(r.prefixed()?);
-        Some(Will { topic, payload, qos: (flags >> 3) & 0x03 })
+        Some(Will { topic, payload, qos: (flags >> 3) & 0x03, end: r.at })
     } else {
         None
     };
@@ -290,6 +292,107 @@ pub(crate) fn publish_pkid_at(frame: &[u8]) -> Option<usize> {
     let topic_len = usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
     let pkid_at = at + 2 + topic_len;
     (pkid_at + 2 <= frame.len()).then_some(pkid_at)
+}
+
+/// Length of the trailer the front appends to every payload it passes to
+/// the embedded broker: the publish's QoS, then the publishing
+/// connection's number (u64, big-endian). The broker delivers the payload
+/// as it got it, so the front, which delivers every publish to its
+/// client, learns what rumqttd forgets: the QoS the message was published
+/// at (delivery is at the lower of it and the subscription's,
+/// MQTT-3.8.4-6) and who published it (MQTT 5 No Local).
+pub(crate) const TRAILER: usize = 9;
+
+/// The trailer for a publish at `qos` by connection `origin`.
+pub(crate) fn trailer(qos: u8, origin: u64) -> [u8; TRAILER] {
+    let mut t = [0u8; TRAILER];
+    t[0] = qos;
+    t[1..].copy_from_slice(&origin.to_be_bytes());
+    t
+}
+
+/// Where a broker PUBLISH's body, topic end and the rest (properties and
+/// payload) start, when its payload can hold a trailer.
+fn trailer_offsets(frame: &[u8]) -> Option<(usize, usize, usize)> {
+    let at = body_start(frame);
+    let old_qos = (frame.first()? >> 1) & 0x03;
+    let topic_end = at + 2 + usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
+    let rest_at = if old_qos > 0 { topic_end + 2 } else { topic_end };
+    (frame.len() >= rest_at + TRAILER).then_some((at, topic_end, rest_at))
+}
+
+/// The trailer of a broker PUBLISH: (QoS, origin); `None` when its
+/// payload is too short to carry one (a retained message cleared with a
+/// zero-byte publish goes without).
+pub(crate) fn trailer_of(frame: &[u8]) -> Option<(u8, u64)> {
+    trailer_offsets(frame)?;
+    read_trailer(&frame[frame.len() - TRAILER..])
+}
+
+/// Reads a trailer: (QoS, origin).
+pub(crate) fn read_trailer(t: &[u8]) -> Option<(u8, u64)> {
+    let t: &[u8; TRAILER] = t.try_into().ok()?;
+    let mut origin = [0u8; 8];
+    origin.copy_from_slice(&t[1..]);
+    Some((t[0], u64::from_be_bytes(origin)))
+}
+
+/// A PUBLISH frame at `qos` with `trailer` appended to its payload (which
+/// ends the frame); a QoS 2 publish goes on at QoS 1.
+pub(crate) fn publish_with_trailer(frame: &[u8], qos: u8, trailer: &[u8]) -> Bytes {
+    let at = body_start(frame);
+    let mut out = BytesMut::with_capacity(frame.len() + trailer.len() + 2);
+    out.extend_from_slice(&[(frame[0] & !0x06) | (qos.min(1) << 1)]);
+    put_remaining_length(&mut out, frame.len() - at + trailer.len());
+    out.extend_from_slice(&frame[at..]);
+    out.extend_from_slice(trailer);
+    out.freeze()
+}
+
+/// A CONNECT frame whose will payload (its last `payload.len()` bytes end
+/// at `will_end`) gets `trailer` appended, so that the broker publishes
+/// the will with it.
+pub(crate) fn connect_with_will_trailer(
+    frame: &[u8],
+    will_end: usize,
+    payload_len: usize,
+    trailer: &[u8],
+) -> Bytes {
+    let at = body_start(frame);
+    let len_at = will_end - payload_len - 2;
+    let mut out = BytesMut::with_capacity(frame.len() + trailer.len() + 2);
+    out.extend_from_slice(&frame[..1]);
+    put_remaining_length(&mut out, frame.len() - at + trailer.len());
+    out.extend_from_slice(&frame[at..len_at]);
+    out.extend_from_slice(&((payload_len + trailer.len()) as u16).to_be_bytes());
+    out.extend_from_slice(&frame[len_at + 2..will_end]);
+    out.extend_from_slice(trailer);
+    out.extend_from_slice(&frame[will_end..]);
+    out.freeze()
+}
+
+/// A PUBLISH from the broker without the trailer of its payload, re-framed
+/// at `qos` (a packet id is kept when there was one, 0 when one is added,
+/// dropped at QoS 0 with the DUP flag), and the trailer. `None` when the
+/// frame is shorter than a trailer.
+pub(crate) fn strip_trailer(frame: &[u8], qos: u8) -> Option<(BytesMut, &[u8])> {
+    let (at, topic_end, rest_at) = trailer_offsets(frame)?;
+    let old_qos = (frame[0] >> 1) & 0x03;
+    let (rest, trailer) = frame[rest_at..].split_at(frame.len() - rest_at - TRAILER);
+    let pkid: &[u8] = match (qos, old_qos) {
+        (0, _) => &[],
+        (_, 0) => &[0, 0],
+        _ => &frame[topic_end..topic_end + 2],
+    };
+    let len = topic_end - at + pkid.len() + rest.len();
+    let mut out = BytesMut::with_capacity(len + 5);
+    let dup = if qos == 0 { 0 } else { frame[0] & 0x08 };
+    out.extend_from_slice(&[(frame[0] & 0xF1) | dup | (qos << 1)]);
+    put_remaining_length(&mut out, len);
+    out.extend_from_slice(&frame[at..topic_end]);
+    out.extend_from_slice(pkid);
+    out.extend_from_slice(rest);
+    Some((out, trailer))
 }
 
 /// Packet identifier of a PUBACK, PUBREC, PUBREL or PUBCOMP.
@@ -372,7 +475,9 @@ pub(crate) fn subscribe(frame: &Bytes, level: u8) -> Result<Subscribe, PacketErr
 }
 
 impl Subscribe {
-    /// The SUBSCRIBE again with only the filters whose `keep` is true.
+    /// The SUBSCRIBE again with only the filters whose `keep` is true,
+    /// each asking for QoS 1 at most (sluice grants live subscribers QoS 1
+    /// at most: it completes QoS 2 itself and passes publishes on at QoS 1).
     pub(crate) fn encode_kept(&self, keep: &[bool], out: &mut BytesMut) {
         let kept = || self.filters.iter().zip(keep).filter(|(_, k)| **k).map(|(f, _)| f);
         let len = 2 + self.props.len() + kept().map(|(f, _)| 3 + f.len()).sum::<usize>();
@@ -383,7 +488,7 @@ impl Subscribe {
         for (filter, options) in kept() {
             out.extend_from_slice(&(filter.len() as u16).to_be_bytes());
             out.extend_from_slice(filter);
-            out.extend_from_slice(&[*options]);
+            out.extend_from_slice(&[(options & !0x03) | (options & 0x03).min(1)]);
         }
     }
 }
@@ -583,6 +688,59 @@ mod tests {
     }
 
     #[test]
+    fn trailers_go_on_and_come_off_with_the_qos_changed() {
+        let t = trailer(2, 0x0102_0304_0506_0708);
+        assert_eq!(read_trailer(&t), Some((2, 0x0102_0304_0506_0708)));
+        for (qos, pkid) in [(0u8, 0u16), (1, 7), (2, 9)] {
+            let f = publish_frame(qos, b"a/b", pkid, None, b"payload");
+            let with = publish_with_trailer(&f, qos, &t);
+            let p = publish(&with, 4).expect("valid");
+            assert_eq!(p.qos, qos.min(1), "QoS 2 goes on at QoS 1");
+            assert_eq!(&p.payload[..], &[&b"payload"[..], &t].concat()[..]);
+            for to in [0u8, 1, 2] {
+                let (back, got) = strip_trailer(&with, to).expect("has a trailer");
+                assert_eq!(got, &t[..]);
+                let back = back.freeze();
+                let p = publish(&back, 4).expect("valid");
+                let want_pkid = match (to, qos.min(1)) {
+                    (0, _) | (_, 0) => 0,
+                    _ => pkid,
+                };
+                assert_eq!(
+                    (p.qos, &p.topic[..], p.pkid, &p.payload[..]),
+                    (to, &b"a/b"[..], want_pkid, &b"payload"[..])
+                );
+            }
+        }
+        assert!(strip_trailer(&publish_frame(0, b"t", 0, None, b"short"), 0).is_none());
+        assert_eq!(
+            trailer_of(&publish_frame(1, b"a/long/topic", 3, None, b"")),
+            None,
+            "no payload, no trailer"
+        );
+        assert_eq!(
+            trailer_of(&publish_with_trailer(&publish_frame(1, b"t", 3, None, b""), 1, &t)),
+            Some((2, 0x0102_0304_0506_0708))
+        );
+        // The will payload of a CONNECT gets the trailer.
+        let body = [
+            &prefixed(b"MQTT")[..],
+            &[4, 0x06, 0, 60],
+            &prefixed(b"cid"),
+            &prefixed(b"w/t"),
+            &prefixed(b"bye"),
+        ]
+        .concat();
+        let f = Bytes::from(frame(0x10, &body));
+        let c = connect(&f).expect("valid");
+        let will = c.will.expect("a will");
+        let with = connect_with_will_trailer(&f, will.end, will.payload.len(), &t);
+        let c2 = connect(&with).expect("valid");
+        assert_eq!(&c2.will.expect("a will").payload[..], &[&b"bye"[..], &t].concat()[..]);
+        assert_eq!(c2.client_id, "cid");
+    }
+
+    #[test]
     fn unsuback_answers_every_filter_of_an_unsubscribe() {
         let body = [&[0x12, 0x34][..], &prefixed(b"a/#"), &prefixed(b"b")].concat();
         let v4 = unsubscribe(&Bytes::from(frame(0xA2, &body)), 4).expect("valid");
@@ -653,7 +811,10 @@ mod tests {
                 let _ = connect(&f);
                 if f.len() > 1 && kind_of(&f) == kind::PUBLISH {
                     let _ = publish(&f, level);
+                    let _ = trailer_of(&f);
+                    let _ = strip_trailer(&f, level % 2);
                 }
+                let _ = unsubscribe(&f, level);
                 let _ = pkid_of(&f);
                 let _ = connack_code(&f);
             }
