@@ -51,6 +51,9 @@ fn secrets(cfg: &mut Config) -> Vec<Secret<'_>> {
             file: u.password_hash_file.as_deref(),
         });
     }
+    for (field, value, file) in crate::kafka_auth::secrets(&mut cfg.kafka.users) {
+        out.push(Secret { field, value, file });
+    }
     for (i, t) in cfg.http.tokens.iter_mut().enumerate() {
         let file = t.token_file.as_deref();
         if t.token.is_none() && file.is_none() {

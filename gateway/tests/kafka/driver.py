@@ -26,6 +26,11 @@ gateway/tests/kafka_listener.rs. Every command prints JSON lines on stdout.
   http-group-bench --http HOST:PORT --count N --group G   the same read
            through sluice's HTTP group fetch and commit (for comparison)
 
+With --sasl, client errors (error_cb) are printed as {"client_error",
+"code"} lines.
+Options --ca/--cert/--cert-key (TLS) and --sasl/--user/--password (SASL)
+apply to every command.
+
 Exit status 0 on success, 1 on a timeout, 2 on a client error.
 """
 
@@ -48,15 +53,26 @@ def text(b):
     return None if b is None else b.decode("utf-8", "replace")
 
 
+def client_error(err):
+    """librdkafka's error callback: each error as a JSON line (the tests
+    read SASL failures from here)."""
+    out({"client_error": str(err), "code": err.name()})
+
+
 def security(args):
     """TLS settings when --ca is given (the listener's CA), with a client
-    certificate when --cert/--cert-key are."""
-    if not args.ca:
-        return {}
-    conf = {"security.protocol": "SSL", "ssl.ca.location": args.ca,
-            "ssl.endpoint.identification.algorithm": "none"}
+    certificate when --cert/--cert-key are; SASL with --sasl MECHANISM
+    --user U --password P (SASL_PLAINTEXT, or SASL_SSL with --ca)."""
+    conf = {}
+    if args.ca:
+        conf.update({"security.protocol": "SSL", "ssl.ca.location": args.ca,
+                     "ssl.endpoint.identification.algorithm": "none"})
     if args.cert:
         conf.update({"ssl.certificate.location": args.cert, "ssl.key.location": args.cert_key})
+    if args.sasl:
+        conf.update({"security.protocol": "SASL_SSL" if args.ca else "SASL_PLAINTEXT",
+                     "sasl.mechanism": args.sasl, "sasl.username": args.user,
+                     "sasl.password": args.password, "error_cb": client_error})
     return conf
 
 
@@ -157,7 +173,7 @@ def member(args):
 
 
 def admin(args):
-    a = AdminClient({"bootstrap.servers": args.bootstrap})
+    a = AdminClient({"bootstrap.servers": args.bootstrap, **security(args)})
     if args.topic:
         futures = a.create_topics([NewTopic(args.topic, args.partitions, 1)], request_timeout=args.timeout)
         for topic, f in futures.items():
@@ -285,6 +301,9 @@ def main():
     ap.add_argument("--ca")
     ap.add_argument("--cert")
     ap.add_argument("--cert-key")
+    ap.add_argument("--sasl", help="SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    ap.add_argument("--user")
+    ap.add_argument("--password")
     ap.add_argument("--timeout", type=float, default=60)
     args = ap.parse_args()
     commands = {"produce": produce, "consume": consume, "member": member, "admin": admin, "bench": bench,
