@@ -1074,3 +1074,98 @@ async fn sasl_over_tls() {
         "{lines:?}"
     );
 }
+
+/// ApiVersions on a fresh connection; `None` when sluice closes it first
+/// (refused at accept).
+fn try_api_versions(addr: &str) -> Option<(Raw, ApiVersionsResponse)> {
+    let mut raw = Raw::connect(addr);
+    raw.0.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.send(ApiKey::ApiVersions, 0, 1, &ApiVersionsRequest::default());
+    let mut body = raw.recv()?;
+    assert_eq!(body.get_i32(), 1);
+    let v = ApiVersionsResponse::decode(&mut body, 0).unwrap();
+    Some((raw, v))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_is_closed_after_the_write_timeout_and_idle_ones_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config("max_connections = 1\nwrite_timeout = \"1s\"\nidle_timeout = \"2s\"\n");
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    // 4 MiB of records, so that fetch answers fill the socket buffers.
+    let blob = "x".repeat(64 * 1024);
+    for _ in 0..4 {
+        let records: Vec<Value> = (0..16).map(|_| json!({ "value": blob })).collect();
+        let (status, body) = gw.post_json("/v1/topics/big/records", &json!({ "records": records })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let (_, body) = gw.get_json("/v1/topics/big/partitions/0/records?offset=0&max_records=1").await;
+        if body["high_watermark"] == 64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the records never became readable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = addr.clone();
+    let (stuck_for, probe) = tokio::task::spawn_blocking(move || {
+        // Admitted (answered) first: the slot is its.
+        let (stuck, _) = (0..50)
+            .find_map(|_| {
+                try_api_versions(&a).or_else(|| {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                })
+            })
+            .expect("a free slot");
+        let fetch = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(8 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("big")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(8 << 20)])]);
+        // Requests for ~800 MiB of answers (more than any socket buffers
+        // hold); not one byte is read back. sluice stops reading requests
+        // once 16 wait, so the last sends may block: a thread does them.
+        let mut sender = Raw(stuck.0.try_clone().unwrap());
+        let send = std::thread::spawn(move || {
+            for corr in 0..200 {
+                sender.send(ApiKey::Fetch, 12, corr, &fetch);
+            }
+        });
+        let start = Instant::now();
+        // The only slot is taken: others are closed at accept until the
+        // write timeout frees it.
+        loop {
+            if let Some(probe) = try_api_versions(&a) {
+                let _ = send.join();
+                return (start.elapsed(), (stuck, probe));
+            }
+            assert!(start.elapsed() < GUARD, "the slot was never freed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(stuck_for >= Duration::from_millis(900), "freed after {stuck_for:?}, before the write timeout");
+    assert_eq!(gw.metric("sluice_kafka_connections_closed_total{reason=\"write_timeout\"}").await, 1);
+    assert!(gw.metric("sluice_kafka_connections_refused_total").await >= 1);
+    // The probe connection now sends nothing: closed after idle_timeout.
+    let (_stuck, (mut probe, v)) = probe;
+    assert_eq!(v.error_code, 0);
+    let idle = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        assert!(probe.recv().is_none(), "closed by sluice");
+        start.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(idle >= Duration::from_millis(1500) && idle < GUARD, "idle close after {idle:?}");
+    assert_eq!(gw.metric("sluice_kafka_connections_closed_total{reason=\"idle\"}").await, 1);
+}

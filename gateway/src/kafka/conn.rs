@@ -82,10 +82,7 @@ where
         end = &mut writer => {
             // The writer gave up (write timeout or a broken socket): the
             // read half goes with this future, the slot with `_admitted`.
-            if matches!(end, Ok(WriteEnd::TimedOut)) {
-                KafkaStats::count(&stats.write_timeouts);
-                tracing::warn!(%peer, timeout = ?broker.write_timeout, "Kafka client does not read its responses: closing the connection (kafka.write_timeout)");
-            }
+            writer_ended(&broker, peer, end.ok());
             return;
         }
         _ = shutdown.wait_for(|s| *s) => Ok(()),
@@ -109,9 +106,25 @@ where
     // Answers to requests already read are still sent, within the write
     // timeout.
     drop(tx);
-    if tokio::time::timeout(broker.write_timeout, &mut writer).await.is_err() {
-        writer.abort();
-        KafkaStats::count(&stats.write_timeouts);
+    match tokio::time::timeout(broker.write_timeout, &mut writer).await {
+        Ok(end) => writer_ended(&broker, peer, end.ok()),
+        Err(_) => {
+            writer.abort();
+            writer_ended(&broker, peer, Some(WriteEnd::TimedOut));
+        }
+    }
+}
+
+/// Counts and logs a writer that gave up on a client that does not read
+/// (which may also have ended the reader: its answers had nowhere to go).
+fn writer_ended(broker: &Broker, peer: SocketAddr, end: Option<WriteEnd>) {
+    if matches!(end, Some(WriteEnd::TimedOut)) {
+        KafkaStats::count(&broker.stats.write_timeouts);
+        tracing::warn!(
+            %peer,
+            timeout = ?broker.write_timeout,
+            "Kafka client does not read its responses: closing the connection (kafka.write_timeout)"
+        );
     }
 }
 
