@@ -1169,3 +1169,40 @@ async fn a_client_that_never_reads_is_closed_after_the_write_timeout_and_idle_on
     assert!(idle >= Duration::from_millis(1500) && idle < GUARD, "idle close after {idle:?}");
     assert_eq!(gw.metric("sluice_kafka_connections_closed_total{reason=\"idle\"}").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn describe_configs_shows_sluice_settings_under_kafka_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}[store]\nsegment_bytes = \"8MiB\"\n{}\
+         [[topic]]\nname = \"kept\"\nservice = \"alarms\"\npartitions = 2\n\
+         retention = {{ max_age = \"7d\", max_bytes = \"1GiB\" }}\n",
+        config("max_request = \"2MiB\"\nidle_timeout = \"5m\"\n"),
+        common::service_topics(&[("alarms", "express = true\ndurability = \"sync\"\nweight = 7")]),
+    );
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    let (lines, status) = driver(&addr, &["describe-configs", "--topics", "kept,alarms,nope"]).await;
+    assert_eq!(status, 0, "{lines:?}");
+    let find = |name: &str| {
+        lines.iter().find(|l| l["resource"] == name).unwrap_or_else(|| panic!("{name}: {lines:?}"))
+    };
+    let kept = &find("kept")["configs"];
+    assert_eq!(kept["retention.ms"], (7 * 86_400_000i64).to_string());
+    assert_eq!(kept["retention.bytes"], (1i64 << 29).to_string(), "1GiB over 2 partitions, per partition");
+    assert_eq!(kept["segment.bytes"], (8i64 << 20).to_string());
+    assert_eq!(kept["max.message.bytes"], (2i64 << 20).to_string());
+    assert_eq!(kept["cleanup.policy"], "delete");
+    assert_eq!(kept["sluice.service"], "alarms");
+    assert_eq!(kept["sluice.durability"], "sync");
+    assert_eq!(kept["sluice.express"], "true");
+    assert_eq!(kept["sluice.weight"], "7");
+    assert_eq!(find("kept")["read_only"], json!([true]));
+    assert_eq!(find("alarms")["configs"]["retention.ms"], "-1", "no retention configured");
+    assert!(find("nope")["error"].as_str().unwrap().contains("UNKNOWN_TOPIC_OR_PART"), "{lines:?}");
+    let broker = &find("0")["configs"];
+    assert_eq!(broker["connections.max.idle.ms"], "300000");
+    assert_eq!(broker["message.max.bytes"], (2i64 << 20).to_string());
+    assert_eq!(broker["auto.create.topics.enable"], "true");
+    assert_eq!(broker["log.segment.bytes"], (8i64 << 20).to_string());
+}

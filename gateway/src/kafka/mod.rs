@@ -9,6 +9,7 @@
 //! - [`versions`]: the APIs and versions served (ApiVersions), and the
 //!   dispatch of a request to its handler.
 //! - [`metadata`]: Metadata and FindCoordinator (a one-broker cluster).
+//! - [`configs`]: DescribeConfigs (sluice's settings under Kafka's names).
 //! - [`produce`]: Produce through the services' ingest path (priority,
 //!   rate and pending limits, durability).
 //! - [`fetch`]: Fetch (long-poll, the byte budget filled in priority
@@ -24,6 +25,7 @@
 //!   store's group offsets (the same ones HTTP groups use).
 
 mod auth;
+mod configs;
 mod conn;
 mod fetch;
 mod group;

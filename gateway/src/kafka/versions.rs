@@ -3,7 +3,7 @@
 //! advertised.
 
 use super::auth::Access;
-use super::{fetch, group_api, metadata, produce, Broker};
+use super::{configs, fetch, group_api, metadata, produce, Broker};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
@@ -31,6 +31,7 @@ pub(super) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
 ];
@@ -142,6 +143,9 @@ pub(super) async fn dispatch(
         ApiKey::ListGroups => ready(corr, v, group_api::list_groups(broker, decode(body, v)?, v)),
         ApiKey::CreateTopics => ready(corr, v, metadata::create_topics(broker, decode(body, v)?, v, &access)),
         ApiKey::InitProducerId => ready(corr, v, produce::init_producer_id(broker, decode(body, v)?)),
+        ApiKey::DescribeConfigs => {
+            ready(corr, v, configs::describe_configs(broker, decode(body, v)?, v, &access))
+        }
         other => anyhow::bail!("API {other:?} is not served"),
     })
 }
@@ -171,6 +175,7 @@ mod tests {
                 ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
                 ApiKey::CreateTopics => CreateTopicsRequest::VERSIONS,
                 ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
+                ApiKey::DescribeConfigs => DescribeConfigsRequest::VERSIONS,
                 ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS,
                 ApiKey::SaslAuthenticate => SaslAuthenticateRequest::VERSIONS,
                 other => panic!("{other:?} advertised but not checked here"),

@@ -20,6 +20,9 @@ gateway/tests/kafka_listener.rs. Every command prints JSON lines on stdout.
            {"records", "seconds", "per_sec"}
   consume-bench --count N --group G   a consumer group reading N records
            from the earliest offset: {"records", "seconds", "per_sec"}
+  describe-configs --topics a,b   AdminClient.describe_configs of each topic
+           and broker 0: {"resource", "type", "configs": {name: value},
+           "read_only"} or {"resource", "type", "error"}
   latency  --count N   N records one at a time (acks=all, linger 0), each
            after the previous one's acknowledgement, 10 ms apart:
            {"records", "p50_ms", "p99_ms", "max_ms"}
@@ -41,7 +44,7 @@ import sys
 import time
 
 from confluent_kafka import Consumer, KafkaError, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 
 def out(obj):
@@ -191,6 +194,23 @@ def admin(args):
     return 0
 
 
+def describe_configs(args):
+    """DescribeConfigs of each --topics entry and of broker 0."""
+    a = AdminClient({"bootstrap.servers": args.bootstrap, **security(args)})
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in args.topics.split(",")]
+    resources.append(ConfigResource(ResourceType.BROKER, "0"))
+    for res, f in a.describe_configs(resources, request_timeout=args.timeout).items():
+        kind = "broker" if res.restype == ResourceType.BROKER else "topic"
+        try:
+            entries = f.result()
+            out({"resource": res.name, "type": kind,
+                 "configs": {n: e.value for n, e in entries.items()},
+                 "read_only": sorted({e.is_read_only for e in entries.values()})})
+        except Exception as e:  # the test checks what failed
+            out({"resource": res.name, "type": kind, "error": str(e)})
+    return 0
+
+
 def latency(args):
     p = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 0, **security(args)})
     took = []
@@ -282,7 +302,7 @@ def bench(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["produce", "consume", "member", "admin", "bench", "consume-bench",
-                                        "http-group-bench", "latency"])
+                                        "http-group-bench", "latency", "describe-configs"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic")
     ap.add_argument("--topics")
@@ -307,7 +327,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=60)
     args = ap.parse_args()
     commands = {"produce": produce, "consume": consume, "member": member, "admin": admin, "bench": bench,
-                "consume-bench": consume_bench, "http-group-bench": http_group_bench, "latency": latency}
+                "consume-bench": consume_bench, "http-group-bench": http_group_bench, "latency": latency,
+                "describe-configs": describe_configs}
     return commands[args.command](args)
 
 
