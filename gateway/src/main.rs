@@ -42,7 +42,7 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
-    /// Hash a password for `[[mqtt.users]]` (argon2id). Reads it from the
+    /// Hash a password for `[[mqtt.users]]` or `[[kafka.users]]` (argon2id). Reads it from the
     /// terminal without echo, or one line from standard input when that is
     /// not a terminal; never from the command line, which `ps` shows.
     HashPassword,
