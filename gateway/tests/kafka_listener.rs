@@ -1206,3 +1206,38 @@ async fn describe_configs_shows_sluice_settings_under_kafka_names() {
     assert_eq!(broker["auto.create.topics.enable"], "true");
     assert_eq!(broker["log.segment.bytes"], (8i64 << 20).to_string());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_header_names_keep_every_value_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config(""))).await;
+    let addr = kafka_addr(&gw);
+    let produce = [
+        "produce", "--topic", "hdr", "--acks", "all", "--header", "h=1", "--header", "g=x", "--header", "h=2",
+    ];
+    let (lines, status) = driver(&addr, &produce).await;
+    assert_eq!(status, 0, "{lines:?}");
+    // Over HTTP: the simple form keeps the last value, header_list all of them.
+    let recs = http_values(&gw, "hdr", 0).await;
+    assert_eq!(recs[0]["headers"], json!({"g": "x", "h": "2"}));
+    assert_eq!(
+        recs[0]["header_list"],
+        json!([{"name": "h", "value": "1"}, {"name": "g", "value": "x"}, {"name": "h", "value": "2"}])
+    );
+    // Over Kafka: a consumer gets them all, in order.
+    let (lines, status) = driver(&addr, &["consume", "--topic", "hdr", "--count", "1"]).await;
+    assert_eq!(status, 0, "{lines:?}");
+    assert_eq!(lines[0]["headers"], json!([["h", "1"], ["g", "x"], ["h", "2"]]));
+    // And an HTTP producer's repeated and binary headers reach Kafka consumers.
+    let body = json!({"records": [{"value": "v", "header_list": [{"name": "b", "value_b64": "AP8="}, {"name": "b", "value": "t"}]}]});
+    let (status, body) = gw.post_json("/v1/topics/hdr/records", &body).await;
+    assert_eq!(status, 200, "{body}");
+    gw.settle("hdr").await;
+    let (lines, status) = driver(&addr, &["consume", "--topic", "hdr", "--count", "2"]).await;
+    assert_eq!(status, 0, "{lines:?}");
+    assert_eq!(
+        lines[1]["headers"],
+        json!([["b", "\u{0}\u{fffd}"], ["b", "t"]]),
+        "binary value shown lossily by the driver"
+    );
+}

@@ -14,7 +14,8 @@
 //!   rate and pending limits, durability).
 //! - [`fetch`]: Fetch (long-poll, the byte budget filled in priority
 //!   order) and ListOffsets.
-//! - [`records`]: RecordBatch <-> sluice records.
+//! - [`records`]: RecordBatch <-> sluice records; [`batch`]: the parts of
+//!   the format sluice writes itself (headers with repeated names).
 //! - [`idempotence`]: producer ids and sequence numbers (retries keep
 //!   their offsets).
 //! - [`group`]: the classic group protocol's state machine (join, sync,
@@ -25,6 +26,7 @@
 //!   store's group offsets (the same ones HTTP groups use).
 
 mod auth;
+mod batch;
 mod configs;
 mod conn;
 mod fetch;
