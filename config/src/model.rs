@@ -257,8 +257,9 @@ pub struct KafkaConfig {
     /// `[[kafka.users]]`: SASL users, their credentials and topics.
     /// Default none.
     pub users: Vec<crate::KafkaUser>,
-    /// A connection without a request for this long is closed (counted),
-    /// as Kafka's `connections.max.idle.ms`. Default 10m, 1ms to 1h.
+    /// A connection without a request for this long, and no answer owed
+    /// (a long-polling fetch is not idle), is closed (counted), as Kafka's
+    /// `connections.max.idle.ms`. Default 10m, 1ms to 1h.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub idle_timeout: Duration,
     /// A client that does not take a response within this long is closed

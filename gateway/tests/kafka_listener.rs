@@ -861,6 +861,7 @@ async fn sasl_plain_and_scram_produce_and_consume_and_bad_passwords_are_refused(
     .await;
     assert_ne!(status, 0, "unknown user: {lines:?}");
     assert!(gw.metric("sluice_kafka_sasl_authentications_total{result=\"failed\"}").await >= 3);
+    gw.settle("t-plain").await;
     assert_eq!(http_values(&gw, "t-plain", 0).await.len(), 3, "nothing stored by refused clients");
 }
 
@@ -944,6 +945,7 @@ async fn sasl_requires_authentication_first_and_kcat_authenticates() {
     };
     let produced = kcat(&["-P"], "one\ntwo\n").await.unwrap();
     assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    gw.settle("k").await;
     let consumed = kcat(&["-C", "-o", "beginning", "-c", "2", "-e", "-f", "%s\n"], "").await.unwrap();
     assert!(consumed.status.success(), "{}", String::from_utf8_lossy(&consumed.stderr));
     assert_eq!(String::from_utf8(consumed.stdout).unwrap(), "one\ntwo\n");
@@ -988,6 +990,8 @@ async fn sasl_users_topics_are_enforced_and_reload_without_dropping_connections(
     let (lines, status) = driver(&addr, &consume).await;
     assert_ne!(status, 0, "{lines:?}");
     assert!(gw.metric("sluice_kafka_not_authorized_total").await >= 2);
+    gw.settle("plant.temp").await;
+    gw.settle("secret").await;
     assert_eq!(http_values(&gw, "plant.temp", 0).await.len(), 2);
     assert_eq!(http_values(&gw, "secret", 0).await.len(), 1);
 
@@ -1218,6 +1222,7 @@ async fn repeated_header_names_keep_every_value_end_to_end() {
     let (lines, status) = driver(&addr, &produce).await;
     assert_eq!(status, 0, "{lines:?}");
     // Over HTTP: the simple form keeps the last value, header_list all of them.
+    gw.settle("hdr").await;
     let recs = http_values(&gw, "hdr", 0).await;
     assert_eq!(recs[0]["headers"], json!({"g": "x", "h": "2"}));
     assert_eq!(
@@ -1240,4 +1245,38 @@ async fn repeated_header_names_keep_every_value_end_to_end() {
         json!([["b", "\u{0}\u{fffd}"], ["b", "t"]]),
         "binary value shown lossily by the driver"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_longer_than_the_idle_timeout_keeps_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config("idle_timeout = \"300ms\"\n"))).await;
+    gw.produce("quiet", &[json!(1)]).await;
+    gw.settle("quiet").await;
+    let addr = kafka_addr(&gw);
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut raw = Raw::connect(&addr);
+        // At the end of the partition: the fetch waits its full max_wait_ms.
+        let fetch = FetchRequest::default()
+            .with_max_wait_ms(1500)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("quiet")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(1)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let start = Instant::now();
+        raw.send(ApiKey::Fetch, 12, 5, &fetch);
+        assert!(raw.recv().is_some(), "answered, not closed as idle");
+        let waited = start.elapsed();
+        // Then idle for real: closed.
+        assert!(raw.recv().is_none());
+        waited
+    })
+    .await
+    .unwrap();
+    assert!(waited >= Duration::from_millis(1400), "the fetch long-polled ({waited:?})");
+    assert_eq!(gw.metric("sluice_kafka_connections_closed_total{reason=\"idle\"}").await, 1);
 }

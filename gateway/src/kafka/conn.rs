@@ -17,7 +17,8 @@
 //! authenticated connection is checked against its user's topics as they
 //! are now (a reload applies at once; a removed user's connection closes).
 //!
-//! Timeouts: no request for `kafka.idle_timeout` closes the connection;
+//! Timeouts: no request for `kafka.idle_timeout`, with no answer owed,
+//! closes the connection;
 //! a client that takes no response bytes for `kafka.write_timeout` (it
 //! sends and never reads) is closed and its `max_connections` slot freed.
 
@@ -34,9 +35,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
 
 /// Requests read but not yet answered, per connection.
@@ -73,12 +75,14 @@ where
 {
     let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
-    let mut writer = tokio::spawn(write_loop(wr, rx, peer, broker.write_timeout));
+    // Answers read but not yet written (the idle timer waits for them).
+    let owed = Arc::new(AtomicUsize::new(0));
+    let mut writer = tokio::spawn(write_loop(wr, rx, peer, broker.write_timeout, owed.clone()));
     let mut shutdown = broker.shared.shutdown.clone();
     let mut session = Session::new(&broker);
     let stats = &broker.stats;
     let result = tokio::select! {
-        r = read_loop(&broker, rd, &tx, &mut session) => r,
+        r = read_loop(&broker, rd, &tx, &mut session, &owed) => r,
         end = &mut writer => {
             // The writer gave up (write timeout or a broken socket): the
             // read half goes with this future, the slot with `_admitted`.
@@ -164,10 +168,22 @@ async fn read_loop<R: AsyncRead + Unpin>(
     rd: R,
     tx: &mpsc::Sender<Reply>,
     session: &mut Session,
+    owed: &AtomicUsize,
 ) -> Result<(), Closed> {
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let idle = broker.idle_timeout;
     loop {
+        // Idle: nothing to read and no answer owed (a long-polling fetch
+        // keeps its connection). `fill_buf` loses nothing when timed out.
+        loop {
+            match tokio::time::timeout(idle, rd.fill_buf()).await {
+                Ok(Ok([])) => return Ok(()),
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) if owed.load(Ordering::Relaxed) > 0 => continue,
+                Err(_) => return Err(Closed::Idle(idle)),
+            }
+        }
         let len = match tokio::time::timeout(idle, rd.read_i32()).await {
             Err(_) => return Err(Closed::Idle(idle)),
             Ok(Ok(len)) => len,
@@ -194,6 +210,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             request(broker, session, buf.freeze()).await?
         };
         KafkaStats::count(&broker.stats.requests);
+        owed.fetch_add(1, Ordering::Relaxed);
         if tx.send(reply).await.is_err() {
             return Ok(());
         }
@@ -369,6 +386,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Reply>,
     peer: SocketAddr,
     timeout: Duration,
+    owed: Arc<AtomicUsize>,
 ) -> WriteEnd {
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let timed = |r: Result<std::io::Result<()>, tokio::time::error::Elapsed>| match r {
@@ -389,6 +407,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 return WriteEnd::Failed;
             }
         }
+        owed.fetch_sub(1, Ordering::Relaxed);
         // Flush once nothing else is ready, so pipelined answers share a write.
         if rx.is_empty() {
             if let Some(end) = timed(tokio::time::timeout(timeout, wr.flush()).await) {
