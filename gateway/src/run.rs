@@ -306,6 +306,13 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
         }
     }
     #[cfg(feature = "kafka-listener")]
+    if shared.kafka_accounts.get().is_none()
+        && !new.kafka.sasl.is_empty()
+        && shared.config.kafka.listen.is_some()
+    {
+        tracing::error!("kafka.sasl: turning SASL on needs a restart; the Kafka listener stays without SASL");
+    }
+    #[cfg(feature = "kafka-listener")]
     if let Some(accounts) = shared.kafka_accounts.get() {
         match accounts.reload(&new.kafka) {
             Ok(r) if r == crate::mqtt::auth::UsersReloaded::default() => {}

@@ -219,3 +219,44 @@ impl Accounts {
         Ok(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(users: &str) -> KafkaConfig {
+        let hash = crate::mqtt::auth::hash_password("pw").expect("hash");
+        let cred = sasl::derive_credential(ScramHash::Sha256, "pw", b"salty".to_vec(), 4096);
+        let text = format!(
+            "[kafka]\nlisten = \"127.0.0.1:0\"\nsasl = [\"PLAIN\", \"SCRAM-SHA-256\"]\n\
+             [[kafka.users]]\nname = \"a\"\npassword_hash = \"{hash}\"\nscram_sha_256 = \"{cred}\"\n{users}"
+        );
+        sluice_config::Config::from_toml_str(&text).expect("config").kafka
+    }
+
+    #[tokio::test]
+    async fn plain_checks_argon2_or_scram_and_reload_replaces_users() {
+        let scram_only = sasl::derive_credential(ScramHash::Sha256, "pw-b", b"salt-b".to_vec(), 4096);
+        let cfg = kafka(&format!(
+            "[[kafka.users]]\nname = \"b\"\nscram_sha_256 = \"{scram_only}\"\nproduce = []\n"
+        ));
+        let accounts = Accounts::new(&cfg).expect("SASL on");
+        assert!(accounts.offered("SCRAM-SHA-256").is_some() && accounts.offered("SCRAM-SHA-512").is_none());
+        assert!(accounts.check_plain("a", "pw").await.is_some(), "argon2id");
+        assert!(accounts.check_plain("a", "pw").await.is_some(), "cached");
+        assert!(accounts.check_plain("a", "bad").await.is_none());
+        let b = accounts.check_plain("b", "pw-b").await.expect("PLAIN against SCRAM credentials");
+        assert!(!b.access.may_produce("x") && b.access.may_consume("x"));
+        assert!(accounts.check_plain("nobody", "pw").await.is_none());
+        // b removed, c added, a unchanged.
+        let r = accounts
+            .reload(&kafka("[[kafka.users]]\nname = \"c\"\npassword_hash_file = \"x\"\n"))
+            .expect("reloads");
+        assert_eq!((r.added, r.removed, r.changed), (1, 1, 1), "a's hash is new (fresh salt)");
+        assert!(accounts.get("b").is_none() && accounts.get("c").is_some());
+        let mut other = cfg.clone();
+        other.sasl = vec!["PLAIN".into()];
+        assert!(accounts.reload(&other).expect_err("mechanisms changed").contains("needs a restart"));
+        assert!(accounts.get("c").is_some(), "the users in force stay");
+    }
+}
