@@ -55,6 +55,7 @@
 mod duration;
 mod error;
 mod items;
+mod kafka_auth;
 mod locate;
 mod model;
 mod names;
@@ -73,6 +74,9 @@ pub use error::{ConfigError, FieldError};
 pub use items::{
     Compression, Durability, ListenerTls, OnFull, RetentionConfig, RouteConfig, SaslMechanism, ServiceConfig,
     TopicConfig, UplinkBudget, UplinkConfig, UplinkKind, UplinkSasl, UplinkTls,
+};
+pub use kafka_auth::{
+    topic_pattern_matches, KafkaUser, ScramCredential, ScramHash, MIN_SCRAM_ITERATIONS, SASL_MECHANISMS,
 };
 pub use model::{
     Config, HttpConfig, KafkaConfig, MqttConfig, NodeConfig, SchedulerConfig, SchedulerMode, StoreConfig,

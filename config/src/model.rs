@@ -247,8 +247,26 @@ pub struct KafkaConfig {
     /// Most concurrent Kafka connections. Default 1000.
     pub max_connections: u32,
     /// `[kafka.tls]`: serve the listener over TLS (Kafka's `SSL` security
-    /// protocol). Default none (plain TCP).
+    /// protocol; `SASL_SSL` with `sasl`). Default none (plain TCP).
     pub tls: Option<ListenerTls>,
+    /// SASL mechanisms offered: `"PLAIN"`, `"SCRAM-SHA-256"`,
+    /// `"SCRAM-SHA-512"`. Default `[]`: no SASL, every client is let in.
+    /// When set, a connection must authenticate as one of `users` before
+    /// anything but ApiVersions and SaslHandshake, or it is closed.
+    pub sasl: Vec<String>,
+    /// `[[kafka.users]]`: SASL users, their credentials and topics.
+    /// Default none.
+    pub users: Vec<crate::KafkaUser>,
+    /// A connection without a request for this long, and no answer owed
+    /// (a long-polling fetch is not idle), is closed (counted), as Kafka's
+    /// `connections.max.idle.ms`. Default 10m, 1ms to 1h.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// A client that does not take a response within this long is closed
+    /// (counted) and its `max_connections` slot freed. Default 30s, 1ms
+    /// to 1h.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub write_timeout: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -259,6 +277,10 @@ impl Default for KafkaConfig {
             max_request: ByteSize::mib(16),
             max_connections: 1000,
             tls: None,
+            sasl: Vec::new(),
+            users: Vec::new(),
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Secrets kept out of the configuration file: the `*_file` fields.
 //!
-//! Three secrets can sit inline in the file: an uplink's SASL `password`,
-//! an HTTP `token` and an MQTT user's `password_hash`. Each has a `*_file`
-//! twin (`password_file`, `token_file`, `password_hash_file`) naming a file
+//! These secrets can sit inline in the file: an uplink's SASL `password`,
+//! an HTTP `token`, an MQTT user's `password_hash`, and a Kafka user's
+//! `password_hash`, `scram_sha_256` and `scram_sha_512`. Each has a `*_file`
+//! twin (`password_file`, `token_file`, `password_hash_file`, ...) naming a file
 //! that holds it instead, so the configuration itself holds nothing secret
 //! and may be readable by the service's user.
 //!
@@ -50,6 +51,9 @@ fn secrets(cfg: &mut Config) -> Vec<Secret<'_>> {
             value: &mut u.password_hash,
             file: u.password_hash_file.as_deref(),
         });
+    }
+    for (field, value, file) in crate::kafka_auth::secrets(&mut cfg.kafka.users) {
+        out.push(Secret { field, value, file });
     }
     for (i, t) in cfg.http.tokens.iter_mut().enumerate() {
         let file = t.token_file.as_deref();

@@ -30,6 +30,7 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     v.uplinks(cfg);
     v.0.extend(crate::rules::problems(cfg));
     v.0.extend(crate::security::problems(cfg));
+    v.0.extend(crate::kafka_auth::problems(cfg));
     if v.0.is_empty() {
         Ok(())
     } else {
@@ -111,6 +112,8 @@ impl Problems {
         let kafka = &cfg.kafka;
         self.check("kafka.max_request", size_range(kafka.max_request, limits::KAFKA_REQUEST));
         self.check("kafka.max_connections", range(kafka.max_connections, limits::CONNECTIONS));
+        self.check("kafka.idle_timeout", dur_range(kafka.idle_timeout, limits::LISTENER_TIMEOUT));
+        self.check("kafka.write_timeout", dur_range(kafka.write_timeout, limits::LISTENER_TIMEOUT));
         self.listener_tls("kafka.tls", kafka.tls.as_ref());
         if let Some(adv) = &kafka.advertised {
             self.check("kafka.advertised", names::check_host_port(adv));

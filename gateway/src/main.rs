@@ -42,10 +42,22 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
-    /// Hash a password for `[[mqtt.users]]` (argon2id). Reads it from the
+    /// Hash a password for `[[mqtt.users]]` or `[[kafka.users]]` (argon2id). Reads it from the
     /// terminal without echo, or one line from standard input when that is
     /// not a terminal; never from the command line, which `ps` shows.
     HashPassword,
+    /// Derive SCRAM credentials for `[[kafka.users]]` (`scram_sha_256` or
+    /// `scram_sha_512`): salt, iterations, StoredKey and ServerKey, never
+    /// the password. Reads the password like `hash-password`.
+    #[cfg(feature = "kafka-listener")]
+    ScramCredential {
+        /// SCRAM-SHA-256 or SCRAM-SHA-512.
+        #[arg(long, default_value = "SCRAM-SHA-256")]
+        mechanism: String,
+        /// PBKDF2 iterations (at least 4096).
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+    },
     /// Edge rules (`[[rule]]`).
     #[cfg(feature = "rules")]
     Rule {
@@ -279,7 +291,36 @@ fn rule_test(rule: &str, input: &std::path::Path, config: &std::path::Path) -> a
     Ok(())
 }
 
+#[cfg(feature = "kafka-listener")]
+fn scram_credential(mechanism: &str, iterations: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let hash = match mechanism {
+        "SCRAM-SHA-256" => sluice_config::ScramHash::Sha256,
+        "SCRAM-SHA-512" => sluice_config::ScramHash::Sha512,
+        other => anyhow::bail!("--mechanism {other:?}: use SCRAM-SHA-256 or SCRAM-SHA-512"),
+    };
+    if iterations < sluice_config::MIN_SCRAM_ITERATIONS {
+        anyhow::bail!("--iterations {iterations}: use at least {}", sluice_config::MIN_SCRAM_ITERATIONS);
+    }
+    let password = read_password()?;
+    let salt = sluice_gateway::kafka::sasl::random_salt();
+    let credential = sluice_gateway::kafka::sasl::derive_credential(hash, &password, salt, iterations);
+    writeln!(std::io::stdout().lock(), "{credential}")?;
+    Ok(())
+}
+
 fn hash_password() -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let password = read_password()?;
+    let hash = sluice_gateway::mqtt::auth::hash_password(&password)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{hash}")?;
+    Ok(())
+}
+
+/// A password from the terminal (asked twice, without echo) or one line of
+/// standard input.
+fn read_password() -> anyhow::Result<String> {
     use std::io::{BufRead as _, IsTerminal as _, Write as _};
     let stdin = std::io::stdin();
     let tty = stdin.is_terminal();
@@ -313,10 +354,7 @@ fn hash_password() -> anyhow::Result<()> {
     if again != password {
         anyhow::bail!("the passwords do not match");
     }
-    let hash = sluice_gateway::mqtt::auth::hash_password(&password)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{hash}")?;
-    Ok(())
+    Ok(password)
 }
 
 fn main() -> ExitCode {
@@ -331,6 +369,8 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::HashPassword => hash_password(),
+        #[cfg(feature = "kafka-listener")]
+        Command::ScramCredential { mechanism, iterations } => scram_credential(&mechanism, iterations),
         #[cfg(feature = "rules")]
         Command::Rule { action: RuleCommand::Test { rule, input, config } } => {
             rule_test(&rule, &input, &config)

@@ -321,6 +321,33 @@ fn render_kafka(out: &mut Out, k: &crate::kafka::KafkaStats) {
         "Kafka produce requests delayed by a service's rate or pending limit",
     );
     out.sample("sluice_kafka_produce_throttled_total", &[], get(&k.throttled));
+    out.family(
+        "sluice_kafka_sasl_authentications_total",
+        "counter",
+        "Kafka SASL authentications, by result (failed: wrong password, unknown user, mechanism not offered)",
+    );
+    for (result, v) in [("ok", &k.sasl_authenticated), ("failed", &k.sasl_failed)] {
+        out.sample("sluice_kafka_sasl_authentications_total", &[("result", result)], get(v));
+    }
+    out.family(
+        "sluice_kafka_not_authorized_total",
+        "counter",
+        "Kafka topics refused TOPIC_AUTHORIZATION_FAILED (outside the user's produce or consume topics)",
+    );
+    out.sample("sluice_kafka_not_authorized_total", &[], get(&k.not_authorized));
+    out.family(
+        "sluice_kafka_connections_closed_total",
+        "counter",
+        "Kafka connections closed by sluice, by reason (unauthenticated: a request before SASL; idle: \
+         kafka.idle_timeout; write_timeout: the client did not read for kafka.write_timeout)",
+    );
+    for (reason, v) in [
+        ("unauthenticated", &k.unauthenticated),
+        ("idle", &k.idle_closed),
+        ("write_timeout", &k.write_timeouts),
+    ] {
+        out.sample("sluice_kafka_connections_closed_total", &[("reason", reason)], get(v));
+    }
 }
 
 fn render_listener(out: &mut Out, listener: Listener, stats: &crate::listener::ListenerStats) {

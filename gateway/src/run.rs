@@ -136,6 +136,8 @@ pub async fn run(
         http_connections: http_stats,
         #[cfg(feature = "kafka-listener")]
         kafka: Default::default(),
+        #[cfg(feature = "kafka-listener")]
+        kafka_accounts: std::sync::OnceLock::new(),
         commits: watch::channel(0).0,
         group_rounds: Default::default(),
         uplinks: std::sync::OnceLock::new(),
@@ -297,6 +299,29 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
                     removed = r.removed,
                     changed = r.changed,
                     "MQTT users reloaded"
+                );
+                changed += 1;
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+    #[cfg(feature = "kafka-listener")]
+    if shared.kafka_accounts.get().is_none()
+        && !new.kafka.sasl.is_empty()
+        && shared.config.kafka.listen.is_some()
+    {
+        tracing::error!("kafka.sasl: turning SASL on needs a restart; the Kafka listener stays without SASL");
+    }
+    #[cfg(feature = "kafka-listener")]
+    if let Some(accounts) = shared.kafka_accounts.get() {
+        match accounts.reload(&new.kafka) {
+            Ok(r) if r == crate::mqtt::auth::UsersReloaded::default() => {}
+            Ok(r) => {
+                tracing::info!(
+                    added = r.added,
+                    removed = r.removed,
+                    changed = r.changed,
+                    "Kafka users reloaded"
                 );
                 changed += 1;
             }

@@ -40,6 +40,10 @@ pub struct Inner {
     /// Counters of the Kafka listener.
     #[cfg(feature = "kafka-listener")]
     pub kafka: Arc<crate::kafka::KafkaStats>,
+    /// The Kafka listener's SASL users (set when it starts with
+    /// `kafka.sasl`; reloaded in place).
+    #[cfg(feature = "kafka-listener")]
+    pub kafka_accounts: std::sync::OnceLock<Arc<crate::kafka::Accounts>>,
     /// Bumped after every consumer-group commit.
     pub commits: watch::Sender<u64>,
     /// Where each consumer group stopped in the weighted rounds.

@@ -771,3 +771,512 @@ async fn list_offsets_finds_earliest_latest_and_by_timestamp() {
     .unwrap();
     assert_eq!(answers, [(0, 0), (0, 3), (0, 1), (0, -1)]);
 }
+
+/// Runs `sluice <command> [args]` with `password` on standard input; its
+/// one line of output.
+fn sluice_secret(command: &str, args: &[&str], password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg(command)
+        .args(args)
+        .env("SLUICE_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "sluice {command} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A `[[kafka.users]]` entry with PLAIN (argon2id) and both SCRAM
+/// credentials of `password`, made by the CLI.
+fn kafka_user(name: &str, password: &str, extra: &str) -> String {
+    let hash = sluice_secret("hash-password", &[], password);
+    let s256 = sluice_secret("scram-credential", &["--mechanism", "SCRAM-SHA-256"], password);
+    let s512 = sluice_secret(
+        "scram-credential",
+        &["--mechanism", "SCRAM-SHA-512", "--iterations", "8192"],
+        password,
+    );
+    assert!(s256.starts_with("SCRAM-SHA-256$4096:"), "{s256}");
+    assert!(s512.starts_with("SCRAM-SHA-512$8192:"), "{s512}");
+    format!(
+        "[[kafka.users]]\nname = {name:?}\npassword_hash = {hash:?}\nscram_sha_256 = {s256:?}\n\
+         scram_sha_512 = {s512:?}\n{extra}\n"
+    )
+}
+
+const SASL_ALL: &str = "sasl = [\"PLAIN\", \"SCRAM-SHA-256\", \"SCRAM-SHA-512\"]\n";
+
+fn sasl_args<'a>(mechanism: &'a str, user: &'a str, password: &'a str) -> [&'a str; 6] {
+    ["--sasl", mechanism, "--user", user, "--password", password]
+}
+
+/// Delivery lines of a driver run (without its client error lines).
+fn delivered(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|l| l.get("client_error").is_none()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_plain_and_scram_produce_and_consume_and_bad_passwords_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&format!("{SASL_ALL}{}", kafka_user("app", "app-secret", "")));
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let topic = format!("t-{}", mechanism.to_lowercase());
+        let sasl = sasl_args(mechanism, "app", "app-secret");
+        let produce = [&["produce", "--topic", &topic, "--count", "3", "--acks", "all"][..], &sasl].concat();
+        let (lines, status) = driver(&addr, &produce).await;
+        assert_eq!(status, 0, "{mechanism} produce: {lines:?}");
+        assert_eq!(delivered(&lines).len(), 3, "{lines:?}");
+        let consume = [&["consume", "--topic", &topic, "--count", "3"][..], &sasl].concat();
+        let (lines, status) = driver(&addr, &consume).await;
+        assert_eq!(status, 0, "{mechanism} consume: {lines:?}");
+        let values: Vec<&str> = delivered(&lines).iter().map(|l| l["value"].as_str().unwrap()).collect();
+        assert_eq!(values, ["v0", "v1", "v2"], "{mechanism}");
+    }
+    assert!(gw.metric("sluice_kafka_sasl_authentications_total{result=\"ok\"}").await >= 6);
+    // A wrong password: refused with SASL_AUTHENTICATION_FAILED and the reason.
+    for mechanism in ["PLAIN", "SCRAM-SHA-256"] {
+        let sasl = sasl_args(mechanism, "app", "wrong");
+        let args = [&["produce", "--topic", "t-plain", "--count", "1", "--timeout", "3"][..], &sasl].concat();
+        let (lines, status) = driver(&addr, &args).await;
+        assert_ne!(status, 0, "{lines:?}");
+        let errors: Vec<&str> = lines.iter().filter_map(|l| l["client_error"].as_str()).collect();
+        assert!(
+            errors.iter().any(|e| e.contains("SASL authentication error: Authentication failed")),
+            "{mechanism}: {errors:?}"
+        );
+    }
+    let (lines, status) = driver(
+        &addr,
+        &[
+            &["produce", "--topic", "t-plain", "--count", "1", "--timeout", "3"][..],
+            &sasl_args("PLAIN", "nobody", "x"),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_ne!(status, 0, "unknown user: {lines:?}");
+    assert!(gw.metric("sluice_kafka_sasl_authentications_total{result=\"failed\"}").await >= 3);
+    gw.settle("t-plain").await;
+    assert_eq!(http_values(&gw, "t-plain", 0).await.len(), 3, "nothing stored by refused clients");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_requires_authentication_first_and_kcat_authenticates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&format!("{SASL_ALL}{}", kafka_user("app", "app-secret", "")));
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    let a = addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut raw = Raw::connect(&a);
+        let v = raw.api_versions(3);
+        for key in [ApiKey::SaslHandshake, ApiKey::SaslAuthenticate] {
+            assert!(v.api_keys.iter().any(|k| k.api_key == key as i16), "{key:?} advertised");
+        }
+        // Metadata before authenticating: closed without an answer.
+        raw.send(ApiKey::Metadata, 12, 2, &MetadataRequest::default());
+        assert!(raw.recv().is_none(), "closed");
+        // A mechanism not offered: UNSUPPORTED_SASL_MECHANISM, listing those that are.
+        let mut raw = Raw::connect(&a);
+        let req = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("GSSAPI"));
+        raw.send(ApiKey::SaslHandshake, 1, 3, &req);
+        let mut body = raw.recv().expect("answered");
+        assert_eq!(body.get_i32(), 3);
+        let resp = SaslHandshakeResponse::decode(&mut body, 1).unwrap();
+        assert_eq!(resp.error_code, 33);
+        let names: Vec<&str> = resp.mechanisms.iter().map(|m| m.as_str()).collect();
+        assert_eq!(names, ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]);
+        assert!(raw.recv().is_none(), "closed after the answer");
+        // PLAIN by hand: the right password, then Metadata is served.
+        let mut raw = Raw::connect(&a);
+        let req = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        raw.send(ApiKey::SaslHandshake, 1, 4, &req);
+        raw.recv().expect("handshake answered");
+        let req =
+            SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0app\0app-secret"));
+        raw.send(ApiKey::SaslAuthenticate, 2, 5, &req);
+        let mut body = raw.recv().expect("authenticate answered");
+        assert_eq!(body.get_i32(), 5);
+        body.get_u8(); // (v2: the flexible header's tagged fields)
+        let resp = SaslAuthenticateResponse::decode(&mut body, 2).unwrap();
+        assert_eq!((resp.error_code, resp.error_message), (0, None));
+        raw.send(ApiKey::Metadata, 1, 6, &MetadataRequest::default());
+        assert!(raw.recv().is_some(), "served once authenticated");
+    })
+    .await
+    .unwrap();
+    assert_eq!(gw.metric("sluice_kafka_connections_closed_total{reason=\"unauthenticated\"}").await, 1);
+    // kcat (Debian's librdkafka) with SCRAM-SHA-512.
+    let kcat = |extra: &[&str], input: &'static str| {
+        let mut args: Vec<String> = [
+            "-b",
+            &addr,
+            "-X",
+            "security.protocol=SASL_PLAINTEXT",
+            "-X",
+            "sasl.mechanisms=SCRAM-SHA-512",
+            "-X",
+            "sasl.username=app",
+            "-X",
+            "sasl.password=app-secret",
+            "-t",
+            "k",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        tokio::task::spawn_blocking(move || {
+            let mut child = Command::new("kcat")
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("kcat");
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+    let produced = kcat(&["-P"], "one\ntwo\n").await.unwrap();
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    gw.settle("k").await;
+    let consumed = kcat(&["-C", "-o", "beginning", "-c", "2", "-e", "-f", "%s\n"], "").await.unwrap();
+    assert!(consumed.status.success(), "{}", String::from_utf8_lossy(&consumed.stderr));
+    assert_eq!(String::from_utf8(consumed.stdout).unwrap(), "one\ntwo\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_users_topics_are_enforced_and_reload_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = kafka_user("writer", "w-secret", "produce = [\"plant.*\"]\nconsume = []");
+    let reader = kafka_user("reader", "r-secret", "produce = []\nconsume = [\"plant.*\"]");
+    let cfg = config(&format!("{SASL_ALL}{writer}{reader}"));
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    let as_writer = sasl_args("SCRAM-SHA-256", "writer", "w-secret");
+    let as_reader = sasl_args("SCRAM-SHA-512", "reader", "r-secret");
+    let produce = |topic: &'static str, sasl: [&'static str; 6]| {
+        let addr = addr.clone();
+        async move {
+            let args =
+                [&["produce", "--topic", topic, "--count", "2", "--timeout", "10"][..], &sasl].concat();
+            driver(&addr, &args).await
+        }
+    };
+    let (lines, status) = produce("plant.temp", as_writer).await;
+    assert_eq!(status, 0, "{lines:?}");
+    // Outside the user's produce topics: TOPIC_AUTHORIZATION_FAILED, not stored.
+    let (lines, status) = produce("secret", as_writer).await;
+    assert_ne!(status, 0);
+    assert!(
+        delivered(&lines).iter().all(|l| l["error"].as_str().unwrap().contains("Topic authorization failed")),
+        "{lines:?}"
+    );
+    let (lines, status) = produce("plant.temp", as_reader).await;
+    assert_ne!(status, 0, "a consume-only user cannot produce: {lines:?}");
+    gw.produce("secret", &[json!("s")]).await;
+    // The reader consumes plant.* and is refused elsewhere.
+    let consume = [&["consume", "--topic", "plant.temp", "--count", "2"][..], &as_reader].concat();
+    let (lines, status) = driver(&addr, &consume).await;
+    assert_eq!(status, 0, "{lines:?}");
+    let consume =
+        [&["consume", "--topic", "secret", "--count", "1", "--timeout", "10"][..], &as_reader].concat();
+    let (lines, status) = driver(&addr, &consume).await;
+    assert_ne!(status, 0, "{lines:?}");
+    assert!(gw.metric("sluice_kafka_not_authorized_total").await >= 2);
+    gw.settle("plant.temp").await;
+    gw.settle("secret").await;
+    assert_eq!(http_values(&gw, "plant.temp", 0).await.len(), 2);
+    assert_eq!(http_values(&gw, "secret", 0).await.len(), 1);
+
+    // A raw authenticated connection of the reader stays open across a
+    // reload that removes the writer and lets the reader produce.
+    let a = addr.clone();
+    let mut raw = tokio::task::spawn_blocking(move || {
+        let mut raw = Raw::connect(&a);
+        let req = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        raw.send(ApiKey::SaslHandshake, 0, 1, &req);
+        raw.recv().expect("handshake answered");
+        // Version 0: bare tokens.
+        let token = b"\0reader\0r-secret";
+        raw.0.write_all(&(token.len() as i32).to_be_bytes()).unwrap();
+        raw.0.write_all(token).unwrap();
+        assert_eq!(raw.recv().expect("empty token back").len(), 0);
+        raw
+    })
+    .await
+    .unwrap();
+    let reader2 = kafka_user("reader", "r-secret", "produce = [\"plant.*\"]\nconsume = [\"plant.*\"]");
+    std::fs::write(gw.config_path().unwrap(), config(&format!("{SASL_ALL}{reader2}"))).unwrap();
+    let (status, body) = gw.post_json("/v1/reload", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (lines, status) = produce("plant.temp", as_reader).await;
+    assert_eq!(status, 0, "the reader may produce now: {lines:?}");
+    let (lines, status) = produce("plant.temp", as_writer).await;
+    assert_ne!(status, 0, "the writer is gone: {lines:?}");
+    raw = tokio::task::spawn_blocking(move || {
+        raw.send(ApiKey::Metadata, 1, 2, &MetadataRequest::default().with_topics(None));
+        let mut body = raw.recv().expect("still served after the reload");
+        assert_eq!(body.get_i32(), 2);
+        let meta = MetadataResponse::decode(&mut body, 1).unwrap();
+        let names: Vec<&str> = meta.topics.iter().map(|t| t.name.as_ref().unwrap().0.as_str()).collect();
+        assert_eq!(names, ["plant.temp"], "only the topics the user may see");
+        raw
+    })
+    .await
+    .unwrap();
+    // SIGHUP works the same: the reader is removed, its connection closes.
+    std::fs::write(gw.config_path().unwrap(), config(&format!("{SASL_ALL}{writer}"))).unwrap();
+    gw.signal("HUP");
+    let (lines, status) = produce("plant.temp", as_writer).await;
+    assert_eq!(status, 0, "the writer is back after SIGHUP: {lines:?}");
+    tokio::task::spawn_blocking(move || {
+        raw.send(ApiKey::Metadata, 1, 3, &MetadataRequest::default());
+        assert!(raw.recv().is_none(), "a removed user's connection is closed");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_over_tls() {
+    let certs = certs::Certs::make();
+    let path = |name: &str| certs.path(name).display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&format!(
+        "sasl = [\"SCRAM-SHA-512\"]\n{}[kafka.tls]\ncert = {:?}\nkey = {:?}\n",
+        kafka_user("app", "app-secret", ""),
+        path("server.pem"),
+        path("server.key"),
+    ));
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    let ca = path("ca.pem");
+    let sasl = sasl_args("SCRAM-SHA-512", "app", "app-secret");
+    let produce =
+        [&["produce", "--topic", "secure", "--count", "3", "--acks", "all", "--ca", &ca][..], &sasl].concat();
+    let (lines, status) = driver(&addr, &produce).await;
+    assert_eq!(status, 0, "SASL_SSL produce: {lines:?}");
+    let consume = [&["consume", "--topic", "secure", "--count", "3", "--ca", &ca][..], &sasl].concat();
+    let (lines, status) = driver(&addr, &consume).await;
+    assert_eq!(status, 0, "SASL_SSL consume: {lines:?}");
+    assert_eq!(delivered(&lines).len(), 3);
+    // PLAIN is not offered here.
+    let plain = sasl_args("PLAIN", "app", "app-secret");
+    let args = [&["produce", "--topic", "secure", "--count", "1", "--timeout", "3", "--ca", &ca][..], &plain]
+        .concat();
+    let (lines, status) = driver(&addr, &args).await;
+    assert_ne!(status, 0, "{lines:?}");
+    assert!(
+        lines.iter().filter_map(|l| l["client_error"].as_str()).any(|e| e.contains("PLAIN")),
+        "{lines:?}"
+    );
+}
+
+/// ApiVersions on a fresh connection; `None` when sluice closes it first
+/// (refused at accept).
+fn try_api_versions(addr: &str) -> Option<(Raw, ApiVersionsResponse)> {
+    let mut raw = Raw::connect(addr);
+    raw.0.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.send(ApiKey::ApiVersions, 0, 1, &ApiVersionsRequest::default());
+    let mut body = raw.recv()?;
+    assert_eq!(body.get_i32(), 1);
+    let v = ApiVersionsResponse::decode(&mut body, 0).unwrap();
+    Some((raw, v))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_is_closed_after_the_write_timeout_and_idle_ones_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config("max_connections = 1\nwrite_timeout = \"1s\"\nidle_timeout = \"2s\"\n");
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    // 4 MiB of records, so that fetch answers fill the socket buffers.
+    let blob = "x".repeat(64 * 1024);
+    for _ in 0..4 {
+        let records: Vec<Value> = (0..16).map(|_| json!({ "value": blob })).collect();
+        let (status, body) = gw.post_json("/v1/topics/big/records", &json!({ "records": records })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let (_, body) = gw.get_json("/v1/topics/big/partitions/0/records?offset=0&max_records=1").await;
+        if body["high_watermark"] == 64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the records never became readable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = addr.clone();
+    let (stuck_for, probe) = tokio::task::spawn_blocking(move || {
+        // Admitted (answered) first: the slot is its.
+        let (stuck, _) = (0..50)
+            .find_map(|_| {
+                try_api_versions(&a).or_else(|| {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                })
+            })
+            .expect("a free slot");
+        let fetch = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(8 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("big")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(8 << 20)])]);
+        // Requests for ~800 MiB of answers (more than any socket buffers
+        // hold); not one byte is read back. sluice stops reading requests
+        // once 16 wait, so the last sends may block: a thread does them.
+        let mut sender = Raw(stuck.0.try_clone().unwrap());
+        let send = std::thread::spawn(move || {
+            for corr in 0..200 {
+                sender.send(ApiKey::Fetch, 12, corr, &fetch);
+            }
+        });
+        let start = Instant::now();
+        // The only slot is taken: others are closed at accept until the
+        // write timeout frees it.
+        loop {
+            if let Some(probe) = try_api_versions(&a) {
+                let _ = send.join();
+                return (start.elapsed(), (stuck, probe));
+            }
+            assert!(start.elapsed() < GUARD, "the slot was never freed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(stuck_for >= Duration::from_millis(900), "freed after {stuck_for:?}, before the write timeout");
+    assert_eq!(gw.metric("sluice_kafka_connections_closed_total{reason=\"write_timeout\"}").await, 1);
+    assert!(gw.metric("sluice_kafka_connections_refused_total").await >= 1);
+    // The probe connection now sends nothing: closed after idle_timeout.
+    let (_stuck, (mut probe, v)) = probe;
+    assert_eq!(v.error_code, 0);
+    let idle = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        assert!(probe.recv().is_none(), "closed by sluice");
+        start.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(idle >= Duration::from_millis(1500) && idle < GUARD, "idle close after {idle:?}");
+    assert_eq!(gw.metric("sluice_kafka_connections_closed_total{reason=\"idle\"}").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn describe_configs_shows_sluice_settings_under_kafka_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}[store]\nsegment_bytes = \"8MiB\"\n{}\
+         [[topic]]\nname = \"kept\"\nservice = \"alarms\"\npartitions = 2\n\
+         retention = {{ max_age = \"7d\", max_bytes = \"1GiB\" }}\n",
+        config("max_request = \"2MiB\"\nidle_timeout = \"5m\"\n"),
+        common::service_topics(&[("alarms", "express = true\ndurability = \"sync\"\nweight = 7")]),
+    );
+    let gw = Gateway::start(&dir.path().join("d"), Some(&cfg)).await;
+    let addr = kafka_addr(&gw);
+    let (lines, status) = driver(&addr, &["describe-configs", "--topics", "kept,alarms,nope"]).await;
+    assert_eq!(status, 0, "{lines:?}");
+    let find = |name: &str| {
+        lines.iter().find(|l| l["resource"] == name).unwrap_or_else(|| panic!("{name}: {lines:?}"))
+    };
+    let kept = &find("kept")["configs"];
+    assert_eq!(kept["retention.ms"], (7 * 86_400_000i64).to_string());
+    assert_eq!(kept["retention.bytes"], (1i64 << 29).to_string(), "1GiB over 2 partitions, per partition");
+    assert_eq!(kept["segment.bytes"], (8i64 << 20).to_string());
+    assert_eq!(kept["max.message.bytes"], (2i64 << 20).to_string());
+    assert_eq!(kept["cleanup.policy"], "delete");
+    assert_eq!(kept["sluice.service"], "alarms");
+    assert_eq!(kept["sluice.durability"], "sync");
+    assert_eq!(kept["sluice.express"], "true");
+    assert_eq!(kept["sluice.weight"], "7");
+    assert_eq!(find("kept")["read_only"], json!([true]));
+    assert_eq!(find("alarms")["configs"]["retention.ms"], "-1", "no retention configured");
+    assert!(find("nope")["error"].as_str().unwrap().contains("UNKNOWN_TOPIC_OR_PART"), "{lines:?}");
+    let broker = &find("0")["configs"];
+    assert_eq!(broker["connections.max.idle.ms"], "300000");
+    assert_eq!(broker["message.max.bytes"], (2i64 << 20).to_string());
+    assert_eq!(broker["auto.create.topics.enable"], "true");
+    assert_eq!(broker["log.segment.bytes"], (8i64 << 20).to_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_header_names_keep_every_value_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config(""))).await;
+    let addr = kafka_addr(&gw);
+    let produce = [
+        "produce", "--topic", "hdr", "--acks", "all", "--header", "h=1", "--header", "g=x", "--header", "h=2",
+    ];
+    let (lines, status) = driver(&addr, &produce).await;
+    assert_eq!(status, 0, "{lines:?}");
+    // Over HTTP: the simple form keeps the last value, header_list all of them.
+    gw.settle("hdr").await;
+    let recs = http_values(&gw, "hdr", 0).await;
+    assert_eq!(recs[0]["headers"], json!({"g": "x", "h": "2"}));
+    assert_eq!(
+        recs[0]["header_list"],
+        json!([{"name": "h", "value": "1"}, {"name": "g", "value": "x"}, {"name": "h", "value": "2"}])
+    );
+    // Over Kafka: a consumer gets them all, in order.
+    let (lines, status) = driver(&addr, &["consume", "--topic", "hdr", "--count", "1"]).await;
+    assert_eq!(status, 0, "{lines:?}");
+    assert_eq!(lines[0]["headers"], json!([["h", "1"], ["g", "x"], ["h", "2"]]));
+    // And an HTTP producer's repeated and binary headers reach Kafka consumers.
+    let body = json!({"records": [{"value": "v", "header_list": [{"name": "b", "value_b64": "AP8="}, {"name": "b", "value": "t"}]}]});
+    let (status, body) = gw.post_json("/v1/topics/hdr/records", &body).await;
+    assert_eq!(status, 200, "{body}");
+    gw.settle("hdr").await;
+    let (lines, status) = driver(&addr, &["consume", "--topic", "hdr", "--count", "2"]).await;
+    assert_eq!(status, 0, "{lines:?}");
+    assert_eq!(
+        lines[1]["headers"],
+        json!([["b", "\u{0}\u{fffd}"], ["b", "t"]]),
+        "binary value shown lossily by the driver"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_longer_than_the_idle_timeout_keeps_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config("idle_timeout = \"300ms\"\n"))).await;
+    gw.produce("quiet", &[json!(1)]).await;
+    gw.settle("quiet").await;
+    let addr = kafka_addr(&gw);
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut raw = Raw::connect(&addr);
+        // At the end of the partition: the fetch waits its full max_wait_ms.
+        let fetch = FetchRequest::default()
+            .with_max_wait_ms(1500)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("quiet")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(1)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let start = Instant::now();
+        raw.send(ApiKey::Fetch, 12, 5, &fetch);
+        assert!(raw.recv().is_some(), "answered, not closed as idle");
+        let waited = start.elapsed();
+        // Then idle for real: closed.
+        assert!(raw.recv().is_none());
+        waited
+    })
+    .await
+    .unwrap();
+    assert!(waited >= Duration::from_millis(1400), "the fetch long-polled ({waited:?})");
+    assert_eq!(gw.metric("sluice_kafka_connections_closed_total{reason=\"idle\"}").await, 1);
+}

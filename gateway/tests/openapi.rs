@@ -208,7 +208,11 @@ async fn real_answers_match_the_described_schemas() {
     let gw = Gateway::start(&dir.path().join("d"), Some(&config)).await;
     let doc: Value = gw.http.get(gw.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
 
-    let produce = serde_json::json!({"records": [{"key": "dev-1", "value": {"t": 21.5}, "headers": {"h": "v"}}, {"value": "plain"}]});
+    let produce = serde_json::json!({"records": [
+        {"key": "dev-1", "value": {"t": 21.5}, "headers": {"h": "v"}},
+        {"value": "plain"},
+        {"value": 3, "header_list": [{"name": "h", "value": "a"}, {"name": "h", "value_b64": "AP8="}]},
+    ]});
     assert_valid(
         &doc,
         &doc["paths"]["/v1/topics/{topic}/records"]["post"]["requestBody"]["content"]["application/json"]

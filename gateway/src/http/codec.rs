@@ -2,7 +2,9 @@
 //!
 //! In: `{"key": "dev-1" | null, "key_b64": "...", "value": <any JSON>,
 //! "value_b64": "<base64>", "headers": {"name": "value"}}`; exactly one of
-//! `value` / `value_b64`. A JSON `value` is stored as its JSON text, and
+//! `value` / `value_b64`. Headers with a repeated name or a binary value go
+//! in `header_list` instead of `headers`: `[{"name": "h", "value": "a"},
+//! {"name": "h", "value_b64": "AAE="}]`, kept in that order. A JSON `value` is stored as its JSON text, and
 //! refused when nested deeper than [`MAX_JSON_DEPTH`] (consumers' JSON
 //! parsers have limits of their own: serde_json's default is 128). A raw
 //! `application/octet-stream` body is one record ([`raw_record`]).
@@ -10,7 +12,10 @@
 //! Out: the same fields plus `offset`, `timestamp` (ms since the epoch) and,
 //! for group fetches, `topic` and `partition`. Stored bytes that are valid
 //! JSON come back as `value`, others as `value_b64`; keys that are not UTF-8
-//! come back as `key_b64`.
+//! come back as `key_b64`. `headers` is always there (the last value of
+//! each name, as UTF-8 with replacement characters); when a record has a
+//! repeated header name or a value that is not UTF-8, `header_list` also
+//! holds every header, in order, exactly.
 //!
 //! Every record that was stored can be served: stored values are never
 //! parsed into a tree (`serde_json::Value` has a recursion limit, and one
@@ -55,6 +60,20 @@ pub struct InRecord {
     value_b64: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    header_list: Option<Vec<InHeader>>,
+}
+
+/// One entry of `header_list`: a name and exactly one of `value` (text)
+/// and `value_b64`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InHeader {
+    name: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    value_b64: Option<String>,
 }
 
 /// `"value": null` is a present JSON null, not a missing value.
@@ -124,21 +143,82 @@ impl InRecord {
                 )))
             }
         };
-        if self.headers.len() > MAX_HEADERS {
+        let (field, headers): (&str, Vec<(String, Vec<u8>)>) = match self.header_list {
+            Some(_) if !self.headers.is_empty() => {
+                return Err(ApiError::bad_request(format!(
+                    "records[{i}]: give headers or header_list, not both"
+                )))
+            }
+            Some(list) => ("header_list", in_header_list(list, i)?),
+            None => ("headers", self.headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect()),
+        };
+        if headers.len() > MAX_HEADERS {
             return Err(ApiError::bad_request(format!(
-                "records[{i}].headers: {} headers, at most {MAX_HEADERS} per record",
-                self.headers.len()
+                "records[{i}].{field}: {} headers, at most {MAX_HEADERS} per record",
+                headers.len()
             )));
         }
-        if let Some(name) = self.headers.keys().find(|n| n.len() > MAX_HEADER_NAME_LEN) {
+        if let Some((name, _)) = headers.iter().find(|(n, _)| n.len() > MAX_HEADER_NAME_LEN) {
             return Err(ApiError::bad_request(format!(
-                "records[{i}].headers: a name of {} bytes is longer than {MAX_HEADER_NAME_LEN} bytes",
+                "records[{i}].{field}: a name of {} bytes is longer than {MAX_HEADER_NAME_LEN} bytes",
                 name.len()
             )));
         }
-        let headers = self.headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
         Ok(Record { key, value, headers, timestamp_ms })
     }
+}
+
+fn in_header_list(list: Vec<InHeader>, i: usize) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    list.into_iter()
+        .enumerate()
+        .map(|(j, h)| {
+            let value = match (h.value, h.value_b64) {
+                (Some(v), None) => v.into_bytes(),
+                (None, Some(b)) => B64.decode(b.as_bytes()).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "records[{i}].header_list[{j}].value_b64: invalid base64: {e}"
+                    ))
+                })?,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "records[{i}].header_list[{j}]: give exactly one of value and value_b64"
+                    )))
+                }
+            };
+            Ok((h.name, value))
+        })
+        .collect()
+}
+
+/// One header of `header_list` in a reply.
+#[derive(Debug, Serialize)]
+pub struct OutHeader<'a> {
+    /// The header name.
+    pub name: &'a str,
+    /// The value, when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<&'a str>,
+    /// The value otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_b64: Option<String>,
+}
+
+/// Every header, exactly, when the `headers` object cannot say it: a
+/// name repeated or a value that is not UTF-8.
+fn out_header_list(headers: &[(String, Vec<u8>)]) -> Option<Vec<OutHeader<'_>>> {
+    let binary = headers.iter().any(|(_, v)| std::str::from_utf8(v).is_err());
+    let mut names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let repeated = names.windows(2).any(|w| w[0] == w[1]);
+    (binary || repeated).then(|| {
+        headers
+            .iter()
+            .map(|(name, v)| match std::str::from_utf8(v) {
+                Ok(text) => OutHeader { name, value: Some(text), value_b64: None },
+                Err(_) => OutHeader { name, value: None, value_b64: Some(B64.encode(v)) },
+            })
+            .collect()
+    })
 }
 
 /// The record of a raw `application/octet-stream` produce body: the body is
@@ -210,8 +290,12 @@ pub struct OutRecord<'a> {
     /// Other value bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_b64: Option<String>,
-    /// Headers (values as lossy UTF-8).
+    /// Headers (the last value of each name, as lossy UTF-8).
     pub headers: BTreeMap<&'a str, std::borrow::Cow<'a, str>>,
+    /// Every header in order, exactly, when a name repeats or a value is
+    /// not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_list: Option<Vec<OutHeader<'a>>>,
     /// Milliseconds since the epoch when sluice accepted it.
     pub timestamp: i64,
 }
@@ -240,6 +324,7 @@ impl<'a> OutRecord<'a> {
             value,
             value_b64,
             headers: r.headers.iter().map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v))).collect(),
+            header_list: out_header_list(&r.headers),
             timestamp: r.timestamp_ms,
         }
     }
@@ -339,6 +424,40 @@ mod tests {
         let group = group_fetch_reply(std::iter::once(("t", 0, &rec))).expect("group fetch");
         assert!(String::from_utf8(group).expect("utf-8").contains(&deep));
         assert!(record_json("t", 0, &rec).expect("stream").contains(&deep));
+    }
+
+    #[test]
+    fn repeated_and_binary_headers_round_trip_through_header_list() {
+        let body = r#"{"records":[{"value":1,"header_list":[{"name":"h","value":"a"},{"name":"h","value_b64":"AP8="},{"name":"g","value":"x"}]}]}"#;
+        let rec = parse_produce(body.as_bytes(), 5).expect("accepted").remove(0);
+        let want = [("h", &b"a"[..]), ("h", &[0, 255][..]), ("g", &b"x"[..])];
+        let got: Vec<(&str, &[u8])> = rec.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        assert_eq!(got, want);
+        let stored = StoredRecord { offset: sluice_store::Offset(0), record: rec };
+        let out = serde_json::to_value(OutRecord::new(&stored, None, None)).expect("serializes");
+        assert_eq!(out["headers"], serde_json::json!({"g": "x", "h": "\u{0}\u{fffd}"}));
+        assert_eq!(
+            out["header_list"],
+            serde_json::json!([{"name": "h", "value": "a"}, {"name": "h", "value_b64": "AP8="}, {"name": "g", "value": "x"}])
+        );
+        // The simple case keeps the simple form only.
+        let simple =
+            parse_produce(br#"{"records":[{"value":1,"headers":{"a":"1"}}]}"#, 5).expect("ok").remove(0);
+        let stored = StoredRecord { offset: sluice_store::Offset(1), record: simple };
+        let out = serde_json::to_value(OutRecord::new(&stored, None, None)).expect("serializes");
+        assert_eq!(out.get("header_list"), None);
+        for (body, message) in [
+            (
+                r#"{"records":[{"value":1,"headers":{"a":"1"},"header_list":[]}]}"#,
+                "records[0]: give headers or header_list, not both",
+            ),
+            (
+                r#"{"records":[{"value":1,"header_list":[{"name":"a"}]}]}"#,
+                "records[0].header_list[0]: give exactly one of value and value_b64",
+            ),
+        ] {
+            assert_eq!(parse_produce(body.as_bytes(), 0).expect_err(body).message(), message);
+        }
     }
 
     #[test]

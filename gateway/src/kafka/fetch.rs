@@ -10,8 +10,9 @@
 //! `max_wait_ms`, on the topics' append notification (the one HTTP
 //! long-polls use), never by polling.
 
+use super::auth::Access;
 use super::records::encode_fetched;
-use super::Broker;
+use super::{Broker, KafkaStats};
 use crate::delivery::MAX_FETCH_BYTES;
 use crate::topics::Topic;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -47,6 +48,7 @@ pub(super) async fn fetch(
     broker: &Arc<Broker>,
     req: FetchRequest,
     version: i16,
+    access: &Access,
 ) -> anyhow::Result<FetchResponse> {
     let shared = &broker.shared;
     let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT);
@@ -54,7 +56,7 @@ pub(super) async fn fetch(
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0).max(1);
     loop {
         let rx = shared.topics.subscribe_any();
-        let (topics, bytes, errors) = read_once(broker, &req)?;
+        let (topics, bytes, errors) = read_once(broker, &req, access)?;
         if bytes >= min_bytes || errors || !wait_for(broker, rx, deadline).await {
             observe_delivery(broker, &topics);
             return respond(topics, version);
@@ -99,7 +101,11 @@ type TopicSlots = Vec<(TopicName, Vec<Slot>)>;
 /// Reads every asked partition and picks what fits the budget by priority;
 /// returns the slots, the bytes picked, and whether a partition had an
 /// error (answered at once).
-fn read_once(broker: &Broker, req: &FetchRequest) -> anyhow::Result<(TopicSlots, usize, bool)> {
+fn read_once(
+    broker: &Broker,
+    req: &FetchRequest,
+    access: &Access,
+) -> anyhow::Result<(TopicSlots, usize, bool)> {
     let shared = &broker.shared;
     let services = &shared.services;
     let now = crate::now_ms();
@@ -112,10 +118,15 @@ fn read_once(broker: &Broker, req: &FetchRequest) -> anyhow::Result<(TopicSlots,
         sched.add_service(s.class());
     }
     for (ti, ft) in req.topics.iter().enumerate() {
-        let topic = shared.topics.get(&ft.topic.0);
+        let allowed = access.may_consume(&ft.topic.0);
+        if !allowed {
+            KafkaStats::count(&broker.stats.not_authorized);
+        }
+        let topic = shared.topics.get(&ft.topic.0).filter(|_| allowed);
         let mut slots = Vec::with_capacity(ft.partitions.len());
         for fp in &ft.partitions {
             let slot = match &topic {
+                _ if !allowed => error_slot(fp.partition, ResponseError::TopicAuthorizationFailed.code()),
                 Some(t) => read_partition(broker, t, fp)?,
                 None => error_slot(fp.partition, ResponseError::UnknownTopicOrPartition.code()),
             };
@@ -217,16 +228,21 @@ fn respond(topics: TopicSlots, version: i16) -> anyhow::Result<FetchResponse> {
 pub(super) fn list_offsets(
     broker: &Broker,
     req: ListOffsetsRequest,
-    _version: i16,
+    access: &Access,
 ) -> anyhow::Result<ListOffsetsResponse> {
     let shared = &broker.shared;
     let mut topics = Vec::with_capacity(req.topics.len());
     for lt in req.topics {
+        let allowed = access.may_consume(&lt.name.0);
+        if !allowed {
+            KafkaStats::count(&broker.stats.not_authorized);
+        }
         let topic = shared.topics.get(&lt.name.0);
         let mut partitions = Vec::with_capacity(lt.partitions.len());
         for lp in lt.partitions {
             let mut out = ListOffsetsPartitionResponse::default().with_partition_index(lp.partition_index);
             let found = match &topic {
+                _ if !allowed => Err(ResponseError::TopicAuthorizationFailed.code()),
                 Some(t) if lp.partition_index >= 0 && (lp.partition_index as u32) < t.partitions => {
                     offset_for(broker, t, PartitionId(lp.partition_index as u32), lp.timestamp)?
                 }

@@ -3,8 +3,9 @@
 //! offsets (the ones `POST /v1/groups/{group}/commit` writes, so a group
 //! can move between HTTP and Kafka clients).
 
+use super::auth::Access;
 use super::group::JoinRequest;
-use super::{Broker, REAP_EVERY};
+use super::{Broker, KafkaStats, REAP_EVERY};
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
@@ -198,7 +199,11 @@ pub(super) async fn reaper(broker: Arc<Broker>) {
     }
 }
 
-pub(super) async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> OffsetCommitResponse {
+pub(super) async fn offset_commit(
+    broker: &Arc<Broker>,
+    req: OffsetCommitRequest,
+    access: &Access,
+) -> OffsetCommitResponse {
     let shared = &broker.shared;
     let group = req.group_id.0.to_string();
     let mut check = broker.groups().check_commit(&group, &req.member_id, req.generation_id_or_member_epoch);
@@ -209,11 +214,17 @@ pub(super) async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest
     let mut wrote = false;
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
+        let allowed = access.may_consume(&t.name.0);
+        if !allowed {
+            KafkaStats::count(&broker.stats.not_authorized);
+        }
         let topic = shared.topics.get(&t.name.0);
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let error = if check != 0 {
                 check
+            } else if !allowed {
+                ResponseError::TopicAuthorizationFailed.code()
             } else {
                 match &topic {
                     Some(topic)
@@ -268,16 +279,24 @@ fn commit_error(group: &str, topic: &str, e: &StoreError) -> i16 {
     ResponseError::OffsetOutOfRange.code()
 }
 
-pub(super) fn offset_fetch(broker: &Broker, req: OffsetFetchRequest) -> OffsetFetchResponse {
+pub(super) fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, access: &Access) -> OffsetFetchResponse {
     let shared = &broker.shared;
     let group = req.group_id.0.to_string();
     // A null list (v2+) asks for every partition the group committed.
     let wanted: Vec<(TopicName, Vec<i32>)> = match req.topics {
         Some(list) => list.into_iter().map(|t| (t.name, t.partition_indexes)).collect(),
-        None => committed_partitions(broker, &group),
+        None => {
+            let mut all = committed_partitions(broker, &group);
+            all.retain(|(name, _)| access.may_consume(&name.0));
+            all
+        }
     };
     let mut topics = Vec::with_capacity(wanted.len());
     for (name, parts) in wanted {
+        let allowed = access.may_consume(&name.0);
+        if !allowed {
+            KafkaStats::count(&broker.stats.not_authorized);
+        }
         let partitions = parts
             .into_iter()
             .map(|p| {
@@ -285,7 +304,9 @@ pub(super) fn offset_fetch(broker: &Broker, req: OffsetFetchRequest) -> OffsetFe
                     .with_partition_index(p)
                     .with_committed_offset(-1)
                     .with_metadata(Some(StrBytes::default()));
-                if p >= 0 {
+                if !allowed {
+                    out.error_code = ResponseError::TopicAuthorizationFailed.code();
+                } else if p >= 0 {
                     match shared.store.committed(&group, &name.0, PartitionId(p as u32)) {
                         Ok(Some(o)) => out.committed_offset = o.0 as i64,
                         Ok(None) => {}

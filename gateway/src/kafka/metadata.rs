@@ -1,7 +1,8 @@
 //! Metadata and FindCoordinator: a cluster of one broker (sluice), leader
 //! of every partition and coordinator of every group.
 
-use super::{Broker, NODE_ID};
+use super::auth::Access;
+use super::{Broker, KafkaStats, NODE_ID};
 use crate::topics::{Topic, TopicError};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::metadata_response::{
@@ -16,6 +17,7 @@ pub(super) fn metadata(
     broker: &Broker,
     req: MetadataRequest,
     version: i16,
+    access: &Access,
 ) -> anyhow::Result<MetadataResponse> {
     let shared = &broker.shared;
     // v0: an empty list means every topic; v1+: a null list does.
@@ -25,11 +27,25 @@ pub(super) fn metadata(
         Some(list) => Some(list.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
     };
     let topics = match wanted {
-        None => shared.topics.all().iter().map(|t| topic_entry(Ok(t.clone()), &t.name, version)).collect(),
+        // Every topic: those the user may see.
+        None => shared
+            .topics
+            .all()
+            .iter()
+            .filter(|t| access.may_describe(&t.name))
+            .map(|t| topic_entry(Ok(t.clone()), &t.name, version))
+            .collect(),
         Some(names) => names
             .iter()
             .map(|name| {
-                let found = if req.allow_auto_topic_creation {
+                if !access.may_describe(name) {
+                    KafkaStats::count(&broker.stats.not_authorized);
+                    return MetadataResponseTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                }
+                // Only a user who may produce to it creates it.
+                let found = if req.allow_auto_topic_creation && access.may_produce(name) {
                     shared.topics.get_or_create(name, &shared.store, &shared.services)
                 } else {
                     shared.topics.lookup(name)
@@ -111,7 +127,12 @@ const MAX_PARTITIONS: i32 = 256;
 /// CreateTopics: topics of the default service, by sluice's rules
 /// (`store.auto_create_topics`); replication factor -1 or 1; topic configs
 /// are not applied (retention comes from sluice's configuration).
-pub(super) fn create_topics(broker: &Broker, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub(super) fn create_topics(
+    broker: &Broker,
+    req: CreateTopicsRequest,
+    version: i16,
+    access: &Access,
+) -> CreateTopicsResponse {
     use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
     let shared = &broker.shared;
     let topics = req
@@ -124,7 +145,13 @@ pub(super) fn create_topics(broker: &Broker, req: CreateTopicsRequest, version: 
                 t.num_partitions
             };
             let fail = |error: ResponseError, message: String| (error.code(), Some(message));
-            let (error, message) = if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            let (error, message) = if !access.may_produce(&t.name.0) {
+                KafkaStats::count(&broker.stats.not_authorized);
+                fail(
+                    ResponseError::TopicAuthorizationFailed,
+                    format!("this user may not produce to {:?} (kafka.users produce)", &*t.name.0),
+                )
+            } else if !(1..=MAX_PARTITIONS).contains(&partitions) {
                 fail(
                     ResponseError::InvalidPartitions,
                     format!("num_partitions {partitions} is outside 1..={MAX_PARTITIONS}"),

@@ -9,18 +9,25 @@
 //! - [`versions`]: the APIs and versions served (ApiVersions), and the
 //!   dispatch of a request to its handler.
 //! - [`metadata`]: Metadata and FindCoordinator (a one-broker cluster).
+//! - [`configs`]: DescribeConfigs (sluice's settings under Kafka's names).
 //! - [`produce`]: Produce through the services' ingest path (priority,
 //!   rate and pending limits, durability).
 //! - [`fetch`]: Fetch (long-poll, the byte budget filled in priority
 //!   order) and ListOffsets.
-//! - [`records`]: RecordBatch <-> sluice records.
+//! - [`records`]: RecordBatch <-> sluice records; [`batch`]: the parts of
+//!   the format sluice writes itself (headers with repeated names).
 //! - [`idempotence`]: producer ids and sequence numbers (retries keep
 //!   their offsets).
 //! - [`group`]: the classic group protocol's state machine (join, sync,
 //!   heartbeat, leave, session timeouts), free of I/O.
+//! - [`auth`]: SASL users (`[[kafka.users]]`) and the topics each may use.
+//! - [`sasl`]: the PLAIN and SCRAM exchanges, free of I/O.
 //! - [`group_api`]: its requests, and OffsetCommit/OffsetFetch over the
 //!   store's group offsets (the same ones HTTP groups use).
 
+mod auth;
+mod batch;
+mod configs;
 mod conn;
 mod fetch;
 mod group;
@@ -29,7 +36,10 @@ mod idempotence;
 mod metadata;
 mod produce;
 mod records;
+pub mod sasl;
 mod versions;
+
+pub use auth::Accounts;
 
 use crate::listener::{Gate, ListenerStats, TlsListener};
 use crate::state::Shared;
@@ -58,6 +68,21 @@ pub struct KafkaStats {
     pub unsupported: AtomicU64,
     /// Produce requests delayed by a service's rate or pending limit.
     pub throttled: AtomicU64,
+    /// Successful SASL authentications.
+    pub sasl_authenticated: AtomicU64,
+    /// Failed SASL authentications (bad password, unknown user, mechanism
+    /// not offered); the connection is closed.
+    pub sasl_failed: AtomicU64,
+    /// Connections closed for a request other than ApiVersions and SASL
+    /// before authenticating.
+    pub unauthenticated: AtomicU64,
+    /// Requests (topics) refused TOPIC_AUTHORIZATION_FAILED.
+    pub not_authorized: AtomicU64,
+    /// Connections closed after `kafka.idle_timeout` without a request.
+    pub idle_closed: AtomicU64,
+    /// Connections closed after `kafka.write_timeout` without the client
+    /// reading.
+    pub write_timeouts: AtomicU64,
 }
 
 impl KafkaStats {
@@ -74,6 +99,10 @@ struct Broker {
     host: String,
     port: i32,
     max_request: usize,
+    idle_timeout: Duration,
+    write_timeout: Duration,
+    /// SASL users; `None` when `kafka.sasl` is empty.
+    accounts: Option<Arc<Accounts>>,
     stats: Arc<KafkaStats>,
     groups: Mutex<group::Coordinator>,
     producers: Mutex<idempotence::Producers>,
@@ -116,11 +145,19 @@ pub async fn start(shared: &Shared) -> anyhow::Result<Option<KafkaHandle>> {
     };
     let advertised = format!("{host}:{port}");
     let stats = shared.kafka.clone();
+    let accounts = Accounts::new(cfg);
+    if let Some(a) = &accounts {
+        // (A reload replaces its users.)
+        let _ = shared.kafka_accounts.set(a.clone());
+    }
     let broker = Arc::new(Broker {
         shared: shared.clone(),
         host,
         port,
         max_request: usize::try_from(cfg.max_request.as_u64()).unwrap_or(usize::MAX),
+        idle_timeout: cfg.idle_timeout,
+        write_timeout: cfg.write_timeout,
+        accounts: accounts.clone(),
         stats: stats.clone(),
         groups: Mutex::new(group::Coordinator::default()),
         producers: Mutex::new(idempotence::Producers::new(crate::now_ms())),
@@ -134,7 +171,7 @@ pub async fn start(shared: &Shared) -> anyhow::Result<Option<KafkaHandle>> {
     }
     tokio::spawn(accept_loop(broker.clone(), listener, gate, tls));
     tokio::spawn(group_api::reaper(broker));
-    tracing::info!(kafka = %addr, %advertised, tls = tls_on, "Kafka listener started");
+    tracing::info!(kafka = %addr, %advertised, tls = tls_on, sasl = ?cfg.sasl, "Kafka listener started");
     Ok(Some(KafkaHandle { addr, advertised, tls: tls_on }))
 }
 

@@ -16,6 +16,7 @@
 //! are not delayed. A request that cannot be queued within its
 //! `timeout_ms` is answered REQUEST_TIMED_OUT (retriable).
 
+use super::auth::Access;
 use super::idempotence::{BaseOffset, Decision};
 use super::records::decode_produced;
 use super::versions::{frame, Reply};
@@ -65,7 +66,13 @@ pub(super) fn init_producer_id(broker: &Broker, req: InitProducerIdRequest) -> I
     InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(epoch)
 }
 
-pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, corr: i32, version: i16) -> Reply {
+pub(super) async fn produce(
+    broker: &Arc<Broker>,
+    req: ProduceRequest,
+    corr: i32,
+    version: i16,
+    access: &Access,
+) -> Reply {
     if req.transactional_id.is_some() {
         let outcomes = refuse_all(req, ResponseError::TransactionalIdAuthorizationFailed.code());
         return answer(broker.clone(), outcomes, 0, -1, corr, version);
@@ -76,6 +83,20 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, corr: i32
     let mut throttled = Duration::ZERO;
     let mut outcomes = Vec::with_capacity(req.topic_data.len());
     for td in req.topic_data {
+        if !access.may_produce(&td.name.0) {
+            KafkaStats::count(&broker.stats.not_authorized);
+            let code = ResponseError::TopicAuthorizationFailed.code();
+            let refused = td.partition_data.iter().map(|p| (p.index, code)).collect();
+            outcomes.push(TopicOutcome {
+                name: td.name,
+                refused,
+                queued: Vec::new(),
+                reply: None,
+                idem: Vec::new(),
+                dups: Vec::new(),
+            });
+            continue;
+        }
         outcomes.push(queue_topic(broker, td, acks, deadline, &mut throttled).await);
     }
     let throttle_ms = i32::try_from(throttled.as_millis()).unwrap_or(i32::MAX);

@@ -8,17 +8,16 @@
 //! accepted it (LogAppendTime semantics, which TTLs and the uplink rely
 //! on), sent to consumers with the CreateTime flag, the only one the
 //! codec writes.
-//! The codec keeps headers in a map: a header name repeated within one
-//! produced record keeps only its last value.
+//! The codec keeps headers in a map, so the headers of produced records
+//! are read again by [`super::batch`] (every value of a repeated name, in
+//! order), and fetched batches are written by it.
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record as KRecord, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType,
-};
+use super::batch;
+use bytes::{Buf, Bytes};
+use kafka_protocol::compression::{self as cmpr, Decompressor};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use sluice_store::{Record, StoredRecord};
+use std::cell::RefCell;
 
 /// What a produced batch held.
 #[derive(Debug)]
@@ -30,16 +29,38 @@ pub(super) struct Produced {
 
 /// Decodes every batch of one partition's produce data.
 pub(super) fn decode_produced(mut data: Bytes, now_ms: i64) -> anyhow::Result<Produced> {
-    let sets = RecordBatchDecoder::decode_all(&mut data)?;
     let mut records = Vec::new();
     let mut producer = None;
-    for set in sets {
+    // The records section of the batch being decoded, after decompression,
+    // for batch::record_headers.
+    let section: RefCell<Bytes> = RefCell::new(Bytes::new());
+    let decompress = |buf: &mut Bytes, c: Compression| -> anyhow::Result<Bytes> {
+        let out = match c {
+            Compression::None => buf.split_to(buf.len()),
+            Compression::Gzip => cmpr::Gzip::decompress(buf, |b| Ok(b.copy_to_bytes(b.remaining())))?,
+            Compression::Snappy => cmpr::Snappy::decompress(buf, |b| Ok(b.copy_to_bytes(b.remaining())))?,
+            Compression::Lz4 => cmpr::Lz4::decompress(buf, |b| Ok(b.copy_to_bytes(b.remaining())))?,
+            Compression::Zstd => cmpr::Zstd::decompress(buf, |b| Ok(b.copy_to_bytes(b.remaining())))?,
+        };
+        *section.borrow_mut() = out.clone();
+        Ok(out)
+    };
+    while data.has_remaining() {
+        let set = RecordBatchDecoder::decode_with_custom_compression(&mut data, Some(&decompress))?;
         if set.version < 2 {
             anyhow::bail!(
                 "message format v{} is not served; use RecordBatch v2 (Kafka 0.11+ clients)",
                 set.version
             );
         }
+        let all_headers = match batch::record_headers(&section.borrow(), set.records.len()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot re-read produced headers; keeping the codec's");
+                None
+            }
+        };
+        let mut all_headers = all_headers.map(Vec::into_iter);
         for r in set.records {
             if r.control || r.transactional {
                 anyhow::bail!("transactional and control records are not served");
@@ -47,14 +68,18 @@ pub(super) fn decode_produced(mut data: Bytes, now_ms: i64) -> anyhow::Result<Pr
             if producer.is_none() && r.producer_id >= 0 {
                 producer = Some((r.producer_id, r.producer_epoch, r.sequence));
             }
-            records.push(Record {
-                key: r.key.map(|k| k.to_vec()),
-                value: r.value.map(|v| v.to_vec()).unwrap_or_default(),
-                headers: r
+            let headers = match all_headers.as_mut().and_then(Iterator::next) {
+                Some(h) => h,
+                None => r
                     .headers
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v.map(|v| v.to_vec()).unwrap_or_default()))
                     .collect(),
+            };
+            records.push(Record {
+                key: r.key.map(|k| k.to_vec()),
+                value: r.value.map(|v| v.to_vec()).unwrap_or_default(),
+                headers,
                 timestamp_ms: now_ms,
             });
         }
@@ -62,49 +87,21 @@ pub(super) fn decode_produced(mut data: Bytes, now_ms: i64) -> anyhow::Result<Pr
     Ok(Produced { records, producer })
 }
 
-/// Encodes stored records (consecutive in one partition) as one batch.
+/// Encodes stored records (consecutive in one partition) as one batch,
+/// every header as stored.
 pub(super) fn encode_fetched(records: &[StoredRecord]) -> anyhow::Result<Bytes> {
-    if records.is_empty() {
-        return Ok(Bytes::new());
-    }
-    let krecords: Vec<KRecord> = records
-        .iter()
-        .map(|r| {
-            let mut headers = IndexMap::new();
-            for (k, v) in &r.record.headers {
-                headers.insert(StrBytes::from_string(k.clone()), Some(Bytes::copy_from_slice(v)));
-            }
-            KRecord {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                // The codec writes every batch as CreateTime; the value is
-                // sluice's accept time all the same.
-                timestamp_type: TimestampType::Creation,
-                offset: r.offset.0 as i64,
-                sequence: -1,
-                timestamp: r.record.timestamp_ms,
-                key: r.record.key.as_deref().map(Bytes::copy_from_slice),
-                value: Some(Bytes::copy_from_slice(&r.record.value)),
-                headers,
-            }
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &krecords,
-        &RecordEncodeOptions { version: 2, compression: Compression::None },
-    )?;
-    Ok(buf.freeze())
+    batch::encode(records)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::indexmap::IndexMap;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Record as KRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
     use sluice_store::Offset;
 
     fn stored(offset: u64, key: Option<&str>, value: &str, headers: &[(&str, &[u8])]) -> StoredRecord {
@@ -163,7 +160,10 @@ mod tests {
                     timestamp: 5,
                     key: None,
                     value: Some(Bytes::from(format!("v{i}"))),
-                    headers: IndexMap::new(),
+                    headers: IndexMap::from([
+                        (StrBytes::from_static_str("h"), Some(Bytes::from(format!("x{i}")))),
+                        (StrBytes::from_static_str("n"), None),
+                    ]),
                 })
                 .collect();
             let mut buf = BytesMut::new();
@@ -174,6 +174,13 @@ mod tests {
             assert_eq!(values, [b"v0".to_vec(), b"v1".to_vec(), b"v2".to_vec()], "{compression:?}");
             assert!(produced.records.iter().all(|r| r.timestamp_ms == 99), "sluice's accept time");
             assert_eq!(produced.producer, Some((7, 0, 10)));
+            // Headers come through sluice's own reader of the (decompressed) records.
+            let h: Vec<_> = produced.records[2].headers.clone();
+            assert_eq!(
+                h,
+                [("h".to_owned(), b"x2".to_vec()), ("n".to_owned(), Vec::new())],
+                "{compression:?}"
+            );
         }
         assert!(decode_produced(Bytes::from_static(b"\x00\x01garbage"), 0).is_err());
     }

@@ -2,7 +2,8 @@
 //! decoded request header to its handler. Only what is implemented is
 //! advertised.
 
-use super::{fetch, group_api, metadata, produce, Broker};
+use super::auth::Access;
+use super::{configs, fetch, group_api, metadata, produce, Broker};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
@@ -30,11 +31,21 @@ pub(super) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
-/// The versions of `key` sluice serves.
-pub(super) fn range(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED.iter().find(|(k, _, _)| *k == key).map(|&(_, lo, hi)| (lo, hi))
+/// The versions of `key` sluice serves; the SASL APIs only when `sasl`
+/// (`kafka.sasl` is set).
+pub(super) fn range(key: ApiKey, sasl: bool) -> Option<(i16, i16)> {
+    served(sasl).find(|(k, _, _)| *k == key).map(|&(_, lo, hi)| (lo, hi))
+}
+
+fn served(sasl: bool) -> impl Iterator<Item = &'static (ApiKey, i16, i16)> {
+    SUPPORTED
+        .iter()
+        .filter(move |(k, _, _)| sasl || !matches!(k, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate))
 }
 
 /// A response still being produced; `None` when the request gets no
@@ -62,10 +73,10 @@ fn ready<R: Encodable + HeaderVersion + Send + 'static>(corr: i32, version: i16,
     Box::pin(async move { frame(corr, version, &body).map(Some) })
 }
 
-/// The ApiVersions response listing [`SUPPORTED`].
-fn api_versions(error: i16) -> ApiVersionsResponse {
-    let api_keys = SUPPORTED
-        .iter()
+/// The ApiVersions response listing [`SUPPORTED`] (the SASL APIs only
+/// when `sasl`).
+fn api_versions(error: i16, sasl: bool) -> ApiVersionsResponse {
+    let api_keys = served(sasl)
         .map(|&(k, lo, hi)| {
             ApiVersion::default().with_api_key(k as i16).with_min_version(lo).with_max_version(hi)
         })
@@ -76,8 +87,8 @@ fn api_versions(error: i16) -> ApiVersionsResponse {
 /// The answer to an ApiVersions request of a version newer than sluice
 /// serves: UNSUPPORTED_VERSION with a version 0 body (so any client can
 /// read it) and the versions it can use instead.
-pub(super) fn api_versions_too_new(correlation_id: i32) -> anyhow::Result<BytesMut> {
-    frame(correlation_id, 0, &api_versions(ResponseError::UnsupportedVersion.code()))
+pub(super) fn api_versions_too_new(correlation_id: i32, sasl: bool) -> anyhow::Result<BytesMut> {
+    frame(correlation_id, 0, &api_versions(ResponseError::UnsupportedVersion.code(), sasl))
 }
 
 fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> anyhow::Result<T> {
@@ -92,6 +103,7 @@ pub(super) async fn dispatch(
     header: &RequestHeader,
     key: ApiKey,
     body: &mut Bytes,
+    access: Arc<Access>,
 ) -> anyhow::Result<Reply> {
     let v = header.request_api_version;
     let corr = header.correlation_id;
@@ -99,16 +111,16 @@ pub(super) async fn dispatch(
     Ok(match key {
         ApiKey::ApiVersions => {
             let _: ApiVersionsRequest = decode(body, v)?;
-            ready(corr, v, api_versions(0))
+            ready(corr, v, api_versions(0, broker.accounts.is_some()))
         }
-        ApiKey::Metadata => ready(corr, v, metadata::metadata(broker, decode(body, v)?, v)?),
+        ApiKey::Metadata => ready(corr, v, metadata::metadata(broker, decode(body, v)?, v, &access)?),
         ApiKey::FindCoordinator => ready(corr, v, metadata::find_coordinator(broker, decode(body, v)?, v)),
-        ApiKey::Produce => produce::produce(&b, decode(body, v)?, corr, v).await,
+        ApiKey::Produce => produce::produce(&b, decode(body, v)?, corr, v, &access).await,
         ApiKey::Fetch => {
             let req = decode(body, v)?;
-            Box::pin(async move { frame(corr, v, &fetch::fetch(&b, req, v).await?).map(Some) })
+            Box::pin(async move { frame(corr, v, &fetch::fetch(&b, req, v, &access).await?).map(Some) })
         }
-        ApiKey::ListOffsets => ready(corr, v, fetch::list_offsets(broker, decode(body, v)?, v)?),
+        ApiKey::ListOffsets => ready(corr, v, fetch::list_offsets(broker, decode(body, v)?, &access)?),
         ApiKey::JoinGroup => {
             let req = decode(body, v)?;
             let client = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
@@ -122,13 +134,18 @@ pub(super) async fn dispatch(
         ApiKey::LeaveGroup => ready(corr, v, group_api::leave(broker, decode(body, v)?, v)),
         ApiKey::OffsetCommit => {
             let req = decode(body, v)?;
-            Box::pin(async move { frame(corr, v, &group_api::offset_commit(&b, req).await).map(Some) })
+            Box::pin(
+                async move { frame(corr, v, &group_api::offset_commit(&b, req, &access).await).map(Some) },
+            )
         }
-        ApiKey::OffsetFetch => ready(corr, v, group_api::offset_fetch(broker, decode(body, v)?)),
+        ApiKey::OffsetFetch => ready(corr, v, group_api::offset_fetch(broker, decode(body, v)?, &access)),
         ApiKey::DescribeGroups => ready(corr, v, group_api::describe_groups(broker, decode(body, v)?)),
         ApiKey::ListGroups => ready(corr, v, group_api::list_groups(broker, decode(body, v)?, v)),
-        ApiKey::CreateTopics => ready(corr, v, metadata::create_topics(broker, decode(body, v)?, v)),
+        ApiKey::CreateTopics => ready(corr, v, metadata::create_topics(broker, decode(body, v)?, v, &access)),
         ApiKey::InitProducerId => ready(corr, v, produce::init_producer_id(broker, decode(body, v)?)),
+        ApiKey::DescribeConfigs => {
+            ready(corr, v, configs::describe_configs(broker, decode(body, v)?, v, &access))
+        }
         other => anyhow::bail!("API {other:?} is not served"),
     })
 }
@@ -158,6 +175,9 @@ mod tests {
                 ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
                 ApiKey::CreateTopics => CreateTopicsRequest::VERSIONS,
                 ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
+                ApiKey::DescribeConfigs => DescribeConfigsRequest::VERSIONS,
+                ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS,
+                ApiKey::SaslAuthenticate => SaslAuthenticateRequest::VERSIONS,
                 other => panic!("{other:?} advertised but not checked here"),
             };
             let (clo, chi) = (codec.min, codec.max);
@@ -168,9 +188,11 @@ mod tests {
     #[test]
     fn api_versions_encodes_at_every_version() {
         for v in 0..=3 {
-            frame(1, v, &api_versions(0)).expect("encodes");
+            frame(1, v, &api_versions(0, true)).expect("encodes");
         }
-        let too_new = api_versions_too_new(7).expect("encodes");
+        assert_eq!(api_versions(0, true).api_keys.len(), SUPPORTED.len());
+        assert_eq!(api_versions(0, false).api_keys.len(), SUPPORTED.len() - 2);
+        let too_new = api_versions_too_new(7, false).expect("encodes");
         // length, correlation id, error code 35.
         assert_eq!(&too_new[4..8], &7i32.to_be_bytes());
         assert_eq!(&too_new[8..10], &35i16.to_be_bytes());

@@ -20,11 +20,19 @@ gateway/tests/kafka_listener.rs. Every command prints JSON lines on stdout.
            {"records", "seconds", "per_sec"}
   consume-bench --count N --group G   a consumer group reading N records
            from the earliest offset: {"records", "seconds", "per_sec"}
+  describe-configs --topics a,b   AdminClient.describe_configs of each topic
+           and broker 0: {"resource", "type", "configs": {name: value},
+           "read_only"} or {"resource", "type", "error"}
   latency  --count N   N records one at a time (acks=all, linger 0), each
            after the previous one's acknowledgement, 10 ms apart:
            {"records", "p50_ms", "p99_ms", "max_ms"}
   http-group-bench --http HOST:PORT --count N --group G   the same read
            through sluice's HTTP group fetch and commit (for comparison)
+
+With --sasl, client errors (error_cb) are printed as {"client_error",
+"code"} lines.
+Options --ca/--cert/--cert-key (TLS) and --sasl/--user/--password (SASL)
+apply to every command.
 
 Exit status 0 on success, 1 on a timeout, 2 on a client error.
 """
@@ -36,7 +44,7 @@ import sys
 import time
 
 from confluent_kafka import Consumer, KafkaError, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 
 def out(obj):
@@ -48,15 +56,26 @@ def text(b):
     return None if b is None else b.decode("utf-8", "replace")
 
 
+def client_error(err):
+    """librdkafka's error callback: each error as a JSON line (the tests
+    read SASL failures from here)."""
+    out({"client_error": str(err), "code": err.name()})
+
+
 def security(args):
     """TLS settings when --ca is given (the listener's CA), with a client
-    certificate when --cert/--cert-key are."""
-    if not args.ca:
-        return {}
-    conf = {"security.protocol": "SSL", "ssl.ca.location": args.ca,
-            "ssl.endpoint.identification.algorithm": "none"}
+    certificate when --cert/--cert-key are; SASL with --sasl MECHANISM
+    --user U --password P (SASL_PLAINTEXT, or SASL_SSL with --ca)."""
+    conf = {}
+    if args.ca:
+        conf.update({"security.protocol": "SSL", "ssl.ca.location": args.ca,
+                     "ssl.endpoint.identification.algorithm": "none"})
     if args.cert:
         conf.update({"ssl.certificate.location": args.cert, "ssl.key.location": args.cert_key})
+    if args.sasl:
+        conf.update({"security.protocol": "SASL_SSL" if args.ca else "SASL_PLAINTEXT",
+                     "sasl.mechanism": args.sasl, "sasl.username": args.user,
+                     "sasl.password": args.password, "error_cb": client_error})
     return conf
 
 
@@ -157,7 +176,7 @@ def member(args):
 
 
 def admin(args):
-    a = AdminClient({"bootstrap.servers": args.bootstrap})
+    a = AdminClient({"bootstrap.servers": args.bootstrap, **security(args)})
     if args.topic:
         futures = a.create_topics([NewTopic(args.topic, args.partitions, 1)], request_timeout=args.timeout)
         for topic, f in futures.items():
@@ -172,6 +191,23 @@ def admin(args):
         d = a.describe_consumer_groups([args.group], request_timeout=args.timeout)[args.group].result()
         out({"group": d.group_id, "state": str(d.state),
              "members": sorted(m.client_id for m in d.members)})
+    return 0
+
+
+def describe_configs(args):
+    """DescribeConfigs of each --topics entry and of broker 0."""
+    a = AdminClient({"bootstrap.servers": args.bootstrap, **security(args)})
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in args.topics.split(",")]
+    resources.append(ConfigResource(ResourceType.BROKER, "0"))
+    for res, f in a.describe_configs(resources, request_timeout=args.timeout).items():
+        kind = "broker" if res.restype == ResourceType.BROKER else "topic"
+        try:
+            entries = f.result()
+            out({"resource": res.name, "type": kind,
+                 "configs": {n: e.value for n, e in entries.items()},
+                 "read_only": sorted({e.is_read_only for e in entries.values()})})
+        except Exception as e:  # the test checks what failed
+            out({"resource": res.name, "type": kind, "error": str(e)})
     return 0
 
 
@@ -266,7 +302,7 @@ def bench(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["produce", "consume", "member", "admin", "bench", "consume-bench",
-                                        "http-group-bench", "latency"])
+                                        "http-group-bench", "latency", "describe-configs"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic")
     ap.add_argument("--topics")
@@ -285,10 +321,14 @@ def main():
     ap.add_argument("--ca")
     ap.add_argument("--cert")
     ap.add_argument("--cert-key")
+    ap.add_argument("--sasl", help="SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    ap.add_argument("--user")
+    ap.add_argument("--password")
     ap.add_argument("--timeout", type=float, default=60)
     args = ap.parse_args()
     commands = {"produce": produce, "consume": consume, "member": member, "admin": admin, "bench": bench,
-                "consume-bench": consume_bench, "http-group-bench": http_group_bench, "latency": latency}
+                "consume-bench": consume_bench, "http-group-bench": http_group_bench, "latency": latency,
+                "describe-configs": describe_configs}
     return commands[args.command](args)
 
 
