@@ -291,19 +291,7 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
         }
     }
     if let Some(guard) = shared.mqtt_guard.get() {
-        match guard.reload(&new.mqtt) {
-            Ok(r) if r == crate::mqtt::auth::UsersReloaded::default() => {}
-            Ok(r) => {
-                tracing::info!(
-                    added = r.added,
-                    removed = r.removed,
-                    changed = r.changed,
-                    "MQTT users reloaded"
-                );
-                changed += 1;
-            }
-            Err(e) => tracing::error!("{e}"),
-        }
+        changed += users_reloaded("MQTT", guard.reload(&new.mqtt));
     }
     #[cfg(feature = "kafka-listener")]
     if shared.kafka_accounts.get().is_none()
@@ -314,19 +302,7 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
     }
     #[cfg(feature = "kafka-listener")]
     if let Some(accounts) = shared.kafka_accounts.get() {
-        match accounts.reload(&new.kafka) {
-            Ok(r) if r == crate::mqtt::auth::UsersReloaded::default() => {}
-            Ok(r) => {
-                tracing::info!(
-                    added = r.added,
-                    removed = r.removed,
-                    changed = r.changed,
-                    "Kafka users reloaded"
-                );
-                changed += 1;
-            }
-            Err(e) => tracing::error!("{e}"),
-        }
+        changed += users_reloaded("Kafka", accounts.reload(&new.kafka));
     }
     for s in &new.services {
         match shared.services.get(&s.name) {
@@ -344,6 +320,27 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
         }
     }
     Ok(changed)
+}
+
+/// Logs the outcome of reloading the `what` (MQTT, Kafka) users; 1 when
+/// they changed.
+fn users_reloaded(what: &str, result: Result<crate::mqtt::auth::UsersReloaded, String>) -> usize {
+    match result {
+        Ok(r) if r == crate::mqtt::auth::UsersReloaded::default() => 0,
+        Ok(r) => {
+            tracing::info!(
+                added = r.added,
+                removed = r.removed,
+                changed = r.changed,
+                "{what} users reloaded"
+            );
+            1
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            0
+        }
+    }
 }
 
 /// Writes `DATA_DIR/listen.json` atomically (temp file + rename): the

@@ -340,24 +340,26 @@ async fn consumer_group_rebalances_and_resumes_after_restart() {
     assert_eq!(values, ["45", "46", "47"]);
 }
 
+/// Runs kcat (Debian's, librdkafka 2.0.2) with `args`, `input` on its stdin.
+fn kcat(args: Vec<String>, input: &'static str) -> tokio::task::JoinHandle<std::process::Output> {
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("kcat")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kcat (Debian package kcat; deploy/install-test-peers.sh installs it)");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kcat_produces_and_consumes() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(&dir.path().join("d"), Some(&config(""))).await;
     let addr = kafka_addr(&gw);
-    let kcat = |args: Vec<String>, input: &'static str| {
-        tokio::task::spawn_blocking(move || {
-            let mut child = Command::new("kcat")
-                .args(&args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("kcat (Debian package kcat; deploy/install-test-peers.sh installs it)");
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-            child.wait_with_output().unwrap()
-        })
-    };
     let produced = kcat(
         vec!["-b".into(), addr.clone(), "-P".into(), "-t".into(), "lines".into(), "-K".into(), ":".into()],
         "k1:one\nk2:two\nk3:three\n",
@@ -931,17 +933,7 @@ async fn sasl_requires_authentication_first_and_kcat_authenticates() {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        tokio::task::spawn_blocking(move || {
-            let mut child = Command::new("kcat")
-                .args(&args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("kcat");
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-            child.wait_with_output().unwrap()
-        })
+        kcat(args, input)
     };
     let produced = kcat(&["-P"], "one\ntwo\n").await.unwrap();
     assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
