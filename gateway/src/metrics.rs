@@ -218,6 +218,25 @@ pub fn render(shared: &Shared) -> String {
         "MQTT subscription filters refused: outside the user's subscribe filters",
     );
     out.sample("sluice_mqtt_subscribe_refused_total", &[], m.subscribe_refused.load(Ordering::Relaxed));
+    let lags = m.session_lags();
+    out.family(
+        "sluice_mqtt_session_lag_records",
+        "gauge",
+        "Publishes sluice holds for a live MQTT subscriber, not yet sent, per service (the 100 sessions most behind)",
+    );
+    for l in &lags {
+        let labels = [("client_id", l.client_id.as_str()), ("service", l.service.as_str())];
+        out.sample("sluice_mqtt_session_lag_records", &labels, l.records);
+    }
+    out.family(
+        "sluice_mqtt_session_lag_seconds",
+        "gauge",
+        "Age of the oldest publish sluice holds for a live MQTT subscriber, per service (0 when none)",
+    );
+    for l in &lags {
+        let labels = [("client_id", l.client_id.as_str()), ("service", l.service.as_str())];
+        out.sample("sluice_mqtt_session_lag_seconds", &labels, l.seconds);
+    }
     out.family("sluice_mqtt_connect_refused_total", "counter", "MQTT CONNECTs refused, by reason");
     for (reason, v) in [
         ("no_credentials", &m.refused_no_credentials),

@@ -109,6 +109,15 @@ async fn qos1_bulk_flood_alarms_overtake_at_a_paused_subscriber_and_nothing_is_l
     tokio::time::sleep(Duration::from_millis(500)).await;
     publish(&gw, "alarm-pub", "alarms/line-1", ALARMS, QoS::AtLeastOnce, 200).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The operator sees the backlog per subscriber session and service.
+    let lag = |what: &str, service: &str| {
+        format!("sluice_mqtt_session_lag_{what}{{client_id=\"slow\",service=\"{service}\"}}")
+    };
+    let waiting = gw.metric(&lag("records", "bulk")).await;
+    assert!(waiting > 2000, "bulk records waiting for the subscriber: {waiting}");
+    let oldest = gw.metric_f64(&lag("seconds", "bulk")).await;
+    assert!(oldest >= 0.5, "the oldest bulk record waited since before the alarms: {oldest} s");
+    assert!(gw.metric(&lag("records", "alarms")).await > 0, "alarms wait too");
     // It resumes: what it gets first is what was in flight (sluice's QoS 1
     // window, 16 before any acknowledgement, and the one publish that waited
     // for it), then the alarms, sharing
@@ -124,6 +133,7 @@ async fn qos1_bulk_flood_alarms_overtake_at_a_paused_subscriber_and_nothing_is_l
     );
     assert_eq!(count(&got, "bulk/"), BULK, "no bulk is lost");
     assert_eq!(gw.metric("sluice_mqtt_delivery_dropped_total{service=\"bulk\"}").await, 0);
+    assert_eq!(gw.metric(&lag("records", "bulk")).await, 0, "caught up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

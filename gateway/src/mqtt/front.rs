@@ -423,6 +423,7 @@ where
         deliveries: deliveries.clone(),
         subs: subs.clone(),
         origin,
+        client_id: connect.client_id.clone(),
     };
     for filter in front.interest.resume(&connect.client_id, connect.persistent) {
         // A persistent session's subscriptions carry on at the broker.
@@ -452,6 +453,7 @@ where
     outbox.finish();
     let _ = writer.await;
     front.interest.end(&connect.client_id, connect.persistent, subs.filters());
+    front.intake.stats().untrack_session(origin);
     if connect.persistent {
         let open = std::mem::take(&mut *lock(&deliveries.open));
         if !open.is_empty() {
@@ -504,6 +506,8 @@ struct Conn {
     subs: Arc<Subs>,
     /// This connection's number, in the trailer of what it publishes.
     origin: u64,
+    /// Its client id, for the per-session lag metrics.
+    client_id: String,
 }
 
 impl Conn {
@@ -727,6 +731,7 @@ impl Conn {
                 // Subscribing again replaces a subscription: counted once.
                 if self.subs.set(sub) {
                     self.front.interest.add(f);
+                    self.front.intake.stats().track_session(self.origin, &self.client_id, &self.outbox);
                 }
             }
         }

@@ -32,6 +32,7 @@ pub mod route;
 
 pub use broker::{reserve, rumqttd_config, start, wait_listening, MqttHandle};
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 
 /// MQTT-wide counters (per-service ones live in the service counters).
@@ -64,6 +65,70 @@ pub struct MqttStats {
     pub ports: std::sync::OnceLock<Vec<u16>>,
     /// Counters of the public listeners (connection limit, TLS).
     pub listener: std::sync::Arc<crate::listener::ListenerStats>,
+    /// Connections with subscriptions, by connection number: client id and
+    /// what waits in sluice for them (see [`MqttStats::session_lags`]).
+    sessions: std::sync::Mutex<HashMap<u64, (String, std::sync::Weak<outbox::Outbox>)>>,
+}
+
+/// What waits in sluice for one live subscriber, per service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionLag {
+    pub client_id: String,
+    pub service: String,
+    /// Publishes queued for the subscriber, not yet sent to it.
+    pub records: u64,
+    /// Age of the oldest of them (0 when none).
+    pub seconds: f64,
+}
+
+/// At most this many subscriber sessions are reported (the most behind).
+const SESSIONS_REPORTED: usize = 100;
+
+impl MqttStats {
+    /// Connection `origin` of `client_id` subscribed: its lag is reported.
+    fn track_session(&self, origin: u64, client_id: &str, out: &std::sync::Arc<outbox::Outbox>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sessions.entry(origin).or_insert_with(|| (client_id.to_owned(), std::sync::Arc::downgrade(out)));
+    }
+
+    /// Connection `origin` ended.
+    fn untrack_session(&self, origin: u64) {
+        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&origin);
+    }
+
+    /// Per live subscriber session (a connection with subscriptions) and
+    /// service: what sluice holds for it, not yet sent. The 100 sessions
+    /// with the oldest waiting publish come first; the rest are left out.
+    pub fn session_lags(&self) -> Vec<SessionLag> {
+        let sessions: Vec<(String, std::sync::Arc<outbox::Outbox>)> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter_map(|(id, out)| Some((id.clone(), out.upgrade()?)))
+            .collect();
+        let mut per_session: Vec<(f64, Vec<SessionLag>)> = sessions
+            .iter()
+            .map(|(client_id, out)| {
+                let lags: Vec<SessionLag> = out
+                    .lag()
+                    .into_iter()
+                    .map(|(service, records, oldest)| SessionLag {
+                        client_id: client_id.clone(),
+                        service,
+                        records,
+                        seconds: oldest.as_secs_f64(),
+                    })
+                    .collect();
+                (lags.iter().map(|l| l.seconds).fold(0.0, f64::max), lags)
+            })
+            .collect();
+        per_session.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| a.1.first().map(|l| &l.client_id).cmp(&b.1.first().map(|l| &l.client_id)))
+        });
+        per_session.into_iter().take(SESSIONS_REPORTED).flat_map(|(_, l)| l).collect()
+    }
 }
 
 /// Established TCP connections on the MQTT listener ports, read from

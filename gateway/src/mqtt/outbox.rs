@@ -389,6 +389,24 @@ impl Outbox {
         }
     }
 
+    /// Per service (by name): publishes queued and not yet sent, and the
+    /// age of the oldest.
+    pub(super) fn lag(&self) -> Vec<(String, u64, Duration)> {
+        let st = self.lock();
+        let now = Instant::now();
+        self.services
+            .iter()
+            .map(|s| {
+                let held = st.held.as_ref().filter(|q| q.service == s.id);
+                let records = st.sched.queued_items(s.id) as u64 + u64::from(held.is_some());
+                let oldest = held
+                    .or_else(|| st.sched.front(s.id))
+                    .map_or(Duration::ZERO, |q| now.saturating_duration_since(q.queued));
+                (s.name.to_string(), records, oldest)
+            })
+            .collect()
+    }
+
     /// Waits until [`Outbox::take`] may have something new.
     pub(super) async fn changed(&self) {
         self.wake.notified().await;

@@ -280,12 +280,21 @@ impl Gateway {
     /// The value of one series of `/metrics` (exact name and labels, e.g.
     /// `sluice_mqtt_dropped_total{reason="unrouted"}`); panics when absent.
     pub async fn metric(&self, series: &str) -> u64 {
+        self.metric_text(series).await.parse().unwrap()
+    }
+
+    /// The value of a gauge with a fractional value (seconds).
+    pub async fn metric_f64(&self, series: &str) -> f64 {
+        self.metric_text(series).await.parse().unwrap()
+    }
+
+    async fn metric_text(&self, series: &str) -> String {
         let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
         let line = text
             .lines()
             .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
             .unwrap_or_else(|| panic!("{series} not in /metrics"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        line.rsplit(' ').next().unwrap().to_owned()
     }
 
     /// Commits `group` past every record in `records`; asserts 200.
