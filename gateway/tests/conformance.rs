@@ -155,7 +155,11 @@ async fn accepted(addr: &str, v: Version, id: &str) -> Conn {
 /// SUBSCRIBE and its SUBACK's return codes.
 async fn sub(c: &mut Conn, pkid: u16, filters: &[(&str, u8)]) -> Result<Vec<u8>, String> {
     c.send(&subscribe(c.v, pkid, filters)).await;
-    match c.expect(SOON, |p| matches!(p, Packet::SubAck { .. })).await? {
+    match c
+        .expect(SOON, |p| matches!(p, Packet::SubAck { .. }))
+        .await
+        .map_err(|e| format!("no SUBACK: {e}"))?
+    {
         Packet::SubAck { pkid: got, codes } => {
             check!(got == pkid, "SUBACK packet id {got}, SUBSCRIBE had {pkid} (MQTT-3.8.4-2)");
             check!(
@@ -173,7 +177,11 @@ async fn sub(c: &mut Conn, pkid: u16, filters: &[(&str, u8)]) -> Result<Vec<u8>,
 /// A QoS 1 PUBLISH and its PUBACK's reason code.
 async fn publish1(c: &mut Conn, topic: &str, payload: &[u8], retain: bool, pkid: u16) -> Result<u8, String> {
     c.send(&publish(c.v, topic, payload, 1, retain, pkid)).await;
-    match c.expect(SOON, |p| matches!(p, Packet::PubAck { .. })).await? {
+    match c
+        .expect(SOON, |p| matches!(p, Packet::PubAck { .. }))
+        .await
+        .map_err(|e| format!("no PUBACK: {e}"))?
+    {
         Packet::PubAck { pkid: got, reason } => {
             check!(got == pkid, "PUBACK packet id {got}, PUBLISH had {pkid} (MQTT-2.3.1-6)");
             Ok(reason)
@@ -184,7 +192,10 @@ async fn publish1(c: &mut Conn, topic: &str, payload: &[u8], retain: bool, pkid:
 
 /// The next PUBLISH to `c`, acknowledged if QoS 1.
 async fn delivered(c: &mut Conn, wait: Duration) -> Result<Packet, String> {
-    let p = c.expect(wait, |p| matches!(p, Packet::Publish { .. })).await?;
+    let p = c
+        .expect(wait, |p| matches!(p, Packet::Publish { .. }))
+        .await
+        .map_err(|e| format!("no delivery: {e}"))?;
     if let Packet::Publish { qos: 1, pkid, .. } = p {
         c.send(&ack(0x40, pkid)).await;
     }
@@ -605,7 +616,7 @@ async fn subscriptions_outside_the_acl_are_refused_in_the_suback_3_9_3(addr: Str
         "SUBACK [granted, {refused:#x}, 0, {refused:#x}], got {codes:02x?}"
     );
     let mut p = accepted(&addr, v, "acl-pub").await;
-    p.send(&publish(v, "open/b", b"allowed", 0, false, 0)).await;
+    publish1(&mut p, "open/b", b"allowed", false, 1).await?;
     let got = delivered(&mut s, SOON).await?;
     check!(payload_of(&got) == b"allowed", "the granted filter delivers, got {got:?}");
     Ok(())
