@@ -28,6 +28,13 @@ gateway/tests/kafka_listener.rs. Every command prints JSON lines on stdout.
            {"records", "p50_ms", "p99_ms", "max_ms"}
   http-group-bench --http HOST:PORT --count N --group G   the same read
            through sluice's HTTP group fetch and commit (for comparison)
+  consumer-latency --topics alarms,bulk --count N --group G [--work-ms W]
+           [--prefetch-kb K]   a group member reading both topics from
+           their end, W ms of work per record, while alarms (acks=all) are
+           produced every 20 ms with their send time: the alarms' produce ->
+           consumer's hand latency {"alarms", "p50_ms", "p99_ms", "max_ms",
+           "bulk_per_sec"}; with K, librdkafka prefetches at most K KiB
+           (queued.max.messages.kbytes, fetch.max.bytes)
 
 With --sasl, client errors (error_cb) are printed as {"client_error",
 "code"} lines.
@@ -277,6 +284,77 @@ def http_group_bench(args):
     return 0 if got >= args.count else 1
 
 
+def consumer_latency(args):
+    import threading
+
+    topics = args.topics.split(",")
+    alarm_topic = topics[0]
+    extra = {"auto.offset.reset": "latest", "enable.auto.commit": True}
+    if args.prefetch_kb:
+        extra.update({"queued.max.messages.kbytes": args.prefetch_kb,
+                      "fetch.max.bytes": args.prefetch_kb * 1024,
+                      "message.max.bytes": args.prefetch_kb * 1024,
+                      # Fetch again at once when the small queue has room
+                      # (the default waits 1 s once it was full).
+                      "queued.min.messages": 1, "fetch.queue.backoff.ms": 1, "fetch.wait.max.ms": 10,
+                      "max.partition.fetch.bytes": args.prefetch_kb * 1024})
+    c = consumer(args, args.group, extra)
+    c.subscribe(topics)
+    # Joined and fetching before the first alarm.
+    deadline = time.time() + args.timeout
+    while not c.assignment() and time.time() < deadline:
+        c.poll(0.1)
+    # Positions ("latest") are resolved by the first fetches.
+    settle = time.time() + 1
+    while time.time() < settle:
+        c.poll(0.1)
+    stop = threading.Event()
+
+    def alarms():
+        p = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 0, **security(args)})
+        for _ in range(args.count):
+            if stop.is_set():
+                break
+            p.produce(alarm_topic, value=repr(time.time()).encode())
+            p.poll(0)
+            time.sleep(0.02)
+        p.flush(10)
+
+    t = threading.Thread(target=alarms)
+    t.start()
+    took, bulk = [], 0
+    start = time.perf_counter()
+    quiet_since = None
+    while len(took) < args.count and time.time() < deadline:
+        msg = c.poll(0.1)
+        if msg is None or msg.error():
+            # Done when the producer is and nothing came for 5 s.
+            if not t.is_alive():
+                quiet_since = quiet_since or time.time()
+                if time.time() - quiet_since > 5:
+                    break
+            continue
+        quiet_since = None
+        if args.work_ms:
+            time.sleep(args.work_ms / 1000)
+        if msg.topic() == alarm_topic:
+            took.append((time.time() - float(msg.value())) * 1000)
+        else:
+            bulk += 1
+    seconds = time.perf_counter() - start
+    stop.set()
+    t.join()
+    c.close()
+    if not took:
+        out({"alarms": 0})
+        return 1
+    took.sort()
+    pick = lambda q: round(took[min(len(took) - 1, int(q * len(took)))], 2)
+    out({"alarms": len(took), "sent": args.count, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+         "max_ms": round(took[-1], 2), "bulk_per_sec": round(bulk / seconds)})
+    return 0
+
+
 def bench(args):
     p = Producer({"bootstrap.servers": args.bootstrap, "acks": 1, "linger.ms": 5,
                   "queue.buffering.max.messages": 1000000})
@@ -302,7 +380,7 @@ def bench(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["produce", "consume", "member", "admin", "bench", "consume-bench",
-                                        "http-group-bench", "latency", "describe-configs"])
+                                        "http-group-bench", "latency", "describe-configs", "consumer-latency"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic")
     ap.add_argument("--topics")
@@ -325,10 +403,12 @@ def main():
     ap.add_argument("--user")
     ap.add_argument("--password")
     ap.add_argument("--timeout", type=float, default=60)
+    ap.add_argument("--work-ms", type=float, default=0, help="consumer-latency: work per record")
+    ap.add_argument("--prefetch-kb", type=int, default=0, help="consumer-latency: librdkafka prefetch limit")
     args = ap.parse_args()
     commands = {"produce": produce, "consume": consume, "member": member, "admin": admin, "bench": bench,
                 "consume-bench": consume_bench, "http-group-bench": http_group_bench, "latency": latency,
-                "describe-configs": describe_configs}
+                "describe-configs": describe_configs, "consumer-latency": consumer_latency}
     return commands[args.command](args)
 
 
