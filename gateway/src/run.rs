@@ -63,6 +63,7 @@ pub async fn run(
     compile_rules(&config)?;
     // Every TLS file is read before anything starts (as check-config does).
     crate::listener::check_tls_files(&config)?;
+    open_files_limit(&config);
     let data_dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -322,6 +323,41 @@ pub fn reload(shared: &Shared, path: &Path) -> anyhow::Result<usize> {
     Ok(changed)
 }
 
+/// File descriptors one MQTT client connection holds: its socket (and a
+/// duplicate the writer sets options on) and both ends of the front's
+/// loopback connection to the embedded broker.
+const FDS_PER_MQTT_CONNECTION: u64 = 4;
+
+/// Descriptors the rest of the process may hold: segment files, sled,
+/// HTTP and Kafka connections, the uplinks.
+const FDS_BESIDES_MQTT: u64 = 1024;
+
+/// Warns when the open-files limit is below what `mqtt.max_connections`
+/// needs: at the limit, accepting fails (and rumqttd logs an error per
+/// try, in a loop). Read from `/proc/self/limits` (Linux); elsewhere,
+/// nothing is checked.
+fn open_files_limit(config: &Config) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else { return };
+    let Some(soft) = open_files_soft_limit(&limits) else { return };
+    let need = u64::from(config.mqtt.max_connections) * FDS_PER_MQTT_CONNECTION + FDS_BESIDES_MQTT;
+    if soft < need {
+        tracing::warn!(
+            limit = soft,
+            need,
+            "the open files limit is below what mqtt.max_connections = {} needs ({FDS_PER_MQTT_CONNECTION} per \
+             connection + {FDS_BESIDES_MQTT}): raise LimitNOFILE (systemd) or `ulimit -n`, or lower mqtt.max_connections",
+            config.mqtt.max_connections
+        );
+    }
+}
+
+/// The soft "Max open files" of a `/proc/PID/limits` text (`None` when
+/// unlimited or absent).
+fn open_files_soft_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
 /// Logs the outcome of reloading the `what` (MQTT, Kafka) users; 1 when
 /// they changed.
 fn users_reloaded(what: &str, result: Result<crate::mqtt::auth::UsersReloaded, String>) -> usize {
@@ -363,4 +399,24 @@ fn write_listen_json(
     let tmp = data_dir.join("listen.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;
     std::fs::rename(&tmp, data_dir.join("listen.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_files_soft_limit;
+
+    #[test]
+    fn the_soft_open_files_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             95806                95806                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(open_files_soft_limit(limits), Some(1024));
+        assert_eq!(
+            open_files_soft_limit(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            None
+        );
+        assert_eq!(open_files_soft_limit(""), None);
+    }
 }

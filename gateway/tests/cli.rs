@@ -111,3 +111,40 @@ fn check_config_reads_secret_files_and_warns_about_readable_ones() {
         "{err}"
     );
 }
+
+/// A process whose open-files limit cannot hold `mqtt.max_connections`
+/// (4 descriptors a connection) says so at start, naming the setting.
+#[test]
+fn a_too_low_open_files_limit_is_a_warning_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let log = dir.path().join("stderr");
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 1500 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--data-dir"])
+        .arg(&data)
+        .args(["--http-listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !data.join("listen.json").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sluice exited: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert!(std::time::Instant::now() < deadline, "sluice never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        stderr.contains("open files limit") && stderr.contains("mqtt.max_connections = 1000"),
+        "a warning naming the limit and the setting: {stderr}"
+    );
+}
