@@ -1,4 +1,4 @@
-# Usage: python3 idle_conns.py --port 1883 --pid BROKER_PID --steps 1000:5,10000:10 [--batch 500] [--out run.json]  (opens idle MQTT 3.1.1 connections in steps, records the broker's VmRSS/threads after each step's wait)
+# Usage: python3 deploy/bench/idle-conns.py --port 1883 --pid BROKER_PID --steps 1000:5,10000:10 [--batch 500] [--out run.json]  (opens idle MQTT 3.1.1 connections in steps, records the broker's VmRSS/threads after each step's wait)
 """Idle MQTT connection memory probe.
 
 Opens TCP connections to HOST:PORT, sends an MQTT 3.1.1 CONNECT (clean
