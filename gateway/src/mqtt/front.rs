@@ -350,6 +350,11 @@ where
             own_qos1: !connect.persistent,
         },
     ));
+    if connect.persistent {
+        // The broker owns a persistent session's QoS 1 and rumqttd needs
+        // the acknowledgements in the order it sent: no reordering.
+        outbox.arrival_order();
+    }
     let (connack_tx, connack_rx) = oneshot::channel();
     let subacks = Arc::new(Mutex::new(HashMap::new()));
     let pings = Arc::new(Pings::default());
@@ -905,12 +910,9 @@ async fn broker_loop(
                             packet::ack(&mut to_broker, kind::PUBACK, pkid, level == 5, 0);
                         }
                         let topic = packet::publish(&frame, level).map(|p| p.topic).unwrap_or_default();
+                        // Not for this client (No Local): a QoS 1 one was
+                        // acknowledged to the broker above.
                         let Some(frame) = deliverable(&frame, qos, &topic, (&subs, origin, own_qos1)) else {
-                            // Not for this client: the broker still gets
-                            // its acknowledgement.
-                            if let (Some(pkid), false) = (pkid, own_qos1) {
-                                packet::ack(&mut to_broker, kind::PUBACK, pkid, level == 5, 0);
-                            }
                             continue;
                         };
                         let mut frame = frame;
@@ -923,10 +925,6 @@ async fn broker_loop(
                                     frame[0] |= 0x08;
                                 }
                                 lock(&deliveries.open).insert(pkid);
-                            }
-                            // Delivered at QoS 0: sluice acknowledges it.
-                            Some(pkid) if !own_qos1 => {
-                                packet::ack(&mut to_broker, kind::PUBACK, pkid, level == 5, 0);
                             }
                             _ => {}
                         }
@@ -1014,15 +1012,24 @@ fn deliverable(
     let Some((published, from)) = packet::trailer_of(frame) else {
         return as_sent();
     };
-    let want = match subs.delivery(std::str::from_utf8(topic).unwrap_or(""), from == origin) {
+    let delivery = subs.delivery(std::str::from_utf8(topic).unwrap_or(""), from == origin);
+    if !own_qos1 {
+        // A persistent session's QoS 1 is the broker's, and rumqttd needs
+        // its acknowledgements in order (an early one from sluice ends the
+        // connection): its deliveries keep the broker's QoS, and No Local
+        // skips QoS 0 ones only.
+        if delivery == Delivery::Skip && broker_qos == 0 {
+            return None;
+        }
+        return packet::strip_trailer(frame, broker_qos).map(|(f, _)| f).or_else(as_sent);
+    }
+    let want = match delivery {
         Delivery::Skip => return None,
         Delivery::Granted(granted) => published.min(granted),
         Delivery::Unknown => published.min(broker_qos),
     };
-    // sluice delivers QoS 1 itself on clean sessions (so it can add it);
-    // a persistent session's QoS 1 is the broker's.
-    let qos = if own_qos1 { want.min(1) } else { want.min(broker_qos) };
-    packet::strip_trailer(frame, qos).map(|(f, _)| f).or_else(as_sent)
+    // sluice delivers QoS 1 itself on clean sessions, so it can add it.
+    packet::strip_trailer(frame, want.min(1)).map(|(f, _)| f).or_else(as_sent)
 }
 
 /// sluice's own PINGREQs to the broker, whose PINGRESPs end at the front.
