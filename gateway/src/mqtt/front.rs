@@ -295,14 +295,6 @@ where
         return Err(SessionError::Protocol("first packet is not CONNECT"));
     }
     let connect = packet::connect(&first)?;
-    let deliveries = Arc::new(Deliveries::default());
-    {
-        let mut unacked = lock(&front.unacked);
-        let previous = unacked.remove(&connect.client_id);
-        if connect.persistent {
-            *lock(&deliveries.resend) = previous.unwrap_or_default();
-        }
-    }
     if !(3..=5).contains(&connect.level) {
         // MQTT-3.1.2-2: CONNACK 0x01 "unacceptable protocol level", then
         // the connection is closed.
@@ -315,6 +307,12 @@ where
     let _ = backend.set_nodelay(true);
     let (br, bw) = backend.into_split();
     let origin = front.connections.fetch_add(1, Ordering::Relaxed);
+    // Ready before the broker's CONNACK, after which it re-sends; the
+    // front's copy goes only once the CONNECT is accepted (below).
+    let deliveries = Arc::new(Deliveries::default());
+    if connect.persistent {
+        *lock(&deliveries.resend) = lock(&front.unacked).get(&connect.client_id).cloned().unwrap_or_default();
+    }
     let mut hello = BytesMut::from(&first[..]);
     if connect.keep_alive == 0 {
         // rumqttd refuses keep-alive 0; the longest one it accepts is the
@@ -430,6 +428,9 @@ where
         origin,
         client_id: connect.client_id.clone(),
     };
+    // Accepted: the previous connection's unacknowledged deliveries are
+    // this one's (persistent) or gone with the session (clean).
+    lock(&front.unacked).remove(&connect.client_id);
     for filter in front.interest.resume(&connect.client_id, connect.persistent) {
         // A persistent session's subscriptions carry on at the broker.
         subs.set(Sub { filter, qos: 1, no_local: false });
@@ -1021,7 +1022,7 @@ fn deliverable(
         if delivery == Delivery::Skip && broker_qos == 0 {
             return None;
         }
-        return packet::strip_trailer(frame, broker_qos).map(|(f, _)| f).or_else(as_sent);
+        return packet::strip_trailer(frame, broker_qos).or_else(as_sent);
     }
     let want = match delivery {
         Delivery::Skip => return None,
@@ -1029,7 +1030,7 @@ fn deliverable(
         Delivery::Unknown => published.min(broker_qos),
     };
     // sluice delivers QoS 1 itself on clean sessions, so it can add it.
-    packet::strip_trailer(frame, want.min(1)).map(|(f, _)| f).or_else(as_sent)
+    packet::strip_trailer(frame, want.min(1)).or_else(as_sent)
 }
 
 /// sluice's own PINGREQs to the broker, whose PINGRESPs end at the front.

@@ -19,13 +19,14 @@
 use sluice_config::mqtt_filter_matches;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 /// Subscription filters of all connections (and of persistent sessions
 /// that are away), counted.
 #[derive(Debug, Default)]
 pub(super) struct Interest {
-    filters: Mutex<HashMap<Box<str>, usize>>,
+    /// Read on every publish while any subscription exists: a read lock.
+    filters: RwLock<HashMap<Box<str>, usize>>,
     /// Distinct filters: zero makes [`Interest::wanted`] a load.
     distinct: AtomicUsize,
     /// Filters of persistent sessions whose connection ended, by client id.
@@ -44,19 +45,20 @@ impl Interest {
         if self.distinct.load(Ordering::Acquire) == 0 {
             return false;
         }
-        lock(&self.filters).keys().any(|f| mqtt_filter_matches(matching_part(f), topic))
+        let filters = self.filters.read().unwrap_or_else(PoisonError::into_inner);
+        filters.keys().any(|f| mqtt_filter_matches(matching_part(f), topic))
     }
 
     /// Counts `filter` once more.
     pub(super) fn add(&self, filter: &str) {
-        let mut filters = lock(&self.filters);
+        let mut filters = self.filters.write().unwrap_or_else(PoisonError::into_inner);
         *filters.entry(filter.into()).or_insert(0) += 1;
         self.distinct.store(filters.len(), Ordering::Release);
     }
 
     /// Counts `filter` once less.
     pub(super) fn remove(&self, filter: &str) {
-        let mut filters = lock(&self.filters);
+        let mut filters = self.filters.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = filters.get_mut(filter) {
             *n -= 1;
             if *n == 0 {

@@ -373,12 +373,12 @@ pub(crate) fn connect_with_will_trailer(
 
 /// A PUBLISH from the broker without the trailer of its payload, re-framed
 /// at `qos` (a packet id is kept when there was one, 0 when one is added,
-/// dropped at QoS 0 with the DUP flag), and the trailer. `None` when the
-/// frame is shorter than a trailer.
-pub(crate) fn strip_trailer(frame: &[u8], qos: u8) -> Option<(BytesMut, &[u8])> {
+/// dropped at QoS 0 with the DUP flag). `None` when the payload is
+/// shorter than a trailer ([`trailer_of`] reads the trailer).
+pub(crate) fn strip_trailer(frame: &[u8], qos: u8) -> Option<BytesMut> {
     let (at, topic_end, rest_at) = trailer_offsets(frame)?;
     let old_qos = (frame[0] >> 1) & 0x03;
-    let (rest, trailer) = frame[rest_at..].split_at(frame.len() - rest_at - TRAILER);
+    let rest = &frame[rest_at..frame.len() - TRAILER];
     let pkid: &[u8] = match (qos, old_qos) {
         (0, _) => &[],
         (_, 0) => &[0, 0],
@@ -392,7 +392,7 @@ pub(crate) fn strip_trailer(frame: &[u8], qos: u8) -> Option<(BytesMut, &[u8])> 
     out.extend_from_slice(&frame[at..topic_end]);
     out.extend_from_slice(pkid);
     out.extend_from_slice(rest);
-    Some((out, trailer))
+    Some(out)
 }
 
 /// Packet identifier of a PUBACK, PUBREC, PUBREL or PUBCOMP.
@@ -698,9 +698,8 @@ mod tests {
             assert_eq!(p.qos, qos.min(1), "QoS 2 goes on at QoS 1");
             assert_eq!(&p.payload[..], &[&b"payload"[..], &t].concat()[..]);
             for to in [0u8, 1, 2] {
-                let (back, got) = strip_trailer(&with, to).expect("has a trailer");
-                assert_eq!(got, &t[..]);
-                let back = back.freeze();
+                assert_eq!(trailer_of(&with), read_trailer(&t));
+                let back = strip_trailer(&with, to).expect("has a trailer").freeze();
                 let p = publish(&back, 4).expect("valid");
                 let want_pkid = match (to, qos.min(1)) {
                     (0, _) | (_, 0) => 0,
