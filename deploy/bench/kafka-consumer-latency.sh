@@ -30,17 +30,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-printf '[kafka]\nlisten = "127.0.0.1:0"\n%b' \
-    '[[service]]\nname = "alarms"\nexpress = true\ndurability = "sync"\n[[topic]]\nname = "alarms"\nservice = "alarms"\n[[service]]\nname = "bulk"\nweight = 1\n[[topic]]\nname = "bulk"\nservice = "bulk"\n' \
-    >"$work/sluice.toml"
-SLUICE_LOG=warn "$BIN" run --config "$work/sluice.toml" --data-dir "$work/sluice" \
-    --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 2>"$work/sluice.log" &
-pids+=($!)
-until [[ -s $work/sluice/listen.json ]]; do
-    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/sluice.log" >&2; exit 1; }
-    sleep 0.05
-done
-addr=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["kafka"])' "$work/sluice/listen.json")
+source deploy/bench/kafka-sluice.sh
+start_sluice
+addr=$sluice_addr
 measure() { # measure GROUP [PREFETCH_KB]
     "$PY" "$DRIVER" consumer-latency --bootstrap "$addr" --topics alarms,bulk --count "$COUNT" \
         --group "$1" --work-ms "$WORK_MS" --prefetch-kb "${2:-0}" --timeout 120

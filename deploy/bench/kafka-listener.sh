@@ -51,19 +51,11 @@ runs() { # runs NAME ADDR: RUNS produce runs into topic "bench", one line each
 
 # sluice: the default (buffered) service, one partition; alarms (express,
 # sync) and bulk (weight 1, buffered) for the latency part.
-printf '[kafka]\nlisten = "127.0.0.1:0"\n[[topic]]\nname = "bench"\npartitions = 1\n%b' \
-    '[[service]]\nname = "alarms"\nexpress = true\ndurability = "sync"\n[[topic]]\nname = "alarms"\nservice = "alarms"\n[[service]]\nname = "bulk"\nweight = 1\n[[topic]]\nname = "bulk"\nservice = "bulk"\n' \
-    >"$work/sluice.toml"
-SLUICE_LOG=warn "$BIN" run --config "$work/sluice.toml" --data-dir "$work/sluice" \
-    --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 2>"$work/sluice.log" &
-pids+=($!)
-until [[ -s $work/sluice/listen.json ]]; do
-    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/sluice.log" >&2; exit 1; }
-    sleep 0.05
-done
-sluice_addr=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["kafka"])' "$work/sluice/listen.json")
+EXTRA_TOML='[[topic]]\nname = "bench"\npartitions = 1\n'
+source deploy/bench/kafka-sluice.sh
+start_sluice
 sluice=$(runs sluice "$sluice_addr" | median)
-http_addr=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["http"])' "$work/sluice/listen.json")
+http_addr=$sluice_http
 reads() { # reads NAME COMMAND ARGS...: RUNS group reads of COUNT records, one line each
     local name=$1 per_sec i
     shift
