@@ -83,8 +83,8 @@ pub use model::{
     Unrouted,
 };
 pub use names::{
-    check_mqtt_filter, check_topic_name, mqtt_filter_covers, mqtt_filter_matches, RouteKey,
-    MAX_TOPIC_NAME_LEN,
+    check_mqtt_filter, check_topic_name, mqtt_filter_covers, mqtt_filter_matches, mqtt_filters_overlap,
+    RouteKey, MAX_TOPIC_NAME_LEN,
 };
 pub use rules::{DeadbandConfig, OnError, OnLate, RuleConfig, RuleRoute, WindowConfig, WindowKind};
 pub use security::{check_password_hash, parse_sha256, HttpToken, MqttUser, ALL_SERVICES, MIN_TOKEN_LEN};

@@ -107,6 +107,13 @@ pub struct MqttConfig {
     /// up, in bytes; past it the oldest publish of the lowest-priority
     /// service is dropped (counted). Default 4MiB, 64KiB to 1GiB.
     pub delivery_queue: ByteSize,
+    /// Longest a persistent session (3.1.1 clean session 0, MQTT 5 session
+    /// expiry) is kept while its client is away: an MQTT 5 client's own
+    /// expiry interval is capped to it, a 3.1.1 session gets it. Its
+    /// subscriptions and its place in the log are forgotten after that.
+    /// Default 7d, 1s to 365d.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub session_expiry: Duration,
     /// What happens to a publish that matches no `[[route]]`.
     pub unrouted: Unrouted,
     /// Whether clients without credentials may connect. Default: true
@@ -143,6 +150,7 @@ impl Default for MqttConfig {
             max_inflight: 100,
             delivery_target_delay: Duration::from_millis(5),
             delivery_queue: ByteSize::mib(4),
+            session_expiry: Duration::from_secs(7 * 24 * 3600),
             unrouted: Unrouted::FirstLevel,
             allow_anonymous: None,
             anonymous_publish: crate::security::everything(),

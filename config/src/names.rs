@@ -77,9 +77,44 @@ pub fn mqtt_filter_matches(filter: &str, topic: &str) -> bool {
     topic_levels.next().is_none()
 }
 
+/// Whether some topic matches both MQTT filters `a` and `b` (`$share/`
+/// prefixes already taken off).
+pub fn mqtt_filters_overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            // `x/#` also matches `x`.
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some(x), Some(y)) if x == "+" || y == "+" || x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod covers_tests {
-    use super::{mqtt_filter_covers as covers, mqtt_filter_matches};
+    use super::{mqtt_filter_covers as covers, mqtt_filter_matches, mqtt_filters_overlap};
+
+    #[test]
+    fn filters_overlap_when_one_topic_matches_both() {
+        for (a, b, want) in [
+            ("a/b", "a/b", true),
+            ("a/+", "a/b", true),
+            ("a/#", "a", true),
+            ("a", "a/#", true),
+            ("#", "x/y/z", true),
+            ("+/b", "a/+", true),
+            ("a/b", "a/c", false),
+            ("a", "a/b", false),
+            ("a/+", "a", false),
+            ("+/+", "a/b/c", false),
+            ("a/+/c", "a/#", true),
+        ] {
+            assert_eq!(mqtt_filters_overlap(a, b), want, "{a} and {b}");
+            assert_eq!(mqtt_filters_overlap(b, a), want, "{b} and {a}");
+        }
+    }
 
     #[test]
     fn a_subscription_is_covered_only_if_all_it_matches_is_allowed() {

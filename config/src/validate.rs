@@ -70,6 +70,13 @@ impl Problems {
             "mqtt.delivery_queue",
             range(cfg.mqtt.delivery_queue, (ByteSize::kib(64), ByteSize::gib(1))),
         );
+        self.check(
+            "mqtt.session_expiry",
+            dur_range(
+                cfg.mqtt.session_expiry,
+                (Duration::from_secs(1), Duration::from_secs(365 * 24 * 3600)),
+            ),
+        );
         if let Some(v5) = cfg.mqtt.listen_v5 {
             if v5 == cfg.mqtt.listen && v5.port() != 0 {
                 self.check(

@@ -197,6 +197,11 @@ impl Topics {
         self.any_appended.subscribe()
     }
 
+    /// How many topics there are.
+    pub fn count(&self) -> usize {
+        self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
     /// All topics, sorted by name.
     pub fn all(&self) -> Vec<Arc<Topic>> {
         let mut v: Vec<_> =

@@ -75,20 +75,25 @@ async fn publish(gw: &Gateway, id: &str, topic: &str, n: usize, qos: QoS, size: 
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
 
-/// Polls the subscriber until `n` publishes arrived, or none for 5 s;
-/// their topics in order.
-async fn receive(eventloop: &mut EventLoop, n: usize) -> Vec<String> {
-    let mut topics = Vec::with_capacity(n);
-    while topics.len() < n {
+/// Polls the subscriber until `n` publishes arrived, or none for 5 s.
+async fn receive_publishes(eventloop: &mut EventLoop, n: usize) -> Vec<rumqttc::Publish> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
         let Ok(event) = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await else { break };
         if let Event::Incoming(Packet::Publish(p)) = event.unwrap() {
             if std::env::var("DEBUG_ORDER").is_ok() {
                 eprintln!("{} {}", p.topic, String::from_utf8_lossy(&p.payload[..8.min(p.payload.len())]));
             }
-            topics.push(p.topic.to_string());
+            got.push(p);
         }
     }
-    topics
+    got
+}
+
+/// Polls the subscriber until `n` publishes arrived, or none for 5 s;
+/// their topics in order.
+async fn receive(eventloop: &mut EventLoop, n: usize) -> Vec<String> {
+    receive_publishes(eventloop, n).await.into_iter().map(|p| p.topic.to_string()).collect()
 }
 
 fn count(topics: &[String], prefix: &str) -> usize {
@@ -185,16 +190,144 @@ async fn a_full_subscriber_queue_drops_the_oldest_bulk_and_keeps_alarms() {
     assert_eq!(gw.metric("sluice_mqtt_delivery_dropped_total{service=\"alarms\"}").await, 0);
 }
 
+/// Connects `id` with a persistent session, without subscribing: whether
+/// the CONNACK said its session was there.
+async fn resume(gw: &Gateway, id: &str) -> (AsyncClient, EventLoop, bool) {
+    let (client, mut events) = subscriber(gw, id, &[], false).await;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.poll()).await.unwrap().unwrap();
+        if let Event::Incoming(Packet::ConnAck(ack)) = event {
+            return (client, events, ack.session_present);
+        }
+    }
+}
+
+/// Subscribes `id` with a persistent session to bulk and alarms, then
+/// disconnects.
+async fn subscribe_and_leave(gw: &Gateway, id: &str) {
+    let (client, mut events) =
+        subscriber(gw, id, &[("bulk/#", QoS::AtLeastOnce), ("alarms/#", QoS::AtLeastOnce)], false).await;
+    client.disconnect().await.unwrap();
+    while tokio::time::timeout(Duration::from_secs(5), events.poll()).await.is_ok_and(|e| e.is_ok()) {}
+}
+
+/// The payload numbers of the publishes to topics starting with `prefix`.
+fn numbers(got: &[rumqttc::Publish], prefix: &str) -> Vec<usize> {
+    got.iter()
+        .filter(|p| p.topic.starts_with(prefix))
+        .map(|p| String::from_utf8_lossy(&p.payload[..8]).parse().unwrap())
+        .collect()
+}
+
+fn alarm_positions(got: &[rumqttc::Publish]) -> Vec<usize> {
+    got.iter().enumerate().filter(|(_, p)| p.topic.starts_with("alarms/")).map(|(i, _)| i).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persistent_session_keeps_the_brokers_qos1_and_gets_everything() {
+async fn a_paused_persistent_subscriber_gets_alarms_first_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(&dir.path().join("d"), Some(&config(""))).await;
     let (_sub, mut events) =
         subscriber(&gw, "keeper", &[("bulk/#", QoS::AtLeastOnce), ("alarms/#", QoS::AtLeastOnce)], false)
             .await;
-    publish(&gw, "bulk-pub", "bulk/line-1", 500, QoS::AtLeastOnce, 200).await;
+    const BULK: usize = 2000;
+    publish(&gw, "bulk-pub", "bulk/line-1", BULK, QoS::AtLeastOnce, 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     publish(&gw, "alarm-pub", "alarms/line-1", ALARMS, QoS::AtLeastOnce, 200).await;
-    let got = receive(&mut events, 500 + ALARMS).await;
-    assert_eq!(count(&got, "alarms/"), ALARMS);
-    assert_eq!(count(&got, "bulk/"), 500);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // It resumes: first what was in flight (the QoS 1 window, 16 before any
+    // acknowledgement, and one more), then the alarms, sharing with bulk
+    // by express_max_share (one for one here).
+    let got = receive_publishes(&mut events, BULK + ALARMS).await;
+    let alarms = alarm_positions(&got);
+    assert_eq!(alarms.len(), ALARMS, "every alarm arrives");
+    assert!(
+        *alarms.last().unwrap() <= 17 + 2 * ALARMS,
+        "alarms overtake the bulk backlog: they came at positions {alarms:?} of {}",
+        got.len()
+    );
+    assert_eq!(numbers(&got, "bulk/"), (0..BULK).collect::<Vec<_>>(), "all bulk, in order");
+    assert!(got.iter().all(|p| p.qos == QoS::AtLeastOnce && !p.dup));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_away_during_a_flood_gets_everything_alarms_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config(""))).await;
+    subscribe_and_leave(&gw, "keeper").await;
+    const BULK: usize = 3000;
+    publish(&gw, "bulk-pub", "bulk/line-1", BULK, QoS::AtLeastOnce, 200).await;
+    publish(&gw, "zero-pub", "bulk/zero", 5, QoS::AtMostOnce, 200).await;
+    publish(&gw, "alarm-pub", "alarms/line-1", ALARMS, QoS::AtLeastOnce, 200).await;
+    // While it is away, its place in the log shows as a consumer group.
+    let lag =
+        gw.metric("sluice_group_lag_records{group=\"mqtt:keeper\",topic=\"bulk\",partition=\"0\"}").await;
+    assert!(lag >= BULK as u64, "the session's backlog is visible: {lag}");
+    let (_c, mut events, present) = resume(&gw, "keeper").await;
+    assert!(present, "the session was kept");
+    // Bulk, the QoS 0 ones and their QoS 1 end marker, the alarms.
+    let got = receive_publishes(&mut events, BULK + 5 + 1 + ALARMS).await;
+    let alarms = alarm_positions(&got);
+    assert_eq!(alarms.len(), ALARMS, "every alarm arrives");
+    assert!(
+        *alarms.last().unwrap() <= 2 * ALARMS + 2,
+        "the alarms come first (sharing with bulk by express_max_share): positions {alarms:?}"
+    );
+    let line = got.iter().filter(|p| p.topic == "bulk/line-1").map(|p| p.qos).collect::<Vec<_>>();
+    assert_eq!(line.len(), BULK, "every bulk record");
+    assert!(line.iter().all(|q| *q == QoS::AtLeastOnce));
+    assert_eq!(numbers(&got, "bulk/line-1"), (0..BULK).collect::<Vec<_>>(), "in order");
+    let zero: Vec<_> = got.iter().filter(|p| p.topic == "bulk/zero").collect();
+    assert_eq!(zero.len(), 5, "QoS 0 publishes are kept too");
+    assert!(zero.iter().all(|p| p.qos == QoS::AtMostOnce), "and delivered at QoS 0");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lag =
+        gw.metric("sluice_group_lag_records{group=\"mqtt:keeper\",topic=\"bulk\",partition=\"0\"}").await;
+    assert_eq!(lag, 0, "acknowledged deliveries move the session's place");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_survives_a_restart_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config(""))).await;
+    subscribe_and_leave(&gw, "keeper").await;
+    const BULK: usize = 500;
+    publish(&gw, "bulk-pub", "bulk/line-1", BULK, QoS::AtLeastOnce, 200).await;
+    publish(&gw, "alarm-pub", "alarms/line-1", ALARMS, QoS::AtLeastOnce, 200).await;
+    let gw = gw.restart().await;
+    let (c, mut events, present) = resume(&gw, "keeper").await;
+    assert!(present, "the session outlives a restart");
+    let got = receive_publishes(&mut events, BULK + ALARMS).await;
+    let alarms = alarm_positions(&got);
+    assert_eq!(alarms.len(), ALARMS, "every alarm arrives after the restart");
+    assert!(*alarms.last().unwrap() <= 2 * ALARMS + 2, "alarms first: {alarms:?}");
+    assert_eq!(numbers(&got, "bulk/"), (0..BULK).collect::<Vec<_>>(), "all bulk, in order");
+    // Acknowledged, then away again, then a power cut: what came meanwhile
+    // is there (with at most what was acknowledged in the last second
+    // again).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.disconnect().await.unwrap();
+    while tokio::time::timeout(Duration::from_secs(5), events.poll()).await.is_ok_and(|e| e.is_ok()) {}
+    publish(&gw, "alarm-pub", "alarms/line-2", ALARMS, QoS::AtLeastOnce, 200).await;
+    let gw = gw.crash_and_restart().await;
+    let (_c, mut events, present) = resume(&gw, "keeper").await;
+    assert!(present, "the session outlives a crash");
+    let got = receive_publishes(&mut events, ALARMS).await;
+    assert_eq!(numbers(&got, "alarms/line-2"), (0..ALARMS).collect::<Vec<_>>(), "what came while away");
+    assert!(
+        numbers(&got, "alarms/line-1").is_empty() && numbers(&got, "bulk/").is_empty(),
+        "nothing old again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_away_longer_than_its_expiry_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&dir.path().join("d"), Some(&config("[mqtt]\nsession_expiry = \"1s\"\n"))).await;
+    subscribe_and_leave(&gw, "short").await;
+    publish(&gw, "alarm-pub", "alarms/line-1", 1, QoS::AtLeastOnce, 200).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_c, mut events, present) = resume(&gw, "short").await;
+    assert!(!present, "the session expired");
+    assert!(receive(&mut events, 1).await.is_empty(), "nothing is delivered to a new session");
 }

@@ -188,11 +188,12 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
         broker_v4,
         broker_v5,
         max_packet: max_packet(mqtt),
-        unacked: Default::default(),
         interest: Default::default(),
         connections: Default::default(),
+        sessions: Default::default(),
     });
     let (stop, stopped) = watch::channel(false);
+    super::front::expire_sessions(front.clone(), stopped.clone());
     let tls = listeners.tls();
     listeners.serve(front, &stopped)?;
     Ok(MqttHandle { addr: public[0], addr_v5: public.get(1).copied(), tls, stop })

@@ -24,7 +24,7 @@
 //! delivered by sluice within a window sized in time (see [`super::outbox`]
 //! for the design and its limits). The client's PUBACKs of sluice's packet
 //! ids end at the front; the broker's QoS 1 publishes are acknowledged to it
-//! as they are read. Whatever the broker sends is read at once, so its
+//! as they are read (every session at the broker is clean). Whatever the broker sends is read at once, so its
 //! per-connection queue (first in, first out) stays empty.
 //!
 //! Per connection:
@@ -48,6 +48,12 @@
 //!   a wildcard closes the connection (MQTT-3.1.2-2, MQTT-3.3.2-2);
 //! - when the connection ends without DISCONNECT, its will message is
 //!   stored (the broker publishes it to live subscribers);
+//! - a persistent session (3.1.1 clean session 0, MQTT 5 session expiry)
+//!   is sluice's, served from the log ([`super::sessions`]): the broker
+//!   gets the CONNECT with clean session 1, the client a CONNACK with
+//!   session present when sluice kept its session, and the broker's
+//!   deliveries of stored publishes to it are dropped (the log delivers
+//!   them, in priority order, also after a restart);
 //! - before the end of a connection (DISCONNECT or close) reaches the
 //!   broker, the front sends it a PINGREQ and waits for the PINGRESP (at
 //!   most 2 s): rumqttd drops the publishes it reads in one batch with the
@@ -61,6 +67,7 @@ use super::interest::{Delivery, Sub, Subs};
 use super::outbox::{self, Next, Outbox, Setup, WRITE_BATCH};
 use super::packet::{self, kind, reason, PacketError};
 use super::route::Drop;
+use super::sessions::{Reader, Sessions, Stored, StoredSub};
 use crate::listener::{Gate, ListenerStats, TlsListener};
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
@@ -114,25 +121,29 @@ pub(super) struct Front {
     pub(super) broker_v5: SocketAddr,
     /// Largest remaining length accepted from a client.
     pub(super) max_packet: usize,
-    /// Per client id of a persistent session: the packet ids of the
-    /// broker's QoS 1 deliveries its client had not acknowledged when its
-    /// connection ended. The broker sends them again on the next
-    /// connection, where the front marks them DUP (MQTT-3.3.1-1).
-    pub(super) unacked: Mutex<HashMap<String, HashSet<u16>>>,
     /// What live subscribers could want: the broker gets only that.
     pub(super) interest: super::interest::Interest,
     /// Numbers connections, for the origin in payload trailers.
     pub(super) connections: std::sync::atomic::AtomicU64,
+    /// Persistent sessions, served from the log.
+    pub(super) sessions: Arc<Sessions>,
 }
 
-/// The broker's QoS 1 deliveries to a persistent session's client.
-#[derive(Debug, Default)]
-struct Deliveries {
-    /// Sent on this connection, not yet acknowledged by the client.
-    open: Mutex<HashSet<u16>>,
-    /// Unacknowledged when the previous connection ended: their next
-    /// delivery is a re-send.
-    resend: Mutex<HashSet<u16>>,
+/// How often sessions whose clients stayed away too long are forgotten.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+/// Forgets expired persistent sessions, at start and every minute.
+pub(super) fn expire_sessions(front: Arc<Front>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            let f = front.clone();
+            let _ = tokio::task::spawn_blocking(move || f.sessions.expire(f.intake.shared())).await;
+            tokio::select! {
+                _ = tokio::time::sleep(EXPIRE_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
 }
 
 /// The bound public listeners, before they serve.
@@ -294,7 +305,11 @@ where
     if packet::kind_of(&first) != kind::CONNECT {
         return Err(SessionError::Protocol("first packet is not CONNECT"));
     }
-    let connect = packet::connect(&first)?;
+    let mut connect = packet::connect(&first)?;
+    if connect.client_id.is_empty() {
+        // The broker assigns an MQTT 5 client an id: nothing to resume by.
+        connect.persistent = false;
+    }
     if !(3..=5).contains(&connect.level) {
         // MQTT-3.1.2-2: CONNACK 0x01 "unacceptable protocol level", then
         // the connection is closed.
@@ -303,17 +318,29 @@ where
         let _ = wr.shutdown().await;
         return Err(SessionError::Protocol("unsupported MQTT protocol level"));
     }
+    if !connect.v5() && !connect.clean && connect.client_id.is_empty() {
+        // MQTT-3.1.3-8: a persistent session needs a client id; CONNACK
+        // 0x02 "identifier rejected" (the broker, which gets a clean
+        // session, would accept it).
+        let mut wr = wr;
+        wr.write_all(&[kind::CONNACK << 4, 2, 0, 2]).await?;
+        let _ = wr.shutdown().await;
+        return Err(SessionError::Protocol("empty client id with a persistent session"));
+    }
     let backend = TcpStream::connect(if connect.v5() { front.broker_v5 } else { front.broker_v4 }).await?;
     let _ = backend.set_nodelay(true);
     let (br, bw) = backend.into_split();
     let origin = front.connections.fetch_add(1, Ordering::Relaxed);
-    // Ready before the broker's CONNACK, after which it re-sends; the
-    // front's copy goes only once the CONNECT is accepted (below).
-    let deliveries = Arc::new(Deliveries::default());
-    if connect.persistent {
-        *lock(&deliveries.resend) = lock(&front.unacked).get(&connect.client_id).cloned().unwrap_or_default();
-    }
+    let shared = front.intake.shared().clone();
+    // sluice keeps persistent sessions (served from the log); the broker
+    // gets a clean one. A clean start discards a stored session (once the
+    // CONNECT is accepted, below).
+    let resumed = (connect.persistent && !connect.clean)
+        .then(|| front.sessions.load(&shared, &connect.client_id))
+        .flatten();
+    let session_present = resumed.is_some();
     let mut hello = BytesMut::from(&first[..]);
+    packet::connect_clean(&mut hello, &connect);
     if connect.keep_alive == 0 {
         // rumqttd refuses keep-alive 0; the longest one it accepts is the
         // closest thing to "none".
@@ -335,7 +362,6 @@ where
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    let shared = front.intake.shared();
     let mqtt = &shared.config.mqtt;
     let outbox = Arc::new(Outbox::new(
         shared.services.clone(),
@@ -345,14 +371,9 @@ where
             limit: mqtt.delivery_queue.as_u64(),
             target: mqtt.delivery_target_delay,
             max_window: (mqtt.max_inflight as usize).min(usize::from(connect.receive_max)),
-            own_qos1: !connect.persistent,
+            own_qos1: true,
         },
     ));
-    if connect.persistent {
-        // The broker owns a persistent session's QoS 1 and rumqttd needs
-        // the acknowledgements in the order it sent: no reordering.
-        outbox.arrival_order();
-    }
     let (connack_tx, connack_rx) = oneshot::channel();
     let subacks = Arc::new(Mutex::new(HashMap::new()));
     let pings = Arc::new(Pings::default());
@@ -365,7 +386,7 @@ where
         connack_tx,
         stop_tx.clone(),
         (front.clone(), connect.level, subacks.clone(), pings.clone()),
-        (deliveries.clone(), subs.clone(), origin),
+        (subs.clone(), origin, connect.persistent.then_some(session_present)),
     ));
     let accepted = matches!(tokio::time::timeout(CONNACK_TIMEOUT, connack_rx).await, Ok(Ok(true)));
     if !accepted {
@@ -423,18 +444,47 @@ where
         qos2: qos2.clone(),
         outbox: outbox.clone(),
         pings: pings.clone(),
-        deliveries: deliveries.clone(),
         subs: subs.clone(),
         origin,
         client_id: connect.client_id.clone(),
+        session: None,
     };
-    // Accepted: the previous connection's unacknowledged deliveries are
-    // this one's (persistent) or gone with the session (clean).
-    lock(&front.unacked).remove(&connect.client_id);
-    for filter in front.interest.resume(&connect.client_id, connect.persistent) {
-        // A persistent session's subscriptions carry on at the broker.
-        subs.set(Sub { filter, qos: 1, no_local: false });
-    }
+    let (reader_stop, reader_stopped) = watch::channel(false);
+    let reader = if connect.persistent {
+        // Accepted: the session is this connection's, kept for at most
+        // `mqtt.session_expiry` once it ends.
+        let cap = mqtt.session_expiry.as_secs();
+        let expiry_s = connect.session_expiry.map_or(cap, |e| u64::from(e).min(cap));
+        let mut stored = resumed.unwrap_or_default();
+        if connect.clean {
+            front.sessions.discard(&shared, &connect.client_id);
+        }
+        stored.expiry_s = expiry_s;
+        stored.away_since_ms = None;
+        for s in &stored.subs {
+            subs.set(Sub { filter: s.filter.as_str().into(), qos: s.qos, no_local: s.no_local });
+            front.interest.add(&s.filter, true);
+        }
+        if !stored.subs.is_empty() {
+            front.intake.stats().track_session(origin, &connect.client_id, &outbox);
+        }
+        front.sessions.save(&shared, &connect.client_id, &stored).await;
+        conn.session = Some(stored);
+        let reader = Reader {
+            shared: shared.clone(),
+            sessions: front.sessions.clone(),
+            router: front.intake.router().clone(),
+            client_id: connect.client_id.clone(),
+            level: connect.level,
+            subs: subs.clone(),
+            outbox: outbox.clone(),
+            window: (mqtt.max_inflight as usize).min(usize::from(connect.receive_max)),
+        };
+        Some(tokio::spawn(reader.run(reader_stopped)))
+    } else {
+        front.sessions.discard_if_stored(&shared, &connect.client_id);
+        None
+    };
     let ending = conn.pump(&mut rd, &mut buf, &mut bw, &acks_tx, &mut stop_rx).await;
     if let Some(w) = removed_watch {
         w.abort();
@@ -458,14 +508,15 @@ where
     let _ = from_broker.await;
     outbox.finish();
     let _ = writer.await;
-    front.interest.end(&connect.client_id, connect.persistent, subs.filters());
-    front.intake.stats().untrack_session(origin);
-    if connect.persistent {
-        let open = std::mem::take(&mut *lock(&deliveries.open));
-        if !open.is_empty() {
-            lock(&front.unacked).insert(connect.client_id.clone(), open);
-        }
+    // The session's reader commits its place and stores what was sent.
+    let _ = reader_stop.send(true);
+    if let Some(reader) = reader {
+        let _ = reader.await;
     }
+    for f in subs.filters() {
+        front.interest.remove(&f, connect.persistent);
+    }
+    front.intake.stats().untrack_session(origin);
     ending.map(|_| ())
 }
 
@@ -505,8 +556,6 @@ struct Conn {
     outbox: Arc<Outbox>,
     /// sluice's own pings of the broker.
     pings: Arc<Pings>,
-    /// The broker's QoS 1 deliveries the client has not acknowledged.
-    deliveries: Arc<Deliveries>,
     /// This session's subscriptions (their filters are counted in the
     /// front's [`Interest`](super::interest::Interest)).
     subs: Arc<Subs>,
@@ -514,6 +563,9 @@ struct Conn {
     origin: u64,
     /// Its client id, for the per-session lag metrics.
     client_id: String,
+    /// A persistent session: as stored (its subscriptions are saved before
+    /// the broker gets the SUBSCRIBE, so before the SUBACK).
+    session: Option<Stored>,
 }
 
 impl Conn {
@@ -537,6 +589,7 @@ impl Conn {
             let mut ending = None;
             let mut disconnect = None;
             let mut more = false;
+            let mut save_session = false;
             while !more {
                 more = gather.bytes() >= MAX_GATHER;
                 let Some(frame) = packet::next_frame(buf, max)? else { break };
@@ -547,7 +600,7 @@ impl Conn {
                         let code = if lock(&self.qos2).remove(&pkid) { 0 } else { reason::PKID_NOT_FOUND };
                         acks.push(Ack { kind: kind::PUBCOMP, pkid, status: Status::Now(code) });
                     }
-                    kind::SUBSCRIBE => self.subscribe(&frame, &mut to_broker, &mut acks)?,
+                    kind::SUBSCRIBE => save_session |= self.subscribe(&frame, &mut to_broker, &mut acks)?,
                     kind::UNSUBSCRIBE => {
                         // The UNSUBACK goes out once the broker processed
                         // the UNSUBSCRIBE: after it, nothing more is
@@ -556,7 +609,8 @@ impl Conn {
                         for f in &unsub.filters {
                             let f = String::from_utf8_lossy(f);
                             if self.subs.remove(&f) {
-                                self.front.interest.remove(&f);
+                                self.front.interest.remove(&f, self.session.is_some());
+                                save_session = true;
                             }
                         }
                         let unsuback = unsub.unsuback(self.level);
@@ -565,14 +619,9 @@ impl Conn {
                         self.pings.sent(Some(unsuback));
                     }
                     kind::PUBACK => {
-                        // sluice's own QoS 1 deliveries end here; the
-                        // broker's (persistent sessions) go on to it.
+                        // sluice's own QoS 1 deliveries end here.
                         let pkid = packet::pkid_of(&frame);
-                        let ours = pkid.is_some_and(|pkid| self.outbox.acked(pkid));
-                        if !ours {
-                            if let Some(pkid) = pkid {
-                                lock(&self.deliveries.open).remove(&pkid);
-                            }
+                        if !pkid.is_some_and(|pkid| self.outbox.acked(pkid)) {
                             to_broker.extend_from_slice(&frame);
                         }
                     }
@@ -591,6 +640,18 @@ impl Conn {
                 let groups = self.front.intake.submit(gather).await;
                 if acks_tx.send(AckBatch { acks, groups }).await.is_err() {
                     return Ok(Ending::Lost);
+                }
+            }
+            if save_session {
+                // Durable before the broker answers the SUBSCRIBE.
+                if let Some(stored) = &mut self.session {
+                    stored.subs = self
+                        .subs
+                        .all()
+                        .into_iter()
+                        .map(|s| StoredSub { filter: s.filter.into(), qos: s.qos, no_local: s.no_local })
+                        .collect();
+                    self.front.sessions.save(self.front.intake.shared(), &self.client_id, stored).await;
                 }
             }
             if !to_broker.is_empty() {
@@ -667,7 +728,9 @@ impl Conn {
             }
             return Ok(());
         }
-        let status = match self.front.intake.add(gather, &topic, &p.payload, p.qos > 0) {
+        let added = self.front.intake.add(gather, &topic, &p.payload, p.qos);
+        let stored = added.is_ok();
+        let status = match added {
             Ok(group) => Status::Group(group),
             // Not for the log, but still for live subscribers.
             Err(Drop::Unrouted) => Status::Now(reason::NO_MATCHING_SUBSCRIBERS),
@@ -689,7 +752,7 @@ impl Conn {
         let retain = frame[0] & 0x01 == 0x01;
         let wanted = retain
             || p.alias.is_some()
-            || std::str::from_utf8(&topic).map_or(true, |t| self.front.interest.wanted(t));
+            || std::str::from_utf8(&topic).map_or(true, |t| self.front.interest.wanted(t, stored));
         if !wanted {
             return Ok(());
         }
@@ -707,13 +770,14 @@ impl Conn {
     }
 
     /// Passes a SUBSCRIBE on with only the filters the user may subscribe
-    /// to; the others get SUBACK 0x80 (MQTT 5: 0x87), counted.
+    /// to; the others get SUBACK 0x80 (MQTT 5: 0x87), counted. True when a
+    /// persistent session's subscriptions changed.
     fn subscribe(
         &mut self,
         frame: &Bytes,
         to_broker: &mut BytesMut,
         acks: &mut Vec<Ack>,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         let sub = packet::subscribe(frame, self.level)?;
         // rumqttd closes the connection on a `$` filter other than
         // `$share/...` (and matches no topic starting with `$`): such
@@ -727,6 +791,10 @@ impl Conn {
                 std::str::from_utf8(f).is_ok_and(|f| servable(f) && acl.is_none_or(|acl| acl.covers(f)))
             })
             .collect();
+        let persistent = self.session.is_some();
+        let shared = self.front.intake.shared();
+        let router = self.front.intake.router();
+        let before = persistent.then(|| super::sessions::candidates(shared, router, &self.filters()));
         for ((f, options), _) in sub.filters.iter().zip(&keep).filter(|(_, k)| **k) {
             if let Ok(f) = std::str::from_utf8(f) {
                 let sub = Sub {
@@ -736,15 +804,22 @@ impl Conn {
                 };
                 // Subscribing again replaces a subscription: counted once.
                 if self.subs.set(sub) {
-                    self.front.interest.add(f);
+                    self.front.interest.add(f, persistent);
                     self.front.intake.stats().track_session(self.origin, &self.client_id, &self.outbox);
                 }
             }
         }
+        if let Some(before) = before {
+            // What the new subscriptions bring in starts at the end of the
+            // log, committed before the SUBACK.
+            let after = super::sessions::candidates(shared, router, &self.filters());
+            super::sessions::start_new_partitions(shared, &self.client_id, &before, &after);
+        }
+        let changed = persistent && keep.iter().any(|k| *k);
         let refused = keep.iter().filter(|k| !**k).count();
         if refused == 0 {
             sub.encode_kept(&keep, to_broker);
-            return Ok(());
+            return Ok(changed);
         }
         let stats = self.front.intake.stats();
         stats.subscribe_refused.fetch_add(refused as u64, Ordering::Relaxed);
@@ -761,7 +836,11 @@ impl Conn {
             self.subacks.lock().unwrap_or_else(PoisonError::into_inner).insert(sub.pkid, keep.clone());
             sub.encode_kept(&keep, to_broker);
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    fn filters(&self) -> Vec<String> {
+        self.subs.filters().iter().map(|f| f.to_string()).collect()
     }
 
     /// Stores the will message (the connection ended without DISCONNECT).
@@ -773,7 +852,7 @@ impl Conn {
             return;
         }
         let mut gather = Gather::default();
-        if self.front.intake.add(&mut gather, &will.topic, &will.payload, false).is_ok() {
+        if self.front.intake.add(&mut gather, &will.topic, &will.payload, will.qos).is_ok() {
             let groups = self.front.intake.submit(gather).await;
             let _ = acks_tx.send(AckBatch { acks: Vec::new(), groups }).await;
         }
@@ -882,7 +961,7 @@ async fn broker_loop(
     connack: oneshot::Sender<bool>,
     stop: Arc<watch::Sender<bool>>,
     (front, level, subacks, pings): (Arc<Front>, u8, Subacks, Arc<Pings>),
-    (deliveries, subs, origin): (Arc<Deliveries>, Arc<Subs>, u64),
+    (subs, origin, persistent): (Arc<Subs>, u64, Option<bool>),
 ) {
     let max = front.max_packet;
     let mut connack = Some(connack);
@@ -911,24 +990,22 @@ async fn broker_loop(
                             packet::ack(&mut to_broker, kind::PUBACK, pkid, level == 5, 0);
                         }
                         let topic = packet::publish(&frame, level).map(|p| p.topic).unwrap_or_default();
+                        // A persistent session gets stored publishes from
+                        // the log; retained ones (at subscription time)
+                        // from the broker.
+                        let retained = frame[0] & 0x01 == 0x01;
+                        if persistent.is_some()
+                            && !retained
+                            && front.intake.stored(&topic)
+                            && std::str::from_utf8(&topic).is_ok_and(|t| subs.log_qos(t).is_some())
+                        {
+                            continue;
+                        }
                         // Not for this client (No Local): a QoS 1 one was
                         // acknowledged to the broker above.
-                        let Some(frame) = deliverable(&frame, qos, &topic, (&subs, origin, own_qos1)) else {
+                        let Some(frame) = deliverable(&frame, qos, &topic, (&subs, origin)) else {
                             continue;
                         };
-                        let mut frame = frame;
-                        let delivered_qos = (frame[0] >> 1) & 0x03;
-                        match pkid {
-                            // A persistent session's delivery: the client
-                            // acknowledges it to the broker.
-                            Some(pkid) if !own_qos1 && delivered_qos > 0 => {
-                                if lock(&deliveries.resend).remove(&pkid) {
-                                    frame[0] |= 0x08;
-                                }
-                                lock(&deliveries.open).insert(pkid);
-                            }
-                            _ => {}
-                        }
                         let frame = frame.freeze();
                         let service = match services.get(&topic) {
                             Some(s) => *s,
@@ -969,10 +1046,17 @@ async fn broker_loop(
                         }
                     }
                     kind::CONNACK => {
+                        let accepted = packet::connack_code(&frame) == Some(0);
                         if let Some(tx) = connack.take() {
-                            let _ = tx.send(packet::connack_code(&frame) == Some(0));
+                            let _ = tx.send(accepted);
                         }
-                        chunk.extend_from_slice(&frame);
+                        if accepted && persistent == Some(true) {
+                            // The broker's session is clean; sluice's is
+                            // there (MQTT-3.2.2-2).
+                            chunk.extend_from_slice(&packet::connack_session_present(&frame));
+                        } else {
+                            chunk.extend_from_slice(&frame);
+                        }
                     }
                     _ => chunk.extend_from_slice(&frame),
                 },
@@ -1007,29 +1091,19 @@ fn deliverable(
     frame: &Bytes,
     broker_qos: u8,
     topic: &[u8],
-    (subs, origin, own_qos1): (&Subs, u64, bool),
+    (subs, origin): (&Subs, u64),
 ) -> Option<BytesMut> {
     let as_sent = || Some(BytesMut::from(&frame[..]));
     let Some((published, from)) = packet::trailer_of(frame) else {
         return as_sent();
     };
     let delivery = subs.delivery(std::str::from_utf8(topic).unwrap_or(""), from == origin);
-    if !own_qos1 {
-        // A persistent session's QoS 1 is the broker's, and rumqttd needs
-        // its acknowledgements in order (an early one from sluice ends the
-        // connection): its deliveries keep the broker's QoS, and No Local
-        // skips QoS 0 ones only.
-        if delivery == Delivery::Skip && broker_qos == 0 {
-            return None;
-        }
-        return packet::strip_trailer(frame, broker_qos).or_else(as_sent);
-    }
     let want = match delivery {
         Delivery::Skip => return None,
         Delivery::Granted(granted) => published.min(granted),
         Delivery::Unknown => published.min(broker_qos),
     };
-    // sluice delivers QoS 1 itself on clean sessions, so it can add it.
+    // sluice delivers QoS 1 itself, so it can add it.
     packet::strip_trailer(frame, want.min(1)).or_else(as_sent)
 }
 

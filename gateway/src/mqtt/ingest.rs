@@ -144,15 +144,32 @@ impl Intake {
             .map_or(services.default_service().id, |topic| services.resolve(&topic.service).id)
     }
 
-    /// Routes one publish into `gather`; returns the index of its group,
-    /// or why it is not stored (counted here).
+    /// The routing table.
+    pub(super) fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Whether publishes to `mqtt_topic` are stored in the log (a
+    /// persistent session gets them from there).
+    pub(super) fn stored(&self, mqtt_topic: &[u8]) -> bool {
+        std::str::from_utf8(mqtt_topic)
+            .ok()
+            .and_then(|t| self.router.log_topic(t))
+            .is_some_and(|name| sluice_config::check_topic_name(name).is_ok())
+    }
+
+    /// Routes one publish of QoS `qos` into `gather`; returns the index of
+    /// its group, or why it is not stored (counted here). QoS 1 and 2
+    /// publishes are acknowledged once stored, and their record carries an
+    /// `mqtt.qos` header (a persistent session gets them at that QoS).
     pub(super) fn add(
         &self,
         gather: &mut Gather,
         topic: &[u8],
         payload: &[u8],
-        acked: bool,
+        qos: u8,
     ) -> Result<usize, Drop> {
+        let acked = qos > 0;
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let Ok(mqtt_topic) = std::str::from_utf8(topic) else {
             self.stats.dropped_invalid_topic.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +188,14 @@ impl Intake {
         let record = Record {
             key: dest.key,
             value: payload.to_vec(),
-            headers: vec![("mqtt.topic".to_owned(), topic.to_vec())],
+            headers: if acked {
+                vec![
+                    ("mqtt.topic".to_owned(), topic.to_vec()),
+                    ("mqtt.qos".to_owned(), vec![b'0' + qos.min(2)]),
+                ]
+            } else {
+                vec![("mqtt.topic".to_owned(), topic.to_vec())]
+            },
             timestamp_ms: crate::now_ms(),
         };
         let size = record.encoded_len() as u64;

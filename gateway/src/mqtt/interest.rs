@@ -12,96 +12,74 @@
 //!
 //! It errs on the side of sending: a filter counts from the moment its
 //! SUBSCRIBE is passed on (before the broker has it) until its UNSUBSCRIBE
-//! or the end of its clean session; a persistent session's filters stay
-//! while it is away, since the broker keeps queueing for it, and go when
-//! the client id connects again with a clean session.
+//! or the end of its connection. A persistent session is served from the
+//! log for what is stored ([`super::sessions`]): its filters count only for
+//! publishes that are not stored (and `$share` ones for every publish).
 
 use sluice_config::mqtt_filter_matches;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
-/// Subscription filters of all connections (and of persistent sessions
-/// that are away), counted.
+/// Subscription filters of all connections, counted.
 #[derive(Debug, Default)]
 pub(super) struct Interest {
     /// Read on every publish while any subscription exists: a read lock.
-    filters: RwLock<HashMap<Box<str>, usize>>,
+    /// Per filter: (subscriptions that want every publish, those that want
+    /// only publishes not stored).
+    filters: RwLock<HashMap<Box<str>, (usize, usize)>>,
     /// Distinct filters: zero makes [`Interest::wanted`] a load.
     distinct: AtomicUsize,
-    /// Filters of persistent sessions whose connection ended, by client id.
-    away: Mutex<HashMap<String, Vec<Box<str>>>>,
 }
 
 /// The part of a filter that matches topics: `$share/{group}/f` matches
 /// like `f`.
-fn matching_part(filter: &str) -> &str {
+pub(super) fn matching_part(filter: &str) -> &str {
     filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')).map_or(filter, |(_, f)| f)
 }
 
+/// Whether a subscription of a persistent session is served from the log
+/// (every one but `$share` ones).
+pub(super) fn from_log(filter: &str) -> bool {
+    !filter.starts_with("$share/")
+}
+
 impl Interest {
-    /// Whether some subscription could match `topic`.
-    pub(super) fn wanted(&self, topic: &str) -> bool {
+    /// Whether some subscription could want a publish to `topic`; `stored`:
+    /// the publish is in the log.
+    pub(super) fn wanted(&self, topic: &str, stored: bool) -> bool {
         if self.distinct.load(Ordering::Acquire) == 0 {
             return false;
         }
         let filters = self.filters.read().unwrap_or_else(PoisonError::into_inner);
-        filters.keys().any(|f| mqtt_filter_matches(matching_part(f), topic))
+        filters.iter().any(|(f, (all, unstored))| {
+            (*all > 0 || (!stored && *unstored > 0)) && mqtt_filter_matches(matching_part(f), topic)
+        })
     }
 
-    /// Counts `filter` once more.
-    pub(super) fn add(&self, filter: &str) {
+    /// Counts `filter` once more; `persistent`: a persistent session's.
+    pub(super) fn add(&self, filter: &str, persistent: bool) {
         let mut filters = self.filters.write().unwrap_or_else(PoisonError::into_inner);
-        *filters.entry(filter.into()).or_insert(0) += 1;
+        let n = filters.entry(filter.into()).or_insert((0, 0));
+        if persistent && from_log(filter) {
+            n.1 += 1;
+        } else {
+            n.0 += 1;
+        }
         self.distinct.store(filters.len(), Ordering::Release);
     }
 
-    /// Counts `filter` once less.
-    pub(super) fn remove(&self, filter: &str) {
+    /// Counts `filter` once less; `persistent` as when added.
+    pub(super) fn remove(&self, filter: &str, persistent: bool) {
         let mut filters = self.filters.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = filters.get_mut(filter) {
-            *n -= 1;
-            if *n == 0 {
+            let count = if persistent && from_log(filter) { &mut n.1 } else { &mut n.0 };
+            *count = count.saturating_sub(1);
+            if *n == (0, 0) {
                 filters.remove(filter);
             }
         }
         self.distinct.store(filters.len(), Ordering::Release);
-    }
-
-    /// A connection of `client_id` starts: the filters its persistent
-    /// session kept while away, to carry on (`persistent`) or to drop (a
-    /// clean session discards the old one).
-    pub(super) fn resume(&self, client_id: &str, persistent: bool) -> Vec<Box<str>> {
-        let kept = lock(&self.away).remove(client_id).unwrap_or_default();
-        if persistent {
-            return kept;
-        }
-        for f in &kept {
-            self.remove(f);
-        }
-        Vec::new()
-    }
-
-    /// A connection of `client_id` ended with `filters` subscribed: a
-    /// persistent session keeps them, a clean one lets them go.
-    pub(super) fn end(&self, client_id: &str, persistent: bool, filters: Vec<Box<str>>) {
-        if persistent && !filters.is_empty() {
-            // A session taken over by a newer connection already resumed:
-            // what it kept is merged, never counted twice.
-            let mut away = lock(&self.away);
-            let kept = away.entry(client_id.to_owned()).or_default();
-            for f in filters {
-                if kept.contains(&f) {
-                    self.remove(&f);
-                } else {
-                    kept.push(f);
-                }
-            }
-            return;
-        }
-        for f in &filters {
-            self.remove(f);
-        }
     }
 }
 
@@ -130,12 +108,13 @@ pub(super) enum Delivery {
 /// A connection's subscriptions: kept by its reader, read by the loop that
 /// passes the broker's deliveries on.
 #[derive(Debug, Default)]
-pub(super) struct Subs(Mutex<Vec<Sub>>);
+pub(super) struct Subs(Mutex<Vec<Sub>>, AtomicU64);
 
 impl Subs {
     /// Adds or replaces (MQTT-3.8.4-3) the subscription of `sub.filter`;
     /// true when it is new.
     pub(super) fn set(&self, sub: Sub) -> bool {
+        self.1.fetch_add(1, Ordering::Release);
         let mut subs = lock(&self.0);
         match subs.iter_mut().find(|s| s.filter == sub.filter) {
             Some(s) => {
@@ -151,15 +130,37 @@ impl Subs {
 
     /// Removes the subscription of `filter`; true when there was one.
     pub(super) fn remove(&self, filter: &str) -> bool {
+        self.1.fetch_add(1, Ordering::Release);
         let mut subs = lock(&self.0);
         let before = subs.len();
         subs.retain(|s| &*s.filter != filter);
         subs.len() != before
     }
 
-    /// The filters, for [`Interest::end`].
+    /// Changes with every [`Subs::set`] and [`Subs::remove`].
+    pub(super) fn generation(&self) -> u64 {
+        self.1.load(Ordering::Acquire)
+    }
+
+    /// The filters.
     pub(super) fn filters(&self) -> Vec<Box<str>> {
         lock(&self.0).iter().map(|s| s.filter.clone()).collect()
+    }
+
+    /// Every subscription.
+    pub(super) fn all(&self) -> Vec<Sub> {
+        lock(&self.0).clone()
+    }
+
+    /// The QoS a persistent session gets a stored publish to `topic` at
+    /// from the log (the highest of its matching subscriptions but `$share`
+    /// ones); `None` when none matches.
+    pub(super) fn log_qos(&self, topic: &str) -> Option<u8> {
+        lock(&self.0)
+            .iter()
+            .filter(|s| from_log(&s.filter) && mqtt_filter_matches(&s.filter, topic))
+            .map(|s| s.qos)
+            .max()
     }
 
     /// How a publish on `topic` (empty: sent with a topic alias) is
@@ -190,19 +191,35 @@ mod tests {
     #[test]
     fn matches_what_is_subscribed_until_it_is_not() {
         let i = Interest::default();
-        assert!(!i.wanted("a/b"), "nothing subscribed");
-        i.add("a/+");
-        i.add("a/+");
-        i.add("$share/g/c/#");
-        assert!(i.wanted("a/b") && i.wanted("c/d/e") && !i.wanted("b/a"));
-        i.remove("a/+");
-        assert!(i.wanted("a/b"), "still one subscription");
-        i.remove("a/+");
-        assert!(!i.wanted("a/b"));
-        i.remove("$share/g/c/#");
-        assert!(!i.wanted("c/d"));
-        i.remove("never/added");
-        assert!(!i.wanted("never/added"));
+        assert!(!i.wanted("a/b", true), "nothing subscribed");
+        i.add("a/+", false);
+        i.add("a/+", false);
+        i.add("$share/g/c/#", false);
+        assert!(i.wanted("a/b", true) && i.wanted("c/d/e", true) && !i.wanted("b/a", true));
+        i.remove("a/+", false);
+        assert!(i.wanted("a/b", true), "still one subscription");
+        i.remove("a/+", false);
+        assert!(!i.wanted("a/b", true));
+        i.remove("$share/g/c/#", false);
+        assert!(!i.wanted("c/d", true));
+        i.remove("never/added", false);
+        assert!(!i.wanted("never/added", false));
+    }
+
+    #[test]
+    fn persistent_sessions_want_only_what_the_log_does_not_hold() {
+        let i = Interest::default();
+        i.add("p/#", true);
+        assert!(!i.wanted("p/1", true), "served from the log");
+        assert!(i.wanted("p/1", false), "not stored: the broker delivers it");
+        i.add("p/#", false);
+        assert!(i.wanted("p/1", true), "a clean session wants it too");
+        i.remove("p/#", false);
+        assert!(!i.wanted("p/1", true));
+        i.remove("p/#", true);
+        assert!(!i.wanted("p/1", false));
+        i.add("$share/g/s", true);
+        assert!(i.wanted("s", true), "shared subscriptions stay the broker's");
     }
 
     #[test]
@@ -220,22 +237,5 @@ mod tests {
         assert_eq!(subs.delivery("", false), Delivery::Unknown, "topic alias");
         assert!(subs.remove("a/#") && !subs.remove("a/#"));
         assert_eq!(subs.filters(), vec![Box::<str>::from("a/b")]);
-    }
-
-    #[test]
-    fn persistent_sessions_keep_their_filters_while_away() {
-        let i = Interest::default();
-        i.add("p/#");
-        i.end("keeper", true, vec!["p/#".into()]);
-        assert!(i.wanted("p/1"), "the broker queues for the absent session");
-        let kept = i.resume("keeper", true);
-        assert_eq!(kept, vec![Box::<str>::from("p/#")]);
-        assert!(i.wanted("p/1"));
-        i.end("keeper", true, kept);
-        assert!(i.resume("keeper", false).is_empty(), "a clean session discards the old one");
-        assert!(!i.wanted("p/1"));
-        i.add("q");
-        i.end("clean", false, vec!["q".into()]);
-        assert!(!i.wanted("q"));
     }
 }

@@ -8,9 +8,11 @@
 //! broker, which listens on loopback only and serves live subscribers and
 //! retained messages; its own acknowledgements are dropped on the way back.
 //! What the broker sends a client goes through the connection's
-//! [`outbox`]: publishes in the priority of their services, QoS 1 to
-//! clean-session subscribers delivered by sluice within a window sized in
-//! time, so rumqttd's first-in-first-out queues stay empty.
+//! [`outbox`]: publishes in the priority of their services, QoS 1
+//! delivered by sluice within a window sized in time, so rumqttd's
+//! first-in-first-out queues stay empty. Persistent sessions are sluice's
+//! and are served from the log ([`sessions`]), so they survive a restart
+//! and get what they missed in priority order.
 //!
 //! rumqttd runs on threads of its own (its router and listener threads
 //! never stop; there is no shutdown API). sluice assembles it from
@@ -29,6 +31,7 @@ mod interest;
 mod outbox;
 pub(crate) mod packet;
 pub mod route;
+mod sessions;
 
 pub use broker::{reserve, rumqttd_config, start, wait_listening, MqttHandle};
 

@@ -40,11 +40,12 @@
 //!   reader, a subscriber that stays behind loses its oldest bulk, and its
 //!   alarms stay fresh.
 //! - **Persistent sessions** (3.1.1 clean session 0, MQTT 5 session
-//!   expiry): QoS 1 stays the broker's (its packet ids and window, its
-//!   redelivery after a reconnect), so nothing acknowledged to the broker
-//!   is lost with the connection; the front still reorders what the
-//!   broker's window lets through, and drops only QoS 0 when the queue is
-//!   full.
+//!   expiry) are sluice's, served from the log ([`super::sessions`]): their
+//!   reader queues what the client's subscriptions match with
+//!   [`Outbox::publish_from_log`], about a window ahead of the client's
+//!   acknowledgements, ordered here like the rest; such publishes are never
+//!   dropped for room (the log holds them), and the outbox tells the reader
+//!   which ones the client has ([`Outbox::take_log_done`]).
 //! - **MQTT 5 topic aliases from the broker** tie a publish to an earlier
 //!   one; a connection that gets one is served in arrival order from then
 //!   on (rumqttd sends them only to clients that set a topic alias
@@ -93,12 +94,23 @@ pub(super) enum Next {
     Done,
 }
 
+/// Where a publish served from the log (persistent sessions) was read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct LogPos {
+    pub(super) topic: Arc<str>,
+    pub(super) partition: sluice_store::PartitionId,
+    pub(super) offset: sluice_store::Offset,
+}
+
 /// One queued publish.
 #[derive(Debug)]
 struct Queued {
     frame: Bytes,
     /// Where its packet id is, when it is a QoS 1 publish sluice delivers.
     own_pkid_at: Option<usize>,
+    /// Served from the log: where it was read (reported back once the
+    /// client has it), never dropped for room.
+    from_log: Option<LogPos>,
     /// Its service, and when it was queued (the delivery histogram).
     service: ServiceId,
     queued: Instant,
@@ -211,6 +223,16 @@ struct State {
     classes_at: Instant,
     /// Publishes to this connection are over (the broker side ended).
     done: bool,
+    /// Log-served publishes sent at QoS 1, by packet id, until acknowledged.
+    log_inflight: HashMap<u16, LogPos>,
+    /// Log-served publishes the client has: acknowledged (QoS 1) or
+    /// written (QoS 0); taken by the session's reader.
+    log_done: Vec<LogPos>,
+    /// Log-served publishes queued or in flight.
+    log_pending: usize,
+    /// Per partition, the offset after the last log-served publish written
+    /// (what a later connection re-sends with DUP).
+    log_sent: HashMap<(Arc<str>, sluice_store::PartitionId), sluice_store::Offset>,
 }
 
 /// The outgoing half of one connection, shared by the broker loop and the
@@ -220,6 +242,8 @@ struct State {
 pub(super) struct Outbox {
     state: Mutex<State>,
     wake: Notify,
+    /// Wakes a persistent session's log reader: the client has more.
+    log_wake: Notify,
     services: Arc<Services>,
 }
 
@@ -235,7 +259,7 @@ pub(super) struct Setup {
     pub(super) target: Duration,
     /// min(`mqtt.max_inflight`, the client's receive maximum).
     pub(super) max_window: usize,
-    /// Clean session: sluice delivers QoS 1.
+    /// sluice delivers QoS 1 (every session: the broker's are clean).
     pub(super) own_qos1: bool,
 }
 
@@ -257,8 +281,13 @@ impl Outbox {
                 window: Window::new(setup.target, setup.max_window, now),
                 classes_at: now,
                 done: false,
+                log_inflight: HashMap::new(),
+                log_done: Vec::new(),
+                log_pending: 0,
+                log_sent: HashMap::new(),
             }),
             wake: Notify::new(),
+            log_wake: Notify::new(),
             services,
         }
     }
@@ -302,7 +331,11 @@ impl Outbox {
         let own_pkid_at = (qos == 1 && st.own_qos1).then(|| packet::publish_pkid_at(&frame)).flatten();
         let len = frame.len() as u64;
         st.bytes += len;
-        st.sched.push(service, len, Queued { frame, own_pkid_at, service, queued: Instant::now() });
+        st.sched.push(
+            service,
+            len,
+            Queued { frame, own_pkid_at, from_log: None, service, queued: Instant::now() },
+        );
         while st.bytes > st.limit {
             if !st.evict_one(&self.services) {
                 break;
@@ -310,6 +343,38 @@ impl Outbox {
         }
         drop(st);
         self.wake.notify_one();
+    }
+
+    /// Queues a publish read from the log (a persistent session's) under
+    /// `service`: `frame` is built for the client (packet id 0, set when
+    /// sent; its DUP flag kept). Never dropped for room: the session's
+    /// reader keeps only a window's worth queued ([`Outbox::log_pending`]).
+    pub(super) fn publish_from_log(&self, frame: Bytes, service: ServiceId, pos: LogPos) {
+        let mut st = self.lock();
+        let qos = (frame[0] >> 1) & 0x03;
+        let own_pkid_at = (qos == 1).then(|| packet::publish_pkid_at(&frame)).flatten();
+        let len = frame.len() as u64;
+        st.bytes += len;
+        st.log_pending += 1;
+        let queued = Queued { frame, own_pkid_at, from_log: Some(pos), service, queued: Instant::now() };
+        st.sched.push(service, len, queued);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Log-served publishes queued or in flight.
+    pub(super) fn log_pending(&self) -> usize {
+        self.lock().log_pending
+    }
+
+    /// Log-served publishes the client has had since the last call.
+    pub(super) fn take_log_done(&self) -> Vec<LogPos> {
+        std::mem::take(&mut self.lock().log_done)
+    }
+
+    /// Per partition, the offset after the last log-served publish written.
+    pub(super) fn log_sent(&self) -> HashMap<(Arc<str>, sluice_store::PartitionId), sluice_store::Offset> {
+        self.lock().log_sent.clone()
     }
 
     /// The client acknowledged `pkid`: true when it was sluice's (the
@@ -320,7 +385,14 @@ impl Outbox {
             return false;
         }
         let ours = st.window.ack(pkid, Instant::now());
+        let from_log = st.log_inflight.remove(&pkid).map(|pos| {
+            st.log_pending -= 1;
+            st.log_done.push(pos);
+        });
         drop(st);
+        if from_log.is_some() {
+            self.log_wake.notify_one();
+        }
         if ours {
             self.wake.notify_one();
         }
@@ -368,11 +440,23 @@ impl Outbox {
                 let pkid = st.window.take_pkid(now);
                 let start = out.len();
                 out.extend_from_slice(&q.frame);
-                // Not a re-send of sluice's: no DUP.
-                out[start] &= !0x08;
+                if q.from_log.is_none() {
+                    // Not a re-send of sluice's: no DUP.
+                    out[start] &= !0x08;
+                }
                 out[start + at..start + at + 2].copy_from_slice(&pkid.to_be_bytes());
+                if let Some(pos) = &q.from_log {
+                    st.sent_from_log(pos);
+                    st.log_inflight.insert(pkid, pos.clone());
+                }
             } else {
                 out.extend_from_slice(&q.frame);
+                if let Some(pos) = q.from_log.clone() {
+                    st.sent_from_log(&pos);
+                    st.log_pending -= 1;
+                    st.log_done.push(pos);
+                    self.log_wake.notify_one();
+                }
             }
             st.bytes -= q.frame.len() as u64;
             crate::histograms::delivered_mqtt(
@@ -407,6 +491,11 @@ impl Outbox {
             .collect()
     }
 
+    /// Waits until a log-served publish was acknowledged or written.
+    pub(super) async fn log_changed(&self) {
+        self.log_wake.notified().await;
+    }
+
     /// Waits until [`Outbox::take`] may have something new.
     pub(super) async fn changed(&self) {
         self.wake.notified().await;
@@ -420,6 +509,12 @@ impl Outbox {
 }
 
 impl State {
+    fn sent_from_log(&mut self, pos: &LogPos) {
+        let next = pos.offset.next();
+        let sent = self.log_sent.entry((pos.topic.clone(), pos.partition)).or_insert(next);
+        *sent = (*sent).max(next);
+    }
+
     /// Drops the oldest publish of the lowest-priority service that has
     /// one sluice may drop; false when there is none.
     fn evict_one(&mut self, services: &Services) -> bool {
@@ -427,9 +522,10 @@ impl State {
             .iter()
             .filter(|s| {
                 self.sched.front(s.id).is_some_and(|q| {
-                    // The broker's QoS 1 (persistent sessions) is the
-                    // broker's to deliver: bounded by its window, not here.
-                    self.own_qos1 || (q.frame[0] >> 1) & 0x03 == 0
+                    // The broker's QoS 1 is the broker's to deliver:
+                    // bounded by its window, not here. What the log serves
+                    // stays in the log until there is room.
+                    q.from_log.is_none() && (self.own_qos1 || (q.frame[0] >> 1) & 0x03 == 0)
                 })
             })
             .min_by_key(|s| {

@@ -158,6 +158,11 @@ pub(crate) struct Connect {
     /// Whether the session outlives the connection: 3.1.1 clean session
     /// 0, or an MQTT 5 session expiry interval above 0.
     pub(crate) persistent: bool,
+    /// MQTT 5 session expiry interval in seconds, when given.
+    pub(crate) session_expiry: Option<u32>,
+    /// The clean session (MQTT 5: clean start) flag: a stored session is
+    /// discarded.
+    pub(crate) clean: bool,
     /// MQTT 5 receive maximum: most unacknowledged QoS 1/2 publishes the
     /// client accepts (65535 when not given, and for 3.1.1).
     pub(crate) receive_max: u16,
@@ -182,13 +187,18 @@ pub(crate) fn connect(frame: &Bytes) -> Result<Connect, PacketError> {
     let keep_alive_at = r.at;
     let keep_alive = r.u16()?;
     let mut persistent = level != 5 && flags & 0x02 == 0;
+    let mut session_expiry = None;
     let mut receive_max = u16::MAX;
     if level == 5 {
         let n = r.varint()?;
         let end = r.at.checked_add(n).filter(|&e| e <= frame.len()).ok_or(malformed("CONNECT properties"))?;
         while r.at < end {
             match r.u8()? {
-                0x11 => persistent = r.take(4)?.get_u32() > 0,
+                0x11 => {
+                    let expiry = r.take(4)?.get_u32();
+                    session_expiry = Some(expiry);
+                    persistent = expiry > 0;
+                }
                 0x21 => receive_max = r.u16()?.max(1),
                 0x27 => r.take(4).map(|_| ())?,
                 0x22 => r.take(2).map(|_| ())?,
@@ -221,7 +231,54 @@ pub(crate) fn connect(frame: &Bytes) -> Result<Connect, PacketError> {
     let username = (flags & 0x80 != 0)
         .then(|| r.prefixed().map(|u| String::from_utf8_lossy(u).into_owned()))
         .transpose()?;
-    Ok(Connect { level, keep_alive, keep_alive_at, client_id, username, will, persistent, receive_max })
+    Ok(Connect {
+        level,
+        keep_alive,
+        keep_alive_at,
+        client_id,
+        username,
+        will,
+        persistent,
+        session_expiry,
+        clean: flags & 0x02 != 0,
+        receive_max,
+    })
+}
+
+/// A CONNECT frame (parsed as `connect`) with the clean session (MQTT 5:
+/// clean start) flag set: sluice keeps persistent sessions itself, the
+/// broker gets clean ones (rumqttd reads only this flag, not the MQTT 5
+/// session expiry).
+pub(crate) fn connect_clean(frame: &mut [u8], connect: &Connect) {
+    // The connect flags are the byte before the keep-alive.
+    frame[connect.keep_alive_at - 1] |= 0x02;
+}
+
+/// A CONNACK frame with the session present flag set.
+pub(crate) fn connack_session_present(frame: &[u8]) -> Bytes {
+    let mut out = BytesMut::from(frame);
+    let at = body_start(frame);
+    if let Some(flags) = out.get_mut(at) {
+        *flags |= 0x01;
+    }
+    out.freeze()
+}
+
+/// A PUBLISH to a client at protocol `level`, packet id 0 (the outbox sets
+/// it), no properties, RETAIN 0.
+pub(crate) fn publish_frame(topic: &[u8], payload: &[u8], qos: u8, dup: bool, level: u8) -> Bytes {
+    let pkid = if qos > 0 { 2 } else { 0 };
+    let props = usize::from(level == 5);
+    let len = 2 + topic.len() + pkid + props + payload.len();
+    let mut out = BytesMut::with_capacity(len + 5);
+    out.extend_from_slice(&[(kind::PUBLISH << 4) | (qos << 1) | if dup && qos > 0 { 0x08 } else { 0 }]);
+    put_remaining_length(&mut out, len);
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic);
+    out.extend_from_slice(&[0; 2][..pkid]);
+    out.extend_from_slice(&[0; 1][..props]);
+    out.extend_from_slice(payload);
+    out.freeze()
 }
 
 /// The reason code of an MQTT 5 DISCONNECT (0 when it has none).

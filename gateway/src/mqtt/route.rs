@@ -77,6 +77,27 @@ impl Router {
         }
     }
 
+    /// Which log topics publishes matching `filter` can be stored in:
+    /// `None` stands for any topic (a first level wildcard while unrouted
+    /// publishes go to their first level).
+    pub fn log_topics_for<'a>(&'a self, filter: &'a str) -> Option<Vec<&'a str>> {
+        let mut names: Vec<&str> = self
+            .routes
+            .iter()
+            .filter(|r| sluice_config::mqtt_filters_overlap(&r.filter, filter))
+            .map(|r| r.topic.as_str())
+            .collect();
+        if self.unrouted == Unrouted::FirstLevel {
+            match filter.split('/').next() {
+                Some("+" | "#") | None => return None,
+                Some(first) => names.push(first),
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        Some(names)
+    }
+
     /// Routes one publish.
     pub fn route(&self, mqtt_topic: &str, payload: &[u8]) -> Result<Destination, Drop> {
         if let Some(r) = self.routes.iter().find(|r| mqtt_filter_matches(&r.filter, mqtt_topic)) {

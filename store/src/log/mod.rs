@@ -176,6 +176,9 @@ pub struct AtomicWrite {
     pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
+/// A state entry: key, value.
+pub type StateEntry = (Vec<u8>, Vec<u8>);
+
 pub(crate) struct Topic {
     spec: RwLock<TopicSpec>,
     partitions: Vec<Arc<Partition>>,
@@ -895,6 +898,36 @@ impl Store {
             .get(key)
             .map_err(StoreError::io("reading state"))?
             .map(|v| v.to_vec()))
+    }
+
+    /// Every state entry (key, value) whose key starts with `prefix`, in
+    /// key order.
+    pub fn states(&self, prefix: &[u8]) -> Result<Vec<StateEntry>, StoreError> {
+        let tree = self.slot.meta.trees()?.state.clone();
+        tree.scan_prefix(prefix)
+            .map(|entry| {
+                let (k, v) = entry.map_err(StoreError::io("listing state"))?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Forgets every committed position of `group`. Durable with the next
+    /// checkpoint.
+    pub fn delete_group(&self, group: &str) -> Result<(), StoreError> {
+        let tree = self.slot.meta.trees()?.groups.clone();
+        let mut prefix = group.as_bytes().to_vec();
+        prefix.push(0);
+        let mut batch = sled::Batch::default();
+        for entry in tree.scan_prefix(&prefix) {
+            let (k, _) = entry.map_err(StoreError::io("listing group offsets"))?;
+            batch.remove(k);
+        }
+        self.slot.positions_moved.store(true, Ordering::Release);
+        tree.apply_batch(batch).map_err(|e| {
+            self.slot.meta.after_error();
+            StoreError::Io { op: "deleting group offsets", source: e }
+        })
     }
 
     pub(crate) fn topics_snapshot(&self) -> Vec<Arc<Topic>> {
