@@ -205,6 +205,10 @@ enum Bench {
         /// QoS of the MQTT subscription (consumer `mqtt`; 0 or 1).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
         sub_qos: u8,
+        /// The MQTT subscriber keeps a persistent session (clean session
+        /// 0; consumer `mqtt`).
+        #[arg(long)]
+        persistent: bool,
         /// Records per second the consumer takes.
         #[arg(long, default_value_t = 1000.0)]
         drain_rate: f64,
@@ -214,6 +218,38 @@ enum Bench {
         /// Seconds the consumer drains after the publishers stop.
         #[arg(long, default_value_t = 3.0)]
         grace: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A subscriber with a persistent session is away while a bulk flood
+    /// with alarms among it is published, then comes back: when it holds
+    /// every alarm, and how fast it catches up.
+    MqttResume {
+        /// MQTT broker address.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        addr: SocketAddr,
+        /// Topic of the bulk publishes.
+        #[arg(long, default_value = "bulk/line-1")]
+        bulk_topic: String,
+        /// Topic of the alarms.
+        #[arg(long, default_value = "alarms/line-1")]
+        alarm_topic: String,
+        /// Bulk publishes while the subscriber is away.
+        #[arg(long, default_value_t = 100_000)]
+        bulk: u64,
+        /// Alarms among them.
+        #[arg(long, default_value_t = 100)]
+        alarms: u64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Publishes in flight.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
+        inflight: u16,
+        /// Records per second the subscriber takes (0: as they come).
+        #[arg(long, default_value_t = 0.0)]
+        drain_rate: f64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -505,6 +541,7 @@ fn bench(scenario: Bench) -> anyhow::Result<()> {
                 group,
                 log_topics,
                 sub_qos,
+                persistent,
                 commit_ms,
                 drain_rate,
                 warmup,
@@ -536,6 +573,7 @@ fn bench(scenario: Bench) -> anyhow::Result<()> {
                         addr: publish.addr,
                         filters: services.iter().map(|s| s.topic.replace("{i}", "+")).collect(),
                         qos: qos(sub_qos),
+                        persistent,
                     },
                 };
                 let run = bench::priority::PriorityBench {
@@ -553,6 +591,29 @@ fn bench(scenario: Bench) -> anyhow::Result<()> {
                 };
                 let report = bench::priority::run(run).await?;
                 render(&report, json)
+            }
+            Bench::MqttResume {
+                addr,
+                bulk_topic,
+                alarm_topic,
+                bulk,
+                alarms,
+                payload,
+                inflight,
+                drain_rate,
+                json,
+            } => {
+                let run = bench::resume::ResumeBench {
+                    mqtt: addr,
+                    bulk_topic,
+                    alarm_topic,
+                    bulk,
+                    alarms,
+                    payload,
+                    inflight,
+                    drain_rate,
+                };
+                render(&bench::resume::run(run).await?, json)
             }
             Bench::Rumqttd { listen, config, drain_link } => {
                 let config = match &config {

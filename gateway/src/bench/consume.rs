@@ -66,6 +66,8 @@ pub enum Source {
         filters: Vec<String>,
         /// Subscription QoS.
         qos: QoS,
+        /// A persistent session (clean session 0).
+        persistent: bool,
     },
 }
 
@@ -75,7 +77,8 @@ impl Source {
         match self {
             Source::Sluice { .. } => "sluice-http".to_owned(),
             Source::Sse { commit_every, .. } => format!("sluice-sse-commit-{}ms", commit_every.as_millis()),
-            Source::Mqtt { qos, .. } => format!("mqtt-qos{}", *qos as u8),
+            Source::Mqtt { qos, persistent: false, .. } => format!("mqtt-qos{}", *qos as u8),
+            Source::Mqtt { qos, persistent: true, .. } => format!("mqtt-qos{}-persistent", *qos as u8),
         }
     }
 }
@@ -107,8 +110,8 @@ impl Consumer {
                 let stream = SseStream::open(http, &sluice.group, &sluice.topics).await?;
                 tokio::spawn(sse_loop(sluice, stream, commit_every, bucket, deliveries, stop_rx))
             }
-            Source::Mqtt { addr, filters, qos } => {
-                let (client, eventloop) = subscribe(addr, &filters, qos).await?;
+            Source::Mqtt { addr, filters, qos, persistent } => {
+                let (client, eventloop) = subscribe(addr, &filters, qos, persistent).await?;
                 tokio::spawn(mqtt_loop(client, eventloop, bucket, deliveries, stop_rx))
             }
         };
@@ -345,9 +348,12 @@ async fn subscribe(
     addr: SocketAddr,
     filters: &[String],
     qos: QoS,
+    persistent: bool,
 ) -> anyhow::Result<(AsyncClient, rumqttc::EventLoop)> {
     let id = format!("sluice-bench-consumer-{}", std::process::id());
-    let (client, mut eventloop) = AsyncClient::new(super::publish::options(addr, id, 1 << 20), 16);
+    let mut opts = super::publish::options(addr, id, 1 << 20);
+    opts.set_clean_session(!persistent);
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
     super::publish::connect(&mut eventloop, addr).await?;
     for f in filters {
         client.subscribe(f.as_str(), qos).await?;

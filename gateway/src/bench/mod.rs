@@ -11,6 +11,8 @@
 //!   mqtt-priority`, services with their own rates and a consumer draining
 //!   at a fixed rate, from sluice (priority order) or from a broker
 //!   (arrival order).
+//! - [`resume`]: `bench mqtt-resume`, a persistent session away during a
+//!   flood with alarms, then back.
 //! - [`rumqttd`]: `bench rumqttd`, stock rumqttd with sluice's settings.
 //! - [`payload`]: the timestamped payload; [`stats`]: percentiles,
 //!   medians, pacing and the progress line.
@@ -24,6 +26,7 @@ pub mod mqtt;
 pub mod payload;
 pub mod priority;
 pub mod publish;
+pub mod resume;
 pub mod rumqttd;
 pub mod stats;
 

@@ -55,9 +55,10 @@ const STATE_PREFIX: &str = "mqtt.session/";
 const AHEAD: usize = 32;
 /// How often the session's place is committed while connected.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
-/// How often a session looks for new subscriptions and topics when
-/// nothing else wakes it.
-const POLL: Duration = Duration::from_millis(50);
+/// How often a session's reader wakes when nothing else wakes it (an
+/// append to any topic does, and a new subscription or topic is looked
+/// for then).
+const POLL: Duration = Duration::from_secs(5);
 
 /// One subscription of a persistent session, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,11 +174,27 @@ impl Sessions {
         let mut n = 0;
         for (k, v) in all {
             let id = String::from_utf8_lossy(&k[STATE_PREFIX.len()..]).into_owned();
-            let gone = serde_json::from_slice::<Stored>(&v).map_or(true, |s| expired(&s, now));
-            if gone && !lock(&self.running).contains_key(&id) {
-                tracing::info!(client_id = id, "persistent MQTT session expired");
-                self.discard(shared, &id);
-                n += 1;
+            if lock(&self.running).contains_key(&id) {
+                continue;
+            }
+            match serde_json::from_slice::<Stored>(&v) {
+                Ok(s) if !expired(&s, now) => {
+                    if s.away_since_ms.is_none() {
+                        // Connected when sluice stopped without saving it
+                        // (a crash): away from now on.
+                        let stored = Stored { away_since_ms: Some(now), ..s };
+                        let value = serde_json::to_vec(&stored).expect("a session serializes");
+                        let write = sluice_store::AtomicWrite { state: vec![(k, Some(value))], ..Default::default() };
+                        if let Err(e) = shared.store.commit_atomic(&write) {
+                            tracing::warn!(client_id = id, error = %e, "cannot store a persistent MQTT session");
+                        }
+                    }
+                }
+                _ => {
+                    tracing::info!(client_id = id, "persistent MQTT session expired");
+                    self.discard(shared, &id);
+                    n += 1;
+                }
             }
         }
         n
