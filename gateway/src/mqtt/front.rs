@@ -478,7 +478,6 @@ where
             level: connect.level,
             subs: subs.clone(),
             outbox: outbox.clone(),
-            window: (mqtt.max_inflight as usize).min(usize::from(connect.receive_max)),
         };
         Some(tokio::spawn(reader.run(reader_stopped)))
     } else {

@@ -155,7 +155,6 @@ impl Window {
     }
 
     /// The current size.
-    #[cfg(test)]
     fn size(&self) -> usize {
         self.size
     }
@@ -501,9 +500,8 @@ impl Outbox {
         self.wake.notified().await;
     }
 
-    /// The current QoS 1 window (tests, debugging).
-    #[cfg(test)]
-    fn window(&self) -> usize {
+    /// The current QoS 1 window.
+    pub(super) fn window(&self) -> usize {
         self.lock().window.size()
     }
 }

@@ -50,9 +50,11 @@ use tokio::sync::watch;
 
 /// State keys of persistent sessions start with this.
 const STATE_PREFIX: &str = "mqtt.session/";
-/// Most log-served publishes queued or in flight per session beyond its
-/// QoS 1 window.
-const AHEAD: usize = 32;
+/// Most log-served publishes queued per session beyond its QoS 1 window:
+/// what waits in the outbox is ordered there, but what is still in the
+/// log is ordered by the group fetch, which sees an alarm as soon as it is
+/// stored; so little waits in the outbox.
+const AHEAD: usize = 4;
 /// How often the session's place is committed while connected.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// How often a session's reader wakes when nothing else wakes it (an
@@ -287,8 +289,6 @@ pub(super) struct Reader {
     pub(super) level: u8,
     pub(super) subs: Arc<Subs>,
     pub(super) outbox: Arc<Outbox>,
-    /// Most QoS 1 publishes in flight toward the client.
-    pub(super) window: usize,
 }
 
 type Tp = (Arc<str>, PartitionId);
@@ -308,6 +308,8 @@ impl Reader {
             .collect();
         let mut positions = Positions::default();
         let mut rounds = Rounds::default();
+        let mut express_rounds = Rounds::default();
+        let mut express: Vec<Arc<Topic>> = Vec::new();
         let mut topics: Vec<Arc<Topic>> = Vec::new();
         let mut known: BTreeSet<Tp> = BTreeSet::new();
         let mut outstanding: HashMap<Tp, BTreeSet<Offset>> = HashMap::new();
@@ -315,9 +317,11 @@ impl Reader {
         let mut subs_generation = u64::MAX;
         let mut topic_count = usize::MAX;
         let mut commit_at = Instant::now() + COMMIT_EVERY;
-        let limit = self.window + AHEAD;
+        // Something moved since the last commit.
+        let mut moved = false;
         loop {
             for pos in self.outbox.take_log_done() {
+                moved = true;
                 if let Some(set) = outstanding.get_mut(&(pos.topic.clone(), pos.partition)) {
                     set.remove(&pos.offset);
                 }
@@ -327,6 +331,11 @@ impl Reader {
                 (subs_generation, topic_count) = (generation, count);
                 let filters: Vec<String> = self.subs.filters().iter().map(|f| f.to_string()).collect();
                 topics = candidates(&self.shared, &self.router, &filters);
+                express = topics
+                    .iter()
+                    .filter(|t| self.shared.services.resolve(&t.service).class().express)
+                    .cloned()
+                    .collect();
                 // Partitions no longer matched start over if matched again.
                 known.retain(|(name, _)| topics.iter().any(|t| t.name == *name));
                 for t in &topics {
@@ -341,17 +350,30 @@ impl Reader {
                     }
                 }
             }
-            if Instant::now() >= commit_at {
+            if moved && Instant::now() >= commit_at {
                 self.commit(&group, &topics, &positions, &outstanding, &mut committed);
                 commit_at = Instant::now() + COMMIT_EVERY;
+                moved = false;
             }
+            // The QoS 1 window is sized in time from the client's pace.
+            let limit = self.outbox.window() + AHEAD;
             let pending = self.outbox.log_pending();
             let rx = self.shared.topics.subscribe_any();
+            // Express records do not wait for room: they go into the
+            // outbox at once, where they pass what is queued (up to one
+            // more window's worth).
+            let (from, max, rounds) = if pending < limit {
+                (&topics, limit - pending, &mut rounds)
+            } else {
+                (&express, (2 * limit).saturating_sub(pending), &mut express_rounds)
+            };
             let mut read = 0;
-            if pending < limit && !topics.is_empty() {
-                match group_fetch_from(&self.shared, &topics, &mut positions, &mut rounds, limit - pending) {
+            if max > 0 && !from.is_empty() {
+                match group_fetch_from(&self.shared, from, &mut positions, rounds, max) {
                     Ok(records) => {
                         read = records.len();
+                        // Skipped records move the place too.
+                        moved |= read > 0;
                         for r in records {
                             self.deliver(r, &sent_before, &mut outstanding);
                         }
@@ -365,10 +387,11 @@ impl Reader {
                 continue;
             }
             let mut rx = rx;
+            let wake = if moved { commit_at.min(Instant::now() + POLL) } else { Instant::now() + POLL };
             tokio::select! {
-                _ = rx.changed(), if pending < limit => {}
+                _ = rx.changed(), if max > 0 && !from.is_empty() => {}
                 _ = self.outbox.log_changed() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
