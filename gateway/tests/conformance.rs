@@ -678,8 +678,8 @@ async fn a_persistent_session_keeps_subscriptions_and_queued_qos1_3_1_2_5(
 case!(a_persistent_session_keeps_subscriptions_and_queued_qos1_3_1_2_5, Setup::Open, [V311, V5]);
 
 /// MQTT-4.4.0-1 (v5 MQTT-4.4.0-1), MQTT-3.3.1-1: a QoS 1 delivery not
-/// acknowledged before the connection dropped is sent again, with DUP 1,
-/// when the persistent session reconnects.
+/// acknowledged before the connection dropped is sent again, with DUP 1
+/// and its original packet id, when the persistent session reconnects.
 async fn unacknowledged_qos1_is_resent_with_dup_on_reconnect_4_4_0_1(addr: String, v: Version) -> Outcome {
     let mut c = Conn::accepted(&addr, v, &persistent("forgetful")).await;
     sub(&mut c, 1, &[("dup/t", 1)]).await?;
@@ -687,6 +687,7 @@ async fn unacknowledged_qos1_is_resent_with_dup_on_reconnect_4_4_0_1(addr: Strin
     publish1(&mut p, "dup/t", b"again", false, 1).await?;
     let first = c.expect(SOON, |p| matches!(p, Packet::Publish { .. })).await?;
     check!(matches!(first, Packet::Publish { qos: 1, dup: false, .. }), "first delivery, got {first:?}");
+    let Packet::Publish { pkid: first_pkid, .. } = first else { unreachable!() };
     drop(c); // no PUBACK, no DISCONNECT
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (mut c, answer) = Conn::connect(&addr, v, &persistent("forgetful")).await;
@@ -696,8 +697,8 @@ async fn unacknowledged_qos1_is_resent_with_dup_on_reconnect_4_4_0_1(addr: Strin
     );
     let again = delivered(&mut c, SOON).await?;
     check!(
-        matches!(&again, Packet::Publish { qos: 1, dup: true, payload, .. } if payload == b"again"),
-        "the unacknowledged publish again with DUP 1, got {again:?}"
+        matches!(&again, Packet::Publish { qos: 1, dup: true, payload, pkid, .. } if payload == b"again" && *pkid == first_pkid),
+        "the unacknowledged publish again with DUP 1 and its packet id {first_pkid}, got {again:?}"
     );
     Ok(())
 }

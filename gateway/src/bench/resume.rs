@@ -72,11 +72,17 @@ impl std::fmt::Display for ResumeReport {
         writeln!(
             f,
             "received: bulk {} of {}, alarms {} of {}, {} duplicates",
-            self.bulk_received, self.bulk_published, self.alarms_received, self.alarms_published, self.duplicates
+            self.bulk_received,
+            self.bulk_published,
+            self.alarms_received,
+            self.alarms_published,
+            self.duplicates
         )?;
         writeln!(f, "first delivery after {:.1} ms", self.first_ms)?;
         match (self.all_alarms_ms, self.last_alarm_position) {
-            (Some(ms), Some(pos)) => writeln!(f, "every alarm after {ms:.1} ms (the last one was delivery #{pos})")?,
+            (Some(ms), Some(pos)) => {
+                writeln!(f, "every alarm after {ms:.1} ms (the last one was delivery #{pos})")?
+            }
             _ => writeln!(f, "not every alarm arrived")?,
         }
         writeln!(f, "everything after {:.2} s ({:.0} deliveries/s)", self.all_s, self.catch_up_per_s)
@@ -194,7 +200,9 @@ async fn publish(b: &ResumeBench) -> anyhow::Result<f64> {
     let feeder = tokio::spawn(async move {
         let mut sent_alarms = 0;
         for i in 0..bulk {
-            client.publish(bulk_topic.as_str(), QoS::AtLeastOnce, false, payload::encode(BULK, i, size)).await?;
+            client
+                .publish(bulk_topic.as_str(), QoS::AtLeastOnce, false, payload::encode(BULK, i, size))
+                .await?;
             if (i + 1) % every == 0 && sent_alarms < alarms {
                 let alarm = payload::encode(ALARM, sent_alarms, size);
                 client.publish(alarm_topic.as_str(), QoS::AtLeastOnce, false, alarm).await?;

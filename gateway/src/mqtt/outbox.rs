@@ -111,6 +111,8 @@ struct Queued {
     /// Served from the log: where it was read (reported back once the
     /// client has it), never dropped for room.
     from_log: Option<LogPos>,
+    /// The packet id it had when it was sent before (a re-send).
+    prefer_pkid: Option<u16>,
     /// Its service, and when it was queued (the delivery histogram).
     service: ServiceId,
     queued: Instant,
@@ -163,8 +165,15 @@ impl Window {
         self.inflight.len() >= self.size
     }
 
-    /// A free packet id, now in flight.
-    fn take_pkid(&mut self, now: Instant) -> u16 {
+    /// A free packet id, now in flight: `prefer` when it is free (a
+    /// re-send keeps its packet id, MQTT-4.4.0-1).
+    fn take_pkid(&mut self, prefer: Option<u16>, now: Instant) -> u16 {
+        if let Some(p) = prefer.filter(|p| *p != 0) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.inflight.entry(p) {
+                e.insert(now);
+                return p;
+            }
+        }
         loop {
             let pkid = self.next_pkid;
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
@@ -333,7 +342,7 @@ impl Outbox {
         st.sched.push(
             service,
             len,
-            Queued { frame, own_pkid_at, from_log: None, service, queued: Instant::now() },
+            Queued { frame, own_pkid_at, from_log: None, prefer_pkid: None, service, queued: Instant::now() },
         );
         while st.bytes > st.limit {
             if !st.evict_one(&self.services) {
@@ -348,14 +357,21 @@ impl Outbox {
     /// `service`: `frame` is built for the client (packet id 0, set when
     /// sent; its DUP flag kept). Never dropped for room: the session's
     /// reader keeps only a window's worth queued ([`Outbox::log_pending`]).
-    pub(super) fn publish_from_log(&self, frame: Bytes, service: ServiceId, pos: LogPos) {
+    pub(super) fn publish_from_log(&self, frame: Bytes, service: ServiceId, pos: LogPos, pkid: Option<u16>) {
         let mut st = self.lock();
         let qos = (frame[0] >> 1) & 0x03;
         let own_pkid_at = (qos == 1).then(|| packet::publish_pkid_at(&frame)).flatten();
         let len = frame.len() as u64;
         st.bytes += len;
         st.log_pending += 1;
-        let queued = Queued { frame, own_pkid_at, from_log: Some(pos), service, queued: Instant::now() };
+        let queued = Queued {
+            frame,
+            own_pkid_at,
+            from_log: Some(pos),
+            prefer_pkid: pkid,
+            service,
+            queued: Instant::now(),
+        };
         st.sched.push(service, len, queued);
         drop(st);
         self.wake.notify_one();
@@ -369,6 +385,12 @@ impl Outbox {
     /// Log-served publishes the client has had since the last call.
     pub(super) fn take_log_done(&self) -> Vec<LogPos> {
         std::mem::take(&mut self.lock().log_done)
+    }
+
+    /// Log-served publishes sent at QoS 1 and not acknowledged, with their
+    /// packet ids.
+    pub(super) fn log_unacked(&self) -> Vec<(LogPos, u16)> {
+        self.lock().log_inflight.iter().map(|(pkid, pos)| (pos.clone(), *pkid)).collect()
     }
 
     /// Per partition, the offset after the last log-served publish written.
@@ -436,7 +458,7 @@ impl Outbox {
                     st.held = Some(q);
                     break;
                 }
-                let pkid = st.window.take_pkid(now);
+                let pkid = st.window.take_pkid(q.prefer_pkid, now);
                 let start = out.len();
                 out.extend_from_slice(&q.frame);
                 if q.from_log.is_none() {

@@ -85,6 +85,11 @@ pub(super) struct Stored {
     /// record sent to the client; records before it come again with DUP.
     #[serde(default)]
     pub(super) sent: Vec<(String, u32, u64)>,
+    /// Records sent at QoS 1 and not acknowledged when the last connection
+    /// ended (topic, partition, offset, packet id): sent again with the
+    /// same packet id (MQTT-4.4.0-1).
+    #[serde(default)]
+    pub(super) unacked: Vec<(String, u32, u64, u16)>,
 }
 
 /// The consumer group that holds a session's place in the log (HTTP group
@@ -186,7 +191,8 @@ impl Sessions {
                         // (a crash): away from now on.
                         let stored = Stored { away_since_ms: Some(now), ..s };
                         let value = serde_json::to_vec(&stored).expect("a session serializes");
-                        let write = sluice_store::AtomicWrite { state: vec![(k, Some(value))], ..Default::default() };
+                        let write =
+                            sluice_store::AtomicWrite { state: vec![(k, Some(value))], ..Default::default() };
                         if let Err(e) = shared.store.commit_atomic(&write) {
                             tracing::warn!(client_id = id, error = %e, "cannot store a persistent MQTT session");
                         }
@@ -306,6 +312,11 @@ impl Reader {
             .iter()
             .map(|(t, p, o)| ((Arc::from(t.as_str()), PartitionId(*p)), Offset(*o)))
             .collect();
+        let pkids: HashMap<(Tp, Offset), u16> = stored
+            .unacked
+            .iter()
+            .map(|(t, p, o, pkid)| (((Arc::from(t.as_str()), PartitionId(*p)), Offset(*o)), *pkid))
+            .collect();
         let mut positions = Positions::default();
         let mut rounds = Rounds::default();
         let mut express_rounds = Rounds::default();
@@ -375,7 +386,7 @@ impl Reader {
                         // Skipped records move the place too.
                         moved |= read > 0;
                         for r in records {
-                            self.deliver(r, &sent_before, &mut outstanding);
+                            self.deliver(r, (&sent_before, &pkids), &mut outstanding);
                         }
                     }
                     Err(e) => {
@@ -389,7 +400,9 @@ impl Reader {
             let mut rx = rx;
             let wake = if moved { commit_at.min(Instant::now() + POLL) } else { Instant::now() + POLL };
             tokio::select! {
-                _ = rx.changed(), if max > 0 && !from.is_empty() => {}
+                // An append may also be a new topic or match a new
+                // subscription: looked at whenever there is room.
+                _ = rx.changed(), if max > 0 => {}
                 _ = self.outbox.log_changed() => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = stop.wait_for(|s| *s) => break,
@@ -411,9 +424,16 @@ impl Reader {
             .filter(|(tp, o)| committed.get(tp).is_some_and(|c| c < o))
             .map(|((t, p), o)| (t.to_string(), p.0, o.0))
             .collect();
+        let unacked = self
+            .outbox
+            .log_unacked()
+            .into_iter()
+            .map(|(pos, pkid)| (pos.topic.to_string(), pos.partition.0, pos.offset.0, pkid))
+            .collect();
         match self.sessions.load(&self.shared, &self.client_id) {
             Some(mut stored) => {
                 stored.sent = sent;
+                stored.unacked = unacked;
                 stored.away_since_ms = Some(crate::now_ms());
                 self.sessions.save(&self.shared, &self.client_id, &stored).await;
             }
@@ -428,7 +448,7 @@ impl Reader {
     fn deliver(
         &self,
         r: GroupRecord,
-        sent_before: &HashMap<Tp, Offset>,
+        (sent_before, pkids): (&HashMap<Tp, Offset>, &HashMap<(Tp, Offset), u16>),
         outstanding: &mut HashMap<Tp, BTreeSet<Offset>>,
     ) {
         let header = |name: &str| r.record.record.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
@@ -442,6 +462,7 @@ impl Reader {
         let tp = (r.topic.name.clone(), r.partition);
         let offset = r.record.offset;
         let dup = sent_before.get(&tp).is_some_and(|s| offset < *s);
+        let pkid = pkids.get(&(tp.clone(), offset)).copied().filter(|_| qos > 0);
         let frame = packet::publish_frame(topic, &r.record.record.value, qos, dup, self.level);
         let service = self.shared.services.resolve(&r.topic.service).id;
         outstanding.entry(tp).or_default().insert(offset);
@@ -449,6 +470,7 @@ impl Reader {
             frame,
             service,
             LogPos { topic: r.topic.name.clone(), partition: r.partition, offset },
+            pkid,
         );
     }
 
