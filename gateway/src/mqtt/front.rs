@@ -333,12 +333,8 @@ where
     let origin = front.connections.fetch_add(1, Ordering::Relaxed);
     let shared = front.intake.shared().clone();
     // sluice keeps persistent sessions (served from the log); the broker
-    // gets a clean one. A clean start discards a stored session (once the
-    // CONNECT is accepted, below).
-    let resumed = (connect.persistent && !connect.clean)
-        .then(|| front.sessions.load(&shared, &connect.client_id))
-        .flatten();
-    let session_present = resumed.is_some();
+    // gets a clean one (below, once the CONNECT is accepted).
+    let persistent = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut hello = BytesMut::from(&first[..]);
     packet::connect_clean(&mut hello, &connect);
     if connect.keep_alive == 0 {
@@ -386,18 +382,30 @@ where
         connack_tx,
         stop_tx.clone(),
         (front.clone(), connect.level, subacks.clone(), pings.clone()),
-        (subs.clone(), origin, connect.persistent.then_some(session_present)),
+        (subs.clone(), origin, persistent.clone()),
     ));
-    let accepted = matches!(tokio::time::timeout(CONNACK_TIMEOUT, connack_rx).await, Ok(Ok(true)));
-    if !accepted {
+    let connack = match tokio::time::timeout(CONNACK_TIMEOUT, connack_rx).await {
+        Ok(Ok(Some(connack))) => Some(connack),
+        _ => None,
+    };
+    // The session is this connection's from here until its reader saved
+    // it: the broker already ended an older connection of the client id,
+    // whose reader saves first; a clean connection waits the same way.
+    let held = match connack {
+        Some(_) => tokio::time::timeout(CONNACK_TIMEOUT, front.sessions.hold(&connect.client_id)).await.ok(),
+        None => None,
+    };
+    let (Some(connack), Some(held)) = (connack, held) else {
         // The broker's CONNACK (a refusal) is on its way to the client; the
-        // broker closes the connection, which ends both tasks.
+        // broker closes the connection, which ends both tasks. (Or the
+        // session stayed held by another connection: closed, the client
+        // connects again.)
         bw.close().await;
         let _ = tokio::time::timeout(CONNACK_TIMEOUT, from_broker).await;
         outbox.finish();
         let _ = writer.await;
         return Ok(());
-    }
+    };
     let (acks_tx, acks_rx) = mpsc::channel::<AckBatch>(ACK_WINDOW);
     let qos2: Qos2 = Arc::new(Mutex::new(HashSet::new()));
     let acker = tokio::spawn(ack_loop(
@@ -450,17 +458,37 @@ where
         session: None,
     };
     let (reader_stop, reader_stopped) = watch::channel(false);
-    let reader = if connect.persistent {
-        // Accepted: the session is this connection's, kept for at most
-        // `mqtt.session_expiry` once it ends.
+    // What was stored of the session, unless it expired, the client starts
+    // clean (MQTT-3.1.2-6), or another user made it.
+    let mut stored = front.sessions.read(&shared, &connect.client_id);
+    let discard = stored
+        .as_ref()
+        .is_some_and(|s| connect.clean || super::sessions::is_expired(s) || s.user != connect.username);
+    if discard {
+        front.sessions.discard(&shared, &connect.client_id).await;
+        stored = None;
+    }
+    // MQTT 5 clean start 0 without expiry resumes a stored session, which
+    // ends with this connection.
+    let keep = connect.persistent || (connect.v5() && stored.is_some());
+    let present = keep && stored.is_some();
+    persistent.store(keep, Ordering::Release);
+    // Nothing after the CONNECT was read yet: the CONNACK goes first.
+    outbox.control(if present { packet::connack_session_present(&connack) } else { connack });
+    let reader = if keep {
+        // Kept for at most `mqtt.session_expiry` once the connection ends.
         let cap = mqtt.session_expiry.as_secs();
-        let expiry_s = connect.session_expiry.map_or(cap, |e| u64::from(e).min(cap));
-        let mut stored = resumed.unwrap_or_default();
-        if connect.clean {
-            front.sessions.discard(&shared, &connect.client_id);
-        }
+        let expiry_s = match connect.session_expiry {
+            _ if !connect.persistent => 0,
+            Some(e) => u64::from(e).min(cap),
+            None => cap,
+        };
+        let mut stored = stored.unwrap_or_default();
         stored.expiry_s = expiry_s;
         stored.away_since_ms = None;
+        stored.user.clone_from(&connect.username);
+        // Subscriptions the user may no longer make (a reload) are dropped.
+        stored.subs.retain(|s| conn.subscribe_acl.as_ref().is_none_or(|acl| acl.covers(&s.filter)));
         for s in &stored.subs {
             subs.set(Sub { filter: s.filter.as_str().into(), qos: s.qos, no_local: s.no_local });
             front.interest.add(&s.filter, true);
@@ -469,7 +497,7 @@ where
             front.intake.stats().track_session(origin, &connect.client_id, &outbox);
         }
         front.sessions.save(&shared, &connect.client_id, &stored).await;
-        conn.session = Some(stored);
+        conn.session = Some(stored.clone());
         let reader = Reader {
             shared: shared.clone(),
             sessions: front.sessions.clone(),
@@ -479,9 +507,9 @@ where
             subs: subs.clone(),
             outbox: outbox.clone(),
         };
-        Some(tokio::spawn(reader.run(reader_stopped)))
+        Some(tokio::spawn(reader.run(held, stored, reader_stopped)))
     } else {
-        front.sessions.discard_if_stored(&shared, &connect.client_id);
+        front.sessions.release(&connect.client_id, held);
         None
     };
     let ending = conn.pump(&mut rd, &mut buf, &mut bw, &acks_tx, &mut stop_rx).await;
@@ -499,6 +527,12 @@ where
     // Everything read so far is stored or refused before the broker hears
     // that the client is gone.
     let _ = acker.await;
+    // The session's reader stops queueing, commits its place, stores what
+    // was sent and lets go of the session (a newer connection waits).
+    let _ = reader_stop.send(true);
+    if let Some(reader) = reader {
+        let _ = reader.await;
+    }
     if !matches!(ending, Ok(Ending::Disconnect { .. })) && !from_broker.is_finished() {
         bw.barrier(&pings).await;
     }
@@ -507,13 +541,8 @@ where
     let _ = from_broker.await;
     outbox.finish();
     let _ = writer.await;
-    // The session's reader commits its place and stores what was sent.
-    let _ = reader_stop.send(true);
-    if let Some(reader) = reader {
-        let _ = reader.await;
-    }
     for f in subs.filters() {
-        front.interest.remove(&f, connect.persistent);
+        front.interest.remove(&f, keep);
     }
     front.intake.stats().untrack_session(origin);
     ending.map(|_| ())
@@ -643,14 +672,14 @@ impl Conn {
             }
             if save_session {
                 // Durable before the broker answers the SUBSCRIBE.
-                if let Some(stored) = &mut self.session {
-                    stored.subs = self
+                if self.session.is_some() {
+                    let subs = self
                         .subs
                         .all()
                         .into_iter()
                         .map(|s| StoredSub { filter: s.filter.into(), qos: s.qos, no_local: s.no_local })
                         .collect();
-                    self.front.sessions.save(self.front.intake.shared(), &self.client_id, stored).await;
+                    self.front.sessions.save_subs(self.front.intake.shared(), &self.client_id, subs).await;
                 }
             }
             if !to_broker.is_empty() {
@@ -953,14 +982,14 @@ async fn settle(mut pending: Pending, services: &crate::services::Services) -> R
 /// client's publishes (sluice sends its own), into the client's outbox:
 /// publishes under the service of their topic, the rest as control packets.
 /// QoS 1 publishes sluice delivers itself are acknowledged to the broker at
-/// once. Reports the CONNACK's verdict.
+/// once. Hands an accepted CONNACK to the session (it sets session present).
 async fn broker_loop(
     mut br: tokio::net::tcp::OwnedReadHalf,
     (out, acks): (Arc<Outbox>, mpsc::UnboundedSender<Bytes>),
-    connack: oneshot::Sender<bool>,
+    connack: oneshot::Sender<Option<Bytes>>,
     stop: Arc<watch::Sender<bool>>,
     (front, level, subacks, pings): (Arc<Front>, u8, Subacks, Arc<Pings>),
-    (subs, origin, persistent): (Arc<Subs>, u64, Option<bool>),
+    (subs, origin, persistent): (Arc<Subs>, u64, Arc<std::sync::atomic::AtomicBool>),
 ) {
     let max = front.max_packet;
     let mut connack = Some(connack);
@@ -993,7 +1022,7 @@ async fn broker_loop(
                         // the log; retained ones (at subscription time)
                         // from the broker.
                         let retained = frame[0] & 0x01 == 0x01;
-                        if persistent.is_some()
+                        if persistent.load(Ordering::Acquire)
                             && !retained
                             && front.intake.stored(&topic)
                             && std::str::from_utf8(&topic).is_ok_and(|t| subs.log_qos(t).is_some())
@@ -1045,16 +1074,14 @@ async fn broker_loop(
                         }
                     }
                     kind::CONNACK => {
+                        // Accepted: the session decides session present and
+                        // queues it; refused: to the client as it is.
                         let accepted = packet::connack_code(&frame) == Some(0);
-                        if let Some(tx) = connack.take() {
-                            let _ = tx.send(accepted);
-                        }
-                        if accepted && persistent == Some(true) {
-                            // The broker's session is clean; sluice's is
-                            // there (MQTT-3.2.2-2).
-                            chunk.extend_from_slice(&packet::connack_session_present(&frame));
-                        } else {
+                        if !accepted {
                             chunk.extend_from_slice(&frame);
+                        }
+                        if let Some(tx) = connack.take() {
+                            let _ = tx.send(accepted.then_some(frame));
                         }
                     }
                     _ => chunk.extend_from_slice(&frame),

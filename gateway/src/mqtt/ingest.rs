@@ -152,10 +152,10 @@ impl Intake {
     /// Whether publishes to `mqtt_topic` are stored in the log (a
     /// persistent session gets them from there).
     pub(super) fn stored(&self, mqtt_topic: &[u8]) -> bool {
-        std::str::from_utf8(mqtt_topic)
-            .ok()
-            .and_then(|t| self.router.log_topic(t))
-            .is_some_and(|name| sluice_config::check_topic_name(name).is_ok())
+        std::str::from_utf8(mqtt_topic).ok().and_then(|t| self.router.log_topic(t)).is_some_and(|name| {
+            sluice_config::check_topic_name(name).is_ok()
+                && (self.shared.config.store.auto_create_topics || self.shared.topics.get(name).is_some())
+        })
     }
 
     /// Routes one publish of QoS `qos` into `gather`; returns the index of

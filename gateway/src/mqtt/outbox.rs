@@ -695,7 +695,7 @@ weight = 1
         let mut now = t0;
         for i in 0..400u32 {
             w.limited = true;
-            let pkid = w.take_pkid(now);
+            let pkid = w.take_pkid(None, now);
             now += Duration::from_micros(500);
             assert!(w.ack(pkid, now), "ack {i}");
         }
@@ -705,7 +705,7 @@ weight = 1
         // window; the window stays put instead of growing.
         for _ in 0..400u32 {
             w.limited = true;
-            let pkid = w.take_pkid(now);
+            let pkid = w.take_pkid(None, now);
             now += Duration::from_micros(500);
             w.ack(pkid, now + Duration::from_millis(10));
         }

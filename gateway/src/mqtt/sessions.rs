@@ -90,6 +90,10 @@ pub(super) struct Stored {
     /// same packet id (MQTT-4.4.0-1).
     #[serde(default)]
     pub(super) unacked: Vec<(String, u32, u64, u16)>,
+    /// The user that made it: another user's connection with the same
+    /// client id gets a new session.
+    #[serde(default)]
+    pub(super) user: Option<String>,
 }
 
 /// The consumer group that holds a session's place in the log (HTTP group
@@ -106,18 +110,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Held while a connection owns a client id's session (from its CONNACK
+/// until its reader saved the session), by a clean connection while it
+/// discards one, and by the expiry sweep while it looks at one.
+pub(super) type Held = tokio::sync::OwnedMutexGuard<()>;
+
 /// The persistent sessions of the node.
 #[derive(Debug, Default)]
 pub(super) struct Sessions {
-    /// Per client id with a connection: taken by the connection's reader,
-    /// so a newer connection's reader starts once the older one saved.
+    /// One lock per client id that someone holds or waits for.
     running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Sessions {
-    /// The stored session of `client_id`, unless there is none or it
-    /// expired (then it is forgotten).
-    pub(super) fn load(&self, shared: &Shared, client_id: &str) -> Option<Stored> {
+    /// The stored session of `client_id`, as stored (expired or not).
+    pub(super) fn read(&self, shared: &Shared, client_id: &str) -> Option<Stored> {
         let raw = match shared.store.state(&key(client_id)) {
             Ok(raw) => raw?,
             Err(e) => {
@@ -125,32 +132,23 @@ impl Sessions {
                 return None;
             }
         };
-        let Ok(stored) = serde_json::from_slice::<Stored>(&raw) else {
-            tracing::warn!(client_id, "unreadable persistent MQTT session: starting a new one");
-            return None;
-        };
-        if expired(&stored, crate::now_ms()) {
-            self.discard(shared, client_id);
-            return None;
-        }
-        Some(stored)
+        serde_json::from_slice::<Stored>(&raw)
+            .inspect_err(|_| {
+                tracing::warn!(client_id, "unreadable persistent MQTT session: starting a new one")
+            })
+            .ok()
     }
 
-    /// Stores `stored` durably (a blocking metadata sync).
-    pub(super) async fn save(&self, shared: &Shared, client_id: &str, stored: &Stored) {
+    fn save_blocking(shared: &Shared, client_id: &str, stored: &Stored) {
         let value = serde_json::to_vec(stored).expect("a session serializes");
         let write =
             sluice_store::AtomicWrite { state: vec![(key(client_id), Some(value))], ..Default::default() };
-        let shared = shared.clone();
-        let id = client_id.to_owned();
-        let saved = tokio::task::spawn_blocking(move || shared.store.commit_atomic(&write)).await;
-        if let Ok(Err(e)) = saved {
-            tracing::error!(client_id = id, error = %e, "cannot store a persistent MQTT session");
+        if let Err(e) = shared.store.commit_atomic(&write) {
+            tracing::error!(client_id, error = %e, "cannot store a persistent MQTT session");
         }
     }
 
-    /// Forgets the session of `client_id`: its subscriptions and its place.
-    pub(super) fn discard(&self, shared: &Shared, client_id: &str) {
+    fn discard_blocking(shared: &Shared, client_id: &str) {
         let write = sluice_store::AtomicWrite { state: vec![(key(client_id), None)], ..Default::default() };
         let result =
             shared.store.commit_atomic(&write).and_then(|_| shared.store.delete_group(&group(client_id)));
@@ -159,65 +157,77 @@ impl Sessions {
         }
     }
 
-    /// A clean session of `client_id` connected: a stored persistent
-    /// session of that client id is forgotten (MQTT-3.1.2-6).
-    pub(super) fn discard_if_stored(&self, shared: &Shared, client_id: &str) {
-        if shared.store.state(&key(client_id)).is_ok_and(|v| v.is_some()) {
-            self.discard(shared, client_id);
+    /// Stores `stored` durably (a metadata sync, off the runtime's threads).
+    pub(super) async fn save(&self, shared: &Shared, client_id: &str, stored: &Stored) {
+        let (shared, id, stored) = (shared.clone(), client_id.to_owned(), stored.clone());
+        let _ = tokio::task::spawn_blocking(move || Self::save_blocking(&shared, &id, &stored)).await;
+    }
+
+    /// Forgets the session of `client_id`: its subscriptions and its place.
+    pub(super) async fn discard(&self, shared: &Shared, client_id: &str) {
+        let (shared, id) = (shared.clone(), client_id.to_owned());
+        let _ = tokio::task::spawn_blocking(move || Self::discard_blocking(&shared, &id)).await;
+    }
+
+    /// Replaces the stored subscriptions of `client_id` (by its owner).
+    pub(super) async fn save_subs(&self, shared: &Shared, client_id: &str, subs: Vec<StoredSub>) {
+        if let Some(mut stored) = self.read(shared, client_id) {
+            stored.subs = subs;
+            self.save(shared, client_id, &stored).await;
         }
     }
 
     /// Forgets the sessions whose clients stayed away longer than their
-    /// expiry; returns how many.
+    /// expiry; returns how many. Blocking: for a blocking thread.
     pub(super) fn expire(&self, shared: &Shared) -> usize {
         let now = crate::now_ms();
-        let all = match shared.store.states(STATE_PREFIX.as_bytes()) {
-            Ok(all) => all,
+        let keys = match shared.store.states(STATE_PREFIX.as_bytes()) {
+            Ok(all) => all.into_iter().map(|(k, _)| k),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list persistent MQTT sessions");
                 return 0;
             }
         };
         let mut n = 0;
-        for (k, v) in all {
+        for k in keys {
             let id = String::from_utf8_lossy(&k[STATE_PREFIX.len()..]).into_owned();
-            if lock(&self.running).contains_key(&id) {
-                continue;
-            }
-            match serde_json::from_slice::<Stored>(&v) {
-                Ok(s) if !expired(&s, now) => {
+            // A session somebody holds is not looked at.
+            let Some(held) = self.try_hold(&id) else { continue };
+            match self.read(shared, &id) {
+                Some(s) if !expired(&s, now) => {
                     if s.away_since_ms.is_none() {
-                        // Connected when sluice stopped without saving it
-                        // (a crash): away from now on.
-                        let stored = Stored { away_since_ms: Some(now), ..s };
-                        let value = serde_json::to_vec(&stored).expect("a session serializes");
-                        let write =
-                            sluice_store::AtomicWrite { state: vec![(k, Some(value))], ..Default::default() };
-                        if let Err(e) = shared.store.commit_atomic(&write) {
-                            tracing::warn!(client_id = id, error = %e, "cannot store a persistent MQTT session");
-                        }
+                        // Not held, yet marked connected: its connection
+                        // was cut by a crash. Away from now on.
+                        Self::save_blocking(shared, &id, &Stored { away_since_ms: Some(now), ..s });
                     }
                 }
                 _ => {
                     tracing::info!(client_id = id, "persistent MQTT session expired");
-                    self.discard(shared, &id);
+                    Self::discard_blocking(shared, &id);
                     n += 1;
                 }
             }
+            self.release(&id, held);
         }
         n
     }
 
-    /// Waits until no other connection of `client_id` serves its session.
-    async fn hold(&self, client_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    /// Waits until nobody else holds `client_id`'s session.
+    pub(super) async fn hold(&self, client_id: &str) -> Held {
         let m = lock(&self.running).entry(client_id.to_owned()).or_default().clone();
         m.lock_owned().await
     }
 
-    fn release(&self, client_id: &str, held: tokio::sync::OwnedMutexGuard<()>) {
+    fn try_hold(&self, client_id: &str) -> Option<Held> {
+        let m = lock(&self.running).entry(client_id.to_owned()).or_default().clone();
+        m.try_lock_owned().ok()
+    }
+
+    /// Lets go of `client_id`'s session.
+    pub(super) fn release(&self, client_id: &str, held: Held) {
         let mut running = lock(&self.running);
         drop(held);
-        // Nobody else waits for it: the entry goes.
+        // Nobody else holds or waits for it: the entry goes.
         if running.get(client_id).is_some_and(|m| Arc::strong_count(m) == 1) {
             running.remove(client_id);
         }
@@ -225,9 +235,13 @@ impl Sessions {
 }
 
 fn expired(s: &Stored, now_ms: i64) -> bool {
-    s.away_since_ms.is_some_and(|away| {
-        now_ms.saturating_sub(away) / 1000 > i64::try_from(s.expiry_s).unwrap_or(i64::MAX)
-    })
+    let expiry_ms = i64::try_from(s.expiry_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    s.away_since_ms.is_some_and(|away| now_ms.saturating_sub(away) >= expiry_ms)
+}
+
+/// Whether a stored session is past its expiry now.
+pub(super) fn is_expired(s: &Stored) -> bool {
+    expired(s, crate::now_ms())
 }
 
 /// The partitions a set of subscriptions can match, and where a new
@@ -298,15 +312,19 @@ pub(super) struct Reader {
 }
 
 type Tp = (Arc<str>, PartitionId);
+/// Per partition, the offset after what the previous connection sent.
+type Sent = HashMap<Tp, Offset>;
+/// The packet ids of what the previous connection left unacknowledged.
+type Pkids = HashMap<(Tp, Offset), u16>;
 
 impl Reader {
-    /// Runs until `stop` turns true; then commits its place and returns
-    /// what was sent per partition (for DUP on the next connection).
-    pub(super) async fn run(self, mut stop: watch::Receiver<bool>) {
-        let held = self.sessions.hold(&self.client_id).await;
+    /// Runs until `stop` turns true; then commits its place, stores what
+    /// was sent and not acknowledged (for DUP and packet ids on the next
+    /// connection), and lets go of the session (`held`, taken when the
+    /// connection was accepted; `stored` is the session as it was then).
+    pub(super) async fn run(self, held: Held, stored: Stored, mut stop: watch::Receiver<bool>) {
         let group = group(&self.client_id);
         // What the previous connection sent: re-sends below it get DUP.
-        let stored = self.sessions.load(&self.shared, &self.client_id).unwrap_or_default();
         let mut sent_before: HashMap<Tp, Offset> = stored
             .sent
             .iter()
@@ -331,6 +349,9 @@ impl Reader {
         // Something moved since the last commit.
         let mut moved = false;
         loop {
+            if *stop.borrow() {
+                break;
+            }
             for pos in self.outbox.take_log_done() {
                 moved = true;
                 if let Some(set) = outstanding.get_mut(&(pos.topic.clone(), pos.partition)) {
@@ -395,6 +416,9 @@ impl Reader {
                 }
             }
             if read > 0 {
+                // Reads are short but blocking: the runtime's other tasks
+                // go between them.
+                tokio::task::yield_now().await;
                 continue;
             }
             let mut rx = rx;
@@ -430,16 +454,12 @@ impl Reader {
             .into_iter()
             .map(|(pos, pkid)| (pos.topic.to_string(), pos.partition.0, pos.offset.0, pkid))
             .collect();
-        match self.sessions.load(&self.shared, &self.client_id) {
-            Some(mut stored) => {
-                stored.sent = sent;
-                stored.unacked = unacked;
-                stored.away_since_ms = Some(crate::now_ms());
-                self.sessions.save(&self.shared, &self.client_id, &stored).await;
-            }
-            // A clean session of the same client id took over and
-            // discarded it meanwhile.
-            None => self.sessions.discard(&self.shared, &self.client_id),
+        // Read again: the connection stored its subscriptions meanwhile.
+        if let Some(mut stored) = self.sessions.read(&self.shared, &self.client_id) {
+            stored.sent = sent;
+            stored.unacked = unacked;
+            stored.away_since_ms = Some(crate::now_ms());
+            self.sessions.save(&self.shared, &self.client_id, &stored).await;
         }
         self.sessions.release(&self.client_id, held);
     }
@@ -448,7 +468,7 @@ impl Reader {
     fn deliver(
         &self,
         r: GroupRecord,
-        (sent_before, pkids): (&HashMap<Tp, Offset>, &HashMap<(Tp, Offset), u16>),
+        (sent_before, pkids): (&Sent, &Pkids),
         outstanding: &mut HashMap<Tp, BTreeSet<Offset>>,
     ) {
         let header = |name: &str| r.record.record.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
