@@ -2,7 +2,7 @@
 # Cross builds for the Raspberry Pi, then proves each binary under qemu
 # user-mode emulation against a smoke test on 127.0.0.1.
 #
-#   deploy/cross.sh [--no-smoke] [--profile P] [aarch64|armv7 ...]   (default: both)
+#   deploy/cross.sh [--no-smoke] [--profile P] [--slim] [aarch64|armv7 ...]   (default: both)
 #
 # aarch64 = aarch64-unknown-linux-gnu (64-bit Raspberry Pi OS, Pi 3/4/5/Zero 2),
 # armv7   = armv7-unknown-linux-gnueabihf (32-bit Raspberry Pi OS, Pi 2 and later).
@@ -12,7 +12,8 @@
 # Builds with Debian's rustc-web 1.96 and its target standard libraries
 # (deploy/install-cross-toolchain.sh installs them with apt, only for the
 # targets asked for), the release profile (or --profile P, e.g. ci-cross:
-# thin LTO, for the CI smoke build) and the Cargo.lock as is. Output:
+# thin LTO, for the CI smoke build) and the Cargo.lock as is; --slim builds
+# without the optional features (--no-default-features). Output:
 #   $SLUICE_CROSS_TARGET_DIR/<triple>/<profile>/sluice
 #   SLUICE_CROSS_TARGET_DIR   cargo target dir (default target/cross in the repo)
 # Smoke test per binary: start `sluice run` under qemu on 127.0.0.1 port 0,
@@ -21,16 +22,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-smoke=1 profile=release
+smoke=1 profile=release features=()
 targets=() short=()
 while (($#)); do
     case $1 in
     --no-smoke) smoke=0 ;;
     --profile) profile=${2:?--profile needs a cargo profile name}; shift ;;
+    --slim) features=(--no-default-features) ;;
     aarch64) targets+=(aarch64-unknown-linux-gnu) short+=(aarch64) ;;
     armv7) targets+=(armv7-unknown-linux-gnueabihf) short+=(armv7) ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
-    *) echo "cross.sh: unknown argument '$1' (expected --no-smoke, --profile P, aarch64 or armv7)" >&2; exit 2 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "cross.sh: unknown argument '$1' (expected --no-smoke, --profile P, --slim, aarch64 or armv7)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -77,8 +79,8 @@ for t in "${targets[@]}"; do
     build_args+=(--target "$t")
 done
 start=$(date +%s)
-echo "building ${targets[*]} ($profile profile) into $target_dir with $(/usr/bin/cargo --version)" >&2
-/usr/bin/cargo build --profile "$profile" --locked -p sluice-gateway --bin sluice "${build_args[@]}" --target-dir "$target_dir"
+echo "building ${targets[*]} ($profile profile${features:+, slim}) into $target_dir with $(/usr/bin/cargo --version)" >&2
+/usr/bin/cargo build --profile "$profile" --locked -p sluice-gateway --bin sluice "${features[@]}" "${build_args[@]}" --target-dir "$target_dir"
 echo "build took $(($(date +%s) - start)) s" >&2
 
 # The highest GLIBC_x.y symbol version a binary needs.
