@@ -18,6 +18,7 @@ use sluice_config::MqttConfig;
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -144,27 +145,24 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
             tracing::warn!(listen = %a, "MQTT listener without authentication: any client that reaches it may publish and subscribe; configure [[mqtt.users]]");
         }
     }
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let broker_v4 = reserve(loopback, "mqtt.listen")?;
-    let broker_v5 = reserve(loopback, "mqtt.listen_v5")?;
-    let mut config = rumqttd_config(mqtt, broker_v4, Some(broker_v5));
-    let router_tx = rumqttd::Router::new(config.id, config.router.clone()).spawn();
-    for (mut settings, v5) in config
-        .v4
-        .take()
-        .into_iter()
-        .flat_map(HashMap::into_values)
-        .map(|s| (s, false))
-        .chain(config.v5.take().into_iter().flat_map(HashMap::into_values).map(|s| (s, true)))
-    {
-        install_auth(&mut settings.connections, &guard);
-        let name = settings.name.clone();
+    let router_tx = {
+        let config = rumqttd_config(mqtt, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), None);
+        rumqttd::Router::new(config.id, config.router).spawn()
+    };
+    // One listener after the other, each on a port nobody holds right now:
+    // rumqttd binds by address, so a port chosen here can still be taken
+    // by someone else before it binds; then it is chosen again.
+    let run = |settings: rumqttd::ServerSettings, v5: bool, failed: Sender<String>| {
         let router_tx = router_tx.clone();
         let guard = guard.clone();
+        let name = settings.name.clone();
         std::thread::Builder::new().name(name.clone()).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
-                Err(e) => return tracing::error!(error = %e, listener = name, "cannot start MQTT listener"),
+                Err(e) => {
+                    let _ = failed.send(format!("cannot start its runtime: {e}"));
+                    return;
+                }
             };
             let result = runtime.block_on(async move {
                 if v5 {
@@ -177,11 +175,12 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
             });
             if let Err(e) = result {
                 tracing::error!(error = %e, listener = name, "embedded MQTT listener stopped");
+                let _ = failed.send(e.to_string());
             }
-        })?;
-    }
-    wait_listening(broker_v4, false)?;
-    wait_listening(broker_v5, true)?;
+        })
+    };
+    let broker_v4 = spawn_listener(mqtt, false, &guard, &run)?;
+    let broker_v5 = spawn_listener(mqtt, true, &guard, &run)?;
     let front = Arc::new(Front {
         intake: Intake::new(shared.clone(), stats),
         guard,
@@ -199,9 +198,52 @@ pub fn start(shared: &Shared, stats: Arc<MqttStats>) -> anyhow::Result<MqttHandl
     Ok(MqttHandle { addr: public[0], addr_v5: public.get(1).copied(), tls, stop })
 }
 
+/// Bind attempts for one embedded listener before giving up.
+const BIND_ATTEMPTS: u32 = 5;
+
+/// Starts one embedded rumqttd listener (MQTT 3.1.1 or 5) on a free
+/// loopback port and returns its address once it answers a CONNECT;
+/// `run` starts the listener's thread, which reports on the sender when
+/// it stops.
+fn spawn_listener(
+    mqtt: &MqttConfig,
+    v5: bool,
+    guard: &Arc<Guard>,
+    run: &dyn Fn(
+        rumqttd::ServerSettings,
+        bool,
+        Sender<String>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>>,
+) -> anyhow::Result<SocketAddr> {
+    let name = if v5 { "mqtt-v5" } else { "mqtt-v4" };
+    let mut last = None;
+    for _ in 0..BIND_ATTEMPTS {
+        let addr = reserve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), name)?;
+        let mut settings = server(name, addr, mqtt);
+        install_auth(&mut settings.connections, guard);
+        let (failed_tx, failed) = std::sync::mpsc::channel::<String>();
+        run(settings, v5, failed_tx)?;
+        match wait_ready(addr, v5, Some(&failed)) {
+            Ok(()) => return Ok(addr),
+            Err(e) => {
+                tracing::warn!(listener = name, %addr, error = %e, "embedded MQTT listener did not start; trying another port");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+        .with_context(|| format!("the embedded MQTT broker ({name}) could not listen on loopback"))
+}
+
 /// rumqttd reports a failed bind only in its logs: wait until it answers
 /// an MQTT CONNECT.
 pub fn wait_listening(addr: SocketAddr, v5: bool) -> anyhow::Result<()> {
+    wait_ready(addr, v5, None)
+}
+
+/// [`wait_listening`], giving up early when the listener's thread reports
+/// on `failed` that it stopped (a port taken in the meantime).
+fn wait_ready(addr: SocketAddr, v5: bool, failed: Option<&Receiver<String>>) -> anyhow::Result<()> {
     let target = if addr.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
     } else {
@@ -215,7 +257,13 @@ pub fn wait_listening(addr: SocketAddr, v5: bool) -> anyhow::Result<()> {
         // the listener) when a client id comes back after a connection of
         // that id failed half-way, and the two listeners share one router.
         let id = format!("sluice-readiness-probe-{}-{attempt}", target.port());
-        if probe(target, v5, &id).is_ok() {
+        let answered = probe(target, v5, &id).is_ok();
+        // Asked after the probe: whatever answered it, a listener that
+        // reported its bind failed is not the one that did.
+        if let Some(Ok(why)) = failed.map(Receiver::try_recv) {
+            anyhow::bail!("the embedded MQTT listener on {addr} stopped: {why}");
+        }
+        if answered {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -249,4 +297,59 @@ fn probe(target: SocketAddr, v5: bool, id: &str) -> std::io::Result<()> {
     stream.read_exact(&mut rest)?;
     stream.write_all(if v5 { &[0xE0, 0x01, 0x00] } else { &[0xE0, 0x00] })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A listener whose port was taken before it bound is started again on
+    /// another port, and the address returned is the one that answers.
+    #[test]
+    fn a_listener_that_cannot_bind_is_started_on_another_port() {
+        let mqtt = MqttConfig::default();
+        let guard = Guard::new(&mqtt, Arc::default()).expect("guard");
+        let tried = Mutex::new(Vec::new());
+        let run = |settings: rumqttd::ServerSettings, _v5: bool, failed: Sender<String>| {
+            let first = {
+                let mut tried = tried.lock().unwrap();
+                tried.push(settings.listen);
+                tried.len() == 1
+            };
+            std::thread::Builder::new().spawn(move || {
+                if first {
+                    let _ = failed.send("I/O Address already in use (os error 98)".to_owned());
+                    return;
+                }
+                // Answers one CONNECT with a CONNACK, like rumqttd.
+                let listener = TcpListener::bind(settings.listen).expect("bind");
+                let (mut stream, _) = listener.accept().expect("accept");
+                let mut connect = [0u8; 2];
+                stream.read_exact(&mut connect).expect("fixed header");
+                let mut body = vec![0u8; usize::from(connect[1])];
+                stream.read_exact(&mut body).expect("body");
+                stream.write_all(&[0x20, 0x02, 0x00, 0x00]).expect("connack");
+            })
+        };
+        let addr = spawn_listener(&mqtt, false, &guard, &run).expect("started on the second attempt");
+        let tried = tried.into_inner().unwrap();
+        assert_eq!(tried.len(), 2, "one failed attempt, one that answered: {tried:?}");
+        assert_eq!(addr, tried[1]);
+    }
+
+    /// A listener that never binds gives up with an error naming why.
+    #[test]
+    fn a_listener_that_never_binds_says_why() {
+        let mqtt = MqttConfig::default();
+        let guard = Guard::new(&mqtt, Arc::default()).expect("guard");
+        let run = |_: rumqttd::ServerSettings, _v5: bool, failed: Sender<String>| {
+            std::thread::Builder::new().spawn(move || {
+                let _ = failed.send("I/O Address already in use (os error 98)".to_owned());
+            })
+        };
+        let err = spawn_listener(&mqtt, true, &guard, &run).expect_err("no attempt can work");
+        let text = format!("{err:#}");
+        assert!(text.contains("mqtt-v5") && text.contains("Address already in use"), "{text}");
+    }
 }
