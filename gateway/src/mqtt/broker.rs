@@ -313,7 +313,7 @@ mod tests {
         let tried = Mutex::new(Vec::new());
         let run = |settings: rumqttd::ServerSettings, _v5: bool, failed: Sender<String>| {
             let first = {
-                let mut tried = tried.lock().unwrap();
+                let mut tried = tried.lock().expect("lock");
                 tried.push(settings.listen);
                 tried.len() == 1
             };
@@ -333,7 +333,7 @@ mod tests {
             })
         };
         let addr = spawn_listener(&mqtt, false, &guard, &run).expect("started on the second attempt");
-        let tried = tried.into_inner().unwrap();
+        let tried = tried.into_inner().expect("lock");
         assert_eq!(tried.len(), 2, "one failed attempt, one that answered: {tried:?}");
         assert_eq!(addr, tried[1]);
     }
