@@ -99,8 +99,9 @@ pub struct MqttConfig {
     /// How much a live subscriber may have in front of an alarm, in time:
     /// sluice keeps that subscriber's unacknowledged QoS 1 window at about
     /// what it acknowledges in this long (learned from its PUBACKs, at
-    /// least 2, at most `max_inflight`), and orders the rest by service
-    /// priority. Default 5ms, 1ms to 10s.
+    /// least 2, at most `max_inflight`), paces QoS 0 to what it reads in
+    /// this long (learned from the same PUBACKs), and orders the rest by
+    /// service priority. Default 5ms, 1ms to 10s.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub delivery_target_delay: Duration,
     /// Publishes sluice queues for one live subscriber that does not keep

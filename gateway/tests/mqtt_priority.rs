@@ -101,6 +101,8 @@ fn count(topics: &[String], prefix: &str) -> usize {
 }
 
 const ALARMS: usize = 20;
+/// Alarms published into a QoS 0 flood, 50 ms apart.
+const PACED_ALARMS: usize = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_bulk_flood_alarms_overtake_at_a_paused_subscriber_and_nothing_is_lost() {
@@ -168,6 +170,96 @@ async fn qos0_bulk_flood_alarms_overtake_what_waits_in_sluice() {
         "the alarms came before most of the backlog: {bulk_after} of {BULK} bulk publishes after the last alarm"
     );
     assert_eq!(gw.metric("sluice_mqtt_delivery_dropped_total{service=\"bulk\"}").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_bulk_is_paced_so_little_waits_in_front_of_an_alarm_at_a_slow_reader() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let gw =
+        Gateway::start(&dir.path().join("d"), Some(&config("[mqtt]\ndelivery_queue = \"64MiB\"\n"))).await;
+    let (_sub, mut events) =
+        subscriber(&gw, "slow", &[("bulk/#", QoS::AtMostOnce), ("alarms/#", QoS::AtLeastOnce)], true).await;
+    // A first alarm, read at once: sluice learns where the client is.
+    publish(&gw, "alarm-pub-0", "alarms/line-0", 1, QoS::AtLeastOnce, 200).await;
+    assert_eq!(receive(&mut events, 1).await, vec!["alarms/line-0".to_owned()]);
+    // The reader takes about 1000 publishes a second; bulk comes faster.
+    let bulk_read = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let bulk_read = bulk_read.clone();
+        tokio::spawn(async move {
+            // Per alarm: the bulk publishes read before it.
+            let mut alarms = Vec::new();
+            while alarms.len() < PACED_ALARMS {
+                let Ok(event) = tokio::time::timeout(Duration::from_secs(30), events.poll()).await else {
+                    break;
+                };
+                if let Event::Incoming(Packet::Publish(p)) = event.unwrap() {
+                    if p.topic.starts_with("alarms/") {
+                        let n: usize = String::from_utf8_lossy(&p.payload[..8]).parse().unwrap();
+                        alarms.push((n, bulk_read.load(Ordering::SeqCst)));
+                    } else {
+                        bulk_read.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            alarms
+        })
+    };
+    // Alarms every 50 ms, from before the flood to well into it; for
+    // each, how much bulk the reader had when it was published.
+    let alarms = {
+        let bulk_read = bulk_read.clone();
+        let (alarm, task, mut acks) = client(&gw, "alarm-pub").await;
+        tokio::spawn(async move {
+            let mut published = Vec::new();
+            for i in 0..PACED_ALARMS {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut payload = format!("{i:08}").into_bytes();
+                payload.resize(200, b'.');
+                let before = bulk_read.load(Ordering::SeqCst);
+                alarm.publish("alarms/line-1", QoS::AtLeastOnce, false, payload).await.unwrap();
+                loop {
+                    let p = tokio::time::timeout(Duration::from_secs(30), acks.recv()).await.unwrap();
+                    if let Some(Packet::PubAck(_)) = p {
+                        break;
+                    }
+                }
+                published.push((std::time::Instant::now(), before));
+            }
+            alarm.disconnect().await.unwrap();
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            published
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    const BULK: usize = 8000;
+    publish(&gw, "bulk-pub", "bulk/line-1", BULK, QoS::AtMostOnce, 200).await;
+    // From here the broker has handed sluice the backlog (give it a moment).
+    let flood = std::time::Instant::now() + Duration::from_millis(300);
+    let published = alarms.await.unwrap();
+    let got = reader.await.unwrap();
+    assert_eq!(got.len(), PACED_ALARMS, "every alarm arrives: {got:?}");
+    let read = bulk_read.load(Ordering::SeqCst);
+    assert!(read < BULK, "the backlog outlasted the alarms: {read} of {BULK} read");
+    // In front of each alarm published into the backlog: what the reader
+    // read between its publish and its arrival. Unpaced, that is what the
+    // sockets and the client hold (hundreds of these publishes); paced,
+    // the target delay's worth plus what the estimate is off by between
+    // acknowledgements.
+    let waited: Vec<usize> = got
+        .iter()
+        .filter(|(n, _)| published[*n].0 > flood)
+        .map(|(n, at)| at - published[*n].1.min(*at))
+        .collect();
+    eprintln!("bulk read before each alarm during the flood: {waited:?}");
+    assert!(waited.len() >= 10, "alarms during the flood: {waited:?} of {published:?}");
+    let mut sorted = waited.clone();
+    sorted.sort_unstable();
+    assert!(sorted[sorted.len() / 2] <= 60, "bulk read before each alarm: {waited:?}");
+    assert!(*sorted.last().unwrap() <= 150, "bulk read before each alarm: {waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1257,9 +1257,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 sndbuf.wrote(bytes.len(), started);
             }
             Next::Close | Next::Done => break,
-            Next::Wait => {
+            Next::Wait(retry) => {
+                let paced = async {
+                    match retry {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = out.changed() => {}
+                    // QoS 0 pacing: the client has read more by then.
+                    () = paced => {}
                     // Nothing more comes once the session stops; what is
                     // queued for the client is still written.
                     _ = stop_rx.wait_for(|s| *s) => out.finish(),

@@ -51,9 +51,15 @@
 //!   on (rumqttd sends them only to clients that set a topic alias
 //!   maximum).
 //!
-//! QoS 0 has no acknowledgement: what sits in front of a QoS 0 alarm is
-//! what the socket buffers hold (sluice's send buffer and the client's
-//! receive buffer, outside sluice's reach), plus the QoS 1 window.
+//! - **QoS 0 is paced** ([`Pace`]): it has no acknowledgement, so a QoS 0
+//!   flood would fill the socket buffers (sluice's send buffer, the
+//!   client's receive buffer and library, outside sluice's reach) and an
+//!   alarm written after it would wait for all of that. The client's
+//!   PUBACKs to sluice's QoS 1 deliveries show how far it has read; QoS 0
+//!   goes out at the rate it reads, about `mqtt.delivery_target_delay`
+//!   ahead, and the rest waits here, in priority order. While no QoS 1
+//!   delivery flows to the client there is nothing to learn from, and
+//!   QoS 0 is not paced.
 //!
 //! QoS 2 never reaches a subscriber: the front hands the broker every QoS 2
 //! publish as QoS 1 (it completes QoS 2 toward publishers itself), so the
@@ -88,8 +94,9 @@ pub(super) enum Next {
     Bytes(BytesMut),
     /// Close the connection (after what was taken before).
     Close,
-    /// Nothing yet.
-    Wait,
+    /// Nothing yet; try again at this time at the latest (QoS 0 pacing),
+    /// else when woken.
+    Wait(Option<Instant>),
     /// The connection is over.
     Done,
 }
@@ -184,16 +191,17 @@ impl Window {
         }
     }
 
-    /// The client acknowledged `pkid`; false when it is not one of ours.
-    pub(super) fn ack(&mut self, pkid: u16, now: Instant) -> bool {
-        let Some(sent) = self.inflight.remove(&pkid) else { return false };
+    /// The client acknowledged `pkid`: its acknowledgement delay, or None
+    /// when it is not one of ours.
+    pub(super) fn ack(&mut self, pkid: u16, now: Instant) -> Option<Duration> {
+        let sent = self.inflight.remove(&pkid)?;
         let delay = now.saturating_duration_since(sent);
         if self.min_delay.is_none_or(|d| delay < d) {
             self.min_delay = Some(delay);
         }
         self.acked += 1;
         self.resize(now);
-        true
+        Some(delay)
     }
 
     /// Every [`MEASURE_EVERY`] while the window held publishes back: the
@@ -216,6 +224,175 @@ impl Window {
     }
 }
 
+/// Paces QoS 0 publishes by what the client shows it has consumed.
+///
+/// QoS 0 has no acknowledgement, so without pacing a QoS 0 flood fills the
+/// socket buffers (sluice's and the client's) and whatever the client
+/// library holds, and an alarm written after it waits for all of that.
+/// The client's PUBACKs to sluice's QoS 1 deliveries are the evidence: the
+/// acknowledgement of a publish written at byte `p` of the stream says the
+/// client had read everything up to `p`. Between two acknowledgements the
+/// client is assumed to go on at the rate it showed while it was busy (an
+/// acknowledgement that waited longer than the connection's round trip had
+/// a queue in front of it), a little faster so a client that speeds up is
+/// noticed; QoS 0 publishes are written while the estimated unread bytes
+/// are under what the client reads in the target delay. So what waits in
+/// front of an alarm is about the target delay of the client's reading,
+/// and what waits beyond that waits in the outbox, in priority order.
+///
+/// Without evidence there is no pacing: nothing acknowledged yet (a
+/// subscriber of QoS 0 only), or no QoS 1 delivery in flight and none
+/// acknowledged for [`Pace::STALE`].
+#[derive(Debug)]
+pub(super) struct Pace {
+    target: Duration,
+    /// Bytes taken for the client so far (its stream position).
+    written: u64,
+    /// Per QoS 1 packet id of sluice's in flight: the stream position
+    /// after that publish.
+    marks: HashMap<u16, u64>,
+    /// The latest evidence: the client had read `.0` bytes at `.1`.
+    anchor: Option<(u64, Instant)>,
+    /// Bytes per second the client reads while busy; 0 until measured.
+    rate: f64,
+    /// Unread bytes allowed while the rate is not known yet.
+    cap: u64,
+    /// Where the next rate sample is measured from.
+    rate_from: Option<(u64, Instant)>,
+    /// A QoS 0 publish was held back since the anchor.
+    limited: bool,
+    /// When, since the anchor, one was first held back.
+    limited_since: Option<Instant>,
+}
+
+impl Pace {
+    /// Without a QoS 1 delivery in flight, evidence older than this is no
+    /// evidence.
+    const STALE: Duration = Duration::from_secs(1);
+    /// How much faster than measured the client is assumed to read between
+    /// acknowledgements.
+    const GAIN: f64 = 1.1;
+    /// Unread bytes allowed before the rate is measured.
+    const START_CAP: u64 = 32 << 10;
+    /// Before the rate is measured, how often the cap doubles while it
+    /// holds publishes back and no acknowledgement is awaited.
+    const GROW_EVERY: Duration = Duration::from_millis(100);
+    /// Unread bytes always allowed: a few publishes.
+    const MIN_BUDGET: f64 = 1024.0;
+    /// Shortest interval a rate is measured over.
+    const SAMPLE_OVER: Duration = Duration::from_millis(20);
+    /// An acknowledgement this much slower than the connection's fastest
+    /// one had a queue in front of it.
+    const BUSY_SLACK: Duration = Duration::from_millis(1);
+
+    pub(super) fn new(target: Duration) -> Pace {
+        Pace {
+            target,
+            written: 0,
+            marks: HashMap::new(),
+            anchor: None,
+            rate: 0.0,
+            cap: Self::START_CAP,
+            rate_from: None,
+            limited: false,
+            limited_since: None,
+        }
+    }
+
+    /// `n` more bytes were taken for the client.
+    fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+    }
+
+    /// A QoS 1 publish under `pkid` ends at the current position.
+    fn mark(&mut self, pkid: u16) {
+        self.marks.insert(pkid, self.written);
+    }
+
+    /// The client acknowledged `pkid` after `delay`; `min_delay` is the
+    /// connection's fastest acknowledgement (its round trip).
+    fn acked(&mut self, pkid: u16, delay: Duration, min_delay: Duration, now: Instant) {
+        let Some(pos) = self.marks.remove(&pkid) else { return };
+        let Some((from, at)) = self.anchor else {
+            self.anchor = Some((pos, now));
+            return;
+        };
+        if pos <= from {
+            return;
+        }
+        if delay > min_delay + Self::BUSY_SLACK {
+            // Busy all along since the baseline: what it read is what it
+            // can read. Measured over at least SAMPLE_OVER (acknowledgements
+            // of publishes written together come together).
+            let (base, since) = *self.rate_from.get_or_insert((from, at));
+            let elapsed = now.saturating_duration_since(since);
+            if elapsed >= Self::SAMPLE_OVER && pos > base {
+                let sample = (pos - base) as f64 / elapsed.as_secs_f64();
+                self.rate =
+                    if self.rate > 0.0 { ((self.rate + sample) / 2.0).min(2.0 * self.rate) } else { sample };
+                self.rate_from = Some((pos, now));
+            }
+        } else {
+            self.rate_from = None;
+            if self.limited {
+                // It read everything it was given and waited for more.
+                if self.rate > 0.0 {
+                    self.rate *= 1.5;
+                } else {
+                    self.cap = self.cap.saturating_mul(2);
+                }
+            }
+        }
+        self.anchor = Some((pos, now));
+        self.limited = false;
+        self.limited_since = None;
+    }
+
+    /// Whether a QoS 0 publish may be written now; else when to ask again
+    /// (None: when an acknowledgement comes).
+    fn admit(&mut self, now: Instant) -> Result<(), Option<Instant>> {
+        let Some((from, at)) = self.anchor else { return Ok(()) };
+        let age = now.saturating_duration_since(at);
+        if self.marks.is_empty() && age > Self::STALE {
+            // Nothing to go on any more.
+            return Ok(());
+        }
+        let (read, budget, grows) = if self.rate > 0.0 {
+            let read = from + (self.rate * Self::GAIN * age.as_secs_f64()) as u64;
+            (read, (self.rate * self.target.as_secs_f64()).max(Self::MIN_BUDGET) as u64, None)
+        } else {
+            // No rate yet. With an acknowledgement to wait for, it opens
+            // the gate (it wakes the writer). Without one, or when it does
+            // not come within STALE (a client holding its PUBACKs back),
+            // the cap doubles every GROW_EVERY the gate holds publishes
+            // back: a client that reads fast is slowed for moments only,
+            // and one that does not is paced from its next QoS 1 delivery.
+            let hold = if self.marks.is_empty() { Duration::ZERO } else { Self::STALE };
+            let start = self.limited_since.unwrap_or(now) + hold;
+            match now.checked_duration_since(start) {
+                None => (from, self.cap, Some(start)),
+                Some(grown) => {
+                    let n = (grown.as_millis() / Self::GROW_EVERY.as_millis()) as u32;
+                    let doublings = (n + u32::from(!hold.is_zero())).min(20);
+                    (from, self.cap.saturating_mul(1 << doublings), Some(start + Self::GROW_EVERY * (n + 1)))
+                }
+            }
+        };
+        let unread = self.written.saturating_sub(read);
+        if unread < budget {
+            return Ok(());
+        }
+        self.limited = true;
+        self.limited_since.get_or_insert(now);
+        if self.rate > 0.0 {
+            let wait = (unread - budget + 1) as f64 / (self.rate * Self::GAIN);
+            Err(Some(now + Duration::from_secs_f64(wait.min(1.0))))
+        } else {
+            Err(grows)
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     control: VecDeque<Option<Bytes>>,
@@ -228,6 +405,8 @@ struct State {
     /// QoS 1 publishes are delivered by sluice (clean session).
     own_qos1: bool,
     window: Window,
+    /// QoS 0 pacing from the client's QoS 1 acknowledgements.
+    pace: Pace,
     classes_at: Instant,
     /// Publishes to this connection are over (the broker side ended).
     done: bool,
@@ -287,6 +466,7 @@ impl Outbox {
                 limit: setup.limit,
                 own_qos1: setup.own_qos1,
                 window: Window::new(setup.target, setup.max_window, now),
+                pace: Pace::new(setup.target),
                 classes_at: now,
                 done: false,
                 log_inflight: HashMap::new(),
@@ -405,7 +585,12 @@ impl Outbox {
         if !st.own_qos1 {
             return false;
         }
-        let ours = st.window.ack(pkid, Instant::now());
+        let now = Instant::now();
+        let ours = st.window.ack(pkid, now).is_some_and(|delay| {
+            let min = st.window.min_delay.unwrap_or(delay);
+            st.pace.acked(pkid, delay, min, now);
+            true
+        });
         let from_log = st.log_inflight.remove(&pkid).map(|pos| {
             st.log_pending -= 1;
             st.log_done.push(pos);
@@ -426,7 +611,10 @@ impl Outbox {
         let mut out = BytesMut::new();
         while let Some(c) = st.control.pop_front() {
             match c {
-                Some(bytes) => out.extend_from_slice(&bytes),
+                Some(bytes) => {
+                    st.pace.wrote(bytes.len());
+                    out.extend_from_slice(&bytes);
+                }
                 None => {
                     if out.is_empty() {
                         return Next::Close;
@@ -444,6 +632,7 @@ impl Outbox {
                 st.sched.set_class(s.id, s.class());
             }
         }
+        let mut retry = None;
         while out.len() < max {
             let q = match st.held.take() {
                 Some(q) => q,
@@ -452,46 +641,69 @@ impl Outbox {
                     None => break,
                 },
             };
-            if let Some(at) = q.own_pkid_at {
-                if st.window.full() {
-                    st.window.limited = true;
+            if q.own_pkid_at.is_some() && st.window.full() {
+                st.window.limited = true;
+                st.held = Some(q);
+                break;
+            }
+            // QoS 0 is paced; once the connection is ending, what is left
+            // goes out.
+            if q.own_pkid_at.is_none() && (q.frame[0] >> 1) & 0x03 == 0 && !st.done {
+                if let Err(at) = st.pace.admit(now) {
+                    retry = at;
+                    let paced = q.service;
                     st.held = Some(q);
+                    // QoS 1 is not paced: what other services have at QoS 1
+                    // goes by the held publish, within the window (not in
+                    // arrival order: MQTT 5 topic aliases need that order).
+                    while out.len() < max && !st.window.full() && st.sched.mode() != Mode::Fifo {
+                        let Some(id) = st.qos1_front(&self.services, paced) else { break };
+                        let Some((_, q)) = st.sched.pop_oldest_of(id) else { break };
+                        self.emit(&mut st, q, &mut out, now);
+                    }
                     break;
                 }
-                let pkid = st.window.take_pkid(q.prefer_pkid, now);
-                let start = out.len();
-                out.extend_from_slice(&q.frame);
-                if q.from_log.is_none() {
-                    // Not a re-send of sluice's: no DUP.
-                    out[start] &= !0x08;
-                }
-                out[start + at..start + at + 2].copy_from_slice(&pkid.to_be_bytes());
-                if let Some(pos) = &q.from_log {
-                    st.sent_from_log(pos);
-                    st.log_inflight.insert(pkid, pos.clone());
-                }
-            } else {
-                out.extend_from_slice(&q.frame);
-                if let Some(pos) = q.from_log.clone() {
-                    st.sent_from_log(&pos);
-                    st.log_pending -= 1;
-                    st.log_done.push(pos);
-                    self.log_wake.notify_one();
-                }
             }
-            st.bytes -= q.frame.len() as u64;
-            crate::histograms::delivered_mqtt(
-                &self.services.by_id(q.service).name,
-                now.saturating_duration_since(q.queued),
-            );
+            self.emit(&mut st, q, &mut out, now);
         }
         if !out.is_empty() {
             Next::Bytes(out)
         } else if st.done {
             Next::Done
         } else {
-            Next::Wait
+            Next::Wait(retry)
         }
+    }
+
+    /// Writes one publish for the client into `out`: sluice's packet id
+    /// for its QoS 1, the log's bookkeeping, the delivery histogram.
+    fn emit(&self, st: &mut State, q: Queued, out: &mut BytesMut, now: Instant) {
+        let start = out.len();
+        out.extend_from_slice(&q.frame);
+        st.pace.wrote(q.frame.len());
+        if let Some(at) = q.own_pkid_at {
+            let pkid = st.window.take_pkid(q.prefer_pkid, now);
+            st.pace.mark(pkid);
+            if q.from_log.is_none() {
+                // Not a re-send of sluice's: no DUP.
+                out[start] &= !0x08;
+            }
+            out[start + at..start + at + 2].copy_from_slice(&pkid.to_be_bytes());
+            if let Some(pos) = &q.from_log {
+                st.sent_from_log(pos);
+                st.log_inflight.insert(pkid, pos.clone());
+            }
+        } else if let Some(pos) = q.from_log.clone() {
+            st.sent_from_log(&pos);
+            st.log_pending -= 1;
+            st.log_done.push(pos);
+            self.log_wake.notify_one();
+        }
+        st.bytes -= q.frame.len() as u64;
+        crate::histograms::delivered_mqtt(
+            &self.services.by_id(q.service).name,
+            now.saturating_duration_since(q.queued),
+        );
     }
 
     /// Per service (by name): publishes queued and not yet sent, and the
@@ -529,6 +741,19 @@ impl Outbox {
 }
 
 impl State {
+    /// The service, other than `except`, whose next publish is one of
+    /// sluice's QoS 1 deliveries: express first, then by weight.
+    fn qos1_front(&self, services: &Services, except: ServiceId) -> Option<ServiceId> {
+        services
+            .iter()
+            .filter(|s| s.id != except && self.sched.front(s.id).is_some_and(|q| q.own_pkid_at.is_some()))
+            .max_by_key(|s| {
+                let c: ServiceClass = self.sched.class(s.id);
+                (c.express, c.weight)
+            })
+            .map(|s| s.id)
+    }
+
     fn sent_from_log(&mut self, pos: &LogPos) {
         let next = pos.offset.next();
         let sent = self.log_sent.entry((pos.topic.clone(), pos.partition)).or_insert(next);
@@ -634,7 +859,7 @@ weight = 1
             vec![("bulk/x".into(), 1), ("bulk/x".into(), 2), ("bulk/x".into(), 3), ("bulk/x".into(), 4)]
         );
         out.publish(publish("alarm/1", 1, 7), alarms);
-        assert!(matches!(out.take(1 << 20), Next::Wait));
+        assert!(matches!(out.take(1 << 20), Next::Wait(None)));
         assert!(out.acked(1));
         assert!(!out.acked(1), "an id is acknowledged once");
         // The one publish taken when the window was full goes first, then
@@ -688,6 +913,120 @@ weight = 1
     }
 
     #[test]
+    fn qos0_is_not_paced_without_evidence() {
+        let now = Instant::now();
+        let mut p = Pace::new(Duration::from_millis(5));
+        // Nothing acknowledged yet: a subscriber of QoS 0 only.
+        p.wrote(10 << 20);
+        assert_eq!(p.admit(now), Ok(()));
+        // Acknowledged once, nothing in flight, no rate: 32 KiB beyond
+        // that, doubling every 100 ms the gate holds publishes back.
+        p.mark(1);
+        p.acked(1, Duration::from_micros(200), Duration::from_micros(200), now);
+        p.wrote(40 << 10);
+        assert_eq!(p.admit(now), Err(Some(now + Pace::GROW_EVERY)));
+        assert_eq!(p.admit(now + Pace::GROW_EVERY), Ok(()));
+        p.wrote(40 << 10);
+        let later = now + Pace::GROW_EVERY * 2;
+        assert_eq!(p.admit(later), Ok(()), "128 KiB by now");
+        p.wrote(10 << 20);
+        assert!(p.admit(later).is_err());
+        // Without QoS 1 deliveries, evidence a second old is none.
+        assert_eq!(p.admit(now + Pace::STALE + Duration::from_millis(1)), Ok(()));
+    }
+
+    #[test]
+    fn qos0_is_paced_at_the_rate_the_client_reads_while_busy() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(Duration::from_millis(5));
+        let rtt = Duration::from_micros(200);
+        // An alarm, read at once: the anchor.
+        p.wrote(100);
+        p.mark(1);
+        p.acked(1, rtt, rtt, t0);
+        // A flood: with no alarm in flight and no rate it goes out.
+        let mut now = t0;
+        for _ in 0..100 {
+            assert_eq!(p.admit(now), Ok(()));
+            p.wrote(200);
+        }
+        // An alarm goes out: now 32 KiB beyond what the client showed it
+        // read are allowed until its acknowledgement.
+        p.wrote(100);
+        p.mark(2);
+        let mut taken = 20_100;
+        while p.admit(now).is_ok() {
+            p.wrote(200);
+            taken += 200;
+        }
+        assert!((Pace::START_CAP..Pace::START_CAP + 400).contains(&taken), "{taken}");
+        // The acknowledgement opens the gate (it wakes the writer); if it
+        // does not come within STALE, the cap starts doubling.
+        assert_eq!(p.admit(now), Err(Some(now + Pace::STALE)));
+        let held_back = now + Pace::STALE;
+        assert_eq!(p.admit(held_back), Ok(()), "64 KiB once STALE passed without it");
+        assert!(p.admit(held_back + Pace::GROW_EVERY).is_ok());
+        // The client reads 200 kB/s: the alarm is acknowledged once the
+        // 20 kB before it are read; it was busy.
+        let busy = Duration::from_secs_f64(20_100.0 / 200_000.0);
+        now += busy;
+        p.wrote(100);
+        p.mark(3);
+        p.acked(2, busy, rtt, now);
+        assert!((p.rate - 200_000.0).abs() < 5_000.0, "rate {}", p.rate);
+        // 12.7 kB written after the alarm are still unread: the gate opens
+        // when the client is estimated (at 1.1x its rate) to have read
+        // all but MIN_BUDGET of them, about 53 ms later.
+        assert!(p.admit(now).is_err());
+        let Err(Some(at)) = p.admit(now) else { panic!("a time to ask again") };
+        let wait = at - now;
+        assert!(wait > Duration::from_millis(45) && wait < Duration::from_millis(60), "{wait:?}");
+        now = at;
+        assert_eq!(p.admit(now), Ok(()));
+        p.wrote(200);
+        while p.admit(now).is_ok() {
+            p.wrote(200);
+        }
+        // From then on, what it reads in 10 ms (2.2 kB at 1.1x).
+        now += Duration::from_millis(10);
+        let mut later = 0u64;
+        while p.admit(now).is_ok() {
+            p.wrote(200);
+            later += 200;
+        }
+        assert!((2000..=3000).contains(&later), "{later}");
+    }
+
+    #[test]
+    fn a_paced_qos0_publish_lets_qos1_of_other_services_by() {
+        let (alarms, bulk) = (ServiceId(0), ServiceId(1));
+        let out = Outbox::new(services(), setup(true));
+        // An acknowledged alarm anchors the pacing; another is in flight.
+        out.publish(publish("alarm/0", 1, 1), alarms);
+        out.publish(publish("alarm/1", 1, 2), alarms);
+        let Next::Bytes(first) = out.take(1 << 20) else { panic!("bytes expected") };
+        assert_eq!(topics(&first).len(), 2);
+        assert!(out.acked(1));
+        // Bulk at QoS 0, more than the first cap.
+        for _ in 0..10_000 {
+            out.publish(publish("bulk/x", 0, 0), bulk);
+        }
+        let mut sent = 0;
+        loop {
+            match out.take(WRITE_BATCH) {
+                Next::Bytes(b) => sent += topics(&b).len(),
+                Next::Wait(Some(_)) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(sent > 100 && sent < 10_000, "paced after {sent} of 10000");
+        // An alarm now goes by the bulk held back.
+        out.publish(publish("alarm/2", 1, 3), alarms);
+        let Next::Bytes(next) = out.take(WRITE_BATCH) else { panic!("bytes expected") };
+        assert_eq!(topics(&next), vec![("alarm/2".into(), 3)]);
+    }
+
+    #[test]
     fn the_window_follows_the_acknowledgement_rate() {
         let t0 = Instant::now();
         let mut w = Window::new(Duration::from_millis(10), 1000, t0);
@@ -697,7 +1036,7 @@ weight = 1
             w.limited = true;
             let pkid = w.take_pkid(None, now);
             now += Duration::from_micros(500);
-            assert!(w.ack(pkid, now), "ack {i}");
+            assert!(w.ack(pkid, now).is_some(), "ack {i}");
         }
         // 2000/s x (10 ms + 0.5 ms) = 21.
         assert!((19..=23).contains(&w.size()), "window {}", w.size());
