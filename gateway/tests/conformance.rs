@@ -723,6 +723,48 @@ async fn a_clean_session_discards_the_previous_session_3_1_2_6(addr: String, v: 
 }
 case!(a_clean_session_discards_the_previous_session_3_1_2_6, Setup::Open, [V311, V5]);
 
+/// A DISCONNECT with a Session Expiry Interval property (MQTT 5 only).
+fn disconnect_with_expiry(expiry: u32) -> Vec<u8> {
+    let mut d = vec![0xE0, 7, 0x00, 5, 0x11];
+    d.extend_from_slice(&expiry.to_be_bytes());
+    d
+}
+
+/// MQTT 5 3.14.2.2.2: the Session Expiry Interval in a DISCONNECT replaces
+/// the one from the CONNECT; 0 ends the session with the connection.
+async fn a_disconnect_with_session_expiry_0_ends_the_session_3_14_2_2_2(addr: String, v: Version) -> Outcome {
+    let mut c = Conn::accepted(&addr, v, &persistent("short-lived")).await;
+    sub(&mut c, 1, &[("short/t", 1)]).await?;
+    c.send(&disconnect_with_expiry(0)).await;
+    check!(c.closed_within(SOON).await, "closed after DISCONNECT");
+    let mut p = accepted(&addr, v, "short-pub").await;
+    publish1(&mut p, "short/t", b"nobody kept", false, 1).await?;
+    let (mut c, answer) = Conn::connect(&addr, v, &persistent("short-lived")).await;
+    check!(
+        matches!(answer, Ok(Packet::ConnAck { code: 0, session_present: false, .. })),
+        "CONNACK without session present, got {answer:?}"
+    );
+    nothing_delivered(&mut c, "nothing for the ended session").await
+}
+case!(a_disconnect_with_session_expiry_0_ends_the_session_3_14_2_2_2, Setup::Open, [V5]);
+
+/// MQTT 5 3.14.2.2.2: a non-zero Session Expiry Interval in a DISCONNECT
+/// after a CONNECT without one is a protocol error, not a valid
+/// DISCONNECT: the will is published.
+async fn a_disconnect_that_sets_an_expiry_the_connect_did_not_is_a_protocol_error_3_14_2_2_2(
+    addr: String,
+    v: Version,
+) -> Outcome {
+    let mut s = will_watcher(&addr, v).await?;
+    let mut w = Conn::accepted(&addr, v, &with_will("late-expiry", 60)).await;
+    w.send(&disconnect_with_expiry(60)).await;
+    check!(w.closed_within(SOON).await, "the server closes the connection");
+    let got = delivered(&mut s, SOON).await?;
+    check!(payload_of(&got) == b"gone", "the will, got {got:?}");
+    Ok(())
+}
+case!(a_disconnect_that_sets_an_expiry_the_connect_did_not_is_a_protocol_error_3_14_2_2_2, Setup::Open, [V5]);
+
 // ------------------------------------------------------ protocol errors
 
 /// MQTT-3.3.2-2 and MQTT-4.8.0-1 (v5: 4.13, DISCONNECT 0x90 allowed

@@ -286,8 +286,9 @@ struct AckBatch {
 /// How the client's side ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Ending {
-    /// DISCONNECT: no will (unless MQTT 5 reason 0x04 asks for it).
-    Disconnect { with_will: bool },
+    /// DISCONNECT: no will (unless MQTT 5 reason 0x04 asks for it); an
+    /// MQTT 5 one may change the session's expiry (3.14.2.2.2).
+    Disconnect { with_will: bool, session_expiry: Option<u32> },
     /// The client closed, the broker closed, or an error: the will applies.
     Lost,
 }
@@ -456,8 +457,10 @@ where
         origin,
         client_id: connect.client_id.clone(),
         session: None,
+        zero_expiry: connect.v5() && !connect.persistent,
     };
     let (reader_stop, reader_stopped) = watch::channel(false);
+    let expiry_at_end = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
     // What was stored of the session, unless it expired, the client starts
     // clean (MQTT-3.1.2-6), or another user made it.
     let mut stored = front.sessions.read(&shared, &connect.client_id);
@@ -506,6 +509,7 @@ where
             level: connect.level,
             subs: subs.clone(),
             outbox: outbox.clone(),
+            expiry_at_end: expiry_at_end.clone(),
         };
         Some(tokio::spawn(reader.run(held, stored, reader_stopped)))
     } else {
@@ -517,7 +521,7 @@ where
         w.abort();
     }
     let will_applies = match &ending {
-        Ok(Ending::Disconnect { with_will }) => *with_will,
+        Ok(Ending::Disconnect { with_will, .. }) => *with_will,
         Ok(Ending::Lost) | Err(_) => true,
     };
     if let (true, Some(will)) = (will_applies, &connect.will) {
@@ -528,7 +532,11 @@ where
     // that the client is gone.
     let _ = acker.await;
     // The session's reader stops queueing, commits its place, stores what
-    // was sent and lets go of the session (a newer connection waits).
+    // was sent (and the expiry the DISCONNECT set, capped as at CONNECT)
+    // and lets go of the session (a newer connection waits).
+    if let Ok(Ending::Disconnect { session_expiry: Some(e), .. }) = &ending {
+        expiry_at_end.store(u64::from(*e).min(mqtt.session_expiry.as_secs()), Ordering::Release);
+    }
     let _ = reader_stop.send(true);
     if let Some(reader) = reader {
         let _ = reader.await;
@@ -594,6 +602,9 @@ struct Conn {
     /// A persistent session: as stored (its subscriptions are saved before
     /// the broker gets the SUBSCRIBE, so before the SUBACK).
     session: Option<Stored>,
+    /// An MQTT 5 CONNECT without a session expiry: a DISCONNECT may not
+    /// set one.
+    zero_expiry: bool,
 }
 
 impl Conn {
@@ -657,8 +668,26 @@ impl Conn {
                     kind::DISCONNECT => {
                         // MQTT 5 reason 0x04: "disconnect with will message".
                         let with_will = self.v5() && packet::disconnect_reason(&frame) == 0x04;
-                        disconnect = Some(frame);
-                        ending = Some(Ending::Disconnect { with_will });
+                        let session_expiry =
+                            if self.v5() { packet::disconnect_session_expiry(&frame)? } else { None };
+                        if self.zero_expiry && session_expiry.is_some_and(|e| e > 0) {
+                            // Not a valid DISCONNECT: the will applies.
+                            return Err(SessionError::Protocol(
+                                "DISCONNECT sets a session expiry after CONNECT set none (MQTT-3.14.2-2)",
+                            ));
+                        }
+                        // The broker's session is always clean: it does
+                        // not get the expiry.
+                        disconnect = Some(if session_expiry.is_some() {
+                            Bytes::copy_from_slice(&[
+                                kind::DISCONNECT << 4,
+                                1,
+                                packet::disconnect_reason(&frame),
+                            ])
+                        } else {
+                            frame
+                        });
+                        ending = Some(Ending::Disconnect { with_will, session_expiry });
                         break;
                     }
                     _ => to_broker.extend_from_slice(&frame),

@@ -286,6 +286,34 @@ pub(crate) fn disconnect_reason(frame: &[u8]) -> u8 {
     frame.get(body_start(frame)).copied().unwrap_or(0)
 }
 
+/// The Session Expiry Interval of an MQTT 5 DISCONNECT, if it has one.
+pub(crate) fn disconnect_session_expiry(frame: &[u8]) -> Result<Option<u32>, PacketError> {
+    let start = body_start(frame);
+    // Reason code, then properties; both may be left out (3.14.2.1).
+    if frame.len() < start + 2 {
+        return Ok(None);
+    }
+    let mut r = Reader { bytes: frame, at: start + 1, what: "DISCONNECT properties" };
+    let n = r.varint()?;
+    let end = r.at.checked_add(n).filter(|&e| e <= frame.len()).ok_or(malformed("DISCONNECT properties"))?;
+    let mut expiry = None;
+    while r.at < end {
+        match r.u8()? {
+            0x11 if expiry.is_none() => expiry = Some(r.take(4)?.get_u32()),
+            0x1F | 0x1C => r.prefixed().map(|_| ())?,
+            0x26 => {
+                r.prefixed()?;
+                r.prefixed()?;
+            }
+            _ => return Err(malformed("DISCONNECT property")),
+        }
+    }
+    if r.at != end {
+        return Err(malformed("DISCONNECT properties"));
+    }
+    Ok(expiry)
+}
+
 /// The reason (MQTT 5) or return (3.1.1) code of a CONNACK; 0 is success.
 pub(crate) fn connack_code(frame: &[u8]) -> Option<u8> {
     frame.get(body_start(frame) + 1).copied()
@@ -821,6 +849,19 @@ mod tests {
         assert_eq!(disconnect_reason(&[0xE0, 1, 4]), 4);
         let long = frame(0xE0, &[&[0u8][..], &[200, 1], &[0x26; 200]].concat());
         assert_eq!(disconnect_reason(&long), 0, "a two-byte remaining length");
+    }
+
+    #[test]
+    fn disconnect_session_expiry_is_read_and_bad_properties_refused() {
+        assert_eq!(disconnect_session_expiry(&[0xE0, 0]), Ok(None));
+        assert_eq!(disconnect_session_expiry(&[0xE0, 1, 0]), Ok(None));
+        assert_eq!(disconnect_session_expiry(&[0xE0, 2, 0, 0]), Ok(None));
+        assert_eq!(disconnect_session_expiry(&[0xE0, 7, 0, 5, 0x11, 0, 0, 1, 0]), Ok(Some(256)));
+        // A reason string next to it.
+        let with_reason = [0xE0, 12, 4, 10, 0x1F, 0, 2, b'o', b'k', 0x11, 0, 0, 0, 0];
+        assert_eq!(disconnect_session_expiry(&with_reason), Ok(Some(0)));
+        assert!(disconnect_session_expiry(&[0xE0, 4, 0, 2, 0x01, 1]).is_err(), "not a DISCONNECT property");
+        assert!(disconnect_session_expiry(&[0xE0, 4, 0, 5, 0x11, 0]).is_err(), "cut short");
     }
 
     #[test]

@@ -309,6 +309,9 @@ pub(super) struct Reader {
     pub(super) level: u8,
     pub(super) subs: Arc<Subs>,
     pub(super) outbox: Arc<Outbox>,
+    /// The session expiry (seconds) an MQTT 5 DISCONNECT set, stored when
+    /// the reader ends; `u64::MAX` when none did.
+    pub(super) expiry_at_end: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type Tp = (Arc<str>, PartitionId);
@@ -459,6 +462,10 @@ impl Reader {
             stored.sent = sent;
             stored.unacked = unacked;
             stored.away_since_ms = Some(crate::now_ms());
+            let expiry = self.expiry_at_end.load(std::sync::atomic::Ordering::Acquire);
+            if expiry != u64::MAX {
+                stored.expiry_s = expiry;
+            }
             self.sessions.save(&self.shared, &self.client_id, &stored).await;
         }
         self.sessions.release(&self.client_id, held);
