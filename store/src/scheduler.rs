@@ -413,6 +413,22 @@ impl<T> Scheduler<T> {
         Some((entry.cost, entry.item))
     }
 
+    /// Remove and return the oldest queued item of one service that
+    /// matches `pred`, with its cost (a drop-oldest policy that must
+    /// pass over some items). `None` if there is none.
+    pub fn remove_oldest_where(&mut self, id: ServiceId, pred: impl Fn(&T) -> bool) -> Option<(u64, T)> {
+        let at = self.services.get(id.index())?.queue.iter().position(|e| pred(&e.item))?;
+        if at == 0 {
+            return self.pop_oldest_of(id);
+        }
+        // Not the front: the service stays backlogged and keeps its turn.
+        let s = &mut self.services[id.index()];
+        let entry = s.queue.remove(at)?;
+        s.bytes -= entry.cost;
+        self.total_items -= 1;
+        Some((entry.cost, entry.item))
+    }
+
     /// The oldest queued item of a service (for "oldest pending age").
     pub fn front(&self, id: ServiceId) -> Option<&T> {
         self.services.get(id.index())?.queue.front().map(|e| &e.item)
@@ -787,6 +803,28 @@ mod tests {
         let rest: Vec<_> = drain(&mut s).into_iter().map(|(_, i)| i).collect();
         assert_eq!(rest.len(), 3);
         assert!(rest.contains(&12) && rest.contains(&13) && rest.contains(&3));
+    }
+
+    #[test]
+    fn remove_oldest_where_passes_over_protected_items() {
+        for mode in [Mode::Weighted, Mode::Fifo] {
+            let mut s = Scheduler::new(mode, 0.5);
+            let a = s.add_service(weighted(5));
+            for i in 0..5 {
+                s.push(a, 10, i);
+            }
+            // 0 and 1 are protected (odd ones too): 2 goes first.
+            let protected = |i: &i32| *i < 2 || *i % 2 == 1;
+            assert_eq!(s.remove_oldest_where(a, |i| !protected(i)), Some((10, 2)));
+            assert_eq!(s.remove_oldest_where(a, |i| !protected(i)), Some((10, 4)));
+            assert_eq!(s.remove_oldest_where(a, |i| !protected(i)), None);
+            assert_eq!(s.queued_items(a), 3);
+            assert_eq!(s.queued_bytes(a), 30);
+            assert_eq!(s.remove_oldest_where(a, |i| *i == 0), Some((10, 0)));
+            let rest: Vec<_> = drain(&mut s).into_iter().map(|(_, i)| i).collect();
+            assert_eq!(rest, vec![1, 3], "{mode:?}");
+            assert!(s.is_empty());
+        }
     }
 
     #[test]

@@ -763,26 +763,21 @@ impl State {
     /// Drops the oldest publish of the lowest-priority service that has
     /// one sluice may drop; false when there is none.
     fn evict_one(&mut self, services: &Services) -> bool {
-        let victim = services
-            .iter()
-            .filter(|s| {
-                self.sched.front(s.id).is_some_and(|q| {
-                    // The broker's QoS 1 is the broker's to deliver:
-                    // bounded by its window, not here. What the log serves
-                    // stays in the log until there is room.
-                    q.from_log.is_none() && (self.own_qos1 || (q.frame[0] >> 1) & 0x03 == 0)
-                })
-            })
-            .min_by_key(|s| {
-                let c: ServiceClass = self.sched.class(s.id);
-                (c.express, c.weight)
-            })
-            .map(|s| s.id);
-        let Some(id) = victim else { return false };
-        let Some((_, q)) = self.sched.pop_oldest_of(id) else { return false };
-        self.bytes -= q.frame.len() as u64;
-        services.by_id(id).counters.mqtt_delivery_dropped.fetch_add(1, Ordering::Relaxed);
-        true
+        let own_qos1 = self.own_qos1;
+        // The broker's QoS 1 is the broker's to deliver: bounded by its
+        // window, not here. What the log serves stays in the log until
+        // there is room (and is passed over: it is bounded by the reader).
+        let droppable = |q: &Queued| q.from_log.is_none() && (own_qos1 || (q.frame[0] >> 1) & 0x03 == 0);
+        let mut order: Vec<_> = services.iter().map(|s| (self.sched.class(s.id), s.id)).collect();
+        order.sort_by_key(|(c, _)| (c.express, c.weight));
+        for (_, id) in order {
+            if let Some((_, q)) = self.sched.remove_oldest_where(id, droppable) {
+                self.bytes -= q.frame.len() as u64;
+                services.by_id(id).counters.mqtt_delivery_dropped.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -899,6 +894,33 @@ weight = 1
         let dropped = services.by_id(ServiceId(1)).counters.mqtt_delivery_dropped.load(Ordering::Relaxed);
         assert_eq!(dropped as usize, 21 - got.len());
         assert_eq!(services.by_id(ServiceId(0)).counters.mqtt_delivery_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_bulk_queued_behind_a_publish_from_the_log() {
+        let services = services();
+        let mut s = setup(true);
+        s.limit = 200;
+        let out = Outbox::new(services.clone(), s);
+        // A persistent session's publish from the log heads the bulk queue;
+        // the broker's QoS 0 bulk piles up behind it.
+        let pos = LogPos {
+            topic: "bulk".into(),
+            partition: sluice_store::PartitionId(0),
+            offset: sluice_store::Offset(7),
+        };
+        out.publish_from_log(publish("bulk/log", 1, 0), ServiceId(1), pos, None);
+        for _ in 0..50 {
+            out.publish(publish("bulk/x", 0, 0), ServiceId(1));
+        }
+        let st = out.lock();
+        assert!(st.bytes <= 200, "bounded: {} bytes queued", st.bytes);
+        assert_eq!(st.log_pending, 1);
+        drop(st);
+        let dropped = services.by_id(ServiceId(1)).counters.mqtt_delivery_dropped.load(Ordering::Relaxed);
+        assert!(dropped >= 30, "dropped {dropped}");
+        let Next::Bytes(all) = out.take(1 << 20) else { panic!("bytes expected") };
+        assert_eq!(topics(&all)[0].0, "bulk/log", "the publish from the log is kept, and first");
     }
 
     #[test]
