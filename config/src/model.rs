@@ -101,7 +101,7 @@ pub struct MqttConfig {
     /// what it acknowledges in this long (learned from its PUBACKs, at
     /// least 2, at most `max_inflight`), paces QoS 0 to what it reads in
     /// this long (learned from the same PUBACKs), and orders the rest by
-    /// service priority. Default 5ms, 1ms to 10s.
+    /// service priority. Default 2ms, 1ms to 10s.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub delivery_target_delay: Duration,
     /// Publishes sluice queues for one live subscriber that does not keep
@@ -149,7 +149,7 @@ impl Default for MqttConfig {
             listen_v5: None,
             max_connections: 1000,
             max_inflight: 100,
-            delivery_target_delay: Duration::from_millis(5),
+            delivery_target_delay: Duration::from_millis(2),
             delivery_queue: ByteSize::mib(4),
             session_expiry: Duration::from_secs(7 * 24 * 3600),
             unrouted: Unrouted::FirstLevel,
