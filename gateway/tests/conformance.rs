@@ -765,6 +765,18 @@ async fn a_disconnect_that_sets_an_expiry_the_connect_did_not_is_a_protocol_erro
 }
 case!(a_disconnect_that_sets_an_expiry_the_connect_did_not_is_a_protocol_error_3_14_2_2_2, Setup::Open, [V5]);
 
+/// MQTT 5 3.14.2.2.2: a DISCONNECT may change a non-zero expiry (here of
+/// a client whose id the server assigned): a normal DISCONNECT, no will.
+async fn a_disconnect_may_change_a_nonzero_session_expiry_3_14_2_2_2(addr: String, v: Version) -> Outcome {
+    let mut s = will_watcher(&addr, v).await?;
+    let c = Connect { session_expiry: Some(300), ..with_will("", 60) };
+    let mut w = Conn::accepted(&addr, v, &c).await;
+    w.send(&disconnect_with_expiry(60)).await;
+    check!(w.closed_within(SOON).await, "the server closes the connection");
+    nothing_delivered(&mut s, "no will after a valid DISCONNECT").await
+}
+case!(a_disconnect_may_change_a_nonzero_session_expiry_3_14_2_2_2, Setup::Open, [V5]);
+
 // ------------------------------------------------------ protocol errors
 
 /// MQTT-3.3.2-2 and MQTT-4.8.0-1 (v5: 4.13, DISCONNECT 0x90 allowed

@@ -426,6 +426,12 @@ impl<T> Scheduler<T> {
         let entry = s.queue.remove(at)?;
         s.bytes -= entry.cost;
         self.total_items -= 1;
+        if self.mode == Mode::Fifo {
+            // Its arrival would count as live until the front passed it.
+            if let Some(i) = self.arrivals.iter().position(|&(i, seq)| i == id && seq == entry.seq) {
+                self.arrivals.remove(i);
+            }
+        }
         Some((entry.cost, entry.item))
     }
 
@@ -908,7 +914,16 @@ mod tests {
             match next(10) {
                 0..=3 => s.push(id, next(20_000), ()),
                 4..=6 => drop(s.pop()),
-                7 => drop(s.pop_oldest_of(id)),
+                7 if next(2) == 0 => drop(s.pop_oldest_of(id)),
+                7 => {
+                    // Passes over the first few items.
+                    let skip = next(3);
+                    let seen = std::cell::Cell::new(0);
+                    let _ = s.remove_oldest_where(id, |_| {
+                        seen.set(seen.get() + 1);
+                        seen.get() > skip
+                    });
+                }
                 8 => s.set_class(id, ServiceClass::new(next(1000) as u32, next(3) == 0)),
                 _ if next(20) == 0 => s.set_mode(if next(2) == 0 { Mode::Fifo } else { Mode::Weighted }),
                 _ => {}

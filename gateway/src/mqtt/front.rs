@@ -457,7 +457,7 @@ where
         origin,
         client_id: connect.client_id.clone(),
         session: None,
-        zero_expiry: connect.v5() && !connect.persistent,
+        zero_expiry: connect.v5() && connect.session_expiry.unwrap_or(0) == 0,
     };
     let (reader_stop, reader_stopped) = watch::channel(false);
     let expiry_at_end = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
@@ -678,14 +678,10 @@ impl Conn {
                         }
                         // The broker's session is always clean: it does
                         // not get the expiry.
-                        disconnect = Some(if session_expiry.is_some() {
-                            Bytes::copy_from_slice(&[
-                                kind::DISCONNECT << 4,
-                                1,
-                                packet::disconnect_reason(&frame),
-                            ])
-                        } else {
-                            frame
+                        disconnect = Some(match (session_expiry, packet::disconnect_reason(&frame)) {
+                            (None, _) => frame,
+                            (Some(_), 0) => Bytes::from_static(&[kind::DISCONNECT << 4, 0]),
+                            (Some(_), code) => Bytes::copy_from_slice(&[kind::DISCONNECT << 4, 2, code, 0]),
                         });
                         ending = Some(Ending::Disconnect { with_will, session_expiry });
                         break;

@@ -279,6 +279,8 @@ impl Pace {
     const GROW_EVERY: Duration = Duration::from_millis(100);
     /// Unread bytes always allowed: a few publishes.
     const MIN_BUDGET: f64 = 1024.0;
+    /// Highest read rate assumed (bytes per second).
+    const MAX_RATE: f64 = 1e10;
     /// Shortest interval a rate is measured over.
     const SAMPLE_OVER: Duration = Duration::from_millis(20);
     /// An acknowledgement this much slower than the connection's fastest
@@ -337,7 +339,7 @@ impl Pace {
             if self.limited {
                 // It read everything it was given and waited for more.
                 if self.rate > 0.0 {
-                    self.rate *= 1.5;
+                    self.rate = (self.rate * 1.5).min(Self::MAX_RATE);
                 } else {
                     self.cap = self.cap.saturating_mul(2);
                 }
@@ -349,7 +351,7 @@ impl Pace {
     }
 
     /// Whether a QoS 0 publish may be written now; else when to ask again
-    /// (None: when an acknowledgement comes).
+    /// (an acknowledgement may open the gate earlier: it wakes the writer).
     fn admit(&mut self, now: Instant) -> Result<(), Option<Instant>> {
         let Some((from, at)) = self.anchor else { return Ok(()) };
         let age = now.saturating_duration_since(at);
@@ -358,7 +360,7 @@ impl Pace {
             return Ok(());
         }
         let (read, budget, grows) = if self.rate > 0.0 {
-            let read = from + (self.rate * Self::GAIN * age.as_secs_f64()) as u64;
+            let read = from.saturating_add((self.rate * Self::GAIN * age.as_secs_f64()) as u64);
             (read, (self.rate * self.target.as_secs_f64()).max(Self::MIN_BUDGET) as u64, None)
         } else {
             // No rate yet. With an acknowledgement to wait for, it opens
@@ -646,18 +648,29 @@ impl Outbox {
                 st.held = Some(q);
                 break;
             }
-            // QoS 0 is paced; once the connection is ending, what is left
-            // goes out.
-            if q.own_pkid_at.is_none() && (q.frame[0] >> 1) & 0x03 == 0 && !st.done {
+            // QoS 0 is paced, but not an express service's (alarms, held
+            // to express_max_share anyway); once the connection is ending,
+            // what is left goes out.
+            let paced = q.own_pkid_at.is_none()
+                && (q.frame[0] >> 1) & 0x03 == 0
+                && !st.done
+                && !st.sched.class(q.service).express;
+            if paced {
                 if let Err(at) = st.pace.admit(now) {
                     retry = at;
-                    let paced = q.service;
+                    let held = st.sched.class(q.service);
                     st.held = Some(q);
-                    // QoS 1 is not paced: what other services have at QoS 1
-                    // goes by the held publish, within the window (not in
-                    // arrival order: MQTT 5 topic aliases need that order).
-                    while out.len() < max && !st.window.full() && st.sched.mode() != Mode::Fifo {
-                        let Some(id) = st.qos1_front(&self.services, paced) else { break };
+                    // What is not paced (QoS 1, within the window; express
+                    // QoS 0) of services of higher priority goes by the
+                    // held publish (not in arrival order: MQTT 5 topic
+                    // aliases need that order). Not lower ones: they
+                    // would keep the gate shut by filling the window.
+                    while out.len() < max && st.sched.mode() != Mode::Fifo {
+                        let Some((id, qos1)) = st.unpaced_front(&self.services, held) else { break };
+                        if qos1 && st.window.full() {
+                            st.window.limited = true;
+                            break;
+                        }
                         let Some((_, q)) = st.sched.pop_oldest_of(id) else { break };
                         self.emit(&mut st, q, &mut out, now);
                     }
@@ -741,17 +754,23 @@ impl Outbox {
 }
 
 impl State {
-    /// The service, other than `except`, whose next publish is one of
-    /// sluice's QoS 1 deliveries: express first, then by weight.
-    fn qos1_front(&self, services: &Services, except: ServiceId) -> Option<ServiceId> {
+    /// The highest service of higher priority than `above` (express
+    /// before weighted, then by weight) whose next publish is not paced:
+    /// one of sluice's QoS 1 deliveries (then true), or an express one.
+    fn unpaced_front(&self, services: &Services, above: ServiceClass) -> Option<(ServiceId, bool)> {
+        let rank = |c: ServiceClass| (c.express, c.weight);
         services
             .iter()
-            .filter(|s| s.id != except && self.sched.front(s.id).is_some_and(|q| q.own_pkid_at.is_some()))
+            .filter(|s| {
+                let class = self.sched.class(s.id);
+                rank(class) > rank(above)
+                    && self.sched.front(s.id).is_some_and(|q| q.own_pkid_at.is_some() || class.express)
+            })
             .max_by_key(|s| {
                 let c: ServiceClass = self.sched.class(s.id);
                 (c.express, c.weight)
             })
-            .map(|s| s.id)
+            .map(|s| (s.id, self.sched.front(s.id).is_some_and(|q| q.own_pkid_at.is_some())))
     }
 
     fn sent_from_log(&mut self, pos: &LogPos) {
@@ -1046,6 +1065,27 @@ weight = 1
         out.publish(publish("alarm/2", 1, 3), alarms);
         let Next::Bytes(next) = out.take(WRITE_BATCH) else { panic!("bytes expected") };
         assert_eq!(topics(&next), vec![("alarm/2".into(), 3)]);
+    }
+
+    #[test]
+    fn an_express_qos0_publish_is_not_paced_and_lower_qos1_does_not_pass_paced_bulk() {
+        let (alarms, bulk) = (ServiceId(0), ServiceId(1));
+        let out = Outbox::new(services(), setup(true));
+        out.publish(publish("alarm/0", 1, 1), alarms);
+        out.publish(publish("alarm/1", 1, 2), alarms);
+        let Next::Bytes(_) = out.take(1 << 20) else { panic!("bytes expected") };
+        assert!(out.acked(1));
+        for _ in 0..10_000 {
+            out.publish(publish("bulk/x", 0, 0), bulk);
+        }
+        while let Next::Bytes(_) = out.take(WRITE_BATCH) {}
+        // Bulk at QoS 0 is held back now; bulk at QoS 1 of the same
+        // service waits behind it, an express alarm at QoS 0 does not.
+        out.publish(publish("bulk/one", 1, 9), bulk);
+        out.publish(publish("alarm/2", 0, 0), alarms);
+        let Next::Bytes(next) = out.take(WRITE_BATCH) else { panic!("bytes expected") };
+        assert_eq!(topics(&next), vec![("alarm/2".into(), 0)]);
+        assert!(matches!(out.take(WRITE_BATCH), Next::Wait(Some(_))), "bulk stays paced");
     }
 
     #[test]
