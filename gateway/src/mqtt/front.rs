@@ -67,7 +67,7 @@ use super::interest::{Delivery, Sub, Subs};
 use super::outbox::{self, Next, Outbox, Setup, WRITE_BATCH};
 use super::packet::{self, kind, reason, PacketError};
 use super::route::Drop;
-use super::sessions::{Reader, Sessions, Stored, StoredSub};
+use super::sessions::{Reader, Sessions, Stop, Stored, StoredSub};
 use crate::listener::{Gate, ListenerStats, TlsListener};
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
@@ -459,8 +459,7 @@ where
         session: None,
         zero_expiry: connect.v5() && connect.session_expiry.unwrap_or(0) == 0,
     };
-    let (reader_stop, reader_stopped) = watch::channel(false);
-    let expiry_at_end = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let (reader_stop, reader_stopped) = watch::channel(None);
     // What was stored of the session, unless it expired, the client starts
     // clean (MQTT-3.1.2-6), or another user made it.
     let mut stored = front.sessions.read(&shared, &connect.client_id);
@@ -509,7 +508,6 @@ where
             level: connect.level,
             subs: subs.clone(),
             outbox: outbox.clone(),
-            expiry_at_end: expiry_at_end.clone(),
         };
         Some(tokio::spawn(reader.run(held, stored, reader_stopped)))
     } else {
@@ -534,10 +532,13 @@ where
     // The session's reader stops queueing, commits its place, stores what
     // was sent (and the expiry the DISCONNECT set, capped as at CONNECT)
     // and lets go of the session (a newer connection waits).
-    if let Ok(Ending::Disconnect { session_expiry: Some(e), .. }) = &ending {
-        expiry_at_end.store(u64::from(*e).min(mqtt.session_expiry.as_secs()), Ordering::Release);
-    }
-    let _ = reader_stop.send(true);
+    let expiry_s = match &ending {
+        Ok(Ending::Disconnect { session_expiry: Some(e), .. }) => {
+            Some(u64::from(*e).min(mqtt.session_expiry.as_secs()))
+        }
+        _ => None,
+    };
+    let _ = reader_stop.send(Some(Stop { expiry_s }));
     if let Some(reader) = reader {
         let _ = reader.await;
     }

@@ -125,6 +125,19 @@ struct Queued {
     queued: Instant,
 }
 
+impl Queued {
+    /// The publish's QoS.
+    fn qos(&self) -> u8 {
+        (self.frame[0] >> 1) & 0x03
+    }
+}
+
+/// Priority order between services: express before weighted, then by
+/// weight (for eviction, lowest first; for going by paced bulk, highest).
+fn rank(class: ServiceClass) -> (bool, u32) {
+    (class.express, class.weight)
+}
+
 /// The QoS 1 window toward the client.
 #[derive(Debug)]
 pub(super) struct Window {
@@ -259,9 +272,7 @@ pub(super) struct Pace {
     cap: u64,
     /// Where the next rate sample is measured from.
     rate_from: Option<(u64, Instant)>,
-    /// A QoS 0 publish was held back since the anchor.
-    limited: bool,
-    /// When, since the anchor, one was first held back.
+    /// When, since the anchor, a QoS 0 publish was first held back.
     limited_since: Option<Instant>,
 }
 
@@ -296,7 +307,6 @@ impl Pace {
             rate: 0.0,
             cap: Self::START_CAP,
             rate_from: None,
-            limited: false,
             limited_since: None,
         }
     }
@@ -336,7 +346,7 @@ impl Pace {
             }
         } else {
             self.rate_from = None;
-            if self.limited {
+            if self.limited_since.is_some() {
                 // It read everything it was given and waited for more.
                 if self.rate > 0.0 {
                     self.rate = (self.rate * 1.5).min(Self::MAX_RATE);
@@ -346,20 +356,19 @@ impl Pace {
             }
         }
         self.anchor = Some((pos, now));
-        self.limited = false;
         self.limited_since = None;
     }
 
     /// Whether a QoS 0 publish may be written now; else when to ask again
     /// (an acknowledgement may open the gate earlier: it wakes the writer).
-    fn admit(&mut self, now: Instant) -> Result<(), Option<Instant>> {
+    fn admit(&mut self, now: Instant) -> Result<(), Instant> {
         let Some((from, at)) = self.anchor else { return Ok(()) };
         let age = now.saturating_duration_since(at);
         if self.marks.is_empty() && age > Self::STALE {
             // Nothing to go on any more.
             return Ok(());
         }
-        let (read, budget, grows) = if self.rate > 0.0 {
+        let (read, budget, next) = if self.rate > 0.0 {
             let read = from.saturating_add((self.rate * Self::GAIN * age.as_secs_f64()) as u64);
             (read, (self.rate * self.target.as_secs_f64()).max(Self::MIN_BUDGET) as u64, None)
         } else {
@@ -384,14 +393,11 @@ impl Pace {
         if unread < budget {
             return Ok(());
         }
-        self.limited = true;
         self.limited_since.get_or_insert(now);
-        if self.rate > 0.0 {
+        Err(next.unwrap_or_else(|| {
             let wait = (unread - budget + 1) as f64 / (self.rate * Self::GAIN);
-            Err(Some(now + Duration::from_secs_f64(wait.min(1.0))))
-        } else {
-            Err(grows)
-        }
+            now + Duration::from_secs_f64(wait.min(1.0))
+        }))
     }
 }
 
@@ -651,13 +657,11 @@ impl Outbox {
             // QoS 0 is paced, but not an express service's (alarms, held
             // to express_max_share anyway); once the connection is ending,
             // what is left goes out.
-            let paced = q.own_pkid_at.is_none()
-                && (q.frame[0] >> 1) & 0x03 == 0
-                && !st.done
-                && !st.sched.class(q.service).express;
+            let paced =
+                q.own_pkid_at.is_none() && q.qos() == 0 && !st.done && !st.sched.class(q.service).express;
             if paced {
                 if let Err(at) = st.pace.admit(now) {
-                    retry = at;
+                    retry = Some(at);
                     let held = st.sched.class(q.service);
                     st.held = Some(q);
                     // What is not paced (QoS 1, within the window; express
@@ -758,19 +762,15 @@ impl State {
     /// before weighted, then by weight) whose next publish is not paced:
     /// one of sluice's QoS 1 deliveries (then true), or an express one.
     fn unpaced_front(&self, services: &Services, above: ServiceClass) -> Option<(ServiceId, bool)> {
-        let rank = |c: ServiceClass| (c.express, c.weight);
         services
             .iter()
-            .filter(|s| {
-                let class = self.sched.class(s.id);
+            .map(|s| (self.sched.class(s.id), s.id))
+            .filter(|&(class, id)| {
                 rank(class) > rank(above)
-                    && self.sched.front(s.id).is_some_and(|q| q.own_pkid_at.is_some() || class.express)
+                    && self.sched.front(id).is_some_and(|q| q.own_pkid_at.is_some() || class.express)
             })
-            .max_by_key(|s| {
-                let c: ServiceClass = self.sched.class(s.id);
-                (c.express, c.weight)
-            })
-            .map(|s| (s.id, self.sched.front(s.id).is_some_and(|q| q.own_pkid_at.is_some())))
+            .max_by_key(|&(class, _)| rank(class))
+            .map(|(_, id)| (id, self.sched.front(id).is_some_and(|q| q.own_pkid_at.is_some())))
     }
 
     fn sent_from_log(&mut self, pos: &LogPos) {
@@ -786,9 +786,9 @@ impl State {
         // The broker's QoS 1 is the broker's to deliver: bounded by its
         // window, not here. What the log serves stays in the log until
         // there is room (and is passed over: it is bounded by the reader).
-        let droppable = |q: &Queued| q.from_log.is_none() && (own_qos1 || (q.frame[0] >> 1) & 0x03 == 0);
+        let droppable = |q: &Queued| q.from_log.is_none() && (own_qos1 || q.qos() == 0);
         let mut order: Vec<_> = services.iter().map(|s| (self.sched.class(s.id), s.id)).collect();
-        order.sort_by_key(|(c, _)| (c.express, c.weight));
+        order.sort_by_key(|&(class, _)| rank(class));
         for (_, id) in order {
             if let Some((_, q)) = self.sched.remove_oldest_where(id, droppable) {
                 self.bytes -= q.frame.len() as u64;
@@ -965,7 +965,7 @@ weight = 1
         p.mark(1);
         p.acked(1, Duration::from_micros(200), Duration::from_micros(200), now);
         p.wrote(40 << 10);
-        assert_eq!(p.admit(now), Err(Some(now + Pace::GROW_EVERY)));
+        assert_eq!(p.admit(now), Err(now + Pace::GROW_EVERY));
         assert_eq!(p.admit(now + Pace::GROW_EVERY), Ok(()));
         p.wrote(40 << 10);
         let later = now + Pace::GROW_EVERY * 2;
@@ -1003,7 +1003,7 @@ weight = 1
         assert!((Pace::START_CAP..Pace::START_CAP + 400).contains(&taken), "{taken}");
         // The acknowledgement opens the gate (it wakes the writer); if it
         // does not come within STALE, the cap starts doubling.
-        assert_eq!(p.admit(now), Err(Some(now + Pace::STALE)));
+        assert_eq!(p.admit(now), Err(now + Pace::STALE));
         let held_back = now + Pace::STALE;
         assert_eq!(p.admit(held_back), Ok(()), "64 KiB once STALE passed without it");
         assert!(p.admit(held_back + Pace::GROW_EVERY).is_ok());
@@ -1019,7 +1019,7 @@ weight = 1
         // when the client is estimated (at 1.1x its rate) to have read
         // all but MIN_BUDGET of them, about 53 ms later.
         assert!(p.admit(now).is_err());
-        let Err(Some(at)) = p.admit(now) else { panic!("a time to ask again") };
+        let Err(at) = p.admit(now) else { panic!("a time to ask again") };
         let wait = at - now;
         assert!(wait > Duration::from_millis(45) && wait < Duration::from_millis(60), "{wait:?}");
         now = at;
@@ -1038,17 +1038,17 @@ weight = 1
         assert!((2000..=3000).contains(&later), "{later}");
     }
 
-    #[test]
-    fn a_paced_qos0_publish_lets_qos1_of_other_services_by() {
+    /// An outbox whose QoS 0 bulk is held back by the pacing: an alarm
+    /// acknowledged (the anchor), another in flight, bulk past the first
+    /// cap.
+    fn paced_bulk() -> Outbox {
         let (alarms, bulk) = (ServiceId(0), ServiceId(1));
         let out = Outbox::new(services(), setup(true));
-        // An acknowledged alarm anchors the pacing; another is in flight.
         out.publish(publish("alarm/0", 1, 1), alarms);
         out.publish(publish("alarm/1", 1, 2), alarms);
         let Next::Bytes(first) = out.take(1 << 20) else { panic!("bytes expected") };
         assert_eq!(topics(&first).len(), 2);
         assert!(out.acked(1));
-        // Bulk at QoS 0, more than the first cap.
         for _ in 0..10_000 {
             out.publish(publish("bulk/x", 0, 0), bulk);
         }
@@ -1061,28 +1061,25 @@ weight = 1
             }
         }
         assert!(sent > 100 && sent < 10_000, "paced after {sent} of 10000");
+        out
+    }
+
+    #[test]
+    fn a_paced_qos0_publish_lets_qos1_of_other_services_by() {
+        let out = paced_bulk();
         // An alarm now goes by the bulk held back.
-        out.publish(publish("alarm/2", 1, 3), alarms);
+        out.publish(publish("alarm/2", 1, 3), ServiceId(0));
         let Next::Bytes(next) = out.take(WRITE_BATCH) else { panic!("bytes expected") };
         assert_eq!(topics(&next), vec![("alarm/2".into(), 3)]);
     }
 
     #[test]
     fn an_express_qos0_publish_is_not_paced_and_lower_qos1_does_not_pass_paced_bulk() {
-        let (alarms, bulk) = (ServiceId(0), ServiceId(1));
-        let out = Outbox::new(services(), setup(true));
-        out.publish(publish("alarm/0", 1, 1), alarms);
-        out.publish(publish("alarm/1", 1, 2), alarms);
-        let Next::Bytes(_) = out.take(1 << 20) else { panic!("bytes expected") };
-        assert!(out.acked(1));
-        for _ in 0..10_000 {
-            out.publish(publish("bulk/x", 0, 0), bulk);
-        }
-        while let Next::Bytes(_) = out.take(WRITE_BATCH) {}
-        // Bulk at QoS 0 is held back now; bulk at QoS 1 of the same
-        // service waits behind it, an express alarm at QoS 0 does not.
-        out.publish(publish("bulk/one", 1, 9), bulk);
-        out.publish(publish("alarm/2", 0, 0), alarms);
+        let out = paced_bulk();
+        // Bulk at QoS 1 of the same service waits behind the held bulk, an
+        // express alarm at QoS 0 does not.
+        out.publish(publish("bulk/one", 1, 9), ServiceId(1));
+        out.publish(publish("alarm/2", 0, 0), ServiceId(0));
         let Next::Bytes(next) = out.take(WRITE_BATCH) else { panic!("bytes expected") };
         assert_eq!(topics(&next), vec![("alarm/2".into(), 0)]);
         assert!(matches!(out.take(WRITE_BATCH), Next::Wait(Some(_))), "bulk stays paced");

@@ -309,9 +309,14 @@ pub(super) struct Reader {
     pub(super) level: u8,
     pub(super) subs: Arc<Subs>,
     pub(super) outbox: Arc<Outbox>,
-    /// The session expiry (seconds) an MQTT 5 DISCONNECT set, stored when
-    /// the reader ends; `u64::MAX` when none did.
-    pub(super) expiry_at_end: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Tells a session's reader to stop (the connection ended).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stop {
+    /// The session expiry (seconds) an MQTT 5 DISCONNECT set, stored with
+    /// the session.
+    pub(super) expiry_s: Option<u64>,
 }
 
 type Tp = (Arc<str>, PartitionId);
@@ -321,11 +326,11 @@ type Sent = HashMap<Tp, Offset>;
 type Pkids = HashMap<(Tp, Offset), u16>;
 
 impl Reader {
-    /// Runs until `stop` turns true; then commits its place, stores what
-    /// was sent and not acknowledged (for DUP and packet ids on the next
-    /// connection), and lets go of the session (`held`, taken when the
+    /// Runs until `stop` comes; then commits its place, stores what was
+    /// sent and not acknowledged (for DUP and packet ids on the next
+    /// connection) and the expiry the stop carries, and lets go of the session (`held`, taken when the
     /// connection was accepted; `stored` is the session as it was then).
-    pub(super) async fn run(self, held: Held, stored: Stored, mut stop: watch::Receiver<bool>) {
+    pub(super) async fn run(self, held: Held, stored: Stored, mut stop: watch::Receiver<Option<Stop>>) {
         let group = group(&self.client_id);
         // What the previous connection sent: re-sends below it get DUP.
         let mut sent_before: HashMap<Tp, Offset> = stored
@@ -352,7 +357,7 @@ impl Reader {
         // Something moved since the last commit.
         let mut moved = false;
         loop {
-            if *stop.borrow() {
+            if stop.borrow().is_some() {
                 break;
             }
             for pos in self.outbox.take_log_done() {
@@ -432,7 +437,7 @@ impl Reader {
                 _ = rx.changed(), if max > 0 => {}
                 _ = self.outbox.log_changed() => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.wait_for(Option::is_some) => break,
             }
         }
         for pos in self.outbox.take_log_done() {
@@ -462,9 +467,8 @@ impl Reader {
             stored.sent = sent;
             stored.unacked = unacked;
             stored.away_since_ms = Some(crate::now_ms());
-            let expiry = self.expiry_at_end.load(std::sync::atomic::Ordering::Acquire);
-            if expiry != u64::MAX {
-                stored.expiry_s = expiry;
+            if let Some(expiry_s) = stop.borrow().and_then(|s| s.expiry_s) {
+                stored.expiry_s = expiry_s;
             }
             self.sessions.save(&self.shared, &self.client_id, &stored).await;
         }
